@@ -1,0 +1,67 @@
+# cellguard: every target installs what it needs into .venv first. `make help` lists them.
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+REQ      := requirements-dev.txt
+# The stamp is keyed on the requirements' content: a second run installs nothing, an edit reinstalls.
+REQ_HASH := $(shell $(PYTHON) -c "import hashlib,sys;print(hashlib.sha256(open('$(REQ)','rb').read()).hexdigest()[:16])")
+STAMP    := $(VENV)/.installed-$(REQ_HASH)
+PYTEST_ARGS ?=
+
+BOARD   ?= virtual
+PORT    ?=
+DIALECT ?= bg96
+
+.PHONY: help venv test lint pytest bench soak emulator virtual-board flash status demo clean
+
+help:
+	@echo "make flash [BOARD=<name>] [PORT=<serial port>]  flash a board (no PORT: the virtual board)"
+	@echo "make test                                      lint + every test, on MicroPython and CPython"
+	@echo "make bench                                     benchmarks: table + build/bench.json"
+	@echo "make soak                                      the long sweeps (every power-cut point)"
+	@echo "make emulator DIALECT=bg96|nrf91|sim7080|sara-r4  a standalone emulated modem on a pty"
+	@echo "make virtual-board                             a standalone virtual board on a pty"
+	@echo "make status PORT=<serial port>                 a device's status, for a person"
+	@echo "make demo                                      hub + modem + virtual board, end to end"
+	@echo "make clean                                     remove build output (keeps .venv)"
+
+venv: $(STAMP)
+
+$(STAMP): $(REQ)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r $(REQ)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: lint pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+pytest: $(STAMP)
+	$(PY) -m pytest host_tests $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) tools/bench.py --json build/bench.json
+
+soak: $(STAMP)
+	CELLGUARD_SOAK=1 $(PY) -m pytest host_tests -m soak $(PYTEST_ARGS)
+
+emulator: $(STAMP)
+	$(PY) tools/run_or_explain.py tools/modem_emulator.py --dialect $(DIALECT)
+
+virtual-board: $(STAMP)
+	$(PY) tools/run_or_explain.py tools/virtual_board.py
+
+flash: $(STAMP)
+	$(PY) tools/flash.py --board $(BOARD) $(if $(PORT),--port $(PORT),)
+
+status: $(STAMP)
+	$(PY) tools/run_or_explain.py tools/status.py $(if $(PORT),--port $(PORT),)
+
+demo: $(STAMP)
+	$(PY) tools/run_or_explain.py tools/demo.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -prune -not -path './$(VENV)/*' -exec rm -rf {} +

@@ -1,0 +1,6 @@
+# First file a board runs. Until the bootloader issue lands, it only puts the firmware library on
+# the import path; the A/B loader (verify the active slot, trial-boot, revert) takes its place.
+import sys
+
+if "/lib" not in sys.path:
+    sys.path.append("/lib")

@@ -1,0 +1,215 @@
+# MCUboot image verification: strict header/TLV parsing, SHA-256, signature, anti-rollback.
+#
+# Layout (mcu-tools/mcuboot docs/design.md, bootutil/image.h; all little-endian):
+#   header (hdr_size >= 32 bytes) | body (img_size bytes) | protected TLVs | unprotected TLVs
+# The SHA-256 covers header + body + protected TLVs; the signature covers that SHA-256. Every
+# rejection raises Rejected with one of the REASONS below, checked in a fixed order: structure first
+# (nothing is hashed until every offset is known to lie inside the buffer), then the hash, the key,
+# the signature, and last the security counter (so "downgrade" is only said of an authentic image).
+import hashlib
+import struct
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+IMAGE_MAGIC = const(0x96F3B83D)
+TLV_INFO_MAGIC = const(0x6907)
+TLV_PROT_INFO_MAGIC = const(0x6908)
+TLV_KEYHASH = const(0x01)
+TLV_SHA256 = const(0x10)
+TLV_ECDSA_SIG = const(0x22)
+TLV_ED25519 = const(0x24)
+TLV_SEC_CNT = const(0x50)
+HEADER_SIZE = const(32)
+# Encrypted, non-bootable, RAM-load and compressed images are not ours to boot.
+_UNSUPPORTED_FLAGS = const(0x04 | 0x08 | 0x10 | 0x20 | 0x200 | 0x400 | 0x800)
+
+# Reasons (stable strings: logs, status and tests use them).
+UNKNOWN_KEY = "unknown_key"
+BAD_SIGNATURE = "bad_signature"
+HASH_MISMATCH = "hash_mismatch"
+TRUNCATED = "truncated"
+OVERSIZED = "oversized"
+TLV_OUT_OF_BOUNDS = "tlv_out_of_bounds"
+BAD_MAGIC = "bad_magic"
+DOWNGRADE = "downgrade"
+MALFORMED = "malformed"  # bad header size, unsupported flags, missing/duplicate TLV, trailing bytes
+
+ED25519 = "ed25519"
+ECDSA_P256 = "ecdsa-p256"
+# DER SubjectPublicKeyInfo prefixes: imgtool's key-hash TLV is the SHA-256 of the DER public key.
+_SPKI_ED25519 = b"\x30\x2a\x30\x05\x06\x03\x2b\x65\x70\x03\x21\x00"
+_SPKI_P256 = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+
+
+class Rejected(Exception):
+    """An image that must not run; .reason is one of the module's reason strings."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self):
+        return self.reason + (": " + self.detail if self.detail else "")
+
+
+class TrustedKey:
+    """A public key built into the boot part: alg is ED25519 (32 raw bytes) or ECDSA_P256
+    (65-byte uncompressed point 04||X||Y)."""
+
+    def __init__(self, alg, raw, name=""):
+        if alg == ED25519:
+            if len(raw) != 32:
+                raise ValueError("Ed25519 key must be 32 bytes")
+            der = _SPKI_ED25519 + raw
+        elif alg == ECDSA_P256:
+            if len(raw) != 65 or raw[0] != 4:
+                raise ValueError("P-256 key must be 65 bytes, uncompressed")
+            der = _SPKI_P256 + raw
+        else:
+            raise ValueError("unknown algorithm")
+        self.alg = alg
+        self.raw = bytes(raw)
+        self.name = name
+        self.key_hash = hashlib.sha256(der).digest()
+
+
+def trusted(table):
+    """TrustedKey objects from a table of (alg, raw, name) rows, as in cgboot.trusted_keys.KEYS."""
+    return [TrustedKey(*row) for row in table]
+
+
+class ImageInfo:
+    """What a verified image is: its version, security counter, key, digest and where the body is."""
+
+    def __init__(self, version, security_counter, hdr_size, img_size, digest, key):
+        self.version = version  # (major, minor, revision, build)
+        self.security_counter = security_counter
+        self.hdr_size = hdr_size
+        self.img_size = img_size
+        self.digest = digest
+        self.key = key
+
+    def version_str(self):
+        v = self.version
+        return "%d.%d.%d+%d" % v
+
+    def body(self, buf):
+        """The body (the application payload) as a zero-copy view of the verified buffer."""
+        return memoryview(buf)[self.hdr_size : self.hdr_size + self.img_size]
+
+
+def _walk_tlvs(buf, start, total, magic, found, allowed):
+    # One TLV area: info (magic u16, total u16 incl. itself) then u16 type, u16 len, value.
+    if start + 4 > len(buf):
+        raise Rejected(TRUNCATED, "TLV info")
+    m, tot = struct.unpack_from("<HH", buf, start)
+    if m != magic:
+        raise Rejected(TLV_OUT_OF_BOUNDS, "TLV info magic 0x%04x" % m)
+    if total is not None and tot != total:
+        raise Rejected(TLV_OUT_OF_BOUNDS, "protected TLV size disagrees with header")
+    if tot < 4:
+        raise Rejected(TLV_OUT_OF_BOUNDS, "TLV area size")
+    end = start + tot
+    if end > len(buf):
+        raise Rejected(TRUNCATED, "TLV area past end of image")
+    off = start + 4
+    while off < end:
+        if off + 4 > end:
+            raise Rejected(TLV_OUT_OF_BOUNDS, "TLV header past area")
+        t, n = struct.unpack_from("<HH", buf, off)
+        off += 4
+        if off + n > end:
+            raise Rejected(TLV_OUT_OF_BOUNDS, "TLV 0x%02x length %d" % (t, n))
+        if t in allowed:
+            if t in found:
+                raise Rejected(MALFORMED, "duplicate TLV 0x%02x" % t)
+            found[t] = (off, n)
+        off += n
+    return end
+
+
+def parse(buf, max_size=None):
+    """Check structure only; returns (hdr_size, img_size, version, prot_end, tlvs) or raises."""
+    n = len(buf)
+    if max_size is not None and n > max_size:
+        raise Rejected(OVERSIZED, "%d > slot %d" % (n, max_size))
+    if n < HEADER_SIZE:
+        raise Rejected(TRUNCATED, "header")
+    magic, _load, hdr_size, prot_size, img_size, flags, vmaj, vmin, vrev, vbuild = struct.unpack_from(
+        "<IIHHIIBBHI", buf, 0
+    )
+    if magic != IMAGE_MAGIC:
+        raise Rejected(BAD_MAGIC, "0x%08x" % magic)
+    if hdr_size < HEADER_SIZE:
+        raise Rejected(MALFORMED, "header size %d" % hdr_size)
+    if flags & _UNSUPPORTED_FLAGS:
+        raise Rejected(MALFORMED, "flags 0x%x" % flags)
+    body_end = hdr_size + img_size
+    if max_size is not None and body_end > max_size:
+        raise Rejected(OVERSIZED, "body past slot end")
+    if body_end > n:
+        raise Rejected(TRUNCATED, "body")
+    found = {}
+    prot_end = body_end
+    if prot_size:
+        prot_end = _walk_tlvs(buf, body_end, prot_size, TLV_PROT_INFO_MAGIC, found, (TLV_SEC_CNT,))
+    end = _walk_tlvs(buf, prot_end, None, TLV_INFO_MAGIC, found, (TLV_SHA256, TLV_KEYHASH, TLV_ED25519, TLV_ECDSA_SIG))
+    if end != n:
+        raise Rejected(MALFORMED, "%d bytes after the TLVs" % (n - end))
+    return hdr_size, img_size, (vmaj, vmin, vrev, vbuild), prot_end, found
+
+
+def verify(buf, trusted_keys, min_counter=0, max_size=None):
+    """Verify a whole image held in `buf`; return ImageInfo or raise Rejected.
+
+    trusted_keys: TrustedKey objects built into the boot part. min_counter: the device's
+    anti-rollback floor (images with a lower security counter are a downgrade). max_size: the slot.
+    """
+    hdr_size, img_size, version, prot_end, tlvs = parse(buf, max_size)
+    mv = memoryview(buf)
+    if TLV_SHA256 not in tlvs or tlvs[TLV_SHA256][1] != 32:
+        raise Rejected(MALFORMED, "no SHA-256 TLV")
+    if TLV_KEYHASH not in tlvs or tlvs[TLV_KEYHASH][1] != 32:
+        raise Rejected(MALFORMED, "no key-hash TLV")
+    off, _ = tlvs[TLV_SHA256]
+    digest = hashlib.sha256(mv[:prot_end]).digest()
+    if digest != bytes(mv[off : off + 32]):
+        raise Rejected(HASH_MISMATCH)
+    off, _ = tlvs[TLV_KEYHASH]
+    key_hash = bytes(mv[off : off + 32])
+    key = None
+    for k in trusted_keys:
+        if k.key_hash == key_hash:
+            key = k
+            break
+    if key is None:
+        raise Rejected(UNKNOWN_KEY, key_hash[:8].hex())
+    sig_tlv = TLV_ED25519 if key.alg == ED25519 else TLV_ECDSA_SIG
+    if sig_tlv not in tlvs:
+        raise Rejected(BAD_SIGNATURE, "no %s signature" % key.alg)
+    off, n = tlvs[sig_tlv]
+    sig = bytes(mv[off : off + n])
+    if key.alg == ED25519:
+        from cgboot import ed25519 as alg
+    else:
+        from cgboot import p256 as alg
+    try:
+        alg.verify(key.raw, digest, sig)
+    except alg.BadSignature as e:
+        raise Rejected(BAD_SIGNATURE, str(e))
+    counter = 0
+    if TLV_SEC_CNT in tlvs:
+        off, n = tlvs[TLV_SEC_CNT]
+        if n != 4:
+            raise Rejected(MALFORMED, "security counter length")
+        counter = struct.unpack_from("<I", buf, off)[0]
+    if counter < min_counter:
+        raise Rejected(DOWNGRADE, "security counter %d < %d" % (counter, min_counter))
+    return ImageInfo(version, counter, hdr_size, img_size, digest, key)

@@ -1,0 +1,180 @@
+# The boot decision: which slot runs, trial boots, automatic revert, and mounting what was verified.
+#
+# firmware/boot.py calls boot(). It reads the boot state, decides (docs/boot.md, "Boot decision"),
+# persists the decision BEFORE the image runs (so a crash or watchdog reset during a trial is
+# counted), verifies the chosen slot, and mounts the verified bytes themselves with vfs.VfsRom: the
+# buffer that was hashed and signature-checked is the buffer the application is imported from.
+# The application calls confirm() once it has proved itself healthy.
+import sys
+
+from cgboot import image
+from cgboot import slots as _slots
+
+# Reset causes that mean "the trial image failed": revert at once instead of trying again.
+FAILURE_RESETS = ("watchdog", "crash")
+
+_current = None  # the BootResult of this boot, for confirm() / report_crash()
+
+
+class BootResult:
+    def __init__(self, slots, slot, info, trial, buf):
+        self.slots = slots
+        self.slot = slot
+        self.info = info  # image.ImageInfo of what runs
+        self.trial = trial  # True: an unconfirmed image on trial; the app must confirm()
+        self.buf = buf  # the verified bytes (kept alive: the ROMFS mount points into them)
+
+    def describe(self):
+        return {
+            "slot": _slots.SLOT_NAMES[self.slot],
+            "version": self.info.version_str(),
+            "security_counter": self.info.security_counter,
+            "trial": self.trial,
+            "digest": self.info.digest.hex(),
+        }
+
+
+def _log(log, msg):
+    if log is not None:
+        log(msg)
+    else:
+        print("cgboot:", msg)
+
+
+def _try(slots_, slot, floor, log):
+    try:
+        buf, info = slots_.verify_slot(slot, floor)
+        return buf, info
+    except image.Rejected as e:
+        _log(log, "slot %s rejected: %s" % (_slots.SLOT_NAMES[slot], e))
+        return None, None
+
+
+def decide(slots_, reset_cause=None, log=None):
+    """Choose, persist and verify what boots; returns BootResult or None if nothing can boot."""
+    st = slots_.read_state()
+    if st is None:
+        # First boot after provisioning: adopt the best verified slot as confirmed.
+        best = None
+        for slot in (0, 1):
+            buf, info = _try(slots_, slot, 0, log)
+            if info is not None and (best is None or info.security_counter > best[2].security_counter):
+                best = (slot, buf, info)
+        if best is None:
+            return None
+        slot, buf, info = best
+        slots_.write_state(_slots.BootState(active=slot, floor=info.security_counter))
+        return BootResult(slots_, slot, info, False, buf)
+
+    if st.mode == _slots.PENDING or st.mode == _slots.TESTING:
+        why = None
+        if st.mode == _slots.TESTING:
+            if reset_cause in FAILURE_RESETS:
+                why = reset_cause
+            elif st.attempts >= slots_.max_attempts:
+                why = "not confirmed"
+        if why is None:
+            # Count the attempt before running it: a reset mid-trial is then never lost.
+            st = slots_.write_state(st.copy(mode=_slots.TESTING, attempts=st.attempts + 1))
+            buf, info = _try(slots_, st.candidate, st.floor, log)
+            if info is not None and info.digest == st.digest:
+                _log(log, "trial boot of %s, attempt %d" % (info.version_str(), st.attempts))
+                return BootResult(slots_, st.candidate, info, True, buf)
+            why = "candidate invalid"
+        _log(log, "reverting trial image: " + why)
+        st = slots_.write_state(st.copy(mode=_slots.REVERTED, attempts=0, reason=why))
+
+    buf, info = _try(slots_, st.active, st.floor, log)
+    if info is not None:
+        return BootResult(slots_, st.active, info, False, buf)
+    # The confirmed image no longer verifies (flash decay, a bug): boot the other slot if it is a
+    # verified image allowed by the floor, rather than nothing. Loud: this should never happen.
+    buf, info = _try(slots_, st.candidate, st.floor, log)
+    if info is None:
+        return None
+    _log(log, "active slot broken: falling back to slot %s" % _slots.SLOT_NAMES[st.candidate])
+    slots_.write_state(st.copy(active=st.candidate, mode=_slots.CONFIRMED, attempts=0, reason="fallback"))
+    return BootResult(slots_, st.candidate, info, False, buf)
+
+
+def mount(result, mount_point="/app"):
+    """Mount the verified image's ROMFS body at `mount_point` and put it first on sys.path."""
+    import vfs
+
+    try:
+        vfs.umount(mount_point)
+    except OSError:
+        pass
+    vfs.mount(vfs.VfsRom(result.info.body(result.buf)), mount_point)
+    if mount_point in sys.path:
+        sys.path.remove(mount_point)
+    sys.path.insert(0, mount_point)
+
+
+def boot(root, trusted_keys, reset_cause=None, mount_point="/app", log=None, **slot_options):
+    """Decide, verify and mount. Returns the BootResult (also kept for confirm()) or None."""
+    global _current
+    slots_ = _slots.Slots(root, trusted_keys, **slot_options)
+    result = decide(slots_, reset_cause, log)
+    _current = result
+    if result is not None and mount_point:
+        mount(result, mount_point)
+    return result
+
+
+def current():
+    """This boot's BootResult (None when no slot was booted)."""
+    return _current
+
+
+def confirm():
+    """The application's API: the image on trial is healthy, make it permanent. Idempotent."""
+    if _current is None or not _current.trial:
+        return False
+    _current.slots.confirm(_current.info.security_counter)
+    _current.trial = False
+    return True
+
+
+def report_crash(reason="crash"):
+    """The application failed during a trial: revert at the next boot without further attempts."""
+    if _current is None or not _current.trial:
+        return False
+    st = _current.slots.read_state()
+    if st is not None and st.mode == _slots.TESTING:
+        _current.slots.write_state(st.copy(mode=_slots.REVERTED, attempts=0, reason=reason[:16]))
+    return True
+
+
+def default_root():
+    # Same rule as cellguard.runtime.fs_root(), repeated so the boot part imports no application code.
+    if sys.implementation.name == "micropython" and sys.platform in ("linux", "darwin"):
+        import os
+
+        return os.getenv("CELLGUARD_FS") or "."
+    return "/"
+
+
+def _reset_cause():
+    try:
+        import machine
+
+        cause = machine.reset_cause()
+        if cause == getattr(machine, "WDT_RESET", -1):
+            return "watchdog"
+        return "reset"
+    except (ImportError, AttributeError):
+        return None
+
+
+def boot_device(mount_point="/app"):
+    """What firmware/boot.py runs: the built-in trusted keys, the device's root and reset cause."""
+    from cgboot import trusted_keys
+
+    result = boot(default_root(), image.trusted(trusted_keys.KEYS), _reset_cause(), mount_point)
+    if result is None:
+        print("cgboot: NO VERIFIED IMAGE IN EITHER SLOT - nothing signed will run")
+    else:
+        print("cgboot: booted slot %s version %s%s" % (
+            _slots.SLOT_NAMES[result.slot], result.info.version_str(), " (trial)" if result.trial else ""))
+    return result

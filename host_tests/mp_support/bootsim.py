@@ -1,0 +1,143 @@
+# A simulated device for the boot part's tests (runs on the MicroPython unix port): littlefs on a
+# FlashSim, the loader in firmware/boot.py's place, an "application" that is whatever the booted
+# image says it is (appmain.VERSION / HEALTHY), and a hub that pushes updates in chunks.
+#
+# One power_on() is one boot of the device: mount, boot, run the app, maybe download an update,
+# then return how the run ended. Every boot is checked: something verified must run, and what runs
+# must be byte-for-byte one of the images the test signed.
+import hashlib
+import sys
+
+import vfs
+from cgboot import image, loader, slots, update
+from flashsim import FlashSim, PowerCut
+
+FS = "/fl"
+APP = "/app"
+CHUNK = 512
+
+
+class Device:
+    def __init__(self, keys, images, block_count=96, max_attempts=2):
+        self.keys = keys
+        self.images = images  # name -> bytes of the signed images the hub may send
+        self.known = {}  # SHA-256 TLV digest -> image name: every image the test signed
+        for name in images:
+            info = image.verify(images[name], keys)
+            self.known[info.digest] = name
+        self.flash = FlashSim(block_count, 512)
+        self.max_attempts = max_attempts
+        self.boots = []  # (image name, trial) per boot
+        self.bricked = 0
+        self.unverified = 0
+        vfs.VfsLfs2.mkfs(self.flash)
+
+    # -- factory --------------------------------------------------------------------------------
+    def provision(self, name):
+        self.mount()
+        s = slots.Slots(FS, self.keys, max_attempts=self.max_attempts)
+        with open(s.slot_path(0), "wb") as f:
+            f.write(self.images[name])
+        self.unmount()
+
+    # -- power ----------------------------------------------------------------------------------
+    def mount(self):
+        vfs.mount(vfs.VfsLfs2(self.flash), FS)
+
+    def unmount(self):
+        try:
+            vfs.umount(FS)
+        except OSError:
+            pass
+        try:
+            vfs.umount(APP)
+        except OSError:
+            pass
+
+    def reboot(self):
+        self.unmount()
+        self.flash = self.flash.reboot()
+
+    def slots(self):
+        return slots.Slots(FS, self.keys, max_attempts=self.max_attempts)
+
+    # -- one boot -------------------------------------------------------------------------------
+    def power_on(self, plan, reset_cause=None):
+        """Boot and run once. plan(version, state) -> image name to download next, or None.
+        Returns 'done' (nothing left to do), 'reset' (the app or an update asked for a reboot) or
+        'bricked'."""
+        self.mount()
+        result = loader.boot(FS, self.keys, reset_cause, APP, log=lambda m: None, max_attempts=self.max_attempts)
+        if result is None:
+            self.bricked += 1
+            return "bricked"
+        name = self.known.get(result.info.digest)
+        if name is None or bytes(result.buf) != self.images[name]:
+            self.unverified += 1
+        sys.modules.pop("appmain", None)
+        import appmain  # from the ROMFS mounted out of the verified buffer
+
+        if appmain.VERSION != result.info.version_str().split("+")[0]:
+            self.unverified += 1
+        self.boots.append((name, result.trial))
+        if result.trial:
+            if not appmain.HEALTHY:
+                return "reset"  # a bad image never confirms; the watchdog resets the board
+            loader.confirm()
+        s = self.slots()
+        target = plan(appmain.VERSION, s.read_state())
+        if target is None:
+            return "done"
+        self.download(s, self.images[target])
+        return "reset"
+
+    def download(self, s, data):
+        w = update.UpdateWriter(s)
+        off = w.offer(len(data), hashlib.sha256(data).digest())
+        while off < len(data):
+            off = w.write(off, data[off : off + CHUNK])
+        w.finish()
+
+    def check_state(self):
+        """The state is readable and the active slot holds a verified image (a bootable device)."""
+        self.mount()
+        s = self.slots()
+        st = s.read_state()
+        ok = st is not None
+        if ok:
+            try:
+                s.verify_slot(st.active, st.floor)
+            except image.Rejected:
+                ok = False
+        self.unmount()
+        return ok, st
+
+
+def upgrade_then_bad_plan(version, st):
+    # The hub's plan for the sweep: v1 -> v2 (good, confirmed) -> v3 (bad, must revert).
+    if version == "1.0.0":
+        return "v2"
+    if version == "1.1.0" and st.mode != slots.REVERTED:
+        return "v3"
+    return None
+
+
+def run_scenario(dev, plan, cut_at=-1, torn=False, max_boots=16):
+    """Run boots until 'done', with one power cut before flash op `cut_at` of the whole scenario.
+    Returns (ops used, cut happened)."""
+    used = 0
+    cut = False
+    dev.flash.arm(cut_at, torn)
+    for _ in range(max_boots):
+        try:
+            outcome = dev.power_on(plan)
+        except PowerCut:
+            outcome = "cut"
+            cut = True
+        used += dev.flash.ops
+        dev.reboot()
+        if not cut and cut_at >= 0:
+            dev.flash.arm(cut_at - used, torn)
+        if outcome == "done" or outcome == "bricked":
+            return used, cut, outcome
+    return used, cut, "loop"

@@ -65,3 +65,29 @@ def make_kit(root: Path, only: tuple[str, ...] | None = None) -> Kit:
         payload = image_tool.build(app, root / "build" / f"{name}.romfs")
         kit.images[name] = image_tool.sign(kit.keys[key], payload, root / "build" / f"{name}.img", version)
     return kit
+
+
+_session: dict[str, Kit] = {}
+
+
+def session_kit(tmp_path_factory) -> Kit:
+    """One kit per test session (keys and images take a few seconds to make)."""
+    if "kit" not in _session:
+        _session["kit"] = make_kit(tmp_path_factory.mktemp("bootkit"))
+    return _session["kit"]
+
+
+def device_script(kit: Kit, names: tuple[str, ...], body: str) -> str:
+    """A MicroPython script prologue: trusted keys and the named images loaded, then `body`."""
+    paths = {n: str(kit.images[n]) for n in names}
+    return (
+        "import json\n"
+        "from cgboot import image\n"
+        "import boot_trusted, bootsim\n"
+        "keys = image.trusted(boot_trusted.KEYS)\n"
+        f"paths = {paths!r}\n"
+        "imgs = {}\n"
+        "for n in paths:\n"
+        "    with open(paths[n], 'rb') as f:\n"
+        "        imgs[n] = f.read()\n"
+    ) + body

@@ -5,6 +5,7 @@
 # One power_on() is one boot of the device: mount, boot, run the app, maybe download an update,
 # then return how the run ended. Every boot is checked: something verified must run, and what runs
 # must be byte-for-byte one of the images the test signed.
+import gc
 import hashlib
 import sys
 
@@ -30,6 +31,8 @@ class Device:
         self.boots = []  # (image name, trial) per boot
         self.bricked = 0
         self.unverified = 0
+        self.inconsistent = 0
+        self.resumed = []  # non-zero offsets an interrupted download resumed from
         vfs.VfsLfs2.mkfs(self.flash)
 
     # -- factory --------------------------------------------------------------------------------
@@ -94,6 +97,8 @@ class Device:
     def download(self, s, data):
         w = update.UpdateWriter(s)
         off = w.offer(len(data), hashlib.sha256(data).digest())
+        if off:
+            self.resumed.append(off)
         while off < len(data):
             off = w.write(off, data[off : off + CHUNK])
         w.finish()
@@ -123,6 +128,7 @@ def upgrade_then_bad_plan(version, st):
 
 
 def run_scenario(dev, plan, cut_at=-1, torn=False, max_boots=16):
+    # (check_state after a cut is itself followed by a reboot, so every boot starts from power-on)
     """Run boots until 'done', with one power cut before flash op `cut_at` of the whole scenario.
     Returns (ops used, cut happened)."""
     used = 0
@@ -136,8 +142,43 @@ def run_scenario(dev, plan, cut_at=-1, torn=False, max_boots=16):
             cut = True
         used += dev.flash.ops
         dev.reboot()
-        if not cut and cut_at >= 0:
+        if outcome == "cut":
+            ok, _ = dev.check_state()
+            if not ok:
+                dev.inconsistent += 1
+            dev.reboot()
+        elif not cut and cut_at >= 0:
             dev.flash.arm(cut_at - used, torn)
         if outcome == "done" or outcome == "bricked":
             return used, cut, outcome
     return used, cut, "loop"
+
+
+def new_device(keys, images, first="v1", **kw):
+    """A device provisioned at the factory with `first` in slot a, booted once (not under test)."""
+    dev = Device(keys, images, **kw)
+    dev.provision(first)
+    dev.power_on(lambda version, st: None)
+    dev.reboot()
+    return dev
+
+
+def sweep(keys, images, points, torn):
+    """Cut power before each flash op in `points` of the upgrade-then-bad-update scenario.
+    Returns a dict of counters; every one except points/resumed must be 0."""
+    expect_counter = image.verify(images["v2"], keys).security_counter
+    out = {"points": 0, "bricked": 0, "unverified": 0, "inconsistent": 0, "wrong_end": 0, "resumed": 0}
+    for n in points:
+        gc.collect()  # retired flash copies from the last point
+        dev = new_device(keys, images)
+        _, cut, outcome = run_scenario(dev, upgrade_then_bad_plan, n, torn)
+        ok, st = dev.check_state()
+        out["points"] += 1
+        out["bricked"] += dev.bricked + (outcome == "bricked")
+        out["unverified"] += dev.unverified
+        out["inconsistent"] += dev.inconsistent + (not ok)
+        if outcome != "done" or st.mode != slots.REVERTED or st.floor != expect_counter or dev.boots[-1] != ("v2", False):
+            out["wrong_end"] += 1
+        out["resumed"] += len(dev.resumed)
+        dev.unmount()
+    return out

@@ -134,5 +134,7 @@ def test_p256_on_micropython_matches_cryptography(mp):
         digest = hashlib.sha256(msg).digest()
         sig = key.sign(msg, ec.ECDSA(hashes.SHA256()))
         rows.append((_p256_raw(key.public_key()).hex(), digest.hex(), sig.hex(), True))
-        rows.append((_p256_raw(key.public_key()).hex(), hashlib.sha256(msg + b"!").hexdigest(), sig.hex(), False))
+        rows.append(
+            (_p256_raw(key.public_key()).hex(), hashlib.sha256(msg + b"!").hexdigest(), sig.hex(), False)
+        )
     assert mp.run(_P256_MP % (rows,)).split() == ["True"] * len(rows)

@@ -70,7 +70,9 @@ class Device:
         Returns 'done' (nothing left to do), 'reset' (the app or an update asked for a reboot) or
         'bricked'."""
         self.mount()
-        result = loader.boot(FS, self.keys, reset_cause, APP, log=lambda m: None, max_attempts=self.max_attempts)
+        result = loader.boot(
+            FS, self.keys, reset_cause, APP, log=lambda m: None, max_attempts=self.max_attempts
+        )
         if result is None:
             self.bricked += 1
             return "bricked"
@@ -177,7 +179,12 @@ def sweep(keys, images, points, torn):
         out["bricked"] += dev.bricked + (outcome == "bricked")
         out["unverified"] += dev.unverified
         out["inconsistent"] += dev.inconsistent + (not ok)
-        if outcome != "done" or st.mode != slots.REVERTED or st.floor != expect_counter or dev.boots[-1] != ("v2", False):
+        if (
+            outcome != "done"
+            or st.mode != slots.REVERTED
+            or st.floor != expect_counter
+            or dev.boots[-1] != ("v2", False)
+        ):
             out["wrong_end"] += 1
         out["resumed"] += len(dev.resumed)
         dev.unmount()

@@ -26,7 +26,7 @@ SQRT_M1 = 1968116137670750595680707930498854201544606651592389016274402107312382
 _BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
 _BY = 46316835694926478169428394003475163141307993866256225615783033603165251855960
 
-_W_B = const(7)  # base point: 32 odd multiples, made once (~7 KB)
+_W_B = const(6)  # base point: 16 odd multiples, made once (~6 KB of heap)
 _W_A = const(5)  # public key: 8 odd multiples, made per verification
 
 _base_table = None
@@ -103,8 +103,9 @@ def _get_base_table():
 
 
 def _naf(k, w):
-    # Width-w non-adjacent form, least significant digit first; digits odd, |digit| < 2**(w-1).
-    out = [0] * 257
+    # Width-w non-adjacent form, least significant digit first; digits odd, |digit| < 2**(w-1),
+    # stored + 128 in a bytearray: 257 bytes, not a 2 KB list, so a fragmented heap still has room.
+    out = bytearray(b"\x80" * 257)
     width = 1 << w
     half = width >> 1
     mask = width - 1
@@ -114,7 +115,7 @@ def _naf(k, w):
             digit = k & mask
             if digit >= half:
                 digit -= width
-            out[i] = digit
+            out[i] = digit + 128
             k -= digit
         k >>= 1
         i += 1
@@ -159,14 +160,14 @@ def verify(public_key, message, signature):
         raise BadSignature("S out of range")
     ax, ay = decode_point(public_key)
     k = int.from_bytes(sha512(r_enc + bytes(public_key) + bytes(message)), "little") % L
-    ax = P - ax  # -A: the loop computes [S]B + [k](-A), which must equal R
-    a_tab = [_cached(pt) for pt in _odd_multiples((ax, ay, 1, ax * ay % P), 1 << (_W_A - 2))]
-    b_tab = _get_base_table()
     ns = _naf(s, _W_B)
     nk = _naf(k, _W_A)
+    b_tab = _get_base_table()
+    ax = P - ax  # -A: the loop computes [S]B + [k](-A), which must equal R
+    a_tab = [_cached(pt) for pt in _odd_multiples((ax, ay, 1, ax * ay % P), 1 << (_W_A - 2))]
 
     top = 256
-    while top >= 0 and ns[top] == 0 and nk[top] == 0:
+    while top >= 0 and ns[top] == 128 and nk[top] == 128:
         top -= 1
     X, Y, Z, T = 0, 1, 1, 0
     p = P
@@ -184,8 +185,8 @@ def verify(public_key, message, signature):
         X = e * f % p
         Y = g * h % p
         Z = f * g % p
-        di = ns[i]
-        dk = nk[i]
+        di = ns[i] - 128
+        dk = nk[i] - 128
         if di or dk:
             T = e * h % p
             if di:

@@ -160,7 +160,9 @@ def parse(buf, max_size=None):
     prot_end = body_end
     if prot_size:
         prot_end = _walk_tlvs(buf, body_end, prot_size, TLV_PROT_INFO_MAGIC, found, (TLV_SEC_CNT,))
-    end = _walk_tlvs(buf, prot_end, None, TLV_INFO_MAGIC, found, (TLV_SHA256, TLV_KEYHASH, TLV_ED25519, TLV_ECDSA_SIG))
+    end = _walk_tlvs(
+        buf, prot_end, None, TLV_INFO_MAGIC, found, (TLV_SHA256, TLV_KEYHASH, TLV_ED25519, TLV_ECDSA_SIG)
+    )
     if end != n:
         raise Rejected(MALFORMED, "%d bytes after the TLVs" % (n - end))
     return hdr_size, img_size, (vmaj, vmin, vrev, vbuild), prot_end, found

@@ -175,6 +175,8 @@ def boot_device(mount_point="/app"):
     if result is None:
         print("cgboot: NO VERIFIED IMAGE IN EITHER SLOT - nothing signed will run")
     else:
-        print("cgboot: booted slot %s version %s%s" % (
-            _slots.SLOT_NAMES[result.slot], result.info.version_str(), " (trial)" if result.trial else ""))
+        print(
+            "cgboot: booted slot %s version %s%s"
+            % (_slots.SLOT_NAMES[result.slot], result.info.version_str(), " (trial)" if result.trial else "")
+        )
     return result

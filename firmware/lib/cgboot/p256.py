@@ -99,7 +99,7 @@ _add_jac_affine = _add_affine
 
 
 def _naf(k, w):
-    out = [0] * 258
+    out = bytearray(b"\x80" * 258)  # digit + 128: 258 bytes, not a 2 KB list
     width = 1 << w
     half = width >> 1
     mask = width - 1
@@ -109,7 +109,7 @@ def _naf(k, w):
             digit = k & mask
             if digit >= half:
                 digit -= width
-            out[i] = digit
+            out[i] = digit + 128
             k -= digit
         k >>= 1
         i += 1
@@ -169,17 +169,17 @@ def verify(public_key, digest, signature):
     p = P
     X, Y, Z = 1, 1, 0
     top = 257
-    while top >= 0 and n1[top] == 0 and n2[top] == 0:
+    while top >= 0 and n1[top] == 128 and n2[top] == 128:
         top -= 1
     i = top
     while i >= 0:
         if Z:
             X, Y, Z = _double(X, Y, Z)
-        d = n1[i]
+        d = n1[i] - 128
         if d:
             x2, y2 = g_tab[d >> 1] if d > 0 else g_tab[(-d) >> 1]
             X, Y, Z = _add_affine(X, Y, Z, x2, y2 if d > 0 else p - y2)
-        d = n2[i]
+        d = n2[i] - 128
         if d:
             x2, y2 = q_tab[d >> 1] if d > 0 else q_tab[(-d) >> 1]
             X, Y, Z = _add_affine(X, Y, Z, x2, y2 if d > 0 else p - y2)

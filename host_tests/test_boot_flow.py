@@ -1,0 +1,219 @@
+"""Boot flow on the real MicroPython interpreter: install, trial boot, confirm, revert (after N
+attempts, a watchdog reset or a reported crash), resumable downloads, and firmware/boot.py itself."""
+
+import json
+import shutil
+
+import image as image_tool
+import pytest
+from boot_kit import device_script, make_app, session_kit
+from harness import FIRMWARE, FIRMWARE_LIB, run_micropython
+
+
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory):
+    return session_kit(tmp_path_factory)
+
+
+def run_device(kit, body: str, names=("v1", "v2", "v3")) -> list[str]:
+    script = device_script(kit, names, body)
+    return run_micropython(script, heapsize="4M", extra_paths=(kit.lib,)).strip().splitlines()
+
+
+def test_update_installs_trial_boots_confirms_then_bad_one_reverts(kit):
+    # The acceptance test: an imgtool-signed update from a fresh key pair (made by this session)
+    # installs, trial-boots and confirms; a second, bad update trial-boots and reverts by itself.
+    out = run_device(
+        kit,
+        """
+dev = bootsim.new_device(keys, imgs)
+used, cut, outcome = bootsim.run_scenario(dev, bootsim.upgrade_then_bad_plan)
+ok, st = dev.check_state()
+print(json.dumps({"boots": dev.boots, "outcome": outcome, "state": st.describe(), "ok": ok,
+                  "bricked": dev.bricked, "unverified": dev.unverified}))
+""",
+    )
+    result = json.loads(out[-1])
+    assert result["boots"] == [
+        ["v1", False],  # factory image (confirmed at first boot)
+        ["v1", False],  # downloads v2 into slot b, marks it for test
+        ["v2", True],  # trial boot; healthy, confirms; downloads v3 into slot a
+        ["v3", True],  # trial 1: never confirms
+        ["v3", True],  # trial 2 (max_attempts = 2)
+        ["v2", False],  # reverted
+    ]
+    assert result["outcome"] == "done" and result["ok"]
+    assert result["state"]["mode"] == "reverted" and result["state"]["reason"] == "not confirmed"
+    assert result["state"]["active"] == "b"
+    assert result["state"]["floor"] == (1 << 24) | (1 << 16)  # raised to v2's counter at confirm only
+    assert result["bricked"] == result["unverified"] == 0
+
+
+_TRIAL = """
+dev = bootsim.new_device(keys, imgs, max_attempts=%d)
+dev.power_on(lambda v, st: "v3" if v == "1.0.0" else None)   # install v3 (bad) as candidate
+dev.reboot()
+for cause in %r:
+    dev.power_on(lambda v, st: None, reset_cause=cause)
+    dev.reboot()
+ok, st = dev.check_state()
+print(json.dumps({"boots": dev.boots[2:], "state": st.describe()}))
+"""
+
+
+@pytest.mark.parametrize(
+    "max_attempts, causes, trials, reason",
+    [
+        (3, [None, None, None, None], 3, "not confirmed"),  # N attempts, then revert
+        (3, [None, "watchdog", None], 1, "watchdog"),  # a watchdog reset during the trial: at once
+        (1, [None, None], 1, "not confirmed"),
+    ],
+)
+def test_unconfirmed_image_reverts(kit, max_attempts, causes, trials, reason):
+    out = json.loads(run_device(kit, _TRIAL % (max_attempts, causes))[-1])
+    boots = out["boots"]
+    assert boots[:trials] == [["v3", True]] * trials
+    assert all(b == ["v1", False] for b in boots[trials:]) and len(boots) > trials
+    assert out["state"]["mode"] == "reverted" and out["state"]["reason"] == reason
+    assert out["state"]["floor"] == 1 << 24  # v1's counter: the failed image never raised it
+
+
+def test_reported_crash_reverts_at_next_boot(kit):
+    out = run_device(
+        kit,
+        """
+from cgboot import loader
+dev = bootsim.new_device(keys, imgs, max_attempts=5)
+dev.power_on(lambda v, st: "v3" if v == "1.0.0" else None)
+dev.reboot()
+dev.power_on(lambda v, st: None)       # v3 on trial; the app catches its own exception and reports it
+print("reported", loader.report_crash("crash")); dev.reboot()
+dev.power_on(lambda v, st: None); dev.reboot()
+print(json.dumps({"boots": dev.boots[2:], "state": dev.check_state()[1].describe()}))
+""",
+    )
+    result = json.loads(out[-1])
+    assert result["boots"] == [["v3", True], ["v1", False]]
+    assert result["state"]["reason"] == "crash"
+
+
+def test_download_resumes_after_power_cut_and_confirm_survives(kit):
+    out = run_device(
+        kit,
+        """
+import hashlib
+from flashsim import PowerCut
+from cgboot import update
+dev = bootsim.new_device(keys, imgs)
+data = imgs["v2"]
+dev.mount()
+w = update.UpdateWriter(dev.slots())
+off = w.offer(len(data), hashlib.sha256(data).digest())
+off = w.write(off, data[:1024])
+dev.flash.arm(3)                       # power fails in the middle of the next chunks
+try:
+    while off < len(data):
+        off = w.write(off, data[off:off + 512])
+except PowerCut:
+    pass
+dev.reboot(); dev.mount()
+w = update.UpdateWriter(dev.slots())
+resume = w.offer(len(data), hashlib.sha256(data).digest())
+print("resume", resume)
+dup = w.write(0, data[:512])           # a duplicate chunk is ignored: the writer says where to go on
+print("dup", dup == resume)
+off = resume
+while off < len(data):
+    off = w.write(off, data[off:off + 512])
+info = w.finish()
+dev.reboot()
+dev.power_on(lambda v, st: None); dev.reboot()
+print("boots", json.dumps(dev.boots[1:]))
+""",
+    )
+    resume = int(out[-3].split()[1])
+    assert 1024 <= resume < (512 * 6)
+    assert out[-2] == "dup True"
+    assert json.loads(out[-1].split(" ", 1)[1]) == [["v2", True]]
+
+
+def test_corrupt_active_slot_falls_back_to_a_verified_other_slot(kit):
+    out = run_device(
+        kit,
+        """
+dev = bootsim.new_device(keys, imgs)
+dev.mount()
+s = dev.slots()
+with open(s.slot_path(1), "wb") as f:
+    f.write(imgs["v2"])                # a complete image never marked (the cut came before)
+with open(s.slot_path(0), "r+b") as f:
+    f.seek(100); f.write(b"rot")       # the confirmed image decays
+dev.reboot()
+dev.power_on(lambda v, st: None); dev.reboot()
+print(json.dumps({"boots": dev.boots[1:], "state": dev.check_state()[1].describe()}))
+""",
+    )
+    result = json.loads(out[-1])
+    assert result["boots"] == [["v2", False]]
+    assert result["state"]["active"] == "b" and result["state"]["reason"] == "fallback"
+
+
+def test_update_refused_while_an_image_is_on_trial(kit):
+    out = run_device(
+        kit,
+        """
+import hashlib
+from cgboot import update
+dev = bootsim.new_device(keys, imgs, max_attempts=3)
+dev.power_on(lambda v, st: "v3" if v == "1.0.0" else None); dev.reboot()
+dev.power_on(lambda v, st: None)       # v3 on trial, not confirmed
+try:
+    update.UpdateWriter(dev.slots()).offer(len(imgs["v2"]), hashlib.sha256(imgs["v2"]).digest())
+    print("ACCEPTED")
+except update.UpdateError as e:
+    print(e.reason)
+""",
+    )
+    assert out[-1] == "busy"
+
+
+def test_firmware_boot_py_mounts_the_verified_image(kit, tmp_path):
+    # boot.py as a board runs it: the built-in trusted keys (here: this session's, in a copy of the
+    # boot part), the filesystem root from CELLGUARD_FS, the app imported from the mounted image.
+    lib = tmp_path / "lib"
+    shutil.copytree(FIRMWARE_LIB / "cgboot", lib / "cgboot")
+    shutil.copy(kit.lib / "boot_trusted.py", lib / "cgboot" / "trusted_keys.py")
+    fs = tmp_path / "fs"
+    (fs / "slots").mkdir(parents=True)
+    shutil.copy(kit.images["v2"], fs / "slots" / "a.img")
+    script = "exec(open(%r).read())\nimport appmain\nprint('app', appmain.VERSION)\n" % str(
+        FIRMWARE / "boot.py"
+    )
+    env_fs = {"CELLGUARD_FS": str(fs)}
+    import os
+
+    out = run_micropython(script, extra_paths=(lib,), env={**os.environ, **env_fs})
+    assert "cgboot: booted slot a version 1.1.0+0" in out
+    assert out.strip().splitlines()[-1] == "app 1.1.0"
+    # A slot that does not verify is refused, and boot.py falls back loudly.
+    app = make_app(tmp_path / "evil", "6.6.6", True, 0)
+    payload = image_tool.build(app, tmp_path / "evil.romfs")
+    image_tool.sign(kit.keys["rogue"], payload, fs / "slots" / "a.img", "6.6.6")
+    for f in (fs / "state").iterdir():
+        f.unlink()
+    out = run_micropython(
+        "exec(open(%r).read())\n" % str(FIRMWARE / "boot.py"),
+        extra_paths=(lib,),
+        env={**os.environ, **env_fs},
+    )
+    assert "unknown_key" in out and "RUNNING UNVERIFIED CODE FROM /lib" in out
+
+
+def test_boot_py_without_slots_falls_back_loudly(tmp_path):
+    import os
+
+    out = run_micropython(
+        "exec(open(%r).read())\n" % str(FIRMWARE / "boot.py"),
+        env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
+    )
+    assert "NO VERIFIED IMAGE" in out and "RUNNING UNVERIFIED CODE FROM /lib" in out

@@ -217,3 +217,31 @@ def test_boot_py_without_slots_falls_back_loudly(tmp_path):
         env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
     )
     assert "NO VERIFIED IMAGE" in out and "RUNNING UNVERIFIED CODE FROM /lib" in out
+
+
+def test_trusted_part_is_separate_and_freezable():
+    # The boot part imports nothing from the updatable application, and the example manifest
+    # freezes exactly the cgboot package.
+    import ast
+
+    from harness import REPO
+
+    def imported(nodes):
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                yield from (a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module.split(".")[0]
+
+    for path in (FIRMWARE_LIB / "cgboot").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        assert "cellguard" not in set(imported(ast.walk(tree))), path
+        assert not {"machine", "board", "busio"} & set(imported(tree.body)), path
+    calls = []
+    manifest = REPO / "boards" / "manifest_trusted.py"
+    exec(
+        manifest.read_text(),
+        {"package": lambda name, base_path=".", opt=None: calls.append((name, base_path))},
+    )
+    assert [name for name, _ in calls] == ["cgboot"]
+    assert (manifest.parent / calls[0][1] / "cgboot" / "__init__.py").is_file()

@@ -40,6 +40,16 @@ class UpdateWriter:
             return None
         return data[0], int.from_bytes(data[1:5], "little"), data[5:37]
 
+    def pending(self):
+        """(size, digest, next offset) of a download interrupted by a reboot, or None."""
+        meta = self._read_meta()
+        st = self.slots.read_state()
+        if meta is None or st is None or meta[0] != st.candidate or st.mode == _slots.TESTING:
+            return None
+        slot, size, digest = meta
+        self.slot, self.size, self.digest = slot, size, digest
+        return size, digest, min(self.slots.slot_bytes(slot), size)
+
     def offer(self, size, digest):
         """Accept an offer (image size, SHA-256 of the image file); return the offset to send from.
 

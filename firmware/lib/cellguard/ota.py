@@ -1,0 +1,85 @@
+# Over-the-air update session: the application's glue between downlink records and the boot part.
+#
+# The hub sends an UPDATE OFFER record (version, size, SHA-256 of the signed image, chunk size);
+# the device asks for chunks (CHUNK REQ uplink, offset + length) and the hub answers with CHUNK
+# records. This module turns those records into calls on cgboot's UpdateWriter, which writes the
+# inactive slot resumably, verifies the whole image and marks it for a trial boot; then it asks
+# for a reboot. It takes the records as the messaging layer's downlink parser yields them
+# (("update_offer", major, minor, revision, size, sha256, chunk), ("chunk", offset, data)) and
+# sends through the callbacks it is handed, so it runs with no network in tests.
+
+
+class OtaSession:
+    """request(offset, length): send a CHUNK REQ. reboot(): restart into the trial boot.
+    report(event, detail): tell the hub/status what happened (optional)."""
+
+    def __init__(self, writer, running_version, request, reboot, report=None):
+        self.writer = writer
+        self.running = tuple(running_version[:3])  # (major, minor, revision) of the booted image
+        self.request = request
+        self.reboot = reboot
+        self.report = report or (lambda event, detail="": None)
+        self.chunk = 256
+        self.size = 0
+        self.active = False
+
+    def resume(self, chunk=256):
+        """After a reboot: continue an interrupted download (if any) by asking for the next chunk."""
+        pending = self.writer.pending()
+        if pending is None:
+            return False
+        self.size, _digest, off = pending
+        self.chunk = chunk
+        self.active = True
+        self._next(off)
+        return True
+
+    def handle(self, record):
+        """Feed one downlink record; returns True if it was an update record."""
+        kind = record[0]
+        if kind == "update_offer":
+            self._offer(record)
+        elif kind == "chunk" and self.active:
+            self._chunk(record[1], record[2])
+        else:
+            return kind == "chunk"
+        return True
+
+    def _offer(self, record):
+        from cgboot.update import UpdateError
+
+        _, major, minor, revision, size, digest, chunk = record
+        if (major, minor, revision) <= self.running:
+            self.report("update_refused", "not newer than %d.%d.%d" % self.running)
+            return
+        try:
+            off = self.writer.offer(size, digest)
+        except UpdateError as e:
+            self.report("update_refused", e.reason)
+            return
+        self.size = size
+        self.chunk = max(16, min(chunk, 1024))
+        self.active = True
+        self.report("update_offer", "%d.%d.%d %d bytes from %d" % (major, minor, revision, size, off))
+        self._next(off)
+
+    def _chunk(self, offset, data):
+        from cgboot.image import Rejected
+        from cgboot.update import UpdateError
+
+        try:
+            off = self.writer.write(offset, data)
+            if off < self.size:
+                self._next(off)
+                return
+            info = self.writer.finish()
+        except (UpdateError, Rejected) as e:
+            self.active = False
+            self.report("update_rejected", getattr(e, "reason", str(e)))
+            return
+        self.active = False
+        self.report("update_ready", info.version_str())
+        self.reboot()
+
+    def _next(self, off):
+        self.request(off, min(self.chunk, self.size - off))

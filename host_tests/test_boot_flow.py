@@ -245,3 +245,43 @@ def test_trusted_part_is_separate_and_freezable():
     )
     assert [name for name, _ in calls] == ["cgboot"]
     assert (manifest.parent / calls[0][1] / "cgboot" / "__init__.py").is_file()
+
+
+def test_the_image_that_was_just_reverted_is_not_installed_again(kit):
+    out = run_device(
+        kit,
+        """
+from cgboot import image as img
+dev = bootsim.new_device(keys, imgs, max_attempts=1)
+dev.power_on(lambda v, st: "v3" if v == "1.0.0" else None); dev.reboot()
+dev.power_on(lambda v, st: None); dev.reboot()       # trial, no confirm
+dev.power_on(lambda v, st: None); dev.reboot()       # reverted
+try:
+    dev.power_on(lambda v, st: "v3")                 # the hub offers the same image again
+    print("ACCEPTED")
+except img.Rejected as e:
+    print(e.reason)
+""",
+    )
+    assert out[-1] == "reverted_before"
+
+
+def test_state_survives_a_torn_record_on_a_filesystem_without_atomic_writes(tmp_path):
+    # CPython on a plain folder: the two alternating records keep the previous state readable
+    # when the newest record is half-written or corrupt.
+    from cgboot import slots
+
+    s = slots.Slots(str(tmp_path), [])
+    s.write_state(slots.BootState(active=0, floor=5))
+    s.write_state(slots.BootState(active=0, mode=slots.PENDING, floor=5, digest=b"d" * 32))
+    newest = tmp_path / "state" / "boot.0"  # record 2 -> boot.(2 % 2)
+    good = newest.read_bytes()
+    for damaged in (good[: len(good) // 2], good[:-1] + bytes([good[-1] ^ 1]), b"", b"\xff" * len(good)):
+        newest.write_bytes(damaged)
+        st = s.read_state()
+        assert (st.seq, st.mode, st.floor) == (1, slots.CONFIRMED, 5)
+    newest.write_bytes(good)
+    assert s.read_state().mode == slots.PENDING
+    # the next write goes to the file that does not hold the newest record
+    s.write_state(s.read_state().copy(mode=slots.CONFIRMED))
+    assert (tmp_path / "state" / "boot.1").read_bytes() != good and s.read_state().seq == 3

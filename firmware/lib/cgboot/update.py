@@ -14,6 +14,9 @@ from cgboot import image
 from cgboot import slots as _slots
 
 
+REVERTED_BEFORE = "reverted_before"
+
+
 class UpdateError(Exception):
     """An offer or chunk the writer refuses; .reason is a short stable string."""
 
@@ -116,6 +119,9 @@ class UpdateWriter:
                 raise image.Rejected(image.HASH_MISMATCH, "image differs from the offer")
             st = self.slots.read_state()
             info = image.verify(buf, self.slots.keys, st.floor, self.slots.slot_size)
+            if st.mode == _slots.REVERTED and info.digest == st.digest:
+                # The image that just failed its trial: installing it again would loop for ever.
+                raise image.Rejected(REVERTED_BEFORE, "this image was reverted: " + st.reason)
             self.slots.mark_pending(self.slot)
         except image.Rejected:
             self.abandon()

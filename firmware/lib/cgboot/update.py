@@ -13,7 +13,6 @@ import os
 from cgboot import image
 from cgboot import slots as _slots
 
-
 REVERTED_BEFORE = "reverted_before"
 
 

@@ -102,6 +102,20 @@ def test_p256_agrees_with_cryptography(msg, flip):
         p256.verify(pk, bytes(bad), sig)
 
 
+def test_p256_scalar_edges_agree_with_cryptography():
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pk = _p256_raw(key.public_key())
+    digest = hashlib.sha256(b"edge").digest()
+    r, s = decode_dss_signature(key.sign(b"edge", ec.ECDSA(hashes.SHA256())))
+    p256.verify(pk, digest, encode_dss_signature(r, p256.N - s))  # the other S is valid too (no low-S rule)
+    key.public_key().verify(encode_dss_signature(r, p256.N - s), b"edge", ec.ECDSA(hashes.SHA256()))
+    for bad_r, bad_s in ((0, s), (r, 0), (p256.N, s), (r, p256.N), (r + p256.N, s)):
+        with pytest.raises(p256.BadSignature):
+            p256.verify(pk, digest, encode_dss_signature(bad_r, bad_s))
+
+
 def test_p256_rejects_malformed_der():
     key = ec.generate_private_key(ec.SECP256R1())
     pk = _p256_raw(key.public_key())

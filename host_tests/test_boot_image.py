@@ -191,3 +191,27 @@ def test_each_rejection_has_its_reason_and_v1_keeps_running(kit, tmp_path, mp):
         got[name] = reason
     assert got == expected
     assert lines[-1] == "bricked 0 unverified 0"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_parser_never_fails_other_than_rejected(kit, data):
+    # Arbitrary damage (overwrites, cuts, insertions) anywhere: the verifier raises Rejected, never
+    # an IndexError/struct.error, and never accepts a changed image.
+    buf = bytearray(kit.images["v1"].read_bytes())
+    original = bytes(buf)
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["set", "cut", "insert", "u16"]))
+        pos = data.draw(st.integers(0, max(0, len(buf) - 1)))
+        if op == "set" and buf:
+            buf[pos] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del buf[pos : pos + data.draw(st.integers(1, 64))]
+        elif op == "insert":
+            buf[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
+        elif op == "u16" and pos + 2 <= len(buf):
+            struct.pack_into("<H", buf, pos, data.draw(st.sampled_from([0, 1, 3, 4, 0x7FFF, 0xFFFF])))
+    if bytes(buf) == original:
+        return
+    with pytest.raises(image.Rejected):
+        image.verify(bytes(buf), trusted_keys(kit))

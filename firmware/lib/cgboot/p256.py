@@ -76,7 +76,7 @@ def _odd_multiples_affine(x, y, count):
     pts = [(x, y, 1)]
     for _ in range(count - 1):
         X, Y, Z = pts[-1]
-        pts.append(_add_affine(X, Y, Z, x2, y2) if Z == 1 else _add_jac_affine(X, Y, Z, x2, y2))
+        pts.append(_add_affine(X, Y, Z, x2, y2))
     prefix = []
     acc = 1
     for pt in pts:
@@ -93,9 +93,6 @@ def _odd_multiples_affine(x, y, count):
         zz = zi * zi % p
         out[i] = (X * zz % p, Y * zz % p * zi % p)
     return out
-
-
-_add_jac_affine = _add_affine
 
 
 def _naf(k, w):

@@ -215,3 +215,31 @@ def test_parser_never_fails_other_than_rejected(kit, data):
         return
     with pytest.raises(image.Rejected):
         image.verify(bytes(buf), trusted_keys(kit))
+
+
+def test_release_packs_the_application_and_boots_it(kit, tmp_path):
+    # `release` signs firmware/lib without the trusted part; the image boots and `cellguard`
+    # is imported from the verified ROMFS, not from the filesystem.
+    import os
+    import shutil
+
+    from harness import FIRMWARE_LIB, run_micropython
+
+    img = tmp_path / "release.img"
+    assert image_tool.main(["release", "-k", str(kit.keys["ed_b"]), "-v", "2.0.0", "-o", str(img)]) == 0
+    fs = tmp_path / "fs"
+    assert image_tool.main(["install", "--fs", str(fs), "-k", str(kit.keys["rogue"]), str(img)]) == 1
+    assert image_tool.main(["install", "--fs", str(fs), "-k", str(kit.keys["ed_b"]), str(img)]) == 0
+    lib = tmp_path / "lib"
+    shutil.copytree(FIRMWARE_LIB / "cgboot", lib / "cgboot")
+    shutil.copy(kit.lib / "boot_trusted.py", lib / "cgboot" / "trusted_keys.py")
+    script = (
+        "import sys\n"
+        "sys.path[:] = [p for p in sys.path if 'firmware/lib' not in p]\n"  # only the image has cellguard
+        "from cgboot import loader\n"
+        "r = loader.boot_device()\n"
+        "import cellguard, cellguard.runtime\n"
+        "print(cellguard.__file__, r.info.version_str(), 'cgboot' in [m for m in __import__('os').listdir('/app')])\n"
+    )
+    out = run_micropython(script, extra_paths=(lib,), env={**os.environ, "CELLGUARD_FS": str(fs)})
+    assert out.strip().splitlines()[-1] == "/app/cellguard/__init__.mpy 2.0.0+0 False"

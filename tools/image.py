@@ -6,6 +6,8 @@
     python tools/image.py info app.img [--json]                # header, TLVs, version, counter
     python tools/image.py keygen -t ed25519 -o key.pem         # imgtool keygen (tests, dev keys)
     python tools/image.py trust a.pem b.pem -o trusted_keys.py # the boot part's trusted-key module
+    python tools/image.py release -k key.pem -v 1.2.3 -o app.img  # firmware/lib minus cgboot, signed
+    python tools/image.py install --fs DIR app.img [-k key.pem]   # factory: put it in slot a of DIR
 
 Signing is imgtool's job: this tool only calls its command line (docs/image-format.md).
 """
@@ -84,6 +86,39 @@ def sign(
         ]
     )  # fmt: skip
     return out
+
+
+def stage_application(out_dir: Path, lib: Path = FIRMWARE_LIB, extra: list[Path] | None = None) -> Path:
+    """Copy the application (firmware/lib without the trusted boot part) into `out_dir`."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(lib, out_dir, ignore=shutil.ignore_patterns("cgboot", "__pycache__", "*.pyc"))
+    for path in extra or []:
+        shutil.copy(path, out_dir / path.name)
+    return out_dir
+
+
+def release(key: Path, version: str, out: Path, extra: list[Path] | None = None) -> Path:
+    """The whole application as one signed image: stage, build the ROMFS, sign."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = stage_application(Path(tmp) / "app", extra=extra)
+        payload = build(app, Path(tmp) / "app.romfs")
+        return sign(key, payload, out, version)
+
+
+def install(img: Path, fs: Path) -> Path:
+    """Factory provisioning into a device folder: slot a holds `img`, no boot state (the first boot
+    adopts the slot as confirmed, after verifying it)."""
+    (fs / "slots").mkdir(parents=True, exist_ok=True)
+    target = fs / "slots" / "a.img"
+    shutil.copy(img, target)
+    for name in ("b.img",):
+        (fs / "slots" / name).unlink(missing_ok=True)
+    for state in (fs / "state").glob("boot.*") if (fs / "state").is_dir() else []:
+        state.unlink()
+    return target
 
 
 def imgtool_verify(key: Path, img: Path) -> str:
@@ -206,6 +241,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("keys", type=Path, nargs="+")
     p.add_argument("-o", "--out", type=Path, required=True)
 
+    p = sub.add_parser("release", help="firmware/lib (without cgboot) -> one signed image")
+    p.add_argument("-k", "--key", type=Path, required=True)
+    p.add_argument("-v", "--version", required=True)
+    p.add_argument("-o", "--out", type=Path, required=True)
+    p.add_argument(
+        "--add", type=Path, action="append", default=[], help="extra top-level file (e.g. app_main.py)"
+    )
+
+    p = sub.add_parser("install", help="factory provisioning: image into slot a of a device folder")
+    p.add_argument("--fs", type=Path, required=True)
+    p.add_argument("-k", "--key", type=Path, action="append", default=[], help="verify with these keys first")
+    p.add_argument("img", type=Path)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     try:
@@ -241,6 +289,20 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "keygen":
             keygen(args.out, args.type)
             log.info("wrote %s (keep it secret; never commit it)", args.out)
+        elif args.cmd == "release":
+            release(args.key, args.version, args.out, args.add)
+            log.info("released %s (%d bytes)", args.out, args.out.stat().st_size)
+        elif args.cmd == "install":
+            if args.key:
+                _firmware_on_path()
+                from cgboot.image import Rejected
+
+                try:
+                    device_verify(args.img, args.key)
+                except Rejected as e:
+                    log.error("refusing to install %s: %s", args.img, e)
+                    return 1
+            log.info("installed %s", install(args.img, args.fs))
         elif args.cmd == "trust":
             if len(args.keys) < 2:
                 log.warning("only one trusted key: rotation needs at least two")

@@ -285,3 +285,56 @@ def test_state_survives_a_torn_record_on_a_filesystem_without_atomic_writes(tmp_
     # the next write goes to the file that does not hold the newest record
     s.write_state(s.read_state().copy(mode=slots.CONFIRMED))
     assert (tmp_path / "state" / "boot.1").read_bytes() != good and s.read_state().seq == 3
+
+
+_BOARD_BOOT = """
+exec(open(%(boot)r).read())                     # firmware/boot.py, exactly as a board runs it
+import hashlib, sys
+from cgboot import loader, slots, update
+import appmain                                  # the application, from the verified image
+r = loader.current()
+trial = r.trial
+if trial and appmain.HEALTHY:
+    loader.confirm()
+offer = %(offer)r
+if offer and not trial:
+    with open(offer, 'rb') as f:
+        data = f.read()
+    w = update.UpdateWriter(r.slots)
+    off = w.offer(len(data), hashlib.sha256(data).digest())
+    while off < len(data):
+        off = w.write(off, data[off:off + 512])
+    w.finish()
+print("RAN", appmain.VERSION, trial)
+"""
+
+
+def test_each_boot_a_new_interpreter_through_boot_py(kit, tmp_path):
+    # Every power-on is a new MicroPython process running firmware/boot.py over the same folder:
+    # v1 installed at the factory, v2 delivered and confirmed, v3 delivered and reverted after the
+    # default three unconfirmed attempts.
+    import os
+
+    lib = tmp_path / "lib"
+    shutil.copytree(FIRMWARE_LIB / "cgboot", lib / "cgboot")
+    shutil.copy(kit.lib / "boot_trusted.py", lib / "cgboot" / "trusted_keys.py")
+    fs = tmp_path / "fs"
+    image_tool.install(kit.images["v1"], fs)
+    env = {**os.environ, "CELLGUARD_FS": str(fs)}
+    ran = []
+    for offer in ["v2", None, "v3", None, None, None, None]:
+        script = _BOARD_BOOT % {
+            "boot": str(FIRMWARE / "boot.py"),
+            "offer": str(kit.images[offer]) if offer else None,
+        }
+        out = run_micropython(script, extra_paths=(lib,), env=env)
+        ran.append(out.strip().splitlines()[-1])
+    assert ran == [
+        "RAN 1.0.0 False",  # factory image; downloads v2
+        "RAN 1.1.0 True",  # trial, confirms
+        "RAN 1.1.0 False",  # confirmed; downloads v3
+        "RAN 1.2.0 True",  # bad: three attempts, never confirms
+        "RAN 1.2.0 True",
+        "RAN 1.2.0 True",
+        "RAN 1.1.0 False",  # reverted
+    ]

@@ -132,7 +132,12 @@ def split_args(text: str) -> list[str]:
 class ModemEmulator:
     """One emulated modem. start() opens the pty and serves in a thread; stop() ends it."""
 
-    BOOT_URCS = {"nrf91": ["Ready"], "bg96": ["RDY", "+CFUN: 1"], "sim7080": ["RDY", "+CFUN: 1"], "sara-r4": []}
+    BOOT_URCS = {
+        "nrf91": ["Ready"],
+        "bg96": ["RDY", "+CFUN: 1"],
+        "sim7080": ["RDY", "+CFUN: 1"],
+        "sara-r4": [],
+    }
 
     def __init__(
         self,
@@ -166,6 +171,7 @@ class ModemEmulator:
         self._cme: list[list] = []
         self._burst: list[list] = []
         self._reboot_during: list[str] = []
+        self._hooks: list[list] = []
         self.split_writes = False
         self._hang: str | None = None
         self._power_on_state()
@@ -253,7 +259,11 @@ class ModemEmulator:
         self.call(self._reboot)
 
     def remove_sim(self) -> None:
-        self.call(self._remove_sim)
+        self.call(self.remove_sim_now)
+
+    def remove_sim_now(self) -> None:
+        """remove_sim, for on_command hooks (already in the emulator thread)."""
+        self._remove_sim()
 
     def insert_sim(self, sim: Sim) -> None:
         """A (possibly different) SIM is inserted: the modem restarts, as most do on a SIM swap."""
@@ -271,6 +281,11 @@ class ModemEmulator:
                 self._after(regain_after_s, self._registered)
 
         self.call(do)
+
+    def on_command(self, prefix: str, action: Callable[[], None], count: int = 1) -> None:
+        """Run action (in the emulator thread) when the next command starting with prefix arrives,
+        before it is answered: a way to make a fault land at an exact point of a driver run."""
+        self._hooks.append([prefix.upper(), count, action])
 
     def push_urc(self, line: str) -> None:
         self.call(lambda: self._urc(line))
@@ -298,7 +313,9 @@ class ModemEmulator:
             self.sim.unlocked = False
 
     def _sim_ready(self) -> bool:
-        return self.sim is not None and (not self.sim.pin_enabled or self.sim.unlocked) and self.sim.puk_left > 0
+        return (
+            self.sim is not None and (not self.sim.pin_enabled or self.sim.unlocked) and self.sim.puk_left > 0
+        )
 
     def _boot(self) -> None:
         for line in self.BOOT_URCS[self.dialect]:
@@ -376,7 +393,9 @@ class ModemEmulator:
                 timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
             socks = [s.sock for s in self.sockets.values()]
             try:
-                ready, _, _ = select.select([self._master, self._wake_r, self._reset, *socks], [], [], timeout)
+                ready, _, _ = select.select(
+                    [self._master, self._wake_r, self._reset, *socks], [], [], timeout
+                )
             except (OSError, ValueError):
                 ready = []
             if not self._running:
@@ -446,6 +465,9 @@ class ModemEmulator:
             self.commands.append(line)
         log.debug("<- %s", line)
         upper = line.upper()
+        hook = self._take(self._hooks, line)
+        if hook:
+            hook[2]()
         if self._hang:
             if self._hang == "cfun" and upper.startswith("AT+CFUN=1,1"):
                 self._reboot()
@@ -478,7 +500,9 @@ class ModemEmulator:
             return
         self._respond(line, *result)
 
-    def _respond(self, cmd: str, lines: list[str], final: str, after: Callable[[], None] | None = None) -> None:
+    def _respond(
+        self, cmd: str, lines: list[str], final: str, after: Callable[[], None] | None = None
+    ) -> None:
         if self._take(self._drop, cmd):
             return
         delay = self.delays.response_s
@@ -493,8 +517,11 @@ class ModemEmulator:
         if final:
             out.append(b"\r\n" + final.encode() + b"\r\n")
         self._busy = True
+        epoch = self.reboots
 
         def send():
+            if epoch != self.reboots:
+                return  # the modem restarted before it could answer
             self._busy = False
             self._write(b"".join(out))
             if after:
@@ -545,7 +572,7 @@ class ModemEmulator:
         was_empty = not s.queue
         for _ in range(copies):
             item = (data, addr[0], addr[1])
-            if u.reorder_in > 0 and s.held is None:
+            if u.reorder_in > 0 and s.held is None and copies == 1:
                 u.reorder_in -= 1
                 s.held = item  # delivered behind the next datagram
                 continue
@@ -789,7 +816,14 @@ class ModemEmulator:
             return [], "OK"
 
         def xsendto(sep, args):
-            ident, mode, _flags, host, port, data = int(args[0]), args[1], args[2], args[3], int(args[4]), args[5]
+            ident, mode, _flags, host, port, data = (
+                int(args[0]),
+                args[1],
+                args[2],
+                args[3],
+                int(args[4]),
+                args[5],
+            )
             payload = bytes.fromhex(data) if mode == "1" else data.encode("latin-1")
             self._udp_send(ident, payload, host, port)
             return [f"#XSENDTO: {len(payload)}"], "OK"
@@ -916,7 +950,11 @@ class ModemEmulator:
             cid = int(args[0])
             if args[1] == "1":
                 self._activate(cid)
-                return [], "OK", lambda: self._after(self.delays.pdp_s, lambda: self._urc(f"+APP PDP: {cid},ACTIVE"))
+                return (
+                    [],
+                    "OK",
+                    lambda: self._after(self.delays.pdp_s, lambda: self._urc(f"+APP PDP: {cid},ACTIVE")),
+                )
             self.pdp_active.discard(cid)
             return [], "OK", lambda: self._urc(f"+APP PDP: {cid},DEACTIVE")
 
@@ -1051,10 +1089,16 @@ def main(argv: list[str] | None = None) -> int:
         roaming=args.roaming,
         deny=args.deny,
     )
-    emu = ModemEmulator(args.dialect, sim=sim, network=network, delays=Delays.zero() if args.zero_delays else Delays())
+    emu = ModemEmulator(
+        args.dialect, sim=sim, network=network, delays=Delays.zero() if args.zero_delays else Delays()
+    )
     path = emu.start()
-    print(f"{args.dialect} modem emulator on {path}  (reset wire: udp 127.0.0.1:{emu.reset_port})", flush=True)
-    print("talk to it with e.g. `python -m serial.tools.miniterm " + path + " 115200`; Ctrl-C stops", flush=True)
+    print(
+        f"{args.dialect} modem emulator on {path}  (reset wire: udp 127.0.0.1:{emu.reset_port})", flush=True
+    )
+    print(
+        "talk to it with e.g. `python -m serial.tools.miniterm " + path + " 115200`; Ctrl-C stops", flush=True
+    )
     try:
         while True:
             time.sleep(3600)

@@ -105,8 +105,12 @@ class ModemUnresponsive(ModemError):
 
 
 def _text(b):
+    # Modem output may hold any byte (noise): never let decoding raise.
     if isinstance(b, (bytes, bytearray)):
-        return bytes(b).decode("utf-8", "replace")
+        try:
+            return bytes(b).decode()
+        except UnicodeError:
+            return "".join(chr(c) if 32 <= c < 127 else "?" for c in b)
     return str(b)
 
 

@@ -138,8 +138,10 @@ class Nrf91(Dialect):
         return h
 
     def sock_send(self, m, h, data, host, port):
-        m.cmd(b"AT#XSENDTO=" + _num(h) + b",1,0," + _q(host) + b"," + _num(port) + b',"' + _hex(data) + b'"',
-              prefix=b"#XSENDTO:")
+        m.cmd(
+            b"AT#XSENDTO=" + _num(h) + b",1,0," + _q(host) + b"," + _num(port) + b',"' + _hex(data) + b'"',
+            prefix=b"#XSENDTO:",
+        )
 
     def sock_recv(self, m, h):
         lines = m.cmd(b"AT#XRECVFROM=" + _num(h) + b",1,0,0", prefix=b"#XRECVFROM:")
@@ -181,8 +183,15 @@ class Bg96(Dialect):
             self.open_result[h] = min(255, field_int(buf, n, 1, 255) + 1)  # 1 = opened, >1 = error
 
     def set_apn(self, m, apn, user, pwd):
-        m.cmd(b"AT+QICSGP=1,1," + _q(apn) + b"," + _q(user or "") + b"," + _q(pwd or "")
-              + (b",3" if user else b",0"))
+        m.cmd(
+            b"AT+QICSGP=1,1,"
+            + _q(apn)
+            + b","
+            + _q(user or "")
+            + b","
+            + _q(pwd or "")
+            + (b",3" if user else b",0")
+        )
 
     def activate_pdp(self, m):
         m.cmd(b"AT+QIACT=1")
@@ -204,7 +213,7 @@ class Bg96(Dialect):
     def sock_open(self, m, local_port):
         h = m.free_handle(12)
         self.open_result[h] = 0
-        m.cmd(b'AT+QIOPEN=1,' + _num(h) + b',"UDP SERVICE","127.0.0.1",0,' + _num(local_port) + b",0")
+        m.cmd(b"AT+QIOPEN=1," + _num(h) + b',"UDP SERVICE","127.0.0.1",0,' + _num(local_port) + b",0")
         if not m.at.wait_for(lambda: self.open_result[h], m.socket_open_timeout_ms):
             raise m.socket_error("no +QIOPEN result")
         if self.open_result[h] != 1:
@@ -212,8 +221,11 @@ class Bg96(Dialect):
         return h
 
     def sock_send(self, m, h, data, host, port):
-        m.cmd(b"AT+QISEND=" + _num(h) + b"," + _num(len(data)) + b"," + _q(host) + b"," + _num(port),
-              payload=bytes(data), prompt=b">")
+        m.cmd(
+            b"AT+QISEND=" + _num(h) + b"," + _num(len(data)) + b"," + _q(host) + b"," + _num(port),
+            payload=bytes(data),
+            prompt=b">",
+        )
 
     def sock_recv(self, m, h):
         lines = m.cmd(b"AT+QIRD=" + _num(h), prefix=b"+QIRD:")
@@ -251,8 +263,15 @@ class Sim7080(Dialect):
         self.pdp_up = buf.find(b"ACTIVE", 0, n) >= 0 and buf.find(b"DEACTIVE", 0, n) < 0
 
     def set_apn(self, m, apn, user, pwd):
-        m.cmd(b"AT+CNCFG=0,1," + _q(apn) + b"," + _q(user or "") + b"," + _q(pwd or "")
-              + (b",3" if user else b",0"))
+        m.cmd(
+            b"AT+CNCFG=0,1,"
+            + _q(apn)
+            + b","
+            + _q(user or "")
+            + b","
+            + _q(pwd or "")
+            + (b",3" if user else b",0")
+        )
 
     def activate_pdp(self, m):
         self.pdp_up = False
@@ -283,8 +302,12 @@ class Sim7080(Dialect):
         if self.remote[h] != (host, port):
             if self.remote[h] is not None:
                 self.sock_close(m, h)
-            line = _find(m.cmd(b"AT+CAOPEN=0," + _num(h) + b',"UDP",' + _q(host) + b"," + _num(port),
-                               prefix=b"+CAOPEN:"), b"+CAOPEN:")
+            line = _find(
+                m.cmd(
+                    b"AT+CAOPEN=0," + _num(h) + b',"UDP",' + _q(host) + b"," + _num(port), prefix=b"+CAOPEN:"
+                ),
+                b"+CAOPEN:",
+            )
             if line is None or int(fields(line)[1]) != 0:
                 raise m.socket_error("AT+CAOPEN failed: %r" % line)
             self.remote[h] = (host, port)
@@ -294,8 +317,9 @@ class Sim7080(Dialect):
         if self.remote[h] is None:
             return None
         prefix = b"+CARECV: "
-        lines = m.cmd(b"AT+CARECV=" + _num(h) + b"," + _num(self.max_datagram), prefix=b"+CARECV:",
-                      raw_prefix=prefix)
+        lines = m.cmd(
+            b"AT+CARECV=" + _num(h) + b"," + _num(self.max_datagram), prefix=b"+CARECV:", raw_prefix=prefix
+        )
         line = _find(lines, prefix)
         comma = line.find(b",")
         if comma < 0:
@@ -333,8 +357,12 @@ class SaraR4(Dialect):
         return int(fields(_find(m.cmd(cmd, prefix=b"+USOCR:"), b"+USOCR:"))[0])
 
     def sock_send(self, m, h, data, host, port):
-        m.cmd(b"AT+USOST=" + _num(h) + b"," + _q(host) + b"," + _num(port) + b"," + _num(len(data)),
-              prefix=b"+USOST:", payload=bytes(data), prompt=b"@")
+        m.cmd(
+            b"AT+USOST=" + _num(h) + b"," + _q(host) + b"," + _num(port) + b"," + _num(len(data)),
+            prefix=b"+USOST:",
+            payload=bytes(data),
+            prompt=b"@",
+        )
 
     def sock_recv(self, m, h):
         lines = m.cmd(b"AT+USORF=" + _num(h) + b"," + _num(self.max_datagram), prefix=b"+USORF:")

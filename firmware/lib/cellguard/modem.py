@@ -16,6 +16,7 @@ from cellguard.at import (
     ModemError,
     ModemRebooted,
     field_int,
+    _text,
     field_start,
     fields,
 )
@@ -67,7 +68,15 @@ def _is_cereg_urc(buf, n):
 
 
 # 3GPP TS 24.008 10.5.7.4a (T3412 extended) and 10.5.7.3 (T3324): (unit bits, seconds per step)
-_T3412_UNITS = ((0b011, 2), (0b100, 30), (0b101, 60), (0b000, 600), (0b001, 3600), (0b010, 36000), (0b110, 1152000))
+_T3412_UNITS = (
+    (0b011, 2),
+    (0b100, 30),
+    (0b101, 60),
+    (0b000, 600),
+    (0b001, 3600),
+    (0b010, 36000),
+    (0b110, 1152000),
+)
 _T3324_UNITS = ((0b000, 2), (0b001, 60), (0b010, 360))
 
 
@@ -100,6 +109,7 @@ class Modem:
         self._apn = None
         self._want_pdp = False
         self._handles = []
+        self.socket_op = False
         engine.add_urc(b"+CEREG:", self._cereg, _is_cereg_urc)
         engine.add_urc(b"+CPIN:", self._cpin)
         for prefix, handler in dialect.urcs():
@@ -134,17 +144,18 @@ class Modem:
         except (AtTimeout, ModemRebooted) as e:
             self._note("%s: recovering" % e)
             self.recover()
-            if not retry or payload is not None:
+            # Socket commands are not retried here: after a restart their handle is gone, and
+            # UdpSocket reopens it first (self.socket_op is set around them).
+            if not retry or payload is not None or self.socket_op:
                 raise
             return self.at.command(cmd, timeout_ms, prefix, payload, prompt, raw_prefix)
 
     def recover(self):
         """Bring a stuck or restarted modem back to a known, initialised state (or raise
         ModemUnresponsive). Returns the recovery step that worked."""
-        step = "reboot"
-        if not self.at.rebooted:
-            step = self.at.recover()
-        self.init()
+        step = "reboot" if self.at.rebooted else self.at.recover()
+        if step != "resync":  # the modem restarted: its settings, PDP and sockets are gone
+            self.init()
         return step
 
     def init(self):
@@ -166,31 +177,33 @@ class Modem:
         self.session += 1
 
     # -- identity
-    def _value(self, cmd, prefix=None):
-        lines = self.cmd(cmd, prefix=prefix)
-        for line in lines:
-            if prefix is None or line.startswith(prefix):
-                text = fields(line)[0] if prefix is not None else line.decode().strip().strip('"')
-                return text
-        raise ModemError("no reply to %s" % cmd.decode())
-
-    def imei(self):
-        return self._value(self.dialect.imei_cmd)
-
-    def iccid(self):
-        cmd = self.dialect.iccid_cmd
-        lines = self.cmd(cmd)
-        for line in lines:
-            text = line.decode().strip()
-            if ":" in text:
-                text = text.split(":", 1)[1].strip()
+    def _identity(self, cmd):
+        # The reply line that is a number (after an optional "+XXX:" prefix and quotes); other
+        # lines - line noise - are ignored. ICCIDs may end in an F filler nibble.
+        for line in self.cmd(cmd):
+            text = _text(line).strip()
+            colon = text.find(":")
+            if colon >= 0:
+                text = text[colon + 1 :].strip()
             text = text.strip('"').rstrip("Ff")
             if text.isdigit():
                 return text
-        raise ModemError("no ICCID in reply to %s" % cmd.decode())
+        raise ModemError("no number in reply to %s" % _text(cmd))
+
+    def imei(self):
+        return self._identity(self.dialect.imei_cmd)
+
+    def iccid(self):
+        return self._identity(self.dialect.iccid_cmd)
 
     def imsi(self):
-        return self._value(b"AT+CIMI")
+        return self._identity(b"AT+CIMI")
+
+    def _value(self, cmd, prefix):
+        for line in self.cmd(cmd, prefix=prefix):
+            if line.startswith(prefix):
+                return fields(line)[0]
+        raise ModemError("no %s reply" % _text(prefix))
 
     # -- SIM
     def sim_state(self):
@@ -383,15 +396,18 @@ class UdpSocket:
             raise SocketError("datagram of %d bytes exceeds %d" % (len(data), m.dialect.max_datagram))
         for attempt in (0, 1):
             h = self._ensure()
+            m.socket_op = True
             try:
                 m.dialect.sock_send(m, h, data, host, port)
                 return len(data)
             except (AtTimeout, ModemRebooted) as e:
+                # m.cmd has recovered the modem already; _ensure reopens the socket if it restarted.
                 if attempt:
                     raise SocketError("send failed: %s" % e)
-                m.recover()
             except AtCommandError as e:
                 raise SocketError("send failed: %s" % e)
+            finally:
+                m.socket_op = False
 
     def recvfrom(self, timeout_ms):
         """(data, host, port) or None after timeout_ms. Driven by the modem's receive URC, with a
@@ -405,13 +421,15 @@ class UdpSocket:
             h = self._ensure()
             if ready[h] or first:
                 ready[h] = 0
+                m.socket_op = True
                 try:
                     got = m.dialect.sock_recv(m, h)
                 except (AtTimeout, ModemRebooted):
-                    m.recover()
-                    got = None
+                    got = None  # recovered by m.cmd; the loop reopens the socket if needed
                 except AtCommandError as e:
                     raise SocketError("receive failed: %s" % e)
+                finally:
+                    m.socket_op = False
                 if got is not None:
                     ready[h] = 1  # more may be queued: the next call reads again at once
                     return got

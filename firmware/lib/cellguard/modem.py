@@ -15,8 +15,8 @@ from cellguard.at import (
     CmeError,
     ModemError,
     ModemRebooted,
-    field_int,
     _text,
+    field_int,
     field_start,
     fields,
 )

@@ -55,14 +55,19 @@ def decide(slots_, reset_cause=None, log=None):
     st = slots_.read_state()
     if st is None:
         # First boot after provisioning: adopt the best verified slot as confirmed.
+        # Only one slot's bytes are held at a time (the winner is read again): RAM is the limit.
         best = None
+        best_counter = -1
         for slot in (0, 1):
-            buf, info = _try(slots_, slot, 0, log)
-            if info is not None and (best is None or info.security_counter > best[2].security_counter):
-                best = (slot, buf, info)
+            info = _try(slots_, slot, 0, log)[1]
+            if info is not None and info.security_counter > best_counter:
+                best, best_counter = slot, info.security_counter
         if best is None:
             return None
-        slot, buf, info = best
+        slot = best
+        buf, info = _try(slots_, slot, 0, log)
+        if info is None:
+            return None
         slots_.write_state(_slots.BootState(active=slot, floor=info.security_counter))
         return BootResult(slots_, slot, info, False, buf)
 

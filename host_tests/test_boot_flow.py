@@ -338,3 +338,29 @@ def test_each_boot_a_new_interpreter_through_boot_py(kit, tmp_path):
         "RAN 1.2.0 True",
         "RAN 1.1.0 False",  # reverted
     ]
+
+
+def test_signed_image_that_does_not_mount_is_reverted(kit, tmp_path):
+    # Authentic but not a ROMFS (a packaging mistake): the trial fails at once and v1 runs.
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a romfs" * 50)
+    bad = image_tool.sign(kit.keys["ed_a"], junk, tmp_path / "junk.img", "1.5.0")
+    out = (
+        run_micropython(device_script(kit, ("v1",), _JUNK % str(bad)), heapsize="4M", extra_paths=(kit.lib,))
+        .strip()
+        .splitlines()
+    )
+    result = json.loads(out[-1])
+    assert result["boots"] == [["v1", False]] and result["state"]["reason"] == "mount failed"
+
+
+_JUNK = """
+dev = bootsim.new_device(keys, imgs)
+with open(%r, "rb") as f:
+    junk = f.read()
+dev.mount()
+dev.download(dev.slots(), junk)
+dev.reboot()
+dev.power_on(lambda v, st: None); dev.reboot()
+print(json.dumps({"boots": dev.boots[1:], "state": dev.check_state()[1].describe()}))
+"""

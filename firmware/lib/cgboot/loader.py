@@ -121,9 +121,20 @@ def boot(root, trusted_keys, reset_cause=None, mount_point="/app", log=None, **s
     global _current
     slots_ = _slots.Slots(root, trusted_keys, **slot_options)
     result = decide(slots_, reset_cause, log)
-    _current = result
     if result is not None and mount_point:
-        mount(result, mount_point)
+        try:
+            mount(result, mount_point)
+        except OSError as e:
+            if not result.trial:
+                raise
+            # Signed but not a filesystem we can mount: a failed trial like any other.
+            _log(log, "trial image does not mount (%r): reverting" % (e,))
+            st = slots_.read_state()
+            slots_.write_state(st.copy(mode=_slots.REVERTED, attempts=0, reason="mount failed"))
+            result = decide(slots_, None, log)
+            if result is not None:
+                mount(result, mount_point)
+    _current = result
     return result
 
 

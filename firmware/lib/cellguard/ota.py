@@ -64,22 +64,33 @@ class OtaSession:
         self._next(off)
 
     def _chunk(self, offset, data):
-        from cgboot.image import Rejected
         from cgboot.update import UpdateError
 
         try:
             off = self.writer.write(offset, data)
-            if off < self.size:
-                self._next(off)
-                return
+        except UpdateError as e:
+            self._failed(e)
+            return
+        self._next(off)
+
+    def _failed(self, e):
+        self.active = False
+        self.report("update_rejected", getattr(e, "reason", str(e)))
+
+    def _next(self, off):
+        # Ask for the next chunk, or (everything is here, e.g. a cut came after the last chunk)
+        # verify the whole image, mark it for test and reboot into the trial.
+        if off < self.size:
+            self.request(off, min(self.chunk, self.size - off))
+            return
+        from cgboot.image import Rejected
+        from cgboot.update import UpdateError
+
+        try:
             info = self.writer.finish()
         except (UpdateError, Rejected) as e:
-            self.active = False
-            self.report("update_rejected", getattr(e, "reason", str(e)))
+            self._failed(e)
             return
         self.active = False
         self.report("update_ready", info.version_str())
         self.reboot()
-
-    def _next(self, off):
-        self.request(off, min(self.chunk, self.size - off))

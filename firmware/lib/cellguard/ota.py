@@ -7,6 +7,17 @@
 # for a reboot. It takes the records as the messaging layer's downlink parser yields them
 # (("update_offer", major, minor, revision, size, sha256, chunk), ("chunk", offset, data)) and
 # sends through the callbacks it is handed, so it runs with no network in tests.
+#
+# Wiring (messaging layer, docs/protocol.md): outbox.on_command = session.handle for the
+# "update_offer" and "chunk" records, and request = send chunk_request_payload(off, n) as a control
+# datagram (CHUNK REQ, sent directly, not through the outbox).
+
+CTRL_CHUNK_REQ = 0x04  # docs/protocol.md section 5 (cellguard.wire.CTRL_CHUNK_REQ once merged)
+
+
+def chunk_request_payload(offset, length):
+    """The control payload of a CHUNK REQ uplink: type, u32 offset, u16 length (big-endian)."""
+    return bytes([CTRL_CHUNK_REQ]) + offset.to_bytes(4, "big") + length.to_bytes(2, "big")
 
 
 class OtaSession:
@@ -65,6 +76,10 @@ class OtaSession:
 
     def _chunk(self, offset, data):
         from cgboot.update import UpdateError
+
+        if not data:  # the hub has no such image (any more): stop asking
+            self._failed(UpdateError("no_data"))
+            return
 
         try:
             off = self.writer.write(offset, data)

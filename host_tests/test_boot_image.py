@@ -243,3 +243,10 @@ def test_release_packs_the_application_and_boots_it(kit, tmp_path):
     )
     out = run_micropython(script, extra_paths=(lib,), env={**os.environ, "CELLGUARD_FS": str(fs)})
     assert out.strip().splitlines()[-1] == "/app/cellguard/__init__.mpy 2.0.0+0 False"
+
+
+def test_cli_refuses_a_downgrade_and_a_missing_file(kit, tmp_path):
+    counter = (1 << 24) | (1 << 16)  # v2's
+    args = ["verify", "-k", str(kit.keys["ed_a"]), "--min-counter", str(counter), str(kit.images["v1"])]
+    assert image_tool.main(args) == 1  # v1 is older than the floor
+    assert image_tool.main(["build", str(tmp_path / "nope"), "-o", str(tmp_path / "x.romfs")]) == 1

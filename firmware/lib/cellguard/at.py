@@ -380,6 +380,8 @@ class AtEngine:
 
     def _on_line(self, buf, n):
         cmd = self._cmd
+        if cmd is not None and self._state != _PENDING:
+            cmd = None  # the command has its result: what follows is not its reply
         if cmd is not None:
             if self._final(buf, n):
                 return

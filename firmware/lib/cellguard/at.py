@@ -497,12 +497,13 @@ class AtEngine:
     # -- recovery
     def resync(self, attempts=5, timeout_ms=500):
         """Send AT until OK (a late reply to an old command is drained first); True when in sync."""
-        for _ in range(attempts):
-            self.drain()
+        for attempt in range(attempts):
+            if attempt:
+                self.drain()  # let a burst of stale output pass before trying again
             self.reader.reset()
             try:
                 self.command(b"AT", timeout_ms)
-                self.drain()
+                self.drain(10)  # a late reply to an older command must not meet the next one
                 return True
             except ModemError:
                 pass

@@ -102,6 +102,7 @@ class Modem:
         self._log = log
         self.reg_stat = NOT_REGISTERED
         self.sim_event = False  # a +CPIN: URC arrived (SIM removed/inserted)
+        self.cfun_events = 0
         self.session = 0  # incremented by each init(): sockets opened before are gone
         self.attach_timeout_ms = 180000
         self.pdp_timeout_ms = 150000
@@ -112,6 +113,9 @@ class Modem:
         self.socket_op = False
         engine.add_urc(b"+CEREG:", self._cereg, _is_cereg_urc)
         engine.add_urc(b"+CPIN:", self._cpin)
+        # "+CFUN: 1" follows RDY on Quectel/SIMCom boots; RDY already marks the restart, so this
+        # only keeps the line out of replies (AT+CFUN? still gets its reply: prefix routing).
+        engine.add_urc(b"+CFUN:", self._cfun)
         for prefix, handler in dialect.urcs():
             engine.add_urc(prefix, handler)
 
@@ -121,6 +125,9 @@ class Modem:
 
     def _cpin(self, buf, n):
         self.sim_event = True
+
+    def _cfun(self, buf, n):
+        self.cfun_events += 1
 
     # -- errors the dialects raise through the driver
     def socket_error(self, msg):

@@ -100,6 +100,23 @@ class ModemRebooted(ModemError):
         self.lines = lines
 
 
+class ReplyError(ModemError):
+    """The modem answered OK but the reply could not be parsed (missing or malformed fields)."""
+
+
+def parses_reply(fn):
+    """Decorator for driver methods that parse replies: a malformed reply (noise, a firmware
+    variant) becomes ReplyError instead of a ValueError/IndexError deep in the parsing."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, IndexError, TypeError, AttributeError, KeyError) as e:
+            raise ReplyError("unexpected reply in %s: %r" % (fn.__name__, e))
+
+    return wrapper
+
+
 class ModemUnresponsive(ModemError):
     """Recovery failed: no answer to AT after resync, AT+CFUN reset and the reset pin."""
 

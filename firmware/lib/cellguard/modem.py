@@ -19,6 +19,7 @@ from cellguard.at import (
     field_int,
     field_start,
     fields,
+    parses_reply,
 )
 
 # +CEREG <stat> values (3GPP TS 27.007 7.2)
@@ -166,7 +167,17 @@ class Modem:
         return step
 
     def init(self):
-        """Echo off, numeric +CME errors, registration URCs, dialect setup. Idempotent."""
+        """Echo off, numeric +CME errors, registration URCs, dialect setup. Idempotent.
+        A restart or a lost reply in the middle is recovered from once."""
+        try:
+            self._init()
+        except (AtTimeout, ModemRebooted) as e:
+            self._note("init: %s; recovering" % e)
+            if not self.at.rebooted:
+                self.at.recover()
+            self._init()
+
+    def _init(self):
         at = self.at
         at.echo_off = False
         at.rebooted = False
@@ -184,6 +195,7 @@ class Modem:
         self.session += 1
 
     # -- identity
+    @parses_reply
     def _identity(self, cmd):
         # The reply line that is a number (after an optional "+XXX:" prefix and quotes); other
         # lines - line noise - are ignored. ICCIDs may end in an F filler nibble.
@@ -206,6 +218,7 @@ class Modem:
     def imsi(self):
         return self._identity(b"AT+CIMI")
 
+    @parses_reply
     def _value(self, cmd, prefix):
         for line in self.cmd(cmd, prefix=prefix):
             if line.startswith(prefix):
@@ -213,6 +226,7 @@ class Modem:
         raise ModemError("no %s reply" % _text(prefix))
 
     # -- SIM
+    @parses_reply
     def sim_state(self):
         """'READY', 'SIM PIN', 'SIM PUK' (or another +CPIN: word), or 'ABSENT' / 'FAILURE'."""
         try:
@@ -235,10 +249,12 @@ class Modem:
 
         self.cmd(b"AT+CPIN=" + _q(puk) + b"," + _q(new_pin), retry=False)
 
+    @parses_reply
     def pin_retries(self):
         """(PIN attempts left, PUK attempts left), or None if the dialect cannot tell."""
         return self.dialect.pin_retries(self)
 
+    @parses_reply
     def pin_lock_enabled(self):
         line = self.cmd(b'AT+CLCK="SC",2', prefix=b"+CLCK:")
         for item in line:
@@ -258,6 +274,7 @@ class Modem:
         self.cmd(b'AT+CPWD="SC",' + _q(old) + b"," + _q(new), retry=False)
 
     # -- registration
+    @parses_reply
     def registration(self):
         """Query +CEREG? now; returns the stat (HOME, ROAMING, SEARCHING, DENIED, ...)."""
         for line in self.cmd(b"AT+CEREG?", prefix=b"+CEREG:"):
@@ -304,6 +321,7 @@ class Modem:
         self._want_pdp = False
         self.dialect.deactivate_pdp(self)
 
+    @parses_reply
     def pdp_active(self):
         return self.dialect.pdp_active(self)
 
@@ -317,6 +335,7 @@ class Modem:
         self.dialect.activate_pdp(self)
 
     # -- signal and power saving
+    @parses_reply
     def signal(self):
         """{'rsrp_dbm', 'rsrq_db', 'rssi_dbm'}; None where the modem reports 'unknown'."""
         out = {"rsrp_dbm": None, "rsrq_db": None, "rssi_dbm": None}
@@ -344,6 +363,7 @@ class Modem:
         active = encode_timer(active_s, _T3324_UNITS)
         self.cmd(('AT+CPSMS=1,,,"%s","%s"' % (tau, active)).encode())
 
+    @parses_reply
     def psm(self):
         return fields(self.cmd(b"AT+CPSMS?", prefix=b"+CPSMS:")[0])
 
@@ -392,7 +412,10 @@ class UdpSocket:
         if self._session != m.session:
             if self._session >= 0:
                 m.restore()
-            self._h = m.dialect.sock_open(m, self._local_port)
+            try:
+                self._h = m.dialect.sock_open(m, self._local_port)
+            except (ValueError, IndexError, TypeError, AttributeError) as e:
+                raise SocketError("unexpected reply opening a socket: %r" % (e,))
             m._handles.append(self._h)
             self._session = m.session
         return self._h
@@ -413,6 +436,8 @@ class UdpSocket:
                     raise SocketError("send failed: %s" % e)
             except AtCommandError as e:
                 raise SocketError("send failed: %s" % e)
+            except ValueError as e:  # a host that cannot go into a command
+                raise SocketError("bad destination: %s" % e)
             finally:
                 m.socket_op = False
 
@@ -435,6 +460,8 @@ class UdpSocket:
                     got = None  # recovered by m.cmd; the loop reopens the socket if needed
                 except AtCommandError as e:
                     raise SocketError("receive failed: %s" % e)
+                except (ValueError, IndexError, TypeError, AttributeError) as e:
+                    raise SocketError("unexpected receive reply: %r" % (e,))
                 finally:
                     m.socket_op = False
                 if got is not None:

@@ -58,6 +58,8 @@ engine = at.AtEngine(runtime.open_uart(PTY), d.line_buffer(), reset_pin=reset_pi
 engine.default_timeout_ms = %(at_timeout_ms)d
 engine.timeouts = ()
 engine.reset_wait_ms = 3000
+engine.resync_attempts = 3
+engine.resync_timeout_ms = 300
 m = modem.Modem(engine, d)
 m.attach_timeout_ms = 5000
 m.pdp_timeout_ms = 5000

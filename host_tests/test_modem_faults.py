@@ -265,9 +265,11 @@ def test_over_long_line_is_discarded_and_counted():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("until,step", [("cfun", "cfun"), ("pin", "pin")])
-def test_hung_modem_escalates(until, step):
-    with emulated_modem("bg96") as emu, udp_echo_server() as echo:
+@pytest.mark.parametrize(
+    "dialect,until,step", [(d, "cfun", "cfun") for d in DIALECTS] + [("bg96", "pin", "pin")]
+)
+def test_hung_modem_escalates(dialect, until, step):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
         emu.on_command("AT+CSQ", lambda: emu.hang(until))
         out = run_driver(
             emu,
@@ -307,4 +309,4 @@ except at.ModemUnresponsive as e:
 """,
         )
     assert "UNRESPONSIVE True" in out
-    assert emu.commands_matching("AT+CFUN=1,1")
+    assert emu.commands_matching("AT+CFUN=15")  # u-blox's reset command

@@ -132,6 +132,12 @@ def split_args(text: str) -> list[str]:
 class ModemEmulator:
     """One emulated modem. start() opens the pty and serves in a thread; stop() ends it."""
 
+    RESET_COMMANDS = {
+        "nrf91": "AT#XRESET",
+        "bg96": "AT+CFUN=1,1",
+        "sim7080": "AT+CFUN=1,1",
+        "sara-r4": "AT+CFUN=15",
+    }
     BOOT_URCS = {
         "nrf91": ["Ready"],
         "bg96": ["RDY", "+CFUN: 1"],
@@ -251,7 +257,8 @@ class ModemEmulator:
         self.call(lambda: self._write(data))
 
     def hang(self, until: str = "cfun") -> None:
-        """Stop answering. until="cfun": AT+CFUN=1,1 still resets it; "pin": only the reset wire."""
+        """Stop answering. until="cfun": the dialect's software reset (AT+CFUN=1,1, AT+CFUN=15 on
+        u-blox, AT#XRESET on the nRF SLM) still resets it; "pin": only the reset wire does."""
         self._hang = until
 
     def reboot(self) -> None:
@@ -469,7 +476,7 @@ class ModemEmulator:
         if hook:
             hook[2]()
         if self._hang:
-            if self._hang == "cfun" and upper.startswith("AT+CFUN=1,1"):
+            if self._hang == "cfun" and upper.startswith(self.RESET_COMMANDS[self.dialect]):
                 self._reboot()
             return
         for prefix in self._reboot_during:
@@ -845,6 +852,7 @@ class ModemEmulator:
             "#XSOCKET": xsocket,
             "#XBIND": xbind,
             "#XAPOLL": lambda sep, a: ([], "OK"),
+            "#XRESET": lambda sep, a: ([], "OK", self._reboot),
             "#XSENDTO": xsendto,
             "#XRECVFROM": xrecvfrom,
             "#XCLOSE": xclose,

@@ -337,6 +337,9 @@ class AtEngine:
         self.default_timeout_ms = DEFAULT_TIMEOUT_MS
         self.timeouts = SLOW_COMMANDS
         self.reset_wait_ms = 10000  # how long a modem may take to answer AT after a reset
+        self.resync_attempts = 5
+        self.resync_timeout_ms = 500
+        self.reset_cmd = b"AT+CFUN=1,1"  # the dialect sets its own (AT+CFUN=15, AT#XRESET)
         self.echo_off = False  # set by the driver after ATE0: an echo after that means a reboot
         # Command state.
         self._cmd = None
@@ -512,8 +515,10 @@ class AtEngine:
                 self._pump()
 
     # -- recovery
-    def resync(self, attempts=5, timeout_ms=500):
+    def resync(self, attempts=0, timeout_ms=0):
         """Send AT until OK (a late reply to an old command is drained first); True when in sync."""
+        attempts = attempts or self.resync_attempts
+        timeout_ms = timeout_ms or self.resync_timeout_ms
         for attempt in range(attempts):
             if attempt:
                 self.drain()  # let a burst of stale output pass before trying again
@@ -527,13 +532,14 @@ class AtEngine:
         return False
 
     def recover(self):
-        """Resync; else AT+CFUN=1,1; else the board's reset pin. Returns which step worked."""
+        """Resync; else the modem's reset command (reset_cmd, AT+CFUN=1,1 by default); else the
+        board's reset pin. Returns which step worked: "resync", "cfun" or "pin"."""
         self.recoveries += 1
         if self.resync():
             return "resync"
-        self._note("resync failed: AT+CFUN=1,1")
+        self._note("resync failed: reset command")
         try:
-            self.command(b"AT+CFUN=1,1", 2000)
+            self.command(self.reset_cmd, 2000)
         except ModemError:
             pass
         if self._wait_alive():
@@ -548,7 +554,7 @@ class AtEngine:
     def _wait_alive(self):
         deadline = runtime.ticks_add(runtime.ticks_ms(), self.reset_wait_ms)
         while runtime.ticks_diff(deadline, runtime.ticks_ms()) > 0:
-            if self.resync(1, 500):
+            if self.resync(1):
                 self.rebooted = True  # after a reset the driver must re-initialise
                 return True
         return False

@@ -50,6 +50,7 @@ class Dialect:
 
     name = "3gpp"
     boot_urcs = (b"RDY",)
+    reset_cmd = b"AT+CFUN=1,1"  # software reset, the second step of recovery
     setup = ()  # extra commands after ATE0 / +CMEE=1 / +CEREG=2
     imei_cmd = b"AT+CGSN"
     iccid_cmd = b"AT+CCID"
@@ -112,6 +113,7 @@ class Dialect:
 class Nrf91(Dialect):
     name = "nrf91"
     boot_urcs = (b"Ready",)
+    reset_cmd = b"AT#XRESET"  # the SLM's own reset; the modem core has no AT+CFUN=1,1
     iccid_cmd = b"AT%XICCID"
     pdp_cid = 0
     max_datagram = 700  # hex doubles it inside one command line
@@ -336,6 +338,7 @@ class Sim7080(Dialect):
 class SaraR4(Dialect):
     name = "sara-r4"
     boot_urcs = ()  # SARA prints nothing at boot; the echo coming back reveals a restart
+    reset_cmd = b"AT+CFUN=15"  # silent reset with SIM reset (u-blox)
     setup = (b"AT+UDCONF=1,1",)  # hex mode for AT+USORF
     imei_cmd = b"AT+CGSN"
     iccid_cmd = b"AT+CCID"

@@ -8,6 +8,11 @@
 #   m.init(); m.wait_registered(180000); m.set_apn("iot.example"); m.activate_pdp()
 #   sock = m.open_udp(); sock.sendto(b"hi", "192.0.2.1", 5683); sock.recvfrom(5000)
 from cellguard import runtime
+
+try:  # the status registry (board layer); the driver works without it
+    from cellguard import status as _status
+except ImportError:
+    _status = None
 from cellguard.at import (
     AtCommandError,
     AtEngine,
@@ -98,6 +103,7 @@ class Modem:
             engine = AtEngine(engine, dialect.line_buffer(), boot_urcs=dialect.boot_urcs, log=log)
         else:
             engine._boot_urcs = dialect.boot_urcs
+        engine.reset_cmd = dialect.reset_cmd
         self.at = engine
         self.dialect = dialect
         self._log = log
@@ -140,6 +146,24 @@ class Modem:
     def _note(self, text):
         if self._log:
             self._log(text)
+        if _status is not None:
+            _status.log("modem: " + text)
+
+    def _publish(self):
+        # For the console: registration and health, never identities or secrets.
+        if _status is not None:
+            _status.set("modem", "dialect", self.dialect.name)
+            _status.set("modem", "registration", self.reg_stat)
+            _status.set("modem", "recoveries", self.at.recoveries)
+            _status.set("modem", "reboots", self.at.reboots)
+            _status.set("modem", "line_overflows", self.at.reader.overflows)
+
+    def poll(self, timeout_ms=0):
+        """Handle whatever the modem sent (URCs) without a command; for the firmware's main loop."""
+        self.at.poll(timeout_ms)
+
+    def close(self):
+        self.at.close()
 
     # -- command path with recovery
     def cmd(self, cmd, timeout_ms=None, prefix=None, payload=None, prompt=b">", raw_prefix=None, retry=True):
@@ -164,6 +188,8 @@ class Modem:
         step = "reboot" if self.at.rebooted else self.at.recover()
         if step != "resync":  # the modem restarted: its settings, PDP and sockets are gone
             self.init()
+        self._note("recovered by " + step)
+        self._publish()
         return step
 
     def init(self):
@@ -289,6 +315,7 @@ class Modem:
         deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
         stat = self.registration()
         while True:
+            self._publish()
             if stat == HOME:
                 return "home"
             if stat == ROAMING:

@@ -91,10 +91,18 @@ def run_driver(
     timeout: float = 45,
     at_timeout_ms: int = 1500,
     heapsize: str = "256K",
+    extra_paths=(),
 ) -> str:
-    """Run `body` (after DRIVER_PRELUDE) on the MicroPython unix port; return what it printed."""
+    """Run `body` (after DRIVER_PRELUDE) on the MicroPython unix port; return what it printed.
+
+    The heap is 256K because the unix port is 64-bit (objects twice a microcontroller's size) and
+    compiles the modules from source; test_modem_roundtrip shows the driver fits 128K as .mpy.
+    """
     return run_micropython(
-        driver_script(emu, body, echo_port, at_timeout_ms), heapsize=heapsize, timeout=timeout
+        driver_script(emu, body, echo_port, at_timeout_ms),
+        heapsize=heapsize,
+        timeout=timeout,
+        extra_paths=extra_paths,
     )
 
 

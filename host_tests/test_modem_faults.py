@@ -310,3 +310,26 @@ except at.ModemUnresponsive as e:
         )
     assert "UNRESPONSIVE True" in out
     assert emu.commands_matching("AT+CFUN=15")  # u-blox's reset command
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", ["bg96", "sim7080", "sara-r4"])
+def test_lost_prompt_does_not_swallow_recovery(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.drop_prompt(SEND_COMMAND[dialect])
+        out = run_driver(
+            emu,
+            """
+attach()
+s = m.open_udp()
+s.sendto(b'ping', '127.0.0.1', ECHO_PORT)
+print('ECHOES', [s.recvfrom(2000)[0] for _ in range(2)])
+print('RECOVERIES', engine.recoveries)
+""",
+            echo_port=echo.port,
+        )
+    assert "ECHOES [b'\\x00\\x00\\x00\\x00', b'ping']" in out
+    assert "RECOVERIES 1" in out  # a resync was enough: no reset
+    assert not emu.commands_matching("AT+CFUN=1,1") and emu.reboots == 0
+    # What left: the NUL filler that completed the modem's fixed-length read, then the datagram.
+    assert [d for d, _ in echo.received] == [bytes(4), b"ping"]

@@ -43,6 +43,7 @@ def inject(emu, rng: random.Random) -> list[str]:
         "burst": lambda: emu.urc_burst(rng.choice(ATTACH + [SEND[dialect]]), ["+CEREG: 1", "+CPIN: READY"]),
         "reboot": lambda: emu.reboot_during(rng.choice(ATTACH + [SEND[dialect]])),
         "dup": lambda: setattr(emu.udp, "duplicate_in", 1),
+        "prompt": lambda: emu.drop_prompt(SEND[dialect]),
     }
     chosen = rng.sample(sorted(faults), rng.randint(1, 3))
     for name in chosen:

@@ -178,6 +178,7 @@ class ModemEmulator:
         self._burst: list[list] = []
         self._reboot_during: list[str] = []
         self._hooks: list[list] = []
+        self._drop_prompt: list[list] = []
         self.split_writes = False
         self._hang: str | None = None
         self._power_on_state()
@@ -251,6 +252,10 @@ class ModemEmulator:
     def reboot_during(self, prefix: str) -> None:
         """The modem restarts in the middle of the next command starting with prefix."""
         self._reboot_during.append(prefix.upper())
+
+    def drop_prompt(self, prefix: str, count: int = 1) -> None:
+        """The prompt for the next payload command is lost; the modem still waits for the payload."""
+        self._drop_prompt.append([prefix.upper(), count])
 
     def inject(self, data: bytes) -> None:
         """Write these bytes (noise, garbage, a too-long line) to the device now."""
@@ -496,6 +501,8 @@ class ModemEmulator:
             self._pending_cmd = line
             self._payload = result
             prompt = b"@" if self.dialect == "sara-r4" else b"\r\n> "
+            if self._take(self._drop_prompt, line):
+                prompt = b""
             self._busy = True
 
             def show():

@@ -412,7 +412,8 @@ class AtEngine:
                 return
         for prefix, handler, is_urc in self._urcs:
             if n >= len(prefix) and buf.startswith(prefix):
-                if cmd is not None and self._prefix is not None and buf.startswith(self._prefix):
+                reply = self._prefix
+                if cmd is not None and reply is not None and n >= len(reply) and buf.startswith(reply):
                     if is_urc is None or not is_urc(buf, n):
                         break  # the running command's reply
                 handler(buf, n)
@@ -445,7 +446,7 @@ class AtEngine:
                 self._result = bytes(buf[:n])
                 self._state = _DONE_ERROR
                 return True
-        if buf.startswith(_CME) or buf.startswith(_CMS):
+        if n >= 11 and (buf.startswith(_CME) or buf.startswith(_CMS)):  # len(b"+CME ERROR:")
             self._result = bytes(buf[:n])
             self._state = _DONE_ERROR
             return True
@@ -484,7 +485,15 @@ class AtEngine:
         try:
             self._stream.write(cmd + b"\r")
             if payload is not None:
-                self._wait(deadline, True)
+                try:
+                    self._wait(deadline, True)
+                except AtTimeout:
+                    # The prompt was lost, but the modem may be waiting for exactly len(payload)
+                    # bytes and would swallow our recovery commands. Fill that read with NULs (a
+                    # zero datagram at worst; the payload itself is never sent unprompted, and
+                    # NULs without CR cannot form a command if it was not waiting).
+                    self._stream.write(bytes(len(payload)))
+                    raise
                 if self._state == _PENDING:
                     self._stream.write(payload)
             self._wait(deadline, False)

@@ -333,3 +333,27 @@ print('RECOVERIES', engine.recoveries)
     assert not emu.commands_matching("AT+CFUN=1,1") and emu.reboots == 0
     # What left: the NUL filler that completed the modem's fixed-length read, then the datagram.
     assert [d for d, _ in echo.received] == [bytes(4), b"ping"]
+
+
+ACTIVATE = {"nrf91": "AT+CGACT=1", "bg96": "AT+QIACT=1", "sim7080": "AT+CNACT=0,1", "sara-r4": "AT+CGACT=1"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_network_deactivates_the_pdp_context(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.on_command("AT+CSQ", emu.deactivate_pdp)
+        out = run_driver(
+            emu,
+            """
+attach()
+s = m.open_udp()
+engine.command(b'AT+CSQ')
+engine.wait_for(lambda: d.pdp_lost, 1000)
+s.sendto(b'again', '127.0.0.1', ECHO_PORT)
+print('ECHO', s.recvfrom(4000)[0])
+""",
+            echo_port=echo.port,
+        )
+    assert "ECHO b'again'" in out
+    assert len(emu.commands_matching(ACTIVATE[dialect])) == 2

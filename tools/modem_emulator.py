@@ -299,6 +299,23 @@ class ModemEmulator:
         before it is answered: a way to make a fault land at an exact point of a driver run."""
         self._hooks.append([prefix.upper(), count, action])
 
+    def deactivate_pdp(self) -> None:
+        """The network deactivates the PDP context; the modem's sockets go with it."""
+        self.call(self._deactivate_pdp)
+
+    def _deactivate_pdp(self) -> None:
+        cids = sorted(self.pdp_active) or [1]
+        self.pdp_active.clear()
+        for ident in list(self.sockets):
+            self.sockets.pop(ident).sock.close()
+        for cid in cids:
+            if self.dialect == "bg96":
+                self._urc(f'+QIURC: "pdpdeact",{cid}')
+            elif self.dialect == "sim7080":
+                self._urc(f"+APP PDP: {cid},DEACTIVE")
+            elif self.settings.get("cgerep") == "1":
+                self._urc(f"+CGEV: NW PDN DEACT {cid}")
+
     def push_urc(self, line: str) -> None:
         self.call(lambda: self._urc(line))
 
@@ -684,6 +701,7 @@ class ModemEmulator:
             "+CGDCONT": self._h_cgdcont,
             "+CGAUTH": self._h_cgauth,
             "+CGACT": self._h_cgact,
+            "+CGEREP": self._h_cgerep,
         }
 
     def _h_cmee(self, sep, args):
@@ -774,6 +792,12 @@ class ModemEmulator:
         if sep == "?":
             return [f'+CGDCONT: {c},"IP","{p["apn"]}"' for c, p in sorted(self.pdp.items())], "OK"
         self.pdp.setdefault(int(args[0]), {})["apn"] = args[2] if len(args) > 2 else ""
+        return [], "OK"
+
+    def _h_cgerep(self, sep, args):
+        if sep == "?":
+            return [f"+CGEREP: {self.settings.get('cgerep', '0')},0"], "OK"
+        self.settings["cgerep"] = args[0]
         return [], "OK"
 
     def _h_cgauth(self, sep, args):

@@ -436,6 +436,17 @@ class UdpSocket:
         m = self._m
         if m.at.rebooted:
             m.recover()
+        if m.dialect.pdp_lost and m._want_pdp:
+            # The network dropped the PDP context and the sockets with it: re-activate, reopen.
+            m.dialect.pdp_lost = False
+            m._note("PDP context lost: re-activating")
+            if self._h in m._handles:
+                m._handles.remove(self._h)
+            try:
+                m.dialect.sock_close(m, self._h)
+            except ModemError:
+                pass
+            m.session += 1
         if self._session != m.session:
             if self._session >= 0:
                 m.restore()

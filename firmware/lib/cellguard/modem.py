@@ -440,12 +440,7 @@ class UdpSocket:
             # The network dropped the PDP context and the sockets with it: re-activate, reopen.
             m.dialect.pdp_lost = False
             m._note("PDP context lost: re-activating")
-            if self._h in m._handles:
-                m._handles.remove(self._h)
-            try:
-                m.dialect.sock_close(m, self._h)
-            except ModemError:
-                pass
+            self._release()
             m.session += 1
         if self._session != m.session:
             if self._session >= 0:
@@ -514,11 +509,15 @@ class UdpSocket:
         if self.closed:
             return
         self.closed = True
+        if self._session == self._m.session and self._h is not None:
+            self._release()
+
+    def _release(self):
+        # Free the handle and close it on the modem; a modem that already dropped it may refuse.
         m = self._m
-        if self._session == m.session and self._h is not None:
-            if self._h in m._handles:
-                m._handles.remove(self._h)
-            try:
-                m.dialect.sock_close(m, self._h)
-            except ModemError:
-                pass
+        if self._h in m._handles:
+            m._handles.remove(self._h)
+        try:
+            m.dialect.sock_close(m, self._h)
+        except ModemError:
+            pass

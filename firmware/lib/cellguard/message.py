@@ -33,10 +33,11 @@ class BadTag(MessageError):
 class Replayed(MessageError):
     """Authentic but already seen (duplicate) or older than the window."""
 
-    def __init__(self, seq, duplicate):
+    def __init__(self, seq, duplicate, payload=None):
         super().__init__("duplicate" if duplicate else "too old")
         self.seq = seq
         self.duplicate = duplicate
+        self.payload = payload  # verified plaintext (the outbox answers resent commands again)
 
 
 class ForgeryLimit(MessageError):
@@ -197,7 +198,7 @@ class Channel:
             payload = bytes(data[hlen : n - k.hmac_tag])
         verdict = self.window.check(seq)
         if verdict != replay.NEW:
-            raise Replayed(seq, verdict == replay.DUPLICATE)
+            raise Replayed(seq, verdict == replay.DUPLICATE, payload)
         self.window.update(seq)
         return flags, seq, payload
 

@@ -35,7 +35,7 @@ class HostUdp:
         try:
             self._sock.sendto(data, addr)
         except OSError as e:
-            raise UdpError("sendto failed: %s" % e) from e
+            raise UdpError("sendto failed: %s" % e)  # noqa: B904 (MicroPython warns on exception chaining)
         self.sent_bytes += len(data)
 
     def recvfrom(self, timeout_ms):
@@ -44,7 +44,7 @@ class HostUdp:
         try:
             data, addr = self._sock.recvfrom(2048)
         except OSError as e:
-            raise UdpError("recvfrom failed: %s" % e) from e
+            raise UdpError("recvfrom failed: %s" % e)  # noqa: B904 (MicroPython warns on exception chaining)
         self.received_bytes += len(data)
         host, port = _parse_sockaddr(addr)
         return data, host, port

@@ -234,7 +234,11 @@ class Outbox:
         deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
         while True:
             left = runtime.ticks_diff(deadline, runtime.ticks_ms())
-            got = self.sock.recvfrom(max(0, left))
+            try:
+                got = self.sock.recvfrom(max(0, left))
+            except Exception as e:  # the carrier failed (modem reset, no network): try again later
+                _log("outbox: receive failed: %s" % e)
+                break
             if got is None:
                 break
             self.handle_downlink(got[0])

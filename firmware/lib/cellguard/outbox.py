@@ -22,6 +22,7 @@ CONFIG_INTERVAL = const(1)
 CONFIG_BUDGET = const(2)
 CONFIG_MODE = const(3)
 CONFIG_RETRY_CEILING = const(4)
+SEQ_WARN = 0xFFFFFFFF - (1 << 20)  # protocol.md section 9: ask for a new key well before the end
 
 
 class OutboxError(Exception):
@@ -84,6 +85,7 @@ class Outbox:
         self.time_offset = 0  # hub time - local time, from TIME records
         self.stats = {"sent": 0, "resent": 0, "acked": 0, "evicted": 0, "rejected_downlink": 0, "budget_stops": 0}
         self._buf = bytearray(512)
+        self._events_sent = []
         atomic.ensure_dir(self.folder)
         self._entries = []
         self._load()
@@ -196,6 +198,8 @@ class Outbox:
         atomic.write_atomic(self._path(e.id), memoryview(buf)[: 1 + n])  # persisted before it is sent
         e.seq = self.channel.last_seq
         e.size = n
+        if e.seq >= SEQ_WARN:
+            self._event_once(wire.EVENT_SEQ_NEAR_EXHAUSTION)
         return memoryview(buf)[1 : 1 + n]
 
     def _inflight(self):
@@ -255,6 +259,10 @@ class Outbox:
                 self._dack(e.seq)
             self.stats["rejected_downlink"] += 1
             return
+        except message.ForgeryLimit:
+            self.stats["rejected_downlink"] += 1
+            self._event_once(wire.EVENT_FORGERY_LIMIT)
+            return
         except (message.MessageError, wire.Malformed) as e:
             self.stats["rejected_downlink"] += 1
             _log("downlink rejected: %s" % e)
@@ -304,8 +312,21 @@ class Outbox:
             return
         self._transmit(memoryview(self._buf)[:m])
 
+    def _event_once(self, code):
+        # A TAMPER/event message (protocol.md section 5), queued once per boot per code.
+        if code in self._events_sent:
+            return
+        self._events_sent.append(code)
+        _log("event %d" % code)
+        try:
+            self.enqueue(bytes((wire.CTRL_TAMPER, code)), control=True)
+        except OutboxError:
+            pass
+
     def _config(self, key, value):
-        if key == CONFIG_BUDGET:
+        if key == CONFIG_MODE:
+            self.channel.set_mode(message.ENCRYPT if value else message.SIGN)
+        elif key == CONFIG_BUDGET:
             self.budget = value
         elif key == CONFIG_RETRY_CEILING:
             self.ceiling_ms = value * 1000

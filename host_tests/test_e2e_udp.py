@@ -50,7 +50,7 @@ while True:
         print('GAVE UP', ob.pending())
         break
     try:
-        if cuts < CUTS and not armed and random.random() < 0.3:
+        if cuts < CUTS and not armed and random.random() < 0.6:
             flash.arm(random.randrange(0, 12), torn=random.random() < 0.5)
             armed = True
         if i < N and ob.pending() < 6:
@@ -134,7 +134,7 @@ def test_lossy_link_with_power_cuts(tmp_path, seed):
         out = run_device(relay.port, 30, 12, seed=seed)
     check_exactly_once(out, hub, relay)
     cuts = int(out[-1].split()[1])
-    assert cuts >= 8, out[-1]
+    assert cuts >= 5, out[-1]
 
 
 @pytest.mark.soak

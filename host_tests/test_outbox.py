@@ -153,3 +153,24 @@ print(ob.pending(), len(set(d for d in s.sent if d[0] & wire.FLAG_CONTROL)))
 """,
     )
     assert out == ["2 1"]  # the reading and the event (sent on the next poll), both awaiting their ACK
+
+
+def test_exhausted_sequence_refuses_to_seal_without_crashing(runtime, tmp_path):
+    out = run(
+        runtime,
+        tmp_path,
+        """
+open(FS + '/state/msg_seq', 'w').write(str(0xFFFFFFFF))
+s = FakeSock()
+ob, ch = make(s)
+ob.hello(1, '1.2.3')
+ob.enqueue(b'a')
+ob.enqueue(b'b')
+ob.poll(0)
+ob.poll(0)
+print(ob.pending(), len(s.sent), ob.stats.get('seal_refused', 0) > 0)
+""",
+    )
+    # the HELLO took the last sequence number (sent, then resent: 2 datagrams); the two readings and
+    # the near-exhaustion event wait for a new key; nothing crashed, nothing was reused
+    assert out == ["4 2 True"]

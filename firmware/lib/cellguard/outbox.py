@@ -4,7 +4,7 @@
 # until a downlink ACK covers it, and survives reboots and power cuts. Bounded, with a daily byte
 # budget. Downlink datagrams are handled here too: ACKs, TIME, and commands, which are passed to the
 # application's callback and confirmed with a DACK.
-from cellguard import atomic, downlink, message, runtime, wire
+from cellguard import atomic, downlink, message, runtime, seqstore, wire
 
 try:
     from micropython import const
@@ -149,6 +149,14 @@ class Outbox:
         self._entries.append(_Entry(eid, control, None, len(payload)))
         return eid
 
+    def hello(self, reason, version):
+        """Queue a HELLO (boot reason code, firmware version string): the hub answers with TIME."""
+        return self.enqueue(bytes((wire.CTRL_HELLO, reason)) + version.encode(), control=True)
+
+    def event(self, code, detail=b""):
+        """Queue a TAMPER/event message (protocol.md section 5), e.g. the SIM lock's code 1."""
+        return self.enqueue(bytes((wire.CTRL_TAMPER, code)) + bytes(detail), control=True)
+
     def _evict(self, control):
         # Full: the oldest reading goes (counted, logged); control entries are kept.
         for e in self._entries:
@@ -217,7 +225,14 @@ class Outbox:
                     continue
                 if oldest is not None and self.channel.counter.peek() - oldest >= self.span:
                     continue  # keep the oldest in-flight datagram inside the hub's window
-                data = self._seal(e)
+                try:
+                    data = self._seal(e)
+                except seqstore.SequenceError as err:
+                    # No safe sequence number (exhausted, or its file lost): never guess one. What
+                    # is already sealed keeps being delivered; the rest waits for a new key.
+                    self.stats["seal_refused"] = self.stats.get("seal_refused", 0) + 1
+                    _log("outbox: cannot seal: %s" % err)
+                    continue
                 inflight.append(e)
                 if oldest is None:
                     oldest = e.seq

@@ -174,3 +174,12 @@ def test_update_chunks_are_served_through_the_hook(tmp_path):
     req = bytes([wire.CTRL_CHUNK_REQ]) + (512).to_bytes(4, "big") + (100).to_bytes(2, "big")
     (reply,) = hub.handle(dev.seal(req, control=True))
     assert downlink.parse(dev.open(reply)[2]) == [("chunk", 512, image[512:612])]
+
+
+def test_accepted_records_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(hubmod, "ACCEPTED_KEEP", 10)
+    hub = make_hub(tmp_path)
+    dev = device_channel()
+    for _ in range(30):
+        hub.handle(dev.seal(b"x"))
+    assert hub.store.accepted_seqs(KEY_ID) == list(range(19, 30))

@@ -35,6 +35,7 @@ log = logging.getLogger("cellguard.hub")
 UP_WINDOW = 64  # protocol.md section 7
 DOWN_WINDOW = 32  # the device's downlink window: command datagrams older than this are re-sealed
 FAILURE_LIMIT = 1 << 20
+ACCEPTED_KEEP = 1024  # accepted (key, seq, digest) rows kept below the highest, for duplicates/nonce reuse
 ACK_RECENT_S = 900  # accepted this recently: still worth re-acknowledging in the ACK bitmap  # protocol.md section 9: failed verifications before a key is suspended
 
 SCHEMA = """
@@ -209,6 +210,10 @@ class Hub:
             )
             self.store.db.execute(
                 "INSERT INTO accepted (key_id, seq, digest, at) VALUES (?,?,?,?)", (kid, seq, digest, self.clock())
+            )
+            # Bounded per key: far below the window an authentic datagram is rejected anyway.
+            self.store.db.execute(
+                "DELETE FROM accepted WHERE key_id=? AND seq<?", (kid, highest - ACCEPTED_KEEP)
             )
         self.counters["accepted"] += 1
         self._write_out(dev, header, plain, unlocked)

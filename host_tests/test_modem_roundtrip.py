@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import FIRMWARE_LIB
+from harness import FIRMWARE_LIB, MICROPYTHON_RT
 from modem_fixtures import (
     DIALECTS,
     Delays,
@@ -25,6 +25,15 @@ BINARY = bytes(range(256))  # every byte value, CR, LF, NUL, quotes and '>' incl
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_attach_and_udp_round_trip(dialect):
+    check_round_trip(dialect, MICROPYTHON_RT)
+
+
+@pytest.mark.timeout(60)
+def test_same_driver_on_cpython(cpy):
+    check_round_trip("sim7080", cpy)  # the raw-payload dialect, through pyserial
+
+
+def check_round_trip(dialect, rt):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
         out = run_driver(
             emu,
@@ -42,6 +51,7 @@ print('EMPTY', s.recvfrom(50))
 s.close()
 """,
             echo_port=echo.port,
+            runtime=rt,
         )
     assert "IDS 350457790123458 89882806660000012345 901280000012345 READY" in out
     assert "RETRIES (3, 10)" in out

@@ -3,6 +3,7 @@
     python tools/hub.py serve --db hub.sqlite --port 5683 --out messages.jsonl
     python tools/hub.py register-device --db hub.sqlite --key-id 1001 --device-id dev-1 --root-key-hex ...
     python tools/hub.py queue --db hub.sqlite --key-id 1001 reboot
+    python tools/hub.py publish --db hub.sqlite --image app.img --key-id 1001   # or --all: OTA update
     python tools/hub.py stats --db hub.sqlite
 
 Every accepted message is written as one JSON line; every rejection is logged with its reason and
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hub_updates  # noqa: E402
 import hubproto as hp  # noqa: E402
 
 log = logging.getLogger("cellguard.hub")
@@ -444,6 +446,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--revision", type=int, default=0)
     c.add_argument("--chunk", type=int, default=256)
 
+    p = sub.add_parser("publish", help="offer a signed image (MCUboot format) to one device or to all")
+    p.add_argument("--db", required=True)
+    p.add_argument("--image", required=True, type=Path)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--key-id", type=int, action="append", help="a device's key id (repeatable)")
+    g.add_argument("--all", action="store_true", help="every live device")
+    p.add_argument("--chunk", type=int, default=256)
+
     p = sub.add_parser("stats", help="per-device state")
     p.add_argument("--db", required=True)
     p.add_argument("--json", action="store_true")
@@ -453,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     store = HubStore(args.db)
     if args.cmd == "serve":
         out = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115
+        hub = Hub(store, out)
+        hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
         try:
-            asyncio.run(serve(Hub(store, out), args.host, args.port))
+            asyncio.run(serve(hub, args.host, args.port))
         except KeyboardInterrupt:
             pass
         return 0
@@ -462,6 +474,14 @@ def main(argv: list[str] | None = None) -> int:
         root = bytes.fromhex(args.root_key_hex) if args.root_key_hex else Path(args.root_key_file).read_bytes()
         store.register_device(args.key_id, args.device_id, root, args.modes, args.ccm_tag, args.hmac_tag, args.replace)
         print(f"registered key id {args.key_id} for {args.device_id}")
+        return 0
+    if args.cmd == "publish":
+        try:
+            offered = hub_updates.publish_file(store, args.image, None if args.all else args.key_id, args.chunk)
+        except hub_updates.PublishError as e:
+            log.error("%s", e)
+            return 1
+        print(f"offered {args.image.name} to {len(offered)} device(s): {', '.join(map(str, offered))}")
         return 0
     if args.cmd == "queue":
         cid = store.queue_command(args.key_id, _command_record(args))

@@ -12,7 +12,7 @@
 # "update_offer" and "chunk" records, and request = send chunk_request_payload(off, n) as a control
 # datagram (CHUNK REQ, sent directly, not through the outbox).
 
-CTRL_CHUNK_REQ = 0x04  # docs/protocol.md section 5 (cellguard.wire.CTRL_CHUNK_REQ once merged)
+from cellguard.wire import CTRL_CHUNK_REQ
 
 
 def chunk_request_payload(offset, length):

@@ -1,0 +1,160 @@
+"""Over the air through the hub: `tools/hub.py publish` offers a signed image; the device's session
+asks for chunks over the secured channel, writes the inactive slot, verifies, marks it for test, and
+the next boot trial-boots it. A power cut mid-download resumes from what reached the flash."""
+
+import hub as hubmod
+import hub_updates
+import image as image_tool
+import pytest
+from boot_kit import session_kit
+from cellguard import downlink, message
+from cellguard.ota import OtaSession, chunk_request_payload
+from cgboot import image, loader, slots, update
+from hubkit import KEY_ID, device_channel, make_hub
+
+
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory):
+    return session_kit(tmp_path_factory)
+
+
+def trusted(kit):
+    return [image.TrustedKey(*image_tool.public_key(kit.keys[k])) for k in ("ed_a", "ed_b", "ec")]
+
+
+class Device:
+    """A CPython device: message channel + slots in a folder + the OTA session."""
+
+    def __init__(self, kit, fs, running=(1, 0, 0)):
+        self.channel = device_channel()
+        self.slots = slots.Slots(str(fs), trusted(kit))
+        self.outbox: list[bytes] = []
+        self.events: list[str] = []
+        self.rebooted = False
+        self.session = OtaSession(
+            update.UpdateWriter(self.slots),
+            running,
+            lambda off, n: self.outbox.append(self.channel.seal(chunk_request_payload(off, n), control=True)),
+            self._reboot,
+            lambda event, detail="": self.events.append(event),
+        )
+
+    def _reboot(self):
+        self.rebooted = True
+
+    def exchange(self, hub, limit=200, stop_after=None):
+        """Send queued uplinks, feed the hub's answers to the session; stop_after: datagrams."""
+        sent = 0
+        while self.outbox and limit:
+            limit -= 1
+            for reply in hub.handle(self.outbox.pop(0)):
+                try:
+                    _, _, payload = self.channel.open(reply)
+                except message.Replayed:
+                    continue  # a command datagram resent: already executed
+                for rec in downlink.parse(payload):
+                    self.session.handle(rec)
+            sent += 1
+            if stop_after is not None and sent >= stop_after:
+                return
+
+
+def test_publish_to_one_device_installs_and_trial_boots(kit, tmp_path):
+    hub = make_hub(tmp_path)
+    hub.update_provider = hub_updates.provider(hub.store)
+    db = str(tmp_path / "hub.sqlite")
+    assert (
+        hubmod.main(["publish", "--db", db, "--image", str(kit.images["v2"]), "--key-id", str(KEY_ID)]) == 0
+    )
+    fs = tmp_path / "fs"
+    image_tool.install(kit.images["v1"], fs)
+    dev = Device(kit, fs)
+    assert loader.decide(dev.slots, log=lambda m: None).info.version_str() == "1.0.0+0"  # factory boot
+    dev.outbox.append(dev.channel.seal(b"t=21.5"))  # any uplink: the hub answers with the offer
+    dev.exchange(hub, stop_after=4)  # ... then the power fails part-way
+    assert not dev.rebooted and dev.slots.slot_bytes(1) > 0
+    channel = dev.channel  # the messaging layer persists its sequence numbers across reboots
+    dev = Device(kit, fs)  # after the reboot: a new session over the same flash
+    dev.channel = channel
+    assert dev.session.resume(256)  # asks for the first chunk that did not reach the flash
+    dev.exchange(hub)
+    assert dev.rebooted and dev.events[-1] == "update_ready"
+    r = loader.decide(dev.slots, log=lambda m: None)
+    assert r.trial and r.info.version_str() == "1.1.0+0"
+
+
+def test_publish_to_all_and_refusals(kit, tmp_path):
+    hub = make_hub(tmp_path)
+    hub.store.register_device(2002, "dev-2", bytes(32))
+    db = str(tmp_path / "hub.sqlite")
+    assert hubmod.main(["publish", "--db", db, "--image", str(kit.images["v2"]), "--all"]) == 0
+    assert len(hub.store.commands(KEY_ID)) == 1 and len(hub.store.commands(2002)) == 1
+    not_an_image = tmp_path / "x.bin"
+    not_an_image.write_bytes(b"hello" * 20)
+    assert hubmod.main(["publish", "--db", db, "--image", str(not_an_image), "--all"]) == 1
+    chunk = hub_updates.provider(hub.store)
+    assert chunk(KEY_ID, 0, 10) == kit.images["v2"].read_bytes()[:10]
+    assert chunk(9999, 0, 10) == b""  # a device with nothing published gets nothing
+    assert len(chunk(KEY_ID, 0, 100_000)) == hub_updates.MAX_CHUNK
+
+
+_MP_DEVICE = """
+import sys
+import lfsmount, hostudp
+from cellguard import keys, seqstore, message, outbox
+from cellguard.ota import OtaSession, chunk_request_payload
+from cgboot import image, loader, slots, update
+import boot_trusted
+PORT = int(sys.argv[1])
+KEYS = image.trusted(boot_trusted.KEYS)
+flash = lfsmount.fresh(blocks=128)
+keys.provision(bytes.fromhex(ROOT_HEX), 'dev-1', KEY_ID)
+with open(V1, 'rb') as f:
+    v1 = f.read()
+s = slots.Slots('/fl', KEYS)
+with open(s.slot_path(0), 'wb') as f:
+    f.write(v1)
+print('BOOT', loader.boot('/fl', KEYS, None, '/app', log=lambda m: None).info.version_str())
+sock = hostudp.HostUdp()
+counter = seqstore.SequenceCounter('/fl/state/msg_seq')
+ch = message.Channel(keys.derive, counter, key_id=keys.key_id(), mode=1, state_dir='/fl/state')
+done = []
+def request(off, n):
+    sock.sendto(ch.seal(chunk_request_payload(off, n), control=True), '127.0.0.1', PORT)
+session = OtaSession(update.UpdateWriter(s), (1, 0, 0), request, lambda: done.append(1),
+                     lambda e, d='': print('EVENT', e, d))
+ob = outbox.Outbox(ch, sock, '127.0.0.1', PORT, base_ms=60, ceiling_ms=480, budget=1 << 30,
+                   on_command=session.handle)
+ob.enqueue(b'hello')
+for _ in range(3000):
+    ob.poll(20)
+    if done:
+        break
+r = loader.boot('/fl', KEYS, None, '/app', log=print)
+import appmain
+print('RAN', appmain.VERSION, r.trial)
+"""
+
+
+def test_publish_over_udp_to_a_micropython_device(kit, tmp_path):
+    # The whole path on the real interpreter: hub publishes v2; the device (MicroPython, littlefs)
+    # receives the offer in a command datagram, fetches every chunk with CHUNK REQ over UDP,
+    # verifies, marks for test and reboots into the trial of v2.
+    from harness import run_micropython
+    from hub import HubServer
+    from hubkit import ROOT
+
+    hub = make_hub(tmp_path)
+    hub.update_provider = hub_updates.provider(hub.store)
+    hub_updates.publish(hub.store, kit.images["v2"].read_bytes(), [KEY_ID], chunk=400)
+    script = (
+        _MP_DEVICE.replace("ROOT_HEX", repr(ROOT.hex()))
+        .replace("KEY_ID", str(KEY_ID))
+        .replace("V1", repr(str(kit.images["v1"])))
+    )
+    with HubServer(hub) as server:
+        out = run_micropython(script, heapsize="4M", timeout=120, args=(server.port,), extra_paths=(kit.lib,))
+    lines_ = out.strip().splitlines()
+    assert "BOOT 1.0.0+0" in lines_
+    assert "EVENT update_ready 1.1.0+0" in lines_
+    assert lines_[-1] == "RAN 1.1.0 True"

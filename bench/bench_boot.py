@@ -101,7 +101,8 @@ def _heap_needed(kit, name: str) -> int:
             env=micropython_env((kit.lib,)),
         )
         lines = proc.stdout.split()
-        return (proc.returncode == 0 and lines[-1:] == ["ok"]), (int(lines[0]) if lines else None)
+        base = int(lines[0]) if lines and lines[0].isdigit() else None  # None: failed before the call
+        return (proc.returncode == 0 and lines[-1:] == ["ok"]), base
 
     lo, hi = 40, 256  # KiB: lo fails (modules alone need more), hi fits
     base = None

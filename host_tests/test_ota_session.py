@@ -83,3 +83,38 @@ def test_ota_session_resumes_verifies_and_trial_boots(kit):
         "update_rejected",  # signed by a key the boot part does not trust
     ]
     assert result["boots"] == [["v2", True], ["v2", False]]
+
+
+class FakeStatus:
+    def __init__(self):
+        self.values: dict = {}
+        self.events: list[str] = []
+
+    def set(self, section, key, value):
+        self.values[(section, key)] = value
+
+    def log(self, event):
+        self.events.append(event)
+
+
+def test_boot_and_update_status_reach_the_status_registry(kit, tmp_path, monkeypatch):
+    # CPython, a folder as the filesystem: what booted and what the update did, for the console.
+    import image as image_tool
+    from cellguard import ota
+    from cgboot import image, loader, update
+
+    fake = FakeStatus()
+    monkeypatch.setattr(ota, "_status", fake)
+    fs = tmp_path / "fs"
+    image_tool.install(kit.images["v1"], fs)
+    keys = [image.TrustedKey(*image_tool.public_key(kit.keys[k])) for k in ("ed_a", "ed_b")]
+    r = loader.boot(str(fs), keys, None, mount_point=None, log=lambda m: None)
+    ota.publish_boot_status()
+    assert (
+        fake.values[("boot", "version")] == "1.0.0+0" and fake.values[("boot", "state_mode")] == "confirmed"
+    )
+    session = ota.OtaSession(update.UpdateWriter(r.slots), (1, 0, 0), lambda off, n: None, lambda: None)
+    session.handle(("update_offer", 0, 9, 0, 100, bytes(32), 256))
+    assert fake.values[("update", "last")] == "update_refused" and fake.events[-1].startswith(
+        "update: update_refused"
+    )

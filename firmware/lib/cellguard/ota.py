@@ -14,6 +14,32 @@
 
 from cellguard.wire import CTRL_CHUNK_REQ
 
+try:  # the status registry (board layer); updates work without it
+    from cellguard import status as _status
+except ImportError:
+    _status = None
+
+
+def publish_boot_status():
+    """Put what booted (slot, version, counter, trial) and the boot state into cellguard.status."""
+    if _status is None:
+        return
+    try:
+        from cgboot import loader
+    except ImportError:
+        _status.set("boot", "loader", "missing")
+        return
+    r = loader.current()
+    if r is None:
+        _status.set("boot", "image", "none (unverified development code)")
+        return
+    for k, v in r.describe().items():
+        _status.set("boot", k, v)
+    st = r.slots.read_state()
+    if st is not None:
+        for k, v in st.describe().items():
+            _status.set("boot", "state_" + k, v)
+
 
 def chunk_request_payload(offset, length):
     """The control payload of a CHUNK REQ uplink: type, u32 offset, u16 length (big-endian)."""
@@ -30,6 +56,15 @@ class OtaSession:
         self.request = request
         self.reboot = reboot
         self.report = report or (lambda event, detail="": None)
+        if _status is not None:
+            user_report = self.report
+
+            def report_both(event, detail=""):
+                _status.set("update", "last", event)
+                _status.log("update: %s %s" % (event, detail))
+                user_report(event, detail)
+
+            self.report = report_both
         self.chunk = 256
         self.size = 0
         self.active = False

@@ -4,3 +4,9 @@ import sys
 
 if "/lib" not in sys.path:
     sys.path.append("/lib")
+
+# CircuitPython: its flash is read-only to code unless boot.py remounts it (see docs/runtimes.md).
+if sys.implementation.name == "circuitpython":
+    from cellguard import cpy_boot
+
+    cpy_boot.prepare_storage()

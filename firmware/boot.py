@@ -5,8 +5,10 @@ import sys
 if "/lib" not in sys.path:
     sys.path.append("/lib")
 
+from cellguard import runtime  # noqa: E402  (needs /lib on the path first)
+
 # CircuitPython: its flash is read-only to code unless boot.py remounts it (see docs/runtimes.md).
-if sys.implementation.name == "circuitpython":
+if runtime.NAME == runtime.CIRCUITPYTHON:
     from cellguard import cpy_boot
 
     cpy_boot.prepare_storage()

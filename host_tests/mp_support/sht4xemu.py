@@ -4,7 +4,7 @@ Follows the SHT4x datasheet: one-byte commands; a measurement answers 6 bytes (t
 CRC, humidity word, CRC), CRC-8 polynomial 0x31, init 0xFF; the sensor NACKs its address while it
 is measuring (or heating), so a read that comes too early fails; a result can be read once.
 Faults a test can inject: `corrupt_next` (CRC errors), `stuck` (the same raw words every time),
-`detach()` via the bus (absent), and any temperature/humidity it likes (jumps, out of range).
+`nack_next` (bus glitches), `detach()` via the bus (absent), and any temperature/humidity it likes (jumps, out of range).
 """
 
 try:
@@ -64,6 +64,7 @@ class Sht4x:
         self.noise_lsb = noise_lsb  # a real sensor's last bits move; `stuck` stops them
         self.stuck = False
         self.corrupt_next = 0
+        self.nack_next = 0  # NACK this many reads (a bus glitch), the sensor still present
         self.commands = []  # every command byte received, for tests
         self._result = None
         self._busy_until = None
@@ -115,6 +116,9 @@ class Sht4x:
             self._result = _word(t) + _word(rh)
 
     def i2c_read(self, n):
+        if self.nack_next > 0:
+            self.nack_next -= 1
+            raise OSError(5)
         if self._busy() or self._result is None:
             raise OSError(5)  # NACK: measuring, or nothing to read
         data = bytearray(self._result)

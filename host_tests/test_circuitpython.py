@@ -16,7 +16,8 @@ CPY_SHIM = MP_SUPPORT / "cpy_shim"
 
 def run_cpy(runtime, script, **kwargs):
     """Run `script` on `runtime` with the CircuitPython shim first on the path."""
-    return runtime.run(script, extra_paths=(CPY_SHIM,), **kwargs)
+    kwargs.setdefault("extra_paths", (CPY_SHIM,))
+    return runtime.run(script, **kwargs)
 
 
 def test_runtime_takes_circuitpython_branches(runtime):
@@ -191,3 +192,22 @@ def test_main_py_reports_circuitpython(mp):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "on circuitpython" in out
+
+
+def test_sha256_without_builtin_hashlib_uses_bundled_adafruit_hashlib(runtime, tmp_path):
+    # Ports built without hashlib (an RP2040 without Wi-Fi): the pinned adafruit_hashlib, bundled.
+    # Compiled to .mpy, as an image carries it: from .py source its compile needs more than 128 KiB.
+    from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+
+    lib = tmp_path / "lib"
+    bundle(lib, read_names(DEVICE_LIBS), read_pins(REQUIREMENTS), mpy=runtime.name == "micropython")
+    out = run_cpy(
+        runtime,
+        "try:\n import hashlib\nexcept ImportError:\n print('no hashlib')\n"
+        "from cellguard import runtime\n"
+        "h = runtime.sha256(b'ab'); h.update(b'c'); print(h.digest().hex())\n"
+        "import sys; print('adafruit_hashlib' in sys.modules)",
+        env={**os.environ, "CELLGUARD_SHIM_NO_HASHLIB": "1"},
+        extra_paths=(CPY_SHIM, lib),
+    )
+    assert out.split() == ["no", "hashlib", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "True"]

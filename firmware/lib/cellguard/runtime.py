@@ -134,11 +134,16 @@ def aes_block(key):
 
 
 def sha256(data=b""):
+    if NAME == CIRCUITPYTHON:
+        # CircuitPython's hashlib has only new(name, data), and only on ports built with it (boards
+        # with Wi-Fi/mbedTLS); elsewhere the pinned, bundled adafruit_hashlib (pure Python, slow).
+        try:
+            import hashlib
+        except ImportError:
+            import adafruit_hashlib as hashlib
+        return hashlib.new("sha256", data)
     import hashlib
 
-    if NAME == CIRCUITPYTHON:
-        # CircuitPython's hashlib has only new(name, data); there is no hashlib.sha256.
-        return hashlib.new("sha256", data)
     return hashlib.sha256(data)
 
 

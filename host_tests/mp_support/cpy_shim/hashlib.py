@@ -1,4 +1,9 @@
 # Test scaffolding: CircuitPython's hashlib offers only new(name, data); no hashlib.sha256().
+# $CELLGUARD_SHIM_NO_HASHLIB=1 makes it missing, as on ports built without it (RP2040 without Wi-Fi).
+import os
+
+if os.getenv("CELLGUARD_SHIM_NO_HASHLIB"):
+    raise ImportError("no module named 'hashlib'")
 try:
     import uhashlib as _builtin  # MicroPython: the built-in, under its weak-link name
 except ImportError:

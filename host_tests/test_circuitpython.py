@@ -211,3 +211,23 @@ def test_sha256_without_builtin_hashlib_uses_bundled_adafruit_hashlib(runtime, t
         extra_paths=(CPY_SHIM, lib),
     )
     assert out.split() == ["no", "hashlib", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "True"]
+
+
+def test_verify_files_against_manifest(runtime, tmp_path):
+    # CircuitPython cannot mount a verified image from a buffer: files are checked before import.
+    from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+
+    lib = tmp_path / "lib"
+    manifest = bundle(lib, read_names(DEVICE_LIBS), read_pins(REQUIREMENTS))
+    entries = [(m["file"], m["sha256"]) for m in manifest]
+    script = (
+        "from cellguard import cpy_boot\n"
+        "entries = %r\n"
+        "try:\n cpy_boot.verify_files(entries, %r)\n print('verified', len(entries))\n"
+        "except cpy_boot.ImageMismatch as e:\n print('refused', e)\n"
+    ) % (entries, str(lib))
+    assert run_cpy(runtime, script).strip() == "verified %d" % len(entries)
+    (lib / "adafruit_sht4x.py").write_text((lib / "adafruit_sht4x.py").read_text() + "\n# changed\n")
+    assert run_cpy(runtime, script).strip() == "refused differs: adafruit_sht4x.py"
+    (lib / "adafruit_sht4x.py").unlink()
+    assert run_cpy(runtime, script).strip() == "refused missing: adafruit_sht4x.py"

@@ -57,3 +57,8 @@ class Pin:
         self._line._handlers = [h for h in self._line._handlers if h[0] is not self]
         if handler is not None:
             self._line._handlers.append((self, handler, trigger))
+
+
+def reset():
+    """Forget every line and its IRQ handlers (between simulated reboots)."""
+    _lines.clear()

@@ -18,6 +18,9 @@ if PATH == 'digitalio':
     import board, digitalio
     pin = digitalio.DigitalInOut(board.D5)
     pin.switch_to_input(pull=digitalio.Pull.UP)
+elif PATH == 'keypad':
+    import board, keypad
+    pin = tamper.KeysInput(keypad.Keys((board.D5,), value_when_pressed=True, pull=True), open_level=1)
 else:
     pin = gpioemu.Pin('D5', gpioemu.Pin.IN, gpioemu.Pin.PULL_UP)
 calls = []
@@ -45,12 +48,12 @@ print('file', open(mon.log.path).read().replace(chr(10), '|'))
 """
 
 
-@pytest.mark.parametrize("path", ["machine", "digitalio"])
+@pytest.mark.parametrize("path", ["machine", "digitalio", "keypad"])
 @pytest.mark.parametrize("wipe", [False, True])
 def test_opening_the_enclosure(runtime, path, wipe, tmp_path):
     out = runtime.run(
         "PATH = %r\nWIPE = %r\n" % (path, wipe) + SCENARIO,
-        extra_paths=(CPY_SHIM,) if path == "digitalio" else (),
+        extra_paths=(CPY_SHIM,) if path != "machine" else (),
         env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
     )
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
@@ -108,6 +111,20 @@ def test_brief_opening_between_polls(runtime, tmp_path):
     cp_out = runtime.run("PATH = 'digitalio'\n" + BRIEF, env=env, extra_paths=(CPY_SHIM,))
     # digitalio has no IRQ: a polled input misses it. docs/runtimes.md states this difference.
     assert cp_out.strip() == "brief None"
+    # keypad.Keys scans in the background and queues the edges: KeysInput latches them.
+    keys_out = runtime.run("PATH = 'keypad'\n" + BRIEF, env=env, extra_paths=(CPY_SHIM,))
+    assert keys_out.strip() == "brief 2"  # #2: the log under tmp_path holds #1 from the first run
+
+
+def test_keypad_queue_overflow_counts_as_an_opening(runtime, tmp_path):
+    out = runtime.run(
+        "PATH = 'keypad'\n" + SETUP + "mon = tamper.TamperMonitor(pin, wipe=wipe)\n"
+        "pin._keys.events.overflowed = True  # edges were lost\n"
+        "e = mon.poll()\nprint(e['seq'], len(pin._keys.events), pin._keys.events.overflowed)",
+        env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
+        extra_paths=(CPY_SHIM,),
+    )
+    assert out.split() == ["1", "0", "False"]
 
 
 FAILURES = SETUP + """

@@ -71,6 +71,47 @@ def _wipe_keys():
     keys.wipe()
 
 
+class KeysInput:
+    """CircuitPython: the tamper pin scanned in the background by keypad.Keys, presented like a
+    machine.Pin (value, irq) so TamperMonitor latches an opening shorter than its poll interval.
+
+    keys: keypad.Keys((board.<pin>,), value_when_pressed=<open level>, pull=True), one pin.
+    A queue overflow loses edges, so it counts as an opening: a tamper input errs towards alarm.
+    """
+
+    IRQ_FALLING = 4
+    IRQ_RISING = 8
+
+    def __init__(self, keys, open_level=1):
+        self._keys = keys
+        self._open_level = 1 if open_level else 0
+        self._level = 1 - self._open_level
+        self._handler = None
+        self._trigger = 0
+
+    def irq(self, handler=None, trigger=IRQ_FALLING | IRQ_RISING):
+        self._handler = handler
+        self._trigger = trigger
+
+    def _edge(self, level):
+        edge = self.IRQ_RISING if level else self.IRQ_FALLING
+        if self._handler is not None and self._trigger & edge:
+            self._handler(self)
+        self._level = level
+
+    @property
+    def value(self):
+        queue = self._keys.events
+        if queue.overflowed:
+            queue.clear()
+            self._edge(self._open_level)
+        event = queue.get()
+        while event is not None:
+            self._edge(self._open_level if event.pressed else 1 - self._open_level)
+            event = queue.get()
+        return self._level
+
+
 class TamperMonitor:
     def __init__(self, pin, open_level=1, source="enclosure", wipe_keys=False, on_tamper=(), wipe=None,
                  log=None, clock=None):

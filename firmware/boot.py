@@ -12,3 +12,5 @@ if runtime.NAME == runtime.CIRCUITPYTHON:
     from cellguard import cpy_boot
 
     cpy_boot.prepare_storage()
+    # A shipped profile passes shipped=True (and disable_usb_drive=True above): no REPL on USB.
+    cpy_boot.prepare_usb(shipped=False)

@@ -231,3 +231,25 @@ def test_verify_files_against_manifest(runtime, tmp_path):
     assert run_cpy(runtime, script).strip() == "refused differs: adafruit_sht4x.py"
     (lib / "adafruit_sht4x.py").unlink()
     assert run_cpy(runtime, script).strip() == "refused missing: adafruit_sht4x.py"
+
+
+def test_shipped_usb_has_no_repl_and_a_status_port(runtime):
+    out = run_cpy(
+        runtime,
+        "from cellguard import cpy_boot\nimport usb_cdc, supervisor\n"
+        "print(cpy_boot.status_port())\n"
+        "cpy_boot.prepare_usb(shipped=False)\nprint(usb_cdc.console is not None, supervisor.runtime.autoreload)\n"
+        "cpy_boot.prepare_usb(shipped=True)\n"
+        "print(usb_cdc.console, usb_cdc.data is not None, supervisor.runtime.autoreload)\n"
+        "s = cpy_boot.status_port()\n"
+        "usb_cdc.data.host += b'status\\r'\n"
+        "buf = bytearray(16)\nprint(s.wait_readable(100), bytes(buf[:s.readinto(buf)]))\n"
+        "s.write(b'ok\\r\\n'); print(bytes(usb_cdc.data.sent))",
+    )
+    assert out.strip().split("\n") == [
+        "None",
+        "True True",
+        "None True False",
+        "True b'status\\r'",
+        "b'ok\\r\\n'",
+    ]

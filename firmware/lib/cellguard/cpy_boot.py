@@ -28,6 +28,32 @@ def prepare_storage(disable_usb_drive=False):
         storage.disable_usb_drive()
 
 
+def prepare_usb(shipped):
+    """Call from boot.py (usb_cdc and autoreload are boot-time settings on CircuitPython).
+
+    A shipped device hands out no REPL: the USB console CDC is off and a data-only CDC
+    (usb_cdc.data) carries the technician's status protocol instead; code changes from USB do not
+    reload it. A development board keeps CircuitPython's defaults.
+    """
+    if not shipped:
+        return
+    import supervisor
+    import usb_cdc
+
+    usb_cdc.enable(console=False, data=True)
+    supervisor.runtime.autoreload = False
+
+
+def status_port():
+    """The technician's serial stream on a shipped CircuitPython device (usb_cdc.data), with the
+    runtime's stream calls (write, readinto, wait_readable, close); None when it is not enabled."""
+    import usb_cdc
+
+    if usb_cdc.data is None:
+        return None
+    return runtime.BusioUartStream(usb_cdc.data)
+
+
 def check_writable():
     """Raise StorageNotWritable with the fix when code cannot write the filesystem."""
     import storage

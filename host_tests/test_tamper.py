@@ -232,3 +232,35 @@ def test_power_cut_never_loses_a_tamper_event_sampled(mp):
 @pytest.mark.soak
 def test_power_cut_never_loses_a_tamper_event_every_point(mp):
     _power_cut_sweep(mp, step=1)
+
+
+REPORT = SETUP + """
+from cellguard import report, reading
+class Outbox:  # the messaging outbox's two calls that report.py uses
+    def __init__(self):
+        self.queued = []
+    def enqueue(self, payload, control=False):
+        calls.append(('enqueue', bytes(payload).hex(), control))
+        return len(calls)
+    def send_due(self):
+        calls.append(('send_due',))
+ob = Outbox()
+mon = tamper.TamperMonitor(pin, on_tamper=[report.tamper_reporter(ob)], wipe=wipe, wipe_keys=True,
+                           clock=lambda: 0x01020304)
+switch.drive(1)
+mon.poll()
+report.send_reading(ob, reading.Reading(reading.CRC, t=5))
+for c in calls:
+    print(*c)
+"""
+
+
+def test_tamper_report_is_sealed_before_the_wipe(runtime, tmp_path):
+    out = runtime.run("PATH = 'machine'\n" + REPORT, env={**os.environ, "CELLGUARD_FS": str(tmp_path)})
+    assert out.strip().split("\n") == [
+        # TAMPER control 0x02, code 16, tamper #1, time, flags: wipe pending
+        "enqueue 02100000000101020304" "01 True",
+        "send_due",  # sealed while the keys exist
+        "wipe",
+        "enqueue 01058000ffff00000005 False",  # a CRC fault goes as a fault, without values
+    ]

@@ -160,7 +160,8 @@ class TamperMonitor:
         return self._raise() if fresh else None
 
     def _raise(self):
-        event = {"seq": self.log.next_seq(), "t": self._clock(), "source": self.source, "wiped": False}
+        event = {"seq": self.log.next_seq(), "t": self._clock(), "source": self.source, "wiped": False,
+                 "wipe": bool(self.wipe_keys)}
         events.log("tamper: %s opened (#%d)" % (self.source, event["seq"]))
         try:
             self.log.append(event)  # persisted first; rewritten below once the wipe is done

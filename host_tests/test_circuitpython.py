@@ -253,3 +253,30 @@ def test_shipped_usb_has_no_repl_and_a_status_port(runtime):
         "True b'status\\r'",
         "b'ok\\r\\n'",
     ]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("dialect", ["nrf91", "bg96"])
+def test_modem_driver_over_busio_uart(runtime, dialect):
+    # The modem driver over CircuitPython's busio.UART stream (the shim's, on the emulator's pty):
+    # attach and a binary UDP round trip, as the MicroPython tests do over machine.UART's stream.
+    from modem_fixtures import driver_script, emulated_modem, udp_echo_server
+
+    body = """
+attach()
+print('STREAM', type(engine._stream).__name__)
+s = m.open_udp()
+s.sendto(bytes(range(256)), '127.0.0.1', ECHO_PORT)
+got = s.recvfrom(3000)
+print('ECHO', got is not None and got[0] == bytes(range(256)))
+s.close()
+"""
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        script = driver_script(emu, body, echo.port).replace(
+            "runtime.open_uart(PTY)", "runtime.open_uart(PTY, tx='TX', rx='RX')"
+        )
+        out = run_cpy(
+            runtime, script, heapsize="256K", timeout=60, env={**os.environ, "CELLGUARD_SHIM_UART": emu.path}
+        )
+    assert "STREAM BusioUartStream" in out, out
+    assert "ECHO True" in out, out

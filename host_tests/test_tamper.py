@@ -119,12 +119,15 @@ def test_brief_opening_between_polls(runtime, tmp_path):
 def test_keypad_queue_overflow_counts_as_an_opening(runtime, tmp_path):
     out = runtime.run(
         "PATH = 'keypad'\n" + SETUP + "mon = tamper.TamperMonitor(pin, wipe=wipe)\n"
-        "pin._keys.events.overflowed = True  # edges were lost\n"
-        "e = mon.poll()\nprint(e['seq'], len(pin._keys.events), pin._keys.events.overflowed)",
+        "pin._keys.events.overflowed = True  # edges were lost while the enclosure stayed closed\n"
+        "e = mon.poll()\nprint(e['seq'], pin._keys.events.overflowed, mon.poll())\n"
+        "switch.drive(1); print(mon.poll()['seq'])  # a later real opening is still an event\n"
+        "switch.drive(0); mon.poll(); pin._keys.events.overflowed = True; switch.drive(1)\n"
+        "print(mon.poll()['seq'], mon.poll(), events.snapshot()['tamper']['state'])  # lost edges, open now",
         env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
         extra_paths=(CPY_SHIM,),
     )
-    assert out.split() == ["1", "0", "False"]
+    assert out.strip().split("\n") == ["1 False None", "2", "3 None open"]
 
 
 FAILURES = SETUP + """

@@ -103,8 +103,12 @@ class KeysInput:
     def value(self):
         queue = self._keys.events
         if queue.overflowed:
+            # Edges were lost: count it as an opening, and let the scanner re-report the present
+            # state (after reset() a switch that is open now gives a fresh "pressed" event).
             queue.clear()
             self._edge(self._open_level)
+            self._level = 1 - self._open_level
+            self._keys.reset()
         event = queue.get()
         while event is not None:
             self._edge(self._open_level if event.pressed else 1 - self._open_level)

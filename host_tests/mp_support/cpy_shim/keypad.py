@@ -39,10 +39,16 @@ class Keys:
     def __init__(self, pins, *, value_when_pressed, pull=True, interval=0.02, max_events=64):
         self.events = EventQueue(max_events)
         self._pressed_level = 1 if value_when_pressed else 0
-        for number, pin in enumerate(pins):
-            line = gpioemu.line(pin.name)
-            line._handlers.append((self, self._edge_handler(number, line), gpioemu.Pin.IRQ_RISING | gpioemu.Pin.IRQ_FALLING))
-            if line.level == self._pressed_level:  # a key already down at start is reported pressed
+        self._lines = [gpioemu.line(pin.name) for pin in pins]
+        both = gpioemu.Pin.IRQ_RISING | gpioemu.Pin.IRQ_FALLING
+        for number, line in enumerate(self._lines):
+            line._handlers.append((self, self._edge_handler(number, line), both))
+        self.reset()
+
+    def reset(self):
+        """Assume every key released: a key that is down now is reported pressed again."""
+        for number, line in enumerate(self._lines):
+            if line.level == self._pressed_level:
                 self.events._put(Event(number, True))
 
     def _edge_handler(self, number, line):

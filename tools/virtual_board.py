@@ -36,6 +36,7 @@ DEFAULT_DIR = REPO / "build" / "virtual-board"
 BOARD_PROFILE = REPO / "boards" / "virtual" / "board.json"
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+HOLD_AFTER_INTERRUPT_S = 0.5
 PASTE_WINDOW = 128  # bytes the host may send before waiting for \x01 (a Pico's value)
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
 
@@ -80,6 +81,8 @@ class VirtualBoard:
         self._stopping = False
         self._crashes = 0
         self._boot_pending = False
+        self._held: bytearray | None = None
+        self._held_until = 0.0
 
     # ---- child VM ---------------------------------------------------------------------------
     def _spawn(self, run_main: bool) -> None:
@@ -106,6 +109,7 @@ class VirtualBoard:
         for f, tag in ((self.child.stdout, "out"), (self.child.stderr, "out"), (self._ctl_r, "ctl")):
             self.sel.register(f, selectors.EVENT_READ, tag)
         self.state = "starting"
+        self._held = None
         self.kbd_intr = True
         self._run_main = run_main
         self._ctl_buf.clear()
@@ -202,8 +206,17 @@ class VirtualBoard:
             elif head[0] == b"KBD":
                 self.kbd_intr = int(head[1]) == CTRL_C
 
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        for b in held or b"":
+            self._on_byte(b)
+
     def _on_done(self, err: bytes) -> None:
         self._drain_child_output()
+        self._finish(err)
+        self._release_held()
+
+    def _finish(self, err: bytes) -> None:
         if self._boot_pending:
             self._boot_pending = False
             self._tx_cooked(err)
@@ -254,8 +267,15 @@ class VirtualBoard:
             self._on_byte(b)
 
     def _to_program(self, b: int) -> None:
+        if self._held is not None:
+            self._held.append(b)
+            return
         if b == CTRL_C and self.kbd_intr and self.state == "running":
+            # As on a board, what follows the interrupt waits in the RX buffer: for the REPL if
+            # the program ends, for the program itself if it catches KeyboardInterrupt.
             self.child.send_signal(signal.SIGINT)
+            self._held = bytearray()
+            self._held_until = time.monotonic() + HOLD_AFTER_INTERRUPT_S
             return
         try:
             os.write(self.child.stdin.fileno(), bytes([b]))
@@ -362,7 +382,7 @@ class VirtualBoard:
         self._spawn(run_main=True)
         while not self._stopping:
             child = self.child
-            for key, _ in self.sel.select(timeout=0.5):
+            for key, _ in self.sel.select(timeout=0.05 if self._held is not None else 0.5):
                 if self.child is not child:
                     break  # a reset replaced the VM: the other events belong to the old one
                 tag = key.data
@@ -378,6 +398,8 @@ class VirtualBoard:
                         self.sel.unregister(key.fileobj)
                 if self._stopping:
                     break
+            if self._held is not None and time.monotonic() > self._held_until:
+                self._release_held()  # the program survived the interrupt: the bytes are its input
 
     def stop(self, *_args) -> None:
         self._stopping = True

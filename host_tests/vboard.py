@@ -43,3 +43,15 @@ class Board:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def run_tool(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run tools/<name>.py as a person would (its own process, its exit code, its output)."""
+    return subprocess.run(
+        [sys.executable, str(TOOLS / f"{name}.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def flash(board: Board, key: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`make flash` against this board: tools/flash.py through real mpremote."""
+    return run_tool("flash", "--port", board.port, "--service-key", str(key), *extra)

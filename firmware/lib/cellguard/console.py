@@ -172,6 +172,7 @@ class Console:
         self._wipe = wipe or _wipe_device
         self._line = bytearray()
         self._garbled = 0
+        self._too_long = False
         self._last = 0
         status.set("console", "mode", "production (locked)" if locked else "development (unlocked)")
         if self.auth.device_id:
@@ -186,9 +187,14 @@ class Console:
             if b == 10 and last == 13:
                 return None  # the \n of a \r\n
             self.write("\n")
-            line, garbled = bytes(self._line), self._garbled
+            line, garbled, too_long = bytes(self._line), self._garbled, self._too_long
             self._line = bytearray()
             self._garbled = 0
+            self._too_long = False
+            if too_long:
+                self._error("line longer than %d characters - ignored" % _MAX_LINE)
+                self.prompt()
+                return None
             if garbled:
                 self._error("garbled input (%d byte(s) that are not text) - line ignored" % garbled)
                 self.prompt()
@@ -204,7 +210,7 @@ class Console:
             return None
         if 32 <= b < 127:
             if len(self._line) >= _MAX_LINE:
-                self._garbled += 1
+                self._too_long = True
                 return None
             self._line.append(b)
             self.write(chr(b))
@@ -215,6 +221,7 @@ class Console:
             self._error("control character 0x%02x ignored%s" % (b, " (console locked)" if self.locked else ""))
             self._line = bytearray()
             self._garbled = 0
+            self._too_long = False
             self.prompt()
             return None
         self._garbled += 1

@@ -17,6 +17,9 @@ def board(tmp_path):
 def to_friendly_repl(s: serial.Serial) -> None:
     s.write(b"\r\x03\x02")  # interrupt whatever runs, leave the raw REPL: the banner ends it
     assert s.read_until(b"information.\r\n>>> ").endswith(b">>> ")
+    # Then an exchange whose answer is unique, so no prompt printed earlier can be mistaken for it.
+    s.write(b"'sync' * 2\r")
+    assert s.read_until(b"'syncsync'\r\n>>> ").endswith(b"syncsync'\r\n>>> ")
 
 
 def test_mpremote_fs_ls_cp_exec_on_littlefs(board, tmp_path):

@@ -83,6 +83,8 @@ class VirtualBoard:
         self._boot_pending = False
         self._held: bytearray | None = None
         self._held_until = 0.0
+        self._early = bytearray()
+        self.on_ready = None  # called once, when the VM first runs (tools announce the port then)
 
     # ---- child VM ---------------------------------------------------------------------------
     def _spawn(self, run_main: bool) -> None:
@@ -109,6 +111,7 @@ class VirtualBoard:
         for f, tag in ((self.child.stdout, "out"), (self.child.stderr, "out"), (self._ctl_r, "ctl")):
             self.sel.register(f, selectors.EVENT_READ, tag)
         self.state = "starting"
+        self._early = bytearray()
         self._held = None
         self.kbd_intr = True
         self._run_main = run_main
@@ -203,6 +206,12 @@ class VirtualBoard:
                 self.version = head[1].decode()
                 self._send_cmd(b"BOOT", b"main" if self._run_main else b"")
                 self._boot_pending = True
+                if self.on_ready is not None:
+                    self.on_ready(self)
+                    self.on_ready = None
+                early, self._early = self._early, bytearray()
+                for b in early:
+                    self._on_byte(b)
             elif head[0] == b"KBD":
                 self.kbd_intr = int(head[1]) == CTRL_C
 
@@ -284,7 +293,10 @@ class VirtualBoard:
 
     def _on_byte(self, b: int) -> None:
         state = self.state
-        if state in ("running", "starting"):
+        if state == "starting":
+            # The VM is not up yet: bytes wait in the RX buffer, as on a board during power-on.
+            self._early.append(b)
+        elif state == "running":
             self._to_program(b)
         elif state == "raw":
             self._on_raw(b)
@@ -413,7 +425,7 @@ class VirtualBoard:
 # ---- starting one from another program (tools/flash.py, tests) --------------------------------------
 def launch(image: Path, port_file: Path, log_file: Path, *, modem_port: str | None = None,
            detach: bool = False, timeout: float = 15) -> tuple[subprocess.Popen, str]:
-    """Start a virtual board process; return it and its pty path once the pty exists."""
+    """Start a virtual board process; return it and its pty path once its VM is up."""
     port_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--image", str(image), "--port-file", str(port_file)]
     if modem_port:
@@ -423,7 +435,7 @@ def launch(image: Path, port_file: Path, log_file: Path, *, modem_port: str | No
             cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=detach
         )
     deadline = time.monotonic() + timeout
-    while not port_file.exists():  # written atomically by main() once the pty is open
+    while not port_file.exists():  # written atomically by main() once the VM runs
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"the virtual board did not start; see {log_file}")
@@ -446,12 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     board = VirtualBoard(args.image, modem_port=args.modem_port, heap=args.heap)
     signal.signal(signal.SIGTERM, board.stop)
     signal.signal(signal.SIGINT, board.stop)
-    if args.port_file:
-        tmp = args.port_file.with_suffix(".tmp")
-        tmp.write_text(board.port + "\n")
-        tmp.replace(args.port_file)
-    print(f"virtual board on {board.port} (flash image {args.image}); Ctrl-C stops it", flush=True)
-    print(f"  try: mpremote connect {board.port} fs ls", flush=True)
+
+    def announce(vb: VirtualBoard) -> None:
+        if args.port_file:
+            tmp = args.port_file.with_suffix(".tmp")
+            tmp.write_text(vb.port + "\n")
+            tmp.replace(args.port_file)
+        print(f"virtual board on {vb.port} (flash image {args.image}); Ctrl-C stops it", flush=True)
+        print(f"  try: mpremote connect {vb.port} fs ls", flush=True)
+
+    board.on_ready = announce
     try:
         board.serve()
     finally:

@@ -284,7 +284,8 @@ def virtual_board_port(state_dir: Path = VIRTUAL_DIR) -> str:
                 return port
         except OSError:
             pass
-    proc, port = virtual_board.launch(state_dir / "flash.img", port_file, state_dir / "log", detach=True)
+    proc, port = virtual_board.launch(state_dir / "flash.img", port_file, state_dir / "log", modem="auto",
+                                      detach=True)
     pid_file.write_text(f"{proc.pid}\n")
     print(f"      started the virtual board on {port} (pid {proc.pid}; stop it with `kill {proc.pid}`)")
     return port

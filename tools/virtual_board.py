@@ -422,14 +422,67 @@ class VirtualBoard:
         os.close(self._slave_keepalive)
 
 
+# ---- the emulated modem on the board's UART ----------------------------------------------------------
+MODEM_EMULATOR = REPO / "tools" / "modem_emulator.py"
+
+
+def _profile_dialect() -> str:
+    try:
+        return json.loads(BOARD_PROFILE.read_text())["modem"]["dialect"]
+    except (OSError, KeyError, ValueError):
+        return "bg96"
+
+
+def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15) -> tuple[subprocess.Popen, str]:
+    """Start tools/modem_emulator.py and return it with its pty path (from its first line of output)."""
+    import re
+    import select
+
+    proc = subprocess.Popen(
+        [sys.executable, str(MODEM_EMULATOR), "--dialect", dialect],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+        m = re.search(r" on (/dev/\S+)", line)
+        if m:
+            if log_file is not None:  # keep draining its log so it never blocks on a full pipe
+                import shutil
+                import threading
+
+                def drain() -> None:
+                    with open(log_file, "a") as f:
+                        shutil.copyfileobj(proc.stdout, f)
+
+                threading.Thread(target=drain, daemon=True).start()
+            return proc, m.group(1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"the modem emulator did not announce its pty: {seen[-300:]!r}")
+
+
 # ---- starting one from another program (tools/flash.py, tests) --------------------------------------
-def launch(image: Path, port_file: Path, log_file: Path, *, modem_port: str | None = None,
+def launch(image: Path, port_file: Path, log_file: Path, *, modem: str = "none",
            detach: bool = False, timeout: float = 15) -> tuple[subprocess.Popen, str]:
-    """Start a virtual board process; return it and its pty path once its VM is up."""
+    """Start a virtual board process; return it and its pty path once its VM is up.
+
+    modem: "none", "auto" (the emulated modem of the profile's dialect, if tools/modem_emulator.py
+    exists), a dialect name, or a pty path of a modem emulator already running.
+    """
     port_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--image", str(image), "--port-file", str(port_file)]
-    if modem_port:
-        cmd += ["--modem-port", modem_port]
+    if modem.startswith("/"):
+        cmd += ["--modem-port", modem]
+    else:
+        cmd += ["--modem", modem]
     with open(log_file, "ab") as logf:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=detach
@@ -447,7 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_DIR / "flash.img", help="littlefs image file")
     parser.add_argument("--port-file", type=Path, help="write the pty path here once it is ready")
-    parser.add_argument("--modem-port", help="the emulated modem's pty (the board's UART)")
+    parser.add_argument("--modem-port", help="a running modem emulator's pty (the board's UART)")
+    parser.add_argument("--modem", default="auto",
+                        help="start an emulated modem: a dialect, 'auto' (the profile's, if tools/modem_emulator.py "
+                             "exists) or 'none'")
     parser.add_argument("--heap", help="MicroPython heap size (default: boards/virtual/board.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -455,7 +511,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virtual board: no MicroPython unix port at {MICROPYTHON}; run `make venv`", file=sys.stderr)
         return 2
     args.image.parent.mkdir(parents=True, exist_ok=True)
-    board = VirtualBoard(args.image, modem_port=args.modem_port, heap=args.heap)
+    modem_proc = None
+    modem_port = args.modem_port
+    if not modem_port and args.modem != "none":
+        if MODEM_EMULATOR.exists():
+            dialect = _profile_dialect() if args.modem == "auto" else args.modem
+            modem_proc, modem_port = start_modem(dialect, args.image.parent / "modem.log")
+            print(f"emulated {dialect} modem on {modem_port} is the board's UART", flush=True)
+        elif args.modem != "auto":
+            print(f"virtual board: no {MODEM_EMULATOR.name} in this tree; no modem attached", file=sys.stderr)
+    board = VirtualBoard(args.image, modem_port=modem_port, heap=args.heap)
     signal.signal(signal.SIGTERM, board.stop)
     signal.signal(signal.SIGINT, board.stop)
 
@@ -472,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
         board.serve()
     finally:
         board.close()
+        if modem_proc is not None:
+            modem_proc.terminate()
+            modem_proc.wait(timeout=5)
     return 0
 
 

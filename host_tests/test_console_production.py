@@ -112,3 +112,20 @@ def test_no_command_ever_prints_a_key(locked, tmp_path):
     assert "challenge cg-" in text and "cellguard 0.1.0" in text
     for secret in (master, device_key):
         assert secret not in text.lower()
+
+
+def test_ctrl_c_storm_during_power_on_does_not_open_the_repl(locked):
+    board, _key = locked
+    board.stop()  # power off; power on with the same flash, and hammer the port while boot.py runs
+    again = Board(board.workdir, board.image)
+    seen = bytearray()
+    try:
+        with serial.Serial(again.port, timeout=0.05) as s:
+            for _ in range(40):
+                s.write(b"\x03\x03\x01\x04")
+                seen.extend(s.read(4096))
+        assert b">>> " not in seen and b"raw REPL" not in seen, bytes(seen[-300:])
+        assert b"ignored (console locked)" in seen
+        console_answers(again.port)
+    finally:
+        again.stop()

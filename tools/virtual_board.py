@@ -209,9 +209,14 @@ class VirtualBoard:
                 if self.on_ready is not None:
                     self.on_ready(self)
                     self.on_ready = None
+                # Bytes that arrived before the VM ran are plain input, never an interrupt: a board's
+                # interrupt character only takes effect once boot.py runs (mp_interrupt_char is -1).
                 early, self._early = self._early, bytearray()
-                for b in early:
-                    self._on_byte(b)
+                if early:
+                    try:
+                        os.write(self.child.stdin.fileno(), bytes(early))
+                    except (BlockingIOError, BrokenPipeError):
+                        pass
             elif head[0] == b"KBD":
                 self.kbd_intr = int(head[1]) == CTRL_C
 

@@ -41,8 +41,8 @@ def set_interrupt(enabled):
 
 
 def apply():
-    """Called first thing at boot: in production Ctrl-C must not interrupt anything from here on."""
+    """Called first thing at boot: in production Ctrl-C must not interrupt anything from here on;
+    on an unlocked unit it interrupts again (boot.py turned it off until the state was known)."""
     locked = is_locked()
-    if locked:
-        set_interrupt(False)
+    set_interrupt(not locked)
     return locked

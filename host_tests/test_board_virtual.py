@@ -85,3 +85,39 @@ def test_raw_paste_window_flow_control_with_large_code(board):
     body = "x = 0\n" + "x += 1\n" * 400 + "print('x =', x)\n"
     out = board.mpremote("exec", body).stdout
     assert "x = 400" in out
+
+
+def test_mpremote_soft_reset_and_repl(board, tmp_path):
+    import os
+    import pty
+    import select
+    import subprocess
+    import time
+
+    from vboard import MPREMOTE
+
+    (tmp_path / "boot.py").write_text("print('boot ran')\n")
+    board.mpremote("fs", "cp", str(tmp_path / "boot.py"), ":boot.py")
+    assert "after reset" in board.mpremote("soft-reset", "exec", "print('after reset')").stdout
+    # `mpremote repl` wants a terminal: give it one, type an expression, leave with Ctrl-].
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(MPREMOTE), "connect", board.port, "repl"], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.monotonic() + 20
+        sent = False
+        while time.monotonic() < deadline and b"42" not in out.split(b"6*7")[-1]:
+            if select.select([master], [], [], 0.2)[0]:
+                out += os.read(master, 4096)
+            if not sent and b"Connected to MicroPython" in out:
+                os.write(master, b"\r6*7\r")
+                sent = True
+        os.write(master, b"\x1d")  # Ctrl-]: leave mpremote's terminal
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert b"42" in out.split(b"6*7")[-1], out[-400:]

@@ -284,8 +284,12 @@ def virtual_board_port(state_dir: Path = VIRTUAL_DIR) -> str:
                 return port
         except OSError:
             pass
-    proc, port = virtual_board.launch(state_dir / "flash.img", port_file, state_dir / "log", modem="auto",
-                                      detach=True)
+    try:
+        proc, port = virtual_board.launch(state_dir / "flash.img", port_file, state_dir / "log", modem="auto",
+                                          detach=True)
+    except RuntimeError as e:
+        tail = (state_dir / "log").read_text(errors="replace").strip().splitlines()[-3:]
+        raise FlashError(f"{e}: {' / '.join(tail)}", 2) from e
     pid_file.write_text(f"{proc.pid}\n")
     print(f"      started the virtual board on {port} (pid {proc.pid}; stop it with `kill {proc.pid}`)")
     return port

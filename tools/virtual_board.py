@@ -516,6 +516,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virtual board: no MicroPython unix port at {MICROPYTHON}; run `make venv`", file=sys.stderr)
         return 2
     args.image.parent.mkdir(parents=True, exist_ok=True)
+    # One board per flash image: two VMs writing the same littlefs would corrupt it.
+    import fcntl
+
+    lock = open(args.image.with_name(args.image.name + ".lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        port_file = args.image.parent / "port"
+        where = f" on {port_file.read_text().strip()}" if port_file.exists() else ""
+        print(f"virtual board: another virtual board already runs on {args.image}{where}; "
+              "use it, or stop it first", file=sys.stderr)
+        return 4
     modem_proc = None
     modem_port = args.modem_port
     if not modem_port and args.modem != "none":

@@ -32,25 +32,29 @@ class ConsoleError(Exception):
     pass
 
 
-# ---- HMAC-SHA-256 (RFC 2104) and a constant-time compare; crypto.py offers the same once merged --
-def hmac_sha256(key, msg):
-    if len(key) > 64:
-        key = runtime.sha256(key).digest()
-    key = key + b"\x00" * (64 - len(key))
-    inner = runtime.sha256(bytes(b ^ 0x36 for b in key))
-    inner.update(msg)
-    outer = runtime.sha256(bytes(b ^ 0x5C for b in key))
-    outer.update(inner.digest())
-    return outer.digest()
+# ---- HMAC-SHA-256 and a constant-time compare: the messaging layer's (cellguard.crypto) when it is
+# installed; this small fallback until then (same signatures), so the console never depends on it.
+try:
+    from cellguard.crypto import ct_equal, hmac_sha256
+except ImportError:
 
+    def hmac_sha256(key, msg):
+        if len(key) > 64:
+            key = runtime.sha256(key).digest()
+        key = key + b"\x00" * (64 - len(key))
+        inner = runtime.sha256(bytes(b ^ 0x36 for b in key))
+        inner.update(msg)
+        outer = runtime.sha256(bytes(b ^ 0x5C for b in key))
+        outer.update(inner.digest())
+        return outer.digest()
 
-def ct_equal(a, b):
-    if len(a) != len(b):
-        return False
-    diff = 0
-    for i in range(len(a)):
-        diff |= a[i] ^ b[i]
-    return diff == 0
+    def ct_equal(a, b):
+        if len(a) != len(b):
+            return False
+        diff = 0
+        for i in range(len(a)):
+            diff |= a[i] ^ b[i]
+        return diff == 0
 
 
 def service_message(device_id, nonce_hex, action):

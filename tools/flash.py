@@ -82,13 +82,24 @@ def check_runtime(profile: dict, device: dict) -> str:
 
 
 # ---- what goes onto the device ----------------------------------------------------------------------
-def firmware_files(firmware: Path = FIRMWARE) -> dict[str, bytes]:
-    """Device path -> content: boot.py, main.py and every module under firmware/lib."""
+def firmware_files(firmware: Path = FIRMWARE, packages: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """Device path -> content: boot.py, main.py and the modules under firmware/lib (all packages, or
+    only `packages`)."""
     files = {"boot.py": (firmware / "boot.py").read_bytes(), "main.py": (firmware / "main.py").read_bytes()}
     for p in sorted((firmware / "lib").rglob("*.py")):
-        if "__pycache__" not in p.parts:
-            files["lib/" + p.relative_to(firmware / "lib").as_posix()] = p.read_bytes()
+        rel = p.relative_to(firmware / "lib")
+        if "__pycache__" in p.parts or (packages is not None and rel.parts[0] not in packages):
+            continue
+        files["lib/" + rel.as_posix()] = p.read_bytes()
     return files
+
+
+def firmware_version() -> str:
+    text = (FIRMWARE / "lib" / "cellguard" / "__init__.py").read_text()
+    for line in text.splitlines():
+        if line.startswith("VERSION"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    raise FlashError("no VERSION in firmware/lib/cellguard/__init__.py", 1)
 
 
 _DEVICE_HASHES = """
@@ -296,21 +307,43 @@ def virtual_board_port(state_dir: Path = VIRTUAL_DIR) -> str:
 
 
 # ---- steps that wait for other parts ------------------------------------------------------------------
-def install_first_image(dev: Device, profile: dict) -> str:
-    """Slot A: the bootloader's tools/image.py builds and signs the application image."""
-    image_tool = REPO / "tools" / "image.py"
-    if not (FIRMWARE / "lib" / "cgboot").is_dir() or not image_tool.exists():
-        return "skipped: the A/B bootloader is not in this tree yet (firmware/lib/cgboot, tools/image.py)"
-    sys.path.insert(0, str(image_tool.parent))
+def bootloader_present() -> bool:
+    return (FIRMWARE / "lib" / "cgboot").is_dir() and (REPO / "tools" / "image.py").exists()
+
+
+def first_image(args) -> tuple[dict[str, bytes], str]:
+    """Slot A: the application (firmware/lib without cgboot) as one image signed by the bootloader's
+    tools/image.py. Returns the device files to write and what was done, or ({}, "skipped: why")."""
+    if not bootloader_present():
+        return {}, "skipped: the A/B bootloader is not in this tree yet (firmware/lib/cgboot, tools/image.py)"
+    sys.path.insert(0, str(REPO / "tools"))
     import image  # the bootloader's tool
 
-    hook = getattr(image, "first_image_files", None)
-    if hook is None:
-        return "skipped: tools/image.py has no first_image_files(profile) for flashing yet"
-    for path, data in hook(profile).items():
-        dev.mkdirs(_parents([path]))
-        dev.write(path, data, lambda d, t, p=path: _bar(d, t, p))
-    return "done"
+    missing = [n for n in ("release", "keygen", "trusted_module") if not hasattr(image, n)]
+    if missing:
+        return {}, f"skipped: tools/image.py has no {', '.join(missing)}"
+    key = args.signing_key
+    if not key.exists():
+        image.keygen(key)
+        print(f"      created a DEVELOPMENT signing key at {key} (never sign products with it)")
+    version = firmware_version()
+    out = REPO / "build" / "flash" / f"app-{version}.img"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.release(key, version, out)
+    files = {"slots/a.img": out.read_bytes()}
+    if not args.production:
+        # A development unit trusts the key that signed its image. A production unit trusts only the
+        # keys frozen into its firmware (or committed in cgboot/trusted_keys.py), never this one.
+        files["lib/cgboot/trusted_keys.py"] = image.trusted_module([key]).encode()
+    return files, f"slot a: cellguard {version} signed with {key.name} ({len(files['slots/a.img'])} bytes)"
+
+
+def reset_boot_state(dev: Device) -> None:
+    """A new slot A is a factory install: no slot B, no boot state (the loader adopts slot a)."""
+    dev.exec(
+        "import os\nfor p in ('slots/b.img', 'state/boot.0', 'state/boot.1'):\n"
+        " try:\n  os.remove(p)\n except OSError:\n  pass"
+    )
 
 
 def provision(port: str, profile: dict, args) -> str:
@@ -386,19 +419,28 @@ def flash(args) -> int:
         print(f"      {desc}: fits {profile['name']}")
 
         step(3, "copy the loader and the trusted boot part (skipping unchanged files)")
-        files = firmware_files()
+        image_files, image_outcome = first_image(args)
+        if image_files and args.production:
+            files = firmware_files(packages=("cgboot",))  # the application comes only from slot a
+        else:
+            files = firmware_files()  # a development unit keeps /lib as the loader's fallback
+        files.update(image_files)
         files["board.json"] = json.dumps(profile, indent=1).encode()
         device_id, record = service_record(dev, args.service_key)
         files["keys/service.json"] = record
         lock = {"locked": bool(args.production)}
         files["state/console.json"] = json.dumps(lock).encode()
-        owned = sorted({"lib/" + p.split("/")[1] for p in files if p.startswith("lib/")})
+        owned = sorted({"lib/" + p.split("/")[1] for p in firmware_files() if p.startswith("lib/")})
         report = sync_files(dev, files, owned, force=args.force)
         print(f"      {len(report.sent)} sent ({report.bytes_sent} bytes), {len(report.unchanged)} unchanged, "
               f"{len(report.removed)} stale removed")
 
         step(4, "install the first signed image into slot A")
-        print("      " + install_first_image(dev, profile))
+        if "slots/a.img" in report.sent:
+            reset_boot_state(dev)
+        elif image_files:
+            image_outcome += " (unchanged on the device)"
+        print("      " + image_outcome)
     except BaseException:
         dev.close()
         raise
@@ -442,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="copy every file, even unchanged ones")
     parser.add_argument("--service-key", type=Path, default=status_tool.DEFAULT_MASTER_KEY,
                         help="service master key file (created on first use)")
+    parser.add_argument("--signing-key", type=Path, default=REPO / "build" / "keys" / "dev-signing.pem",
+                        help="key that signs the slot A image (a development key is created if missing)")
     parser.add_argument("--boards-dir", help=argparse.SUPPRESS)
     parser.add_argument("--virtual-dir", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="also print a JSON summary line")

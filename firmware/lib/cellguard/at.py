@@ -1,0 +1,550 @@
+# AT command engine: line assembly, final results, URC dispatch, prompts, timeouts, recovery.
+#
+# Design (docs/modem.md): a poll-driven, synchronous engine over the platform byte stream
+# (runtime.open_uart: write / readinto / wait_readable / close). A command call writes the command
+# and pumps the stream until its final result or its deadline; every line that arrives meanwhile is
+# routed: URCs to their handlers (even between the lines of the response), the rest to the
+# response. Between commands the firmware calls poll() from its main loop, so URCs are handled
+# without a command running. No asyncio: the same code runs on every runtime, nothing needs a
+# scheduler, and a command's deadline is the only place that ever waits.
+#
+# Memory: the line buffer and the read chunk are allocated once. A URC line is handed to its
+# handler as (buf, n) - the shared buffer and the line length - so dispatching a URC allocates
+# nothing; only response lines of a running command are copied to bytes.
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+from cellguard import runtime
+
+_CR = const(13)
+_LF = const(10)
+_SPACE = const(32)
+_COMMA = const(44)
+_ZERO = const(48)
+_NINE = const(57)
+
+DEFAULT_TIMEOUT_MS = 5000
+# Commands that take long on a real modem (3GPP and vendor manuals give these maxima).
+SLOW_COMMANDS = (
+    (b"AT+COPS", 180000),
+    (b"AT+CGACT", 150000),
+    (b"AT+QIACT", 150000),
+    (b"AT+QIOPEN", 150000),
+    (b"AT+CNACT", 150000),
+    (b"AT+CAOPEN", 150000),
+    (b"AT+CFUN", 30000),
+    (b"AT+CLCK", 15000),
+    (b"AT+CPWD", 15000),
+    (b"AT+CPIN=", 15000),
+    (b"AT+USOCR", 30000),
+    (b"AT#XSOCKET", 30000),
+)
+
+# Final result codes. The vendor ones: SEND OK / SEND FAIL (Quectel), NO CARRIER, ABORTED.
+_FINAL_OK = (b"OK", b"SEND OK")
+_FINAL_ERROR = (b"ERROR", b"SEND FAIL", b"NO CARRIER", b"ABORTED")
+_CME = b"+CME ERROR:"
+_CMS = b"+CMS ERROR:"
+
+# What a running command ended with.
+_PENDING = const(0)
+_DONE_OK = const(1)
+_DONE_ERROR = const(2)
+_DONE_REBOOT = const(3)
+
+
+# ---- errors ----------------------------------------------------------------------------------
+class ModemError(Exception):
+    """Base of every modem-side error (AT engine, driver, sockets). Not an OSError."""
+
+
+class AtTimeout(ModemError):
+    """No final result before the deadline. .command, .lines (the partial response)."""
+
+    def __init__(self, command, lines):
+        super().__init__("timeout: %s" % _text(command))
+        self.command = command
+        self.lines = lines
+
+
+class AtCommandError(ModemError):
+    """The modem answered with an error result. .code is None for a bare ERROR, .result the line."""
+
+    def __init__(self, command, lines, result, code=None):
+        super().__init__("%s -> %s" % (_text(command), _text(result)))
+        self.command = command
+        self.lines = lines
+        self.result = result
+        self.code = code
+
+
+class CmeError(AtCommandError):
+    """+CME ERROR: <code> (3GPP TS 27.007 9.2): equipment/SIM/network errors."""
+
+
+class CmsError(AtCommandError):
+    """+CMS ERROR: <code> (3GPP TS 27.005): message service errors."""
+
+
+class ModemRebooted(ModemError):
+    """The modem restarted (RDY / Ready / echo back on) while a command was running."""
+
+    def __init__(self, command, lines):
+        super().__init__("modem rebooted during %s" % _text(command))
+        self.command = command
+        self.lines = lines
+
+
+class ModemUnresponsive(ModemError):
+    """Recovery failed: no answer to AT after resync, AT+CFUN reset and the reset pin."""
+
+
+def _text(b):
+    # Modem output may hold any byte (noise): never let decoding raise.
+    if isinstance(b, (bytes, bytearray)):
+        try:
+            return bytes(b).decode()
+        except UnicodeError:
+            return "".join(chr(c) if 32 <= c < 127 else "?" for c in b)
+    return str(b)
+
+
+# ---- line assembly ---------------------------------------------------------------------------
+class LineReader:
+    """Splits a byte stream into lines in one preallocated buffer; never raises on any input.
+
+    on_line(buf, n) gets each non-blank line (buf[:n], no terminator); the buffer is reused, so a
+    consumer that keeps a line copies it. \\r, \\n and \\r\\n all end a line, and blank or
+    all-space lines are skipped, so the result does not depend on how the bytes were chopped.
+    A line longer than the buffer is discarded up to its end and counted in .overflows.
+
+    Two modes the engine arms for one command:
+    - prompt: a byte value ('>' or '@'); seen at the start of a line it calls on_prompt().
+    - raw_prefix: e.g. b"+CARECV: " - a line starting with it carries "<len>," then <len> raw
+      bytes that may contain anything, CR and LF included; they become part of the line.
+    """
+
+    def __init__(self, on_line, max_line=256, on_prompt=None):
+        self.buf = bytearray(max_line)
+        self.max_line = max_line
+        self.n = 0
+        self.overflows = 0
+        self.prompt = 0
+        self.raw_prefix = None
+        self._on_line = on_line
+        self._on_prompt = on_prompt
+        self._discarding = False
+        self._raw_left = 0
+        self._raw_overflow = False
+
+    def reset(self):
+        self.n = 0
+        self._discarding = False
+        self._raw_left = 0
+        self._raw_overflow = False
+
+    def feed(self, data, start=0, end=-1):
+        if end < 0:
+            end = len(data)
+        buf = self.buf
+        limit = self.max_line
+        i = start
+        while i < end:
+            c = data[i]
+            i += 1
+            if self._raw_left:
+                if self.n < limit:
+                    buf[self.n] = c
+                    self.n += 1
+                else:
+                    self._raw_overflow = True
+                self._raw_left -= 1
+                if not self._raw_left:
+                    if self._raw_overflow:
+                        self.overflows += 1
+                    else:
+                        self._on_line(buf, self.n)
+                    self.n = 0
+                    self._raw_overflow = False
+                continue
+            if c == _CR or c == _LF:
+                if self._discarding:
+                    self._discarding = False
+                elif self.n:
+                    n = self.n
+                    self.n = 0
+                    if not self._blank(n):
+                        self._on_line(buf, n)
+                continue
+            if self._discarding:
+                continue
+            if self.n == 0 and c == self.prompt:
+                self.prompt = 0
+                if self._on_prompt is not None:
+                    self._on_prompt()
+                continue
+            if self.n >= limit:
+                self.overflows += 1
+                self._discarding = True
+                self.n = 0
+                continue
+            buf[self.n] = c
+            self.n += 1
+            if c == _COMMA and self.raw_prefix is not None:
+                self._check_raw()
+
+    def _blank(self, n):
+        buf = self.buf
+        for k in range(n):
+            if buf[k] != _SPACE:
+                return False
+        return True
+
+    def _check_raw(self):
+        # "<raw_prefix><digits>," just completed: the next <digits> bytes are payload.
+        p = self.raw_prefix
+        start = len(p)
+        comma = self.n - 1
+        if comma <= start or not self.buf.startswith(p):
+            return
+        length = 0
+        buf = self.buf
+        for k in range(start, comma):
+            d = buf[k]
+            if d < _ZERO or d > _NINE:
+                return
+            length = length * 10 + d - _ZERO
+        if buf.find(b",", start, comma) >= 0:
+            return
+        self._raw_left = length
+        if not length:
+            self._on_line(buf, self.n)
+            self.n = 0
+
+
+# ---- small allocation-free field helpers (URC handlers use these on the shared buffer) ----------
+def field_start(buf, n, index):
+    """Offset of comma-separated field `index` after the "<prefix>: " part, or -1."""
+    pos = buf.find(b":", 0, n)
+    pos = 0 if pos < 0 else pos + 1
+    while pos < n and buf[pos] == _SPACE:
+        pos += 1
+    while index:
+        pos = buf.find(b",", pos, n)
+        if pos < 0:
+            return -1
+        pos += 1
+        index -= 1
+    return pos
+
+
+def field_int(buf, n, index, default=-1):
+    """Integer value of field `index` (see field_start), or default if absent or not a number."""
+    pos = field_start(buf, n, index)
+    if pos < 0 or pos >= n:
+        return default
+    if buf[pos] == 34:  # a quoted number: "0"
+        pos += 1
+    value = 0
+    digits = 0
+    while pos < n:
+        d = buf[pos]
+        if d < _ZERO or d > _NINE:
+            break
+        value = value * 10 + d - _ZERO
+        digits += 1
+        pos += 1
+    return value if digits else default
+
+
+def field_count(buf, n):
+    """Number of comma-separated fields after the ': ' (commas inside quotes not counted)."""
+    pos = field_start(buf, n, 0)
+    if pos < 0 or pos >= n:
+        return 0
+    count = 1
+    quoted = False
+    while pos < n:
+        c = buf[pos]
+        if c == 34:
+            quoted = not quoted
+        elif c == _COMMA and not quoted:
+            count += 1
+        pos += 1
+    return count
+
+
+def fields(line):
+    """All fields of a response line as a list of str, quotes removed (for command replies)."""
+    text = _text(line)
+    colon = text.find(":")
+    if colon >= 0:
+        text = text[colon + 1 :]
+    out = []
+    cur = ""
+    quoted = False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return out
+
+
+# ---- the engine --------------------------------------------------------------------------------
+class AtEngine:
+    """Runs AT commands over a byte stream and dispatches URCs.
+
+    stream: the four-call platform stream. reset_pin: optional callable from the board that pulses
+    the modem's reset/power line (last step of recovery). boot_urcs: lines a modem prints when it
+    (re)starts. log: optional callable(str) for recovery events.
+    """
+
+    def __init__(self, stream, max_line=256, reset_pin=None, boot_urcs=(b"RDY", b"Ready"), log=None):
+        self._stream = stream
+        self._rx = bytearray(64)
+        self.reader = LineReader(self._on_line, max_line, self._on_prompt)
+        self._urcs = []
+        self._boot_urcs = boot_urcs
+        self._reset_pin = reset_pin
+        self._log = log
+        self.default_timeout_ms = DEFAULT_TIMEOUT_MS
+        self.timeouts = SLOW_COMMANDS
+        self.reset_wait_ms = 10000  # how long a modem may take to answer AT after a reset
+        self.echo_off = False  # set by the driver after ATE0: an echo after that means a reboot
+        # Command state.
+        self._cmd = None
+        self._prefix = None
+        self._lines = []
+        self._state = _PENDING
+        self._result = None
+        self._prompted = False
+        # Counters (status / tests).
+        self.rebooted = False
+        self.reboots = 0
+        self.unsolicited = 0
+        self.recoveries = 0
+
+    # -- URC registry
+    def add_urc(self, prefix, handler, is_urc=None):
+        """handler(buf, n) for lines starting with prefix. is_urc(buf, n) -> bool decides, for a
+        line that is also the running command's reply prefix (+CEREG:), whether it is the URC."""
+        self._urcs.append((prefix, handler, is_urc))
+
+    # -- stream pumping
+    def _pump(self):
+        rx = self._rx
+        stream = self._stream
+        for _ in range(64):  # bounded: a flooding modem cannot starve the caller forever
+            n = stream.readinto(rx)
+            if not n:
+                return
+            self.reader.feed(rx, 0, n)
+
+    def poll(self, timeout_ms=0):
+        """Process what has arrived (URCs), waiting up to timeout_ms for the first byte."""
+        if self._stream.wait_readable(timeout_ms):
+            self._pump()
+
+    def wait_for(self, predicate, timeout_ms):
+        """Pump the stream until predicate() is true; False at the deadline."""
+        deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
+        while not predicate():
+            left = runtime.ticks_diff(deadline, runtime.ticks_ms())
+            if left <= 0:
+                return False
+            if self._stream.wait_readable(left if left < 50 else 50):
+                self._pump()
+        return True
+
+    def drain(self, quiet_ms=30, max_ms=500):
+        """Discard (well, dispatch) input until the line has been quiet for quiet_ms."""
+        deadline = runtime.ticks_add(runtime.ticks_ms(), max_ms)
+        while runtime.ticks_diff(deadline, runtime.ticks_ms()) > 0:
+            if not self._stream.wait_readable(quiet_ms):
+                return
+            self._pump()
+
+    # -- line routing
+    def _on_prompt(self):
+        self._prompted = True
+
+    def _on_line(self, buf, n):
+        cmd = self._cmd
+        if cmd is not None:
+            if self._final(buf, n):
+                return
+            if (buf[0] == 65 or buf[0] == 97) and n > 1 and (buf[1] == 84 or buf[1] == 116):
+                # Echo of a command ("AT..."). With echo off it means the modem restarted.
+                if self.echo_off and n == len(cmd) and buf.startswith(cmd):
+                    self._reboot_seen()
+                return
+        for prefix, handler, is_urc in self._urcs:
+            if n >= len(prefix) and buf.startswith(prefix):
+                if cmd is not None and self._prefix is not None and buf.startswith(self._prefix):
+                    if is_urc is None or not is_urc(buf, n):
+                        break  # the running command's reply
+                handler(buf, n)
+                return
+        for boot in self._boot_urcs:
+            if n == len(boot) and buf.startswith(boot):
+                self._reboot_seen()
+                return
+        if cmd is not None:
+            self._lines.append(bytes(buf[:n]))
+        else:
+            self.unsolicited += 1
+
+    def _reboot_seen(self):
+        self.rebooted = True
+        self.reboots += 1
+        self.echo_off = False
+        if self._log:
+            self._log("modem restarted")
+        if self._cmd is not None:
+            self._state = _DONE_REBOOT
+
+    def _final(self, buf, n):
+        for word in _FINAL_OK:
+            if n == len(word) and buf.startswith(word):
+                self._state = _DONE_OK
+                return True
+        for word in _FINAL_ERROR:
+            if n == len(word) and buf.startswith(word):
+                self._result = bytes(buf[:n])
+                self._state = _DONE_ERROR
+                return True
+        if buf.startswith(_CME) or buf.startswith(_CMS):
+            self._result = bytes(buf[:n])
+            self._state = _DONE_ERROR
+            return True
+        return False
+
+    def timeout_for(self, cmd):
+        for prefix, ms in self.timeouts:
+            if cmd.startswith(prefix):
+                return ms
+        return self.default_timeout_ms
+
+    # -- commands
+    def command(self, cmd, timeout_ms=None, prefix=None, payload=None, prompt=b">", raw_prefix=None):
+        """Run one command; return its response lines (list of bytes, echo and URCs removed).
+
+        prefix: the reply's prefix (b"+CEREG:"), so a URC with the same prefix is told apart.
+        payload: bytes sent after the prompt byte (`prompt`, b">" or b"@") appears.
+        raw_prefix: a reply line that carries length-prefixed raw bytes (see LineReader).
+        Raises AtTimeout, CmeError, CmsError, AtCommandError or ModemRebooted.
+        """
+        if isinstance(cmd, str):
+            cmd = cmd.encode()
+        if timeout_ms is None:
+            timeout_ms = self.timeout_for(cmd)
+        self._pump()  # URCs that arrived before this command are not its reply
+        self._cmd = cmd
+        self._prefix = prefix
+        self._lines = []
+        self._state = _PENDING
+        self._result = None
+        self._prompted = False
+        reader = self.reader
+        reader.raw_prefix = raw_prefix
+        reader.prompt = prompt[0] if payload is not None else 0
+        deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
+        try:
+            self._stream.write(cmd + b"\r")
+            if payload is not None:
+                self._wait(deadline, True)
+                if self._state == _PENDING:
+                    self._stream.write(payload)
+            self._wait(deadline, False)
+            lines = self._lines
+            if self._state == _DONE_OK:
+                return lines
+            if self._state == _DONE_REBOOT:
+                raise ModemRebooted(cmd, lines)
+            result = self._result
+            if result.startswith(_CME):
+                raise CmeError(cmd, lines, result, _code(result))
+            if result.startswith(_CMS):
+                raise CmsError(cmd, lines, result, _code(result))
+            raise AtCommandError(cmd, lines, result)
+        finally:
+            self._cmd = None
+            self._prefix = None
+            reader.prompt = 0
+            reader.raw_prefix = None
+
+    def _wait(self, deadline, for_prompt):
+        stream = self._stream
+        while self._state == _PENDING and not (for_prompt and self._prompted):
+            left = runtime.ticks_diff(deadline, runtime.ticks_ms())
+            if left <= 0:
+                raise AtTimeout(self._cmd, self._lines)
+            if stream.wait_readable(left if left < 50 else 50):
+                self._pump()
+
+    # -- recovery
+    def resync(self, attempts=5, timeout_ms=500):
+        """Send AT until OK (a late reply to an old command is drained first); True when in sync."""
+        for _ in range(attempts):
+            self.drain()
+            self.reader.reset()
+            try:
+                self.command(b"AT", timeout_ms)
+                self.drain()
+                return True
+            except ModemError:
+                pass
+        return False
+
+    def recover(self):
+        """Resync; else AT+CFUN=1,1; else the board's reset pin. Returns which step worked."""
+        self.recoveries += 1
+        if self.resync():
+            return "resync"
+        self._note("resync failed: AT+CFUN=1,1")
+        try:
+            self.command(b"AT+CFUN=1,1", 2000)
+        except ModemError:
+            pass
+        if self._wait_alive():
+            return "cfun"
+        if self._reset_pin is not None:
+            self._note("AT+CFUN reset failed: reset pin")
+            self._reset_pin()
+            if self._wait_alive():
+                return "pin"
+        raise ModemUnresponsive("no answer after resync, AT+CFUN reset and reset pin")
+
+    def _wait_alive(self):
+        deadline = runtime.ticks_add(runtime.ticks_ms(), self.reset_wait_ms)
+        while runtime.ticks_diff(deadline, runtime.ticks_ms()) > 0:
+            if self.resync(1, 500):
+                self.rebooted = True  # after a reset the driver must re-initialise
+                return True
+        return False
+
+    def _note(self, text):
+        if self._log:
+            self._log(text)
+
+    def close(self):
+        self._stream.close()
+
+
+def _code(result):
+    colon = result.find(b":")
+    digits = result[colon + 1 :].strip()
+    try:
+        return int(digits)
+    except ValueError:
+        return -1

@@ -1,0 +1,452 @@
+# One modem driver for four modem families: the 3GPP TS 27.007 base here, the vendor differences
+# in cellguard.dialects. Every step is its own method (identity, SIM state, PIN, lock, APN, PDP,
+# registration, sockets) so the SIM-lock logic can inspect and order them.
+#
+#   from cellguard import at, dialects, modem, runtime
+#   engine = at.AtEngine(runtime.open_uart(port), reset_pin=board.modem_reset)
+#   m = modem.Modem(engine, dialects.get("bg96"))
+#   m.init(); m.wait_registered(180000); m.set_apn("iot.example"); m.activate_pdp()
+#   sock = m.open_udp(); sock.sendto(b"hi", "192.0.2.1", 5683); sock.recvfrom(5000)
+from cellguard import runtime
+from cellguard.at import (
+    AtCommandError,
+    AtEngine,
+    AtTimeout,
+    CmeError,
+    ModemError,
+    ModemRebooted,
+    _text,
+    field_int,
+    field_start,
+    fields,
+)
+
+# +CEREG <stat> values (3GPP TS 27.007 7.2)
+NOT_REGISTERED = 0
+HOME = 1
+SEARCHING = 2
+DENIED = 3
+UNKNOWN = 4
+ROAMING = 5
+
+# +CME ERROR codes the driver interprets (3GPP TS 27.007 9.2.1)
+CME_SIM_NOT_INSERTED = 10
+CME_SIM_PIN_REQUIRED = 11
+CME_SIM_PUK_REQUIRED = 12
+CME_SIM_FAILURE = 13
+CME_INCORRECT_PASSWORD = 16
+
+
+class RegistrationDenied(ModemError):
+    """The network rejected the attach (+CEREG stat 3)."""
+
+
+class RegistrationTimeout(ModemError):
+    """Not registered before the deadline; .last_stat is the last +CEREG stat seen."""
+
+    def __init__(self, msg, last_stat):
+        super().__init__(msg)
+        self.last_stat = last_stat
+
+
+class SimError(ModemError):
+    """The SIM is absent, failed, or needs a PIN/PUK before the operation; .state says which."""
+
+    def __init__(self, state):
+        super().__init__("SIM " + state)
+        self.state = state
+
+
+class SocketError(ModemError):
+    """A UDP socket operation failed (open, send, closed socket, datagram too large)."""
+
+
+def _is_cereg_urc(buf, n):
+    # "+CEREG: <stat>[,<tac>,...]" is the URC; "+CEREG: <n>,<stat>[,...]" the read reply.
+    pos = field_start(buf, n, 1)
+    return pos < 0 or pos >= n or not (48 <= buf[pos] <= 57)
+
+
+# 3GPP TS 24.008 10.5.7.4a (T3412 extended) and 10.5.7.3 (T3324): (unit bits, seconds per step)
+_T3412_UNITS = (
+    (0b011, 2),
+    (0b100, 30),
+    (0b101, 60),
+    (0b000, 600),
+    (0b001, 3600),
+    (0b010, 36000),
+    (0b110, 1152000),
+)
+_T3324_UNITS = ((0b000, 2), (0b001, 60), (0b010, 360))
+
+
+def encode_timer(seconds, units):
+    """Smallest-unit GPRS timer byte as an 8-character bit string, e.g. "00100001"."""
+    for bits, step in units:
+        value = (seconds + step - 1) // step
+        if value < 32:
+            return "{:03b}{:05b}".format(bits, value)
+    raise ValueError("timer too long")
+
+
+class Modem:
+    """The driver. engine: an AtEngine (or a stream, wrapped). dialect: a cellguard.dialects one."""
+
+    def __init__(self, engine, dialect, log=None):
+        if not isinstance(engine, AtEngine):
+            engine = AtEngine(engine, dialect.line_buffer(), boot_urcs=dialect.boot_urcs, log=log)
+        else:
+            engine._boot_urcs = dialect.boot_urcs
+        self.at = engine
+        self.dialect = dialect
+        self._log = log
+        self.reg_stat = NOT_REGISTERED
+        self.sim_event = False  # a +CPIN: URC arrived (SIM removed/inserted)
+        self.session = 0  # incremented by each init(): sockets opened before are gone
+        self.attach_timeout_ms = 180000
+        self.pdp_timeout_ms = 150000
+        self.socket_open_timeout_ms = 150000
+        self._apn = None
+        self._want_pdp = False
+        self._handles = []
+        self.socket_op = False
+        engine.add_urc(b"+CEREG:", self._cereg, _is_cereg_urc)
+        engine.add_urc(b"+CPIN:", self._cpin)
+        for prefix, handler in dialect.urcs():
+            engine.add_urc(prefix, handler)
+
+    # -- URC handlers (called with the engine's shared line buffer; they allocate nothing)
+    def _cereg(self, buf, n):
+        self.reg_stat = field_int(buf, n, 0, NOT_REGISTERED)
+
+    def _cpin(self, buf, n):
+        self.sim_event = True
+
+    # -- errors the dialects raise through the driver
+    def socket_error(self, msg):
+        return SocketError(msg)
+
+    def modem_error(self, msg):
+        return ModemError(msg)
+
+    def _note(self, text):
+        if self._log:
+            self._log(text)
+
+    # -- command path with recovery
+    def cmd(self, cmd, timeout_ms=None, prefix=None, payload=None, prompt=b">", raw_prefix=None, retry=True):
+        """One AT command through the engine. After a timeout or a modem reboot: recover (resync,
+        CFUN reset, reset pin), re-initialise, and retry once if `retry`."""
+        if self.at.rebooted and self.session:
+            self.init()
+        try:
+            return self.at.command(cmd, timeout_ms, prefix, payload, prompt, raw_prefix)
+        except (AtTimeout, ModemRebooted) as e:
+            self._note("%s: recovering" % e)
+            self.recover()
+            # Socket commands are not retried here: after a restart their handle is gone, and
+            # UdpSocket reopens it first (self.socket_op is set around them).
+            if not retry or payload is not None or self.socket_op:
+                raise
+            return self.at.command(cmd, timeout_ms, prefix, payload, prompt, raw_prefix)
+
+    def recover(self):
+        """Bring a stuck or restarted modem back to a known, initialised state (or raise
+        ModemUnresponsive). Returns the recovery step that worked."""
+        step = "reboot" if self.at.rebooted else self.at.recover()
+        if step != "resync":  # the modem restarted: its settings, PDP and sockets are gone
+            self.init()
+        return step
+
+    def init(self):
+        """Echo off, numeric +CME errors, registration URCs, dialect setup. Idempotent."""
+        at = self.at
+        at.echo_off = False
+        at.rebooted = False
+        if not at.resync():
+            at.recover()
+            at.rebooted = False
+        at.command(b"ATE0")
+        at.echo_off = True
+        at.command(b"AT+CMEE=1")
+        at.command(b"AT+CEREG=2")
+        for c in self.dialect.setup:
+            at.command(c)
+        self.dialect.rx_ready[:] = bytes(len(self.dialect.rx_ready))
+        self._handles = []
+        self.session += 1
+
+    # -- identity
+    def _identity(self, cmd):
+        # The reply line that is a number (after an optional "+XXX:" prefix and quotes); other
+        # lines - line noise - are ignored. ICCIDs may end in an F filler nibble.
+        for line in self.cmd(cmd):
+            text = _text(line).strip()
+            colon = text.find(":")
+            if colon >= 0:
+                text = text[colon + 1 :].strip()
+            text = text.strip('"').rstrip("Ff")
+            if text.isdigit():
+                return text
+        raise ModemError("no number in reply to %s" % _text(cmd))
+
+    def imei(self):
+        return self._identity(self.dialect.imei_cmd)
+
+    def iccid(self):
+        return self._identity(self.dialect.iccid_cmd)
+
+    def imsi(self):
+        return self._identity(b"AT+CIMI")
+
+    def _value(self, cmd, prefix):
+        for line in self.cmd(cmd, prefix=prefix):
+            if line.startswith(prefix):
+                return fields(line)[0]
+        raise ModemError("no %s reply" % _text(prefix))
+
+    # -- SIM
+    def sim_state(self):
+        """'READY', 'SIM PIN', 'SIM PUK' (or another +CPIN: word), or 'ABSENT' / 'FAILURE'."""
+        try:
+            return self._value(b"AT+CPIN?", b"+CPIN:")
+        except CmeError as e:
+            if e.code == CME_SIM_NOT_INSERTED:
+                return "ABSENT"
+            if e.code == CME_SIM_FAILURE:
+                return "FAILURE"
+            raise
+
+    def enter_pin(self, pin):
+        """AT+CPIN="<pin>". A wrong PIN raises CmeError with code 16 (12 once the PUK is needed)."""
+        from cellguard.dialects import _q
+
+        self.cmd(b"AT+CPIN=" + _q(pin), retry=False)
+
+    def enter_puk(self, puk, new_pin):
+        from cellguard.dialects import _q
+
+        self.cmd(b"AT+CPIN=" + _q(puk) + b"," + _q(new_pin), retry=False)
+
+    def pin_retries(self):
+        """(PIN attempts left, PUK attempts left), or None if the dialect cannot tell."""
+        return self.dialect.pin_retries(self)
+
+    def pin_lock_enabled(self):
+        line = self.cmd(b'AT+CLCK="SC",2', prefix=b"+CLCK:")
+        for item in line:
+            if item.startswith(b"+CLCK:"):
+                return fields(item)[0] == "1"
+        raise ModemError("no +CLCK reply")
+
+    def set_pin_lock(self, enabled, pin):
+        """AT+CLCK="SC",<1|0>,"<pin>": require (or stop requiring) the PIN at power-up."""
+        from cellguard.dialects import _q
+
+        self.cmd(b'AT+CLCK="SC",' + (b"1," if enabled else b"0,") + _q(pin), retry=False)
+
+    def change_pin(self, old, new):
+        from cellguard.dialects import _q
+
+        self.cmd(b'AT+CPWD="SC",' + _q(old) + b"," + _q(new), retry=False)
+
+    # -- registration
+    def registration(self):
+        """Query +CEREG? now; returns the stat (HOME, ROAMING, SEARCHING, DENIED, ...)."""
+        for line in self.cmd(b"AT+CEREG?", prefix=b"+CEREG:"):
+            if line.startswith(b"+CEREG:"):
+                self.reg_stat = int(fields(line)[1])
+        return self.reg_stat
+
+    def wait_registered(self, timeout_ms, backoff_ms=250, max_backoff_ms=8000):
+        """Wait for +CEREG home (returns 'home') or roaming ('roaming'). URCs wake it at once;
+        between them it asks AT+CEREG? with exponential backoff in case a URC was lost.
+        Raises RegistrationDenied, SimError (no usable SIM) or RegistrationTimeout."""
+        deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
+        stat = self.registration()
+        while True:
+            if stat == HOME:
+                return "home"
+            if stat == ROAMING:
+                return "roaming"
+            if stat == DENIED:
+                raise RegistrationDenied("registration denied by the network")
+            if stat == NOT_REGISTERED or self.sim_event:
+                self.sim_event = False
+                state = self.sim_state()
+                if state != "READY":
+                    raise SimError(state)
+            left = runtime.ticks_diff(deadline, runtime.ticks_ms())
+            if left <= 0:
+                raise RegistrationTimeout("not registered after %d ms" % timeout_ms, stat)
+            before = self.reg_stat
+            self.at.wait_for(lambda: self.reg_stat != before, min(left, backoff_ms))
+            backoff_ms = min(backoff_ms * 2, max_backoff_ms)
+            stat = self.reg_stat if self.reg_stat != before else self.registration()
+
+    # -- PDP
+    def set_apn(self, apn, user=None, pwd=None):
+        self.dialect.set_apn(self, apn, user, pwd)
+        self._apn = (apn, user, pwd)
+
+    def activate_pdp(self):
+        self.dialect.activate_pdp(self)
+        self._want_pdp = True
+
+    def deactivate_pdp(self):
+        self._want_pdp = False
+        self.dialect.deactivate_pdp(self)
+
+    def pdp_active(self):
+        return self.dialect.pdp_active(self)
+
+    def restore(self):
+        """After a modem restart: register again and bring back the APN and PDP context."""
+        if not self._want_pdp:
+            return
+        self.wait_registered(self.attach_timeout_ms)
+        if self._apn is not None:
+            self.dialect.set_apn(self, *self._apn)
+        self.dialect.activate_pdp(self)
+
+    # -- signal and power saving
+    def signal(self):
+        """{'rsrp_dbm', 'rsrq_db', 'rssi_dbm'}; None where the modem reports 'unknown'."""
+        out = {"rsrp_dbm": None, "rsrq_db": None, "rssi_dbm": None}
+        for line in self.cmd(b"AT+CESQ", prefix=b"+CESQ:"):
+            if line.startswith(b"+CESQ:"):
+                f = fields(line)
+                rsrq, rsrp = int(f[4]), int(f[5])
+                if rsrp != 255:
+                    out["rsrp_dbm"] = rsrp - 141
+                if rsrq != 255:
+                    out["rsrq_db"] = rsrq / 2 - 20
+        for line in self.cmd(b"AT+CSQ", prefix=b"+CSQ:"):
+            if line.startswith(b"+CSQ:"):
+                rssi = int(fields(line)[0])
+                if rssi != 99:
+                    out["rssi_dbm"] = -113 + 2 * rssi
+        return out
+
+    def set_psm(self, enabled, tau_s=3600, active_s=60):
+        """AT+CPSMS: request PSM with a periodic TAU and an active time (seconds)."""
+        if not enabled:
+            self.cmd(b"AT+CPSMS=0")
+            return
+        tau = encode_timer(tau_s, _T3412_UNITS)
+        active = encode_timer(active_s, _T3324_UNITS)
+        self.cmd(('AT+CPSMS=1,,,"%s","%s"' % (tau, active)).encode())
+
+    def psm(self):
+        return fields(self.cmd(b"AT+CPSMS?", prefix=b"+CPSMS:")[0])
+
+    def set_edrx(self, enabled, act=4, value="0101"):
+        """AT+CEDRXS: act 4 = LTE-M, 5 = NB-IoT; value = the 4-bit eDRX cycle (TS 24.008)."""
+        if not enabled:
+            self.cmd(b"AT+CEDRXS=0," + str(act).encode())
+            return
+        if len(value) != 4 or value.strip("01"):
+            raise ValueError("eDRX value is 4 bits")
+        self.cmd(('AT+CEDRXS=2,%d,"%s"' % (act, value)).encode())
+
+    # -- sockets
+    def free_handle(self, limit):
+        for h in range(limit):
+            if h not in self._handles:
+                return h
+        raise SocketError("no free socket")
+
+    def open_udp(self, local_port=0):
+        """A UDP socket: sendto(data, host, port), recvfrom(timeout_ms), close()."""
+        return UdpSocket(self, local_port)
+
+
+class UdpSocket:
+    """A datagram socket on the modem (interface agreed in notes/interfaces.md).
+
+    If the modem restarts underneath it, the next call re-registers, re-activates the PDP context
+    and reopens the socket (bounded by the modem's attach timeout) instead of failing forever.
+    """
+
+    def __init__(self, modem, local_port=0):
+        self._m = modem
+        self._local_port = local_port
+        self._h = None
+        self._session = -1
+        self.closed = False
+        self._ensure()
+
+    def _ensure(self):
+        if self.closed:
+            raise SocketError("socket is closed")
+        m = self._m
+        if m.at.rebooted:
+            m.recover()
+        if self._session != m.session:
+            if self._session >= 0:
+                m.restore()
+            self._h = m.dialect.sock_open(m, self._local_port)
+            m._handles.append(self._h)
+            self._session = m.session
+        return self._h
+
+    def sendto(self, data, host, port):
+        m = self._m
+        if len(data) > m.dialect.max_datagram:
+            raise SocketError("datagram of %d bytes exceeds %d" % (len(data), m.dialect.max_datagram))
+        for attempt in (0, 1):
+            h = self._ensure()
+            m.socket_op = True
+            try:
+                m.dialect.sock_send(m, h, data, host, port)
+                return len(data)
+            except (AtTimeout, ModemRebooted) as e:
+                # m.cmd has recovered the modem already; _ensure reopens the socket if it restarted.
+                if attempt:
+                    raise SocketError("send failed: %s" % e)
+            except AtCommandError as e:
+                raise SocketError("send failed: %s" % e)
+            finally:
+                m.socket_op = False
+
+    def recvfrom(self, timeout_ms):
+        """(data, host, port) or None after timeout_ms. Driven by the modem's receive URC, with a
+        read every dialect.recv_poll_ms in case a URC was lost."""
+        m = self._m
+        ready = m.dialect.rx_ready
+        deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
+        poll_ms = m.dialect.recv_poll_ms
+        first = True
+        while True:
+            h = self._ensure()
+            if ready[h] or first:
+                ready[h] = 0
+                m.socket_op = True
+                try:
+                    got = m.dialect.sock_recv(m, h)
+                except (AtTimeout, ModemRebooted):
+                    got = None  # recovered by m.cmd; the loop reopens the socket if needed
+                except AtCommandError as e:
+                    raise SocketError("receive failed: %s" % e)
+                finally:
+                    m.socket_op = False
+                if got is not None:
+                    ready[h] = 1  # more may be queued: the next call reads again at once
+                    return got
+            left = runtime.ticks_diff(deadline, runtime.ticks_ms())
+            if left <= 0:
+                return None
+            first = not m.at.wait_for(lambda: ready[h], min(left, poll_ms))
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        m = self._m
+        if self._session == m.session and self._h is not None:
+            if self._h in m._handles:
+                m._handles.remove(self._h)
+            try:
+                m.dialect.sock_close(m, self._h)
+            except ModemError:
+                pass

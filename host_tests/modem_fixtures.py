@@ -1,0 +1,162 @@
+"""Shared test helpers: an emulated modem on a pty, a real UDP echo server, and the firmware modem
+driver running on the MicroPython unix port against them.
+
+How to use (messaging, SIM-lock and other tests reuse these):
+
+    from modem_fixtures import DIALECTS, emulated_modem, udp_echo_server, run_driver
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize("dialect", DIALECTS)
+    def test_something(dialect):
+        with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+            out = run_driver(emu, '''
+    attach()                                   # init, wait for registration, APN, PDP
+    s = m.open_udp()
+    s.sendto(b"ping", "127.0.0.1", ECHO_PORT)
+    print("GOT", s.recvfrom(3000))
+    ''', echo_port=echo.port)
+            assert "GOT (b'ping'" in out
+            assert not emu.commands_matching("AT+CGACT=0")   # every command is recorded
+
+The script body runs after DRIVER_PRELUDE, which defines: `engine` (cellguard.at.AtEngine on the
+pty, with short test timeouts and a reset pin wired to the emulator's reset port), `m`
+(cellguard.modem.Modem), `attach()`, and the constants PTY, DIALECT, ECHO_PORT. Emulator faults are
+injected from the test (CPython) side with the ModemEmulator methods, either before run_driver or,
+for faults that must land mid-run, with spawn_driver and the emulator's command record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+from harness import run_micropython, spawn_micropython
+from modem_emulator import Delays, ModemEmulator, Network, Sim  # noqa: F401  (re-exported)
+
+DIALECTS = ("nrf91", "bg96", "sim7080", "sara-r4")
+
+DRIVER_PRELUDE = """
+import sys
+from cellguard import at, dialects, modem, runtime
+PTY = %(pty)r
+DIALECT = %(dialect)r
+RESET_PORT = %(reset_port)d
+ECHO_PORT = %(echo_port)d
+
+def reset_pin():
+    # The board's reset line, wired to the emulator's reset port.
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b'reset', socket.getaddrinfo('127.0.0.1', RESET_PORT)[0][-1])
+    s.close()
+
+d = dialects.get(DIALECT)
+engine = at.AtEngine(runtime.open_uart(PTY), d.line_buffer(), reset_pin=reset_pin, boot_urcs=d.boot_urcs,
+                     log=lambda s: print('LOG', s))
+engine.default_timeout_ms = %(at_timeout_ms)d
+engine.timeouts = ()
+engine.reset_wait_ms = 3000
+m = modem.Modem(engine, d)
+m.attach_timeout_ms = 5000
+m.pdp_timeout_ms = 5000
+m.socket_open_timeout_ms = 5000
+
+def attach(apn='iot.test'):
+    m.init()
+    m.wait_registered(5000)
+    m.set_apn(apn)
+    m.activate_pdp()
+"""
+
+
+def driver_script(emu: ModemEmulator, body: str, echo_port: int = 0, at_timeout_ms: int = 1500) -> str:
+    prelude = DRIVER_PRELUDE % {
+        "pty": emu.path,
+        "dialect": emu.dialect,
+        "reset_port": emu.reset_port,
+        "echo_port": echo_port,
+        "at_timeout_ms": at_timeout_ms,
+    }
+    return prelude + "\n" + body.strip("\n") + "\n"
+
+
+def run_driver(
+    emu: ModemEmulator,
+    body: str,
+    echo_port: int = 0,
+    timeout: float = 45,
+    at_timeout_ms: int = 1500,
+    heapsize: str = "256K",
+) -> str:
+    """Run `body` (after DRIVER_PRELUDE) on the MicroPython unix port; return what it printed."""
+    return run_micropython(
+        driver_script(emu, body, echo_port, at_timeout_ms), heapsize=heapsize, timeout=timeout
+    )
+
+
+def spawn_driver(emu: ModemEmulator, body: str, echo_port: int = 0, at_timeout_ms: int = 1500, **popen):
+    """Like run_driver, but returns the running process (the caller must wait/kill it)."""
+    import subprocess
+
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("stderr", subprocess.STDOUT)
+    return spawn_micropython(driver_script(emu, body, echo_port, at_timeout_ms), heapsize="256K", **popen)
+
+
+@contextlib.contextmanager
+def emulated_modem(dialect: str, **kwargs) -> Iterator[ModemEmulator]:
+    """A started ModemEmulator with zero delays unless `delays=` says otherwise."""
+    kwargs.setdefault("delays", Delays.zero())
+    emu = ModemEmulator(dialect, **kwargs)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+class UdpEchoServer:
+    """A real UDP server on 127.0.0.1 that sends every datagram back; .received records them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+        self.echo = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="udp-echo", daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            self.received.append((data, addr))
+            if self.echo:
+                self.sock.sendto(data, addr)
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sock.sendto(data, addr)
+
+    def start(self) -> UdpEchoServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def udp_echo_server() -> Iterator[UdpEchoServer]:
+    server = UdpEchoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

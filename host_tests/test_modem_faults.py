@@ -1,0 +1,310 @@
+"""Every injected modem fault: the firmware driver (MicroPython unix port) either recovers within a
+bounded time or fails with a clear, typed error. Each test has a timeout; none can hang."""
+
+import pytest
+from modem_fixtures import DIALECTS, Sim, emulated_modem, run_driver, udp_echo_server
+
+ROUND_TRIP = """
+attach()
+s = m.open_udp()
+t = runtime.ticks_ms()
+s.sendto(b'ping', '127.0.0.1', ECHO_PORT)
+got = s.recvfrom(4000)
+print('ECHO', got and got[0], runtime.ticks_diff(runtime.ticks_ms(), t) < %d)
+print('RECOVERIES', engine.recoveries, 'REBOOTS', engine.reboots)
+"""
+
+SEND_COMMAND = {"nrf91": "AT#XSENDTO", "bg96": "AT+QISEND", "sim7080": "AT+CASEND", "sara-r4": "AT+USOST"}
+RECV_COMMAND = {"nrf91": "AT#XRECVFROM", "bg96": "AT+QIRD", "sim7080": "AT+CARECV", "sara-r4": "AT+USORF"}
+
+
+def round_trip(emu, echo, bound_ms=8000, extra=""):
+    return run_driver(emu, ROUND_TRIP % bound_ms + extra, echo_port=echo.port)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_dropped_response_resyncs_and_retries(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.drop_response("AT+CEREG?")
+        out = round_trip(emu, echo)
+    assert "ECHO b'ping' True" in out
+    assert "RECOVERIES 1" in out
+    assert len(emu.commands_matching("AT+CEREG?")) >= 2  # retried after the resync
+
+
+@pytest.mark.timeout(60)
+def test_late_response_is_drained_not_taken_for_the_next_command():
+    with emulated_modem("bg96") as emu, udp_echo_server() as echo:
+        emu.delay_response("AT+CEREG?", 2.0)  # longer than the 1.5 s test timeout: its OK comes late
+        out = round_trip(emu, echo)
+    assert "ECHO b'ping' True" in out
+
+
+@pytest.mark.timeout(60)
+def test_slow_response_within_the_timeout_is_just_waited_for():
+    with emulated_modem("sara-r4") as emu, udp_echo_server() as echo:
+        emu.delay_response("AT+CGACT", 0.8)
+        out = round_trip(emu, echo)
+    assert "ECHO b'ping' True" in out and "RECOVERIES 0" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_noise_and_split_writes(dialect):
+    with emulated_modem(dialect, seed=7) as emu, udp_echo_server() as echo:
+        emu.split_writes = True
+        emu.inject(b"\x00\xff garbage \x1b[2J\r\nNOT A URC\r\n\xfe")
+        emu.on_command("AT+CEREG?", lambda: emu._write(b"\r\n\x07\x08junk\r\n"))  # inside a reply
+        # ...and while the line is idle, after the round trip:
+        emu.on_command("AT+CSQ", lambda: emu._after(0.05, lambda: emu._write(b"\r\n\x01noise\xff\r\n")))
+        extra = "engine.command(b'AT+CSQ')\nengine.wait_for(lambda: engine.unsolicited, 2000)\nprint('UNSOLICITED', engine.unsolicited)\n"
+        out = round_trip(emu, echo, extra=extra + "print('IMEI', m.imei())")
+    assert "ECHO b'ping' True" in out
+    assert "UNSOLICITED 1" in out and "IMEI 350457790123458" in out
+
+
+@pytest.mark.timeout(60)
+def test_urc_burst_between_reply_lines_goes_to_handlers():
+    # +QIRD's header and its hex payload line, with URCs in between, and a +CEREG URC inside the
+    # +CEREG? read reply: both must be routed right.
+    with emulated_modem("bg96") as emu, udp_echo_server() as echo:
+        emu.urc_burst("AT+QIRD", ['+CEREG: 5,"0A1B","01A2D001",7', '+QIURC: "recv",0', "+CPIN: READY"])
+        emu.urc_burst("AT+CGSN", ['+CEREG: 1,"0A1B","01A2D001",7'])
+        out = round_trip(
+            emu,
+            echo,
+            extra="print('STAT', m.reg_stat)\nprint('IMEI', engine.command(b'AT+CGSN'))\n"
+            "print('READ', m.registration())",
+        )
+    assert "ECHO b'ping' True" in out
+    assert "STAT 5" in out  # the URC reached its handler, not the response
+    assert "IMEI [b'350457790123458']" in out
+    assert "READ 1" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_reboot_in_the_middle_of_a_send(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.reboot_during(SEND_COMMAND[dialect])
+        out = round_trip(emu, echo)
+    assert "ECHO b'ping' True" in out
+    assert emu.reboots == 1
+    assert len(emu.commands_matching("ATE0")) == 2  # re-initialised after the restart
+    assert [d for d, _ in echo.received] == [b"ping"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", ["bg96", "nrf91"])
+def test_spontaneous_reboot_between_commands_is_detected(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.on_command("AT+CSQ", lambda: emu._after(0.1, emu.reboot))  # just after the OK
+        out = run_driver(
+            emu,
+            """
+attach()
+s = m.open_udp()
+engine.command(b'AT+CSQ')
+engine.poll(300)
+print('REBOOTED', engine.rebooted)
+s.sendto(b'again', '127.0.0.1', ECHO_PORT)
+print('ECHO', s.recvfrom(4000)[0])
+""",
+            echo_port=echo.port,
+        )
+    assert "REBOOTED True" in out and "ECHO b'again'" in out
+    assert len(emu.commands_matching("ATE0")) == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_cme_error_is_typed_and_the_driver_keeps_going(dialect):
+    with emulated_modem(dialect) as emu:
+        emu.cme_error("AT+CIMI", 13)
+        out = run_driver(
+            emu,
+            """
+m.init()
+try:
+    m.imsi()
+except at.CmeError as e:
+    print('CME', e.code, e.command, e.lines, isinstance(e, at.ModemError))
+print('IMSI', m.imsi())
+""",
+        )
+    assert "CME 13 b'AT+CIMI' [] True" in out
+    assert "IMSI 901280000012345" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_sim_removed_after_attach(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.on_command("AT+CSQ", emu.remove_sim)
+        out = run_driver(
+            emu,
+            """
+attach()
+s = m.open_udp()
+engine.command(b'AT+CSQ')
+engine.poll(200)
+try:
+    s.sendto(b'x', '127.0.0.1', ECHO_PORT)
+    print('SENT')
+except modem.SocketError as e:
+    print('SEND-FAILED')
+try:
+    m.wait_registered(2000)
+except modem.SimError as e:
+    print('SIM', e.state)
+print('STATE', m.sim_state())
+""",
+            echo_port=echo.port,
+        )
+    assert "SEND-FAILED" in out
+    assert "SIM ABSENT" in out and "STATE ABSENT" in out
+    assert echo.received == []
+
+
+@pytest.mark.timeout(60)
+def test_swapped_sim_shows_a_new_iccid():
+    with emulated_modem("sim7080") as emu:
+        swapped = Sim(iccid="89882806660000099999", imsi="901280000099999")
+        emu.on_command("AT+CSQ", lambda: emu._after(0.1, lambda: emu.insert_sim(swapped)))
+        out = run_driver(
+            emu,
+            """
+m.init()
+print('BEFORE', m.iccid())
+engine.command(b'AT+CSQ')
+engine.poll(300)
+print('AFTER', m.iccid(), m.imsi())
+""",
+        )
+    assert "BEFORE 89882806660000012345" in out
+    assert "AFTER 89882806660000099999 901280000099999" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_loss_of_registration_then_regain(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.on_command("AT+CSQ", lambda: emu.lose_registration(regain_after_s=0.5))
+        out = run_driver(
+            emu,
+            """
+attach()
+s = m.open_udp()
+engine.command(b'AT+CSQ')
+engine.poll(100)
+print('STAT', m.reg_stat)
+try:
+    s.sendto(b'lost', '127.0.0.1', ECHO_PORT)
+except modem.SocketError:
+    print('SEND-FAILED')
+print('REG', m.wait_registered(5000))
+s.sendto(b'back', '127.0.0.1', ECHO_PORT)
+print('ECHO', s.recvfrom(4000)[0])
+""",
+            echo_port=echo.port,
+        )
+    assert "STAT 2" in out and "SEND-FAILED" in out and "REG home" in out and "ECHO b'back'" in out
+
+
+UDP_SCRIPT = """
+attach()
+s = m.open_udp()
+for i in range(%d):
+    s.sendto(b'd%%d' %% i, '127.0.0.1', ECHO_PORT)
+engine.poll(300)
+got = []
+while True:
+    r = s.recvfrom(600)
+    if r is None:
+        break
+    got.append(r[0])
+print('GOT', got)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_udp_loss_duplication_reordering(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.udp.loss_out = 1  # d0 never leaves
+        emu.udp.duplicate_in = 1  # d1 comes back twice
+        emu.udp.reorder_in = 1  # d2 is held back behind d3
+        out = run_driver(emu, UDP_SCRIPT % 4, echo_port=echo.port)
+    assert [d for d, _ in echo.received] == [b"d1", b"d2", b"d3"]
+    assert "GOT [b'd1', b'd1', b'd3', b'd2']" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", ["bg96", "sara-r4"])
+def test_modem_receive_buffer_overflow(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.udp.rx_limit = 2
+        out = run_driver(
+            emu,
+            UDP_SCRIPT % 5
+            + "s.sendto(b'later', '127.0.0.1', ECHO_PORT)\nprint('LATER', s.recvfrom(3000)[0])",
+            echo_port=echo.port,
+        )
+    assert "GOT [b'd0', b'd1']" in out
+    assert emu.udp.overflows == 3
+    assert "LATER b'later'" in out
+
+
+@pytest.mark.timeout(60)
+def test_over_long_line_is_discarded_and_counted():
+    with emulated_modem("nrf91") as emu, udp_echo_server() as echo:
+        emu.on_command("AT+CEREG?", lambda: emu._write(b"\r\n+JUNK: " + b"7" * 5000 + b"\r\n"))
+        out = round_trip(emu, echo, extra="print('OVERFLOWS', engine.reader.overflows)")
+    assert "ECHO b'ping' True" in out and "OVERFLOWS 1" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("until,step", [("cfun", "cfun"), ("pin", "pin")])
+def test_hung_modem_escalates(until, step):
+    with emulated_modem("bg96") as emu, udp_echo_server() as echo:
+        emu.on_command("AT+CSQ", lambda: emu.hang(until))
+        out = run_driver(
+            emu,
+            """
+attach()
+s = m.open_udp()
+try:
+    engine.command(b'AT+CSQ', 500)
+except at.AtTimeout as e:
+    print('TIMEOUT', e.command)
+t = runtime.ticks_ms()
+print('STEP', m.recover(), runtime.ticks_diff(runtime.ticks_ms(), t) < 10000)
+s.sendto(b'alive', '127.0.0.1', ECHO_PORT)
+print('ECHO', s.recvfrom(4000)[0])
+""",
+            echo_port=echo.port,
+        )
+    assert "TIMEOUT b'AT+CSQ'" in out
+    assert f"STEP {step} True" in out
+    assert "ECHO b'alive'" in out
+
+
+@pytest.mark.timeout(60)
+def test_dead_modem_without_reset_pin_fails_typed_and_bounded():
+    with emulated_modem("sara-r4") as emu:
+        emu.on_command("AT+CSQ", lambda: emu.hang("pin"))
+        out = run_driver(
+            emu,
+            """
+engine._reset_pin = None
+m.init()
+t = runtime.ticks_ms()
+try:
+    m.signal()
+except at.ModemUnresponsive as e:
+    print('UNRESPONSIVE', runtime.ticks_diff(runtime.ticks_ms(), t) < 15000)
+""",
+        )
+    assert "UNRESPONSIVE True" in out
+    assert emu.commands_matching("AT+CFUN=1,1")

@@ -1,0 +1,140 @@
+"""The firmware modem driver on the MicroPython unix port, against the emulated modem on a pty, for
+every dialect: attach, identity, signal, then a UDP round trip through a real UDP echo server."""
+
+import pytest
+from modem_fixtures import DIALECTS, Network, Sim, emulated_modem, run_driver, udp_echo_server
+
+BINARY = bytes(range(256))  # every byte value, CR, LF, NUL, quotes and '>' included
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_attach_and_udp_round_trip(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        out = run_driver(
+            emu,
+            """
+attach()
+print('IDS', m.imei(), m.iccid(), m.imsi(), m.sim_state())
+print('RETRIES', m.pin_retries())
+print('SIGNAL', sorted(m.signal().items()))
+s = m.open_udp()
+for payload in (b'ping', bytes(range(256))):
+    s.sendto(payload, '127.0.0.1', ECHO_PORT)
+    got = s.recvfrom(3000)
+    print('ECHO', got[0] == payload, got[1], got[2] == ECHO_PORT)
+print('EMPTY', s.recvfrom(50))
+s.close()
+""",
+            echo_port=echo.port,
+        )
+    assert "IDS 350457790123458 89882806660000012345 901280000012345 READY" in out
+    assert "RETRIES (3, 10)" in out
+    assert "SIGNAL [('rsrp_dbm', -81), ('rsrq_db', -10.0), ('rssi_dbm', -73)]" in out
+    assert out.count("ECHO True 127.0.0.1 True") == 2
+    assert "EMPTY None" in out
+    assert [d for d, _ in echo.received] == [b"ping", BINARY]
+    assert emu.commands[:4] == ["AT", "ATE0", "AT+CMEE=1", "AT+CEREG=2"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", ["bg96", "sara-r4"])
+def test_roaming_is_reported(dialect):
+    with emulated_modem(dialect, network=Network(roaming=True, registration_delay_s=0.2)) as emu:
+        out = run_driver(emu, "m.init()\nprint('REG', m.wait_registered(5000))")
+    assert "REG roaming" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_denied_registration_raises_typed_error(dialect):
+    with emulated_modem(dialect, network=Network(deny=True)) as emu:
+        out = run_driver(
+            emu,
+            """
+m.init()
+try:
+    m.wait_registered(5000)
+except modem.RegistrationDenied as e:
+    print('DENIED', e)
+""",
+        )
+    assert "DENIED" in out
+    assert not emu.commands_matching("AT+CGACT") and not emu.commands_matching("AT+QIACT")
+
+
+@pytest.mark.timeout(60)
+def test_registration_timeout_is_bounded():
+    with emulated_modem("nrf91", network=Network(registration_delay_s=30)) as emu:
+        out = run_driver(
+            emu,
+            """
+m.init()
+t = runtime.ticks_ms()
+try:
+    m.wait_registered(700)
+except modem.RegistrationTimeout as e:
+    print('TIMEOUT', e.last_stat, runtime.ticks_diff(runtime.ticks_ms(), t) < 2500)
+""",
+        )
+    assert "TIMEOUT 2 True" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_sim_pin_lock_steps(dialect):
+    """PIN entry, +CLCK and +CPWD as separate steps, with +CME codes and retry counters."""
+    with emulated_modem(dialect, sim=Sim(pin_enabled=True)) as emu:
+        out = run_driver(
+            emu,
+            """
+m.init()
+print('STATE', m.sim_state())
+try:
+    m.imsi()
+except at.CmeError as e:
+    print('IMSI-LOCKED', e.code)
+try:
+    m.enter_pin('0000')
+except at.CmeError as e:
+    print('WRONG', e.code, e.command)
+print('LEFT', m.pin_retries())
+m.enter_pin('1234')
+print('STATE', m.sim_state(), m.pin_lock_enabled())
+m.change_pin('1234', '4321')
+m.set_pin_lock(False, '4321')
+print('LOCK', m.pin_lock_enabled())
+m.set_pin_lock(True, '4321')
+print('LOCK', m.pin_lock_enabled())
+try:
+    m.enter_pin('12"34')
+except ValueError as e:
+    print('REJECTED')
+""",
+        )
+    assert "STATE SIM PIN" in out
+    assert "IMSI-LOCKED 11" in out
+    assert "WRONG 16 b'AT+CPIN=\"0000\"'" in out
+    assert "LEFT (2, 10)" in out
+    assert "STATE READY True" in out
+    assert "LOCK False" in out and "LOCK True" in out
+    assert "REJECTED" in out
+    assert emu.sim.pin == "4321" and emu.sim.pin_enabled
+
+
+@pytest.mark.timeout(60)
+def test_psm_and_edrx_settings():
+    with emulated_modem("nrf91") as emu:
+        out = run_driver(
+            emu,
+            """
+m.init()
+m.set_psm(True, tau_s=3600, active_s=60)
+print('PSM', m.psm())
+m.set_edrx(True, 5, '0101')
+print('OK')
+""",
+        )
+    # 3600 s = 6 x 10 min (unit 000), 60 s = 30 x 2 s (unit 000): TS 24.008 10.5.7.4a, 10.5.7.3
+    assert "PSM ['1', '', '', '00000110', '00011110']" in out
+    assert 'AT+CEDRXS=2,5,"0101"' in emu.commands

@@ -58,3 +58,23 @@ def test_silent_device_is_a_clear_message():
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_status_shows_the_emulated_modem_masked(tmp_path):
+    import modem_emulator
+
+    emu_sim = modem_emulator.Sim()
+    imei = "350457790123458"  # the emulator's default IMEI
+    board = Board(tmp_path, modem="bg96")  # the emulated modem on the board's UART
+    try:
+        assert flash(board, tmp_path / "master.key").returncode == 0
+        page = run_tool("status", "--port", board.port)
+        snap = json.loads(run_tool("status", "--port", board.port, "--json").stdout)
+    finally:
+        board.stop()
+    assert snap["modem"]["imei"] == "*" * (len(imei) - 4) + imei[-4:]
+    assert snap["modem"]["iccid"].endswith(emu_sim.iccid[-4:]) and set(snap["modem"]["iccid"][:-4]) == {"*"}
+    assert snap["modem"]["registration"] in ("searching", "home")
+    assert snap["modem"]["signal"].endswith("dBm")
+    for full in (imei, emu_sim.iccid):
+        assert full not in page.stdout + json.dumps(snap)

@@ -19,11 +19,11 @@ MPREMOTE = Path(sys.executable).parent / "mpremote"
 class Board:
     """A running virtual board; stop() kills it (tests call it from a fixture's finaliser)."""
 
-    def __init__(self, workdir: Path, image: Path | None = None):
+    def __init__(self, workdir: Path, image: Path | None = None, modem: str = "none"):
         self.workdir = workdir
         self.image = image or workdir / "flash.img"
         self.log = workdir / "virtual-board.log"
-        self.proc, self.port = virtual_board.launch(self.image, workdir / "port", self.log)
+        self.proc, self.port = virtual_board.launch(self.image, workdir / "port", self.log, modem=modem)
 
     def mpremote(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
         """The REAL mpremote command line against this board."""

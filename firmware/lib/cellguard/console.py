@@ -169,8 +169,9 @@ class Console:
     unlocked development unit, `repl`) hands the port back to the Python REPL.
     """
 
-    def __init__(self, write, locked, auth=None, wipe=None):
+    def __init__(self, write, locked, auth=None, wipe=None, refresh=None):
         self.write = write
+        self._refresh = refresh  # called before `status` shows anything (fresh modem facts)
         self.locked = locked
         self.auth = auth if auth is not None else ServiceAuth(None)
         self._wipe = wipe or _wipe_device
@@ -243,6 +244,8 @@ class Console:
             if cmd == "help":
                 self.write(_HELP)
             elif cmd == "status":
+                if self._refresh is not None and args in ([], ["--json"]):
+                    self._refresh()
                 if args == ["--json"]:
                     self.write(json.dumps(snapshot()) + "\n")
                 elif not args:
@@ -425,11 +428,11 @@ def serve(console, read_byte):
             console.prompt()
 
 
-def main():
+def main(refresh=None):
     """main.py's entry: run the console on stdin/stdout, never returning while locked."""
     locked = consolelock.apply()
     read_byte, write = _stdio()
-    console = Console(write, locked, ServiceAuth.load())
+    console = Console(write, locked, ServiceAuth.load(), refresh=refresh)
     while True:
         result = serve(console, read_byte)
         if result == "repl" or not locked:

@@ -19,7 +19,7 @@ def locked(tmp_path):
     board = Board(tmp_path)
     key = tmp_path / "master.key"
     try:
-        proc = flash(board, key, "--production")
+        proc = flash(board, key, "--production", "--trust-signing-key")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         yield board, key
     finally:
@@ -101,7 +101,7 @@ def test_no_command_ever_prints_a_key(locked, tmp_path):
     master = key.read_text().strip()
     snap = json.loads(run_tool("status", "--port", board.port, "--json").stdout)
     device_key = status_tool.device_service_key(bytes.fromhex(master), snap["device"]["id"]).hex()
-    outputs = [flash(board, key, "--production", "--json")]
+    outputs = [flash(board, key, "--production", "--trust-signing-key", "--json")]
     outputs += [run_tool("status", "--port", board.port, *a)
                 for a in ((), ("--json",), ("--command", "version"), ("--command", "log"), ("--command", "help"))]
     with serial.Serial(board.port, timeout=3) as s:

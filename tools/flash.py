@@ -326,16 +326,48 @@ def first_image(args) -> tuple[dict[str, bytes], str]:
     if not key.exists():
         image.keygen(key)
         print(f"      created a DEVELOPMENT signing key at {key} (never sign products with it)")
+    if args.production and not args.trust_signing_key:
+        trusted = _trusted_public_keys()
+        if image.public_key(key)[1] not in trusted:
+            raise FlashError(
+                f"the signing key {key} is not among the boot part's trusted keys "
+                "(firmware/lib/cgboot/trusted_keys.py): a production unit would refuse its own image. "
+                "Sign with a release key (--signing-key) that `tools/image.py trust` put there.", 8
+            )
     version = firmware_version()
-    out = REPO / "build" / "flash" / f"app-{version}.img"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    image.release(key, version, out)
+    out = _release_cached(image, key, version)
     files = {"slots/a.img": out.read_bytes()}
-    if not args.production:
+    if not args.production or args.trust_signing_key:
         # A development unit trusts the key that signed its image. A production unit trusts only the
-        # keys frozen into its firmware (or committed in cgboot/trusted_keys.py), never this one.
+        # keys frozen into its firmware (or committed in cgboot/trusted_keys.py), never this one,
+        # unless --trust-signing-key says so (test rigs and the virtual board; frozen keys still win).
         files["lib/cgboot/trusted_keys.py"] = image.trusted_module([key]).encode()
+        if args.production:
+            print(f"      WARNING: this production unit trusts {key.name} through /lib (--trust-signing-key)")
     return files, f"slot a: cellguard {version} signed with {key.name} ({len(files['slots/a.img'])} bytes)"
+
+
+def _trusted_public_keys() -> set[bytes]:
+    scope: dict = {}
+    exec((FIRMWARE / "lib" / "cgboot" / "trusted_keys.py").read_text(), scope)  # our own source file
+    return {entry[1] for entry in scope.get("KEYS", ())}
+
+
+def _release_cached(image, key: Path, version: str) -> Path:
+    """The signed image, rebuilt only when the application sources, version or key changed: a
+    re-flash then finds slot a unchanged on the device and leaves the boot state alone."""
+    digest = hashlib.sha256(version.encode() + key.read_bytes())
+    for path, data in sorted(firmware_files().items()):
+        if path.startswith("lib/") and not path.startswith("lib/cgboot/"):
+            digest.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
+    out_dir = REPO / "build" / "flash"
+    out = out_dir / f"app-{version}-{digest.hexdigest()[:16]}.img"
+    if not out.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for old in out_dir.glob(f"app-{version}-*.img"):
+            old.unlink()
+        image.release(key, version, out)
+    return out
 
 
 def reset_boot_state(dev: Device) -> None:
@@ -442,6 +474,11 @@ def flash(args) -> int:
             image_outcome += " (unchanged on the device)"
         print("      " + image_outcome)
     except BaseException:
+        # Leave the unit running its firmware, not sitting in the raw REPL after a refusal.
+        try:
+            dev.reset_to_main()
+        except Exception as e:  # the port may be what failed
+            log.debug("could not reset the device after the failure: %s", e)
         dev.close()
         raise
 
@@ -486,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="service master key file (created on first use)")
     parser.add_argument("--signing-key", type=Path, default=REPO / "build" / "keys" / "dev-signing.pem",
                         help="key that signs the slot A image (a development key is created if missing)")
+    parser.add_argument("--trust-signing-key", action="store_true",
+                        help="also make a --production unit trust the signing key through /lib (test rigs only)")
     parser.add_argument("--boards-dir", help=argparse.SUPPRESS)
     parser.add_argument("--virtual-dir", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="also print a JSON summary line")

@@ -102,8 +102,14 @@ class ConsoleClient:
         deadline = time.monotonic() + self.timeout * (3 if reset_repl else 1)
         data = b""
         reset_sent = False
+        nudged = False
         while time.monotonic() < deadline:
-            data = self._read_until((PROMPT, REPL_PROMPT), deadline - time.monotonic())
+            data = self._read_until((PROMPT, REPL_PROMPT), min(deadline - time.monotonic(), self.timeout / 3))
+            if not data and not nudged:
+                # Silence: perhaps a raw REPL left by a tool; Ctrl-B leaves it (a console ignores it).
+                self.ser.write(b"\x02")
+                nudged = True
+                continue
             if data.endswith(PROMPT):
                 return
             if data.endswith(REPL_PROMPT) and reset_repl and not reset_sent:

@@ -130,3 +130,11 @@ def test_status_registry_refuses_secret_names(runtime):
 def test_render_status_is_stable_for_an_empty_registry(runtime):
     out = runtime.run("from cellguard import console, status\nstatus.clear()\nprint(console.render_status(console.snapshot()))")
     assert "sim lock    unknown" in out and "errors      0 (none recent)" in out
+
+
+def test_registration_number_from_the_driver_is_shown_by_name(runtime):
+    out = runtime.run(
+        "from cellguard import console, status\nstatus.clear()\nstatus.set('modem', 'registration', 5)\n"
+        "print(console.render_status(console.snapshot()))"
+    )
+    assert "network     roaming" in out

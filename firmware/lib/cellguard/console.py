@@ -150,7 +150,12 @@ def render_status(snap):
     add("sim lock    %s" % _get(snap, "sim", "state"))
     add("modem       %s  IMEI %s  ICCID %s" % (_get(snap, "modem", "model"), _get(snap, "modem", "imei", "-"),
                                               _get(snap, "modem", "iccid", "-")))
-    add("network     %s  signal %s" % (_get(snap, "modem", "registration"), _get(snap, "modem", "signal")))
+    reg = _get(snap, "modem", "registration")
+    if isinstance(reg, int):  # the modem driver publishes the +CEREG stat number
+        from cellguard.modemstatus import REGISTRATION
+
+        reg = REGISTRATION.get(reg, "unknown (%d)" % reg)
+    add("network     %s  signal %s" % (reg, _get(snap, "modem", "signal")))
     add("outbox      %s waiting  last delivery %s" % (_get(snap, "outbox", "depth"),
                                                       _when(_get(snap, "outbox", "last_delivery", 0))))
     add("sequence    sent %s  received %s" % (_get(snap, "messaging", "tx_seq"), _get(snap, "messaging", "rx_seq")))

@@ -1,16 +1,40 @@
-# First file a board runs: the A/B loader (cgboot) verifies the active slot, trial-boots a pending
-# update or reverts a failed one, and mounts the verified application image at /app, first on
-# sys.path, so `import cellguard` then comes from the signed image (docs/boot.md).
+# First file a board runs: Ctrl-C off before anything can be interrupted; then the A/B loader
+# (cgboot) verifies the active slot, trial-boots a pending update or reverts a failed one, and
+# mounts the verified application image at /app, first on sys.path (docs/boot.md); then
+# CircuitPython's storage set-up and the console's production lock (Ctrl-C back on only for an
+# unlocked console).
 #
-# If no slot holds a verified image (a development board, a fresh flash) it says so loudly and
-# falls back to the unsigned library in /lib, so firmware/main.py still runs for development.
+# The loader runs before anything imports `cellguard`, so the package comes from the signed image.
+# If no slot holds a verified image (a development board, a fresh flash) it says so loudly and falls
+# back to the unsigned library in /lib, so firmware/main.py still runs for development.
+try:
+    import micropython
+
+    micropython.kbd_intr(-1)
+except BaseException:  # noqa: B036  (CircuitPython has no kbd_intr; see boards/README.md)
+    pass
+
 import sys
 
 if "/lib" not in sys.path:
     sys.path.append("/lib")  # where cgboot lives when it is not frozen into the firmware
 
 
+def _runtime_name():
+    # As cellguard.runtime decides it (which cannot be imported yet): on a host, the CircuitPython
+    # tests' shim names the runtime; a board never looks.
+    name = sys.implementation.name
+    if sys.platform in ("linux", "darwin", "win32"):
+        try:
+            from cellguard_runtime_name import NAME as name
+        except ImportError:
+            pass
+    return name
+
+
 def _boot():
+    if _runtime_name() != "micropython":
+        return None  # CircuitPython has no ROMFS: no A/B loader there (docs/boot.md, "Limits")
     try:
         from cgboot import loader
     except ImportError as e:
@@ -27,3 +51,20 @@ def _boot():
 
 
 boot_result = _boot()
+
+from cellguard import runtime  # noqa: E402  (after the loader: from the verified image if one booted)
+
+# CircuitPython: its flash is read-only to code unless boot.py remounts it (see docs/runtimes.md).
+if runtime.NAME == runtime.CIRCUITPYTHON:
+    from cellguard import cpy_boot
+
+    cpy_boot.prepare_storage()
+    # A shipped profile passes shipped=True (and disable_usb_drive=True above): no REPL on USB.
+    cpy_boot.prepare_usb(shipped=False)
+
+try:
+    from cellguard import consolelock
+
+    consolelock.apply()
+except BaseException as e:  # noqa: B036  (an unreadable lock stays locked: Ctrl-C remains off)
+    print("boot: console lock state unknown, staying locked:", repr(e))

@@ -9,6 +9,10 @@ import pytest
 from boot_kit import device_script, make_app, session_kit
 from harness import FIRMWARE, FIRMWARE_LIB, run_micropython
 
+# boot.py compiles cgboot and the console's modules from source onto the heap here; a board has
+# cgboot frozen (no heap), so it needs far less than this.
+BOOT_PY_HEAP = "256K"
+
 
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory):
@@ -192,7 +196,7 @@ def test_firmware_boot_py_mounts_the_verified_image(kit, tmp_path):
     env_fs = {"CELLGUARD_FS": str(fs)}
     import os
 
-    out = run_micropython(script, extra_paths=(lib,), env={**os.environ, **env_fs})
+    out = run_micropython(script, extra_paths=(lib,), env={**os.environ, **env_fs}, heapsize=BOOT_PY_HEAP)
     assert "cgboot: booted slot a version 1.1.0+0" in out
     assert out.strip().splitlines()[-1] == "app 1.1.0"
     # A slot that does not verify is refused, and boot.py falls back loudly.
@@ -205,6 +209,7 @@ def test_firmware_boot_py_mounts_the_verified_image(kit, tmp_path):
         "exec(open(%r).read())\n" % str(FIRMWARE / "boot.py"),
         extra_paths=(lib,),
         env={**os.environ, **env_fs},
+        heapsize=BOOT_PY_HEAP,
     )
     assert "unknown_key" in out and "RUNNING UNVERIFIED CODE FROM /lib" in out
 
@@ -215,6 +220,7 @@ def test_boot_py_without_slots_falls_back_loudly(tmp_path):
     out = run_micropython(
         "exec(open(%r).read())\n" % str(FIRMWARE / "boot.py"),
         env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
+        heapsize=BOOT_PY_HEAP,
     )
     assert "NO VERIFIED IMAGE" in out and "RUNNING UNVERIFIED CODE FROM /lib" in out
 
@@ -327,7 +333,7 @@ def test_each_boot_a_new_interpreter_through_boot_py(kit, tmp_path):
             "boot": str(FIRMWARE / "boot.py"),
             "offer": str(kit.images[offer]) if offer else None,
         }
-        out = run_micropython(script, extra_paths=(lib,), env=env)
+        out = run_micropython(script, extra_paths=(lib,), env=env, heapsize=BOOT_PY_HEAP)
         ran.append(out.strip().splitlines()[-1])
     assert ran == [
         "RAN 1.0.0 False",  # factory image; downloads v2

@@ -112,6 +112,7 @@ keys.provision(bytes.fromhex(ROOT_HEX), 'dev-1', KEY_ID)
 with open(V1, 'rb') as f:
     v1 = f.read()
 s = slots.Slots('/fl', KEYS)
+s.ensure_dirs()
 with open(s.slot_path(0), 'wb') as f:
     f.write(v1)
 print('BOOT', loader.boot('/fl', KEYS, None, '/app', log=lambda m: None).info.version_str())

@@ -41,6 +41,7 @@ class Device:
     def provision(self, name):
         self.mount()
         s = slots.Slots(FS, self.keys, max_attempts=self.max_attempts)
+        s.ensure_dirs()
         with open(s.slot_path(0), "wb") as f:
             f.write(self.images[name])
         self.unmount()

@@ -116,6 +116,9 @@ class Slots:
         self.max_attempts = max_attempts
         self.slot_dir = _join(root, "slots")
         self.state_dir = _join(root, "state")
+
+    def ensure_dirs(self):
+        """Create slots/ and state/ (only writers call this: booting creates nothing)."""
         _mkdir(self.slot_dir)
         _mkdir(self.state_dir)
 
@@ -170,6 +173,7 @@ class Slots:
 
     def write_state(self, state):
         """Persist `state` as the next record (seq + 1), into the file not holding the current one."""
+        self.ensure_dirs()
         current = self.read_state()
         state.seq = (current.seq + 1) if current is not None else 1
         with open(self._state_path(state.seq % 2), "wb") as f:

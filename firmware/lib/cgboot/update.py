@@ -71,6 +71,7 @@ class UpdateWriter:
         path = self.slots.slot_path(self.slot)
         if meta is not None and meta == (self.slot, size, self.digest) and st.mode != _slots.TESTING:
             return min(self.slots.slot_bytes(self.slot), size)
+        self.slots.ensure_dirs()
         try:
             st = self.slots.release_candidate()  # never overwrite a slot the boot state points at
         except _slots.StateError as e:

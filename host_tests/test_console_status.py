@@ -1,0 +1,80 @@
+"""tools/status.py against the virtual board: what it prints matches the device's own state."""
+
+import json
+import os
+import pty
+
+import pytest
+from vboard import Board, flash, run_tool
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def flashed(tmp_path):
+    board = Board(tmp_path)
+    try:
+        proc = flash(board, tmp_path / "master.key")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        yield board
+    finally:
+        board.stop()
+
+
+def test_status_json_matches_device_state(flashed):
+    board = flashed
+    snap = json.loads(run_tool("status", "--port", board.port, "--json").stdout)
+    # What the device itself holds, read through mpremote (it stops main.py and opens the REPL).
+    facts = json.loads(board.mpremote(
+        "exec",
+        "import json, sys\n"
+        "from cellguard import VERSION\n"
+        "print(json.dumps({'service': json.load(open('keys/service.json'))['device_id'],"
+        " 'board': json.load(open('board.json'))['name'], 'version': VERSION,"
+        " 'console': json.load(open('state/console.json')),"
+        " 'rt': '%d.%d.%d' % sys.implementation.version[:3]}))",
+    ).stdout.strip().splitlines()[-1])
+    assert snap["device"]["id"] == facts["service"]
+    assert snap["device"]["board"] == facts["board"]
+    assert snap["firmware"]["version"] == facts["version"]
+    assert snap["device"]["runtime"] == "micropython " + facts["rt"]
+    assert facts["console"] == {"locked": False} and snap["console"]["mode"].startswith("development")
+    # A development board left at the REPL by mpremote: status.py soft-resets it into the console.
+    text = run_tool("status", "--port", board.port)
+    assert text.returncode == 0
+    assert f"id {facts['service']}" in text.stdout and "console     development (unlocked)" in text.stdout
+
+
+def test_wrong_port_is_a_clear_message(tmp_path):
+    proc = run_tool("status", "--port", str(tmp_path / "ttyNOPE"))
+    assert proc.returncode == 2 and "cannot open" in proc.stderr and "wrong port" in proc.stderr
+
+
+def test_silent_device_is_a_clear_message():
+    master, slave = pty.openpty()  # a port with nothing cellguard behind it
+    try:
+        proc = run_tool("status", "--port", os.ttyname(slave), "--timeout", "1")
+        assert proc.returncode == 3 and "does not answer" in proc.stderr
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_status_shows_the_emulated_modem_masked(tmp_path):
+    import modem_emulator
+
+    emu_sim = modem_emulator.Sim()
+    imei = "350457790123458"  # the emulator's default IMEI
+    board = Board(tmp_path, modem="bg96")  # the emulated modem on the board's UART
+    try:
+        assert flash(board, tmp_path / "master.key").returncode == 0
+        page = run_tool("status", "--port", board.port)
+        snap = json.loads(run_tool("status", "--port", board.port, "--json").stdout)
+    finally:
+        board.stop()
+    assert snap["modem"]["imei"] == "*" * (len(imei) - 4) + imei[-4:]
+    assert snap["modem"]["iccid"].endswith(emu_sim.iccid[-4:]) and set(snap["modem"]["iccid"][:-4]) == {"*"}
+    assert snap["modem"]["registration"] in ("searching", "home")
+    assert snap["modem"]["signal"].endswith("dBm")
+    for full in (imei, emu_sim.iccid):
+        assert full not in page.stdout + json.dumps(snap)

@@ -1,0 +1,313 @@
+# Store and forward (docs/protocol.md section 8): every message is written to littlefs before it is
+# first sent, sealed under a reserved sequence number on its first send (the sealed datagram then
+# replaces the plaintext, so retransmissions are byte-identical), resent with exponential backoff
+# until a downlink ACK covers it, and survives reboots and power cuts. Bounded, with a daily byte
+# budget. Downlink datagrams are handled here too: ACKs, TIME, and commands, which are passed to the
+# application's callback and confirmed with a DACK.
+from cellguard import atomic, downlink, message, runtime, wire
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+_PLAIN = const(0x50)  # b"P": flags byte + plaintext payload, not yet sealed
+_SEALED = const(0x53)  # b"S": the sealed datagram
+_CONTROL = const(1)
+
+CONFIG_INTERVAL = const(1)
+CONFIG_BUDGET = const(2)
+CONFIG_MODE = const(3)
+CONFIG_RETRY_CEILING = const(4)
+
+
+class OutboxError(Exception):
+    pass
+
+
+class OutboxFull(OutboxError):
+    """Only control entries (HELLO, TAMPER) left and no room: the new reading is refused."""
+
+
+class _Entry:
+    def __init__(self, eid, control, seq, size):
+        self.id = eid
+        self.control = control
+        self.seq = seq  # None until sealed
+        self.size = size
+        self.due = 0  # ticks_ms of the next attempt (0: now)
+        self.backoff = 0
+
+
+def _log(msg):
+    try:
+        from cellguard import status
+
+        status.log(msg)
+    except Exception:  # status (board helper) is optional: never let logging stop delivery
+        pass
+
+
+class Outbox:
+    """sock: the datagram socket of interfaces.md; channel: a message.Channel (device side)."""
+
+    def __init__(
+        self,
+        channel,
+        sock,
+        host,
+        port,
+        folder=None,
+        capacity=64,
+        budget=4096,
+        base_ms=2000,
+        ceiling_ms=600000,
+        max_inflight=8,
+        span=32,
+        on_command=None,
+    ):
+        self.channel = channel
+        self.sock = sock
+        self.host = host
+        self.port = port
+        self.folder = folder or runtime.path_join(runtime.fs_root(), "outbox")
+        self.capacity = capacity
+        self.budget = budget
+        self.base_ms = base_ms
+        self.ceiling_ms = ceiling_ms
+        self.max_inflight = max_inflight
+        self.span = span
+        self.on_command = on_command
+        self.time_offset = 0  # hub time - local time, from TIME records
+        self.stats = {"sent": 0, "resent": 0, "acked": 0, "evicted": 0, "rejected_downlink": 0, "budget_stops": 0}
+        self._buf = bytearray(512)
+        atomic.ensure_dir(self.folder)
+        self._entries = []
+        self._load()
+        self._budget_day, self._budget_used = self._load_budget()
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def _path(self, eid):
+        return self.folder + "/%08x" % eid
+
+    def _load(self):
+        ids = []
+        for name in atomic.listdir(self.folder):
+            if len(name) == 8:
+                try:
+                    ids.append(int(name, 16))
+                except ValueError:
+                    pass
+            elif name.endswith(".tmp"):  # a write the power cut interrupted: never renamed, never used
+                atomic.remove(self.folder + "/" + name)
+        ids.sort()
+        for eid in ids:
+            try:
+                data = atomic.read_bytes(self._path(eid))
+                if data[0] == _SEALED:
+                    _f, _kid, seq, _h = wire.parse_header(memoryview(data)[1:])
+                    e = _Entry(eid, bool(_f & wire.FLAG_CONTROL), seq, len(data) - 1)
+                elif data[0] == _PLAIN:
+                    e = _Entry(eid, bool(data[1] & _CONTROL), None, len(data) - 2)
+                else:
+                    raise ValueError("bad entry")
+            except (OSError, ValueError, IndexError, wire.Malformed):
+                _log("outbox: dropped unreadable entry %d" % eid)
+                atomic.remove(self._path(eid))
+                continue
+            self._entries.append(e)
+        self._next_id = (ids[-1] + 1) if ids else 0
+
+    def _budget_path(self):
+        return self.folder + "/budget"
+
+    def _load_budget(self):
+        try:
+            day, used = atomic.read_bytes(self._budget_path()).split()
+            return int(day), int(used)
+        except (OSError, ValueError):
+            return self._today(), 0
+
+    def _today(self):
+        return (runtime.time_s() + self.time_offset) // 86400
+
+    # ---- the application's side ------------------------------------------------------------------
+    def enqueue(self, payload, control=False):
+        """Persist a message; it is sent by poll() until acknowledged. Returns its entry id."""
+        if len(payload) > len(self._buf) - 40:
+            raise ValueError("payload too large")
+        if len(self._entries) >= self.capacity:
+            self._evict(control)
+        eid = self._next_id
+        atomic.write_atomic(self._path(eid), bytes((_PLAIN, _CONTROL if control else 0)) + bytes(payload))
+        self._next_id = eid + 1
+        self._entries.append(_Entry(eid, control, None, len(payload)))
+        return eid
+
+    def _evict(self, control):
+        # Full: the oldest reading goes (counted, logged); control entries are kept.
+        for e in self._entries:
+            if not e.control:
+                self._drop(e)
+                self.stats["evicted"] += 1
+                _log("outbox full: evicted entry %d" % e.id)
+                return
+        raise OutboxFull("outbox full of control messages")
+
+    def _drop(self, e):
+        atomic.remove(self._path(e.id))
+        self._entries.remove(e)
+
+    def pending(self):
+        return len(self._entries)
+
+    # ---- sending ------------------------------------------------------------------------------------
+    def _budget_allows(self, n):
+        today = self._today()
+        if today != self._budget_day:
+            self._budget_day, self._budget_used = today, 0
+        if self._budget_used + n > self.budget:
+            return False
+        return True
+
+    def _spend(self, n):
+        self._budget_used += n
+        atomic.write_atomic(self._budget_path(), b"%d %d" % (self._budget_day, self._budget_used))
+
+    def _transmit(self, data):
+        if not self._budget_allows(len(data)):
+            self.stats["budget_stops"] += 1
+            return False
+        self._spend(len(data))
+        try:
+            self.sock.sendto(data, self.host, self.port)
+        except Exception as e:  # the carrier failed (modem error, no network): retry later
+            _log("outbox: send failed: %s" % e)
+        return True
+
+    def _seal(self, e):
+        data = atomic.read_bytes(self._path(e.id))
+        buf = self._buf
+        buf[0] = _SEALED
+        n = self.channel.seal_into(memoryview(data)[2:], memoryview(buf)[1:], bool(data[1] & _CONTROL))
+        atomic.write_atomic(self._path(e.id), memoryview(buf)[: 1 + n])  # persisted before it is sent
+        e.seq = self.channel.last_seq
+        e.size = n
+        return memoryview(buf)[1 : 1 + n]
+
+    def _inflight(self):
+        return [e for e in self._entries if e.seq is not None]
+
+    def send_due(self):
+        now = runtime.ticks_ms()
+        inflight = self._inflight()
+        oldest = min([e.seq for e in inflight]) if inflight else None
+        for e in list(self._entries):
+            if e.due and runtime.ticks_diff(e.due, now) > 0:
+                continue
+            if e.seq is None:
+                if len(inflight) >= self.max_inflight:
+                    continue
+                if oldest is not None and self.channel.counter.peek() - oldest >= self.span:
+                    continue  # keep the oldest in-flight datagram inside the hub's window
+                data = self._seal(e)
+                inflight.append(e)
+                if oldest is None:
+                    oldest = e.seq
+                self.stats["sent"] += 1
+            else:
+                data = atomic.read_bytes(self._path(e.id))[1:]
+                self.stats["resent"] += 1
+            if not self._transmit(data):
+                return
+            e.backoff = self.base_ms if not e.backoff else min(e.backoff * 2, self.ceiling_ms)
+            jitter = (runtime.random_bytes(1)[0] - 128) * e.backoff // 512  # +-25 %
+            e.due = runtime.ticks_add(now, e.backoff + jitter) or 1
+
+    # ---- receiving ----------------------------------------------------------------------------------
+    def poll(self, timeout_ms=0):
+        """Send what is due, then handle downlinks for up to timeout_ms. Returns pending()."""
+        self.send_due()
+        deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
+        while True:
+            left = runtime.ticks_diff(deadline, runtime.ticks_ms())
+            got = self.sock.recvfrom(max(0, left))
+            if got is None:
+                break
+            self.handle_downlink(got[0])
+            if not self._entries:
+                break
+        return len(self._entries)
+
+    def handle_downlink(self, data):
+        try:
+            flags, seq, payload = self.channel.open(data)
+        except message.Replayed as e:
+            # The hub resends a command datagram until confirmed: answer again, do not execute again.
+            if e.duplicate and e.payload is not None and self._has_commands(e.payload):
+                self._dack(e.seq)
+            self.stats["rejected_downlink"] += 1
+            return
+        except (message.MessageError, wire.Malformed) as e:
+            self.stats["rejected_downlink"] += 1
+            _log("downlink rejected: %s" % e)
+            return
+        try:
+            records = downlink.parse(payload)
+        except downlink.BadRecord as e:
+            _log("downlink: %s" % e)
+            return
+        commands = False
+        for rec in records:
+            kind = rec[0]
+            if kind == "ack":
+                self._acked(downlink.acked(rec[1], rec[2]))
+            elif kind == "time":
+                self.time_offset = rec[1] - runtime.time_s()
+            elif kind == "unknown":
+                _log("unknown downlink record %d" % rec[1])
+            elif kind == "chunk":
+                if self.on_command is not None:
+                    self.on_command(rec)
+            else:
+                commands = True
+                if kind == "config":
+                    self._config(rec[1], rec[2])
+                if self.on_command is not None:
+                    self.on_command(rec)
+        if commands:
+            self.channel.persist_window()  # executed: never again, even after a reboot
+            self._dack(seq)
+
+    def _has_commands(self, payload):
+        try:
+            return any(r[0] in downlink.COMMANDS for r in downlink.parse(payload))
+        except downlink.BadRecord:
+            return False
+
+    def _dack(self, seq):
+        n = wire.uint_len(seq)
+        body = bytearray(1 + n)
+        body[0] = wire.CTRL_DACK
+        wire.put_uint(body, 1, seq, n)
+        try:
+            m = self.channel.seal_into(body, self._buf, True)
+        except Exception as e:
+            _log("dack: %s" % e)
+            return
+        self._transmit(memoryview(self._buf)[:m])
+
+    def _config(self, key, value):
+        if key == CONFIG_BUDGET:
+            self.budget = value
+        elif key == CONFIG_RETRY_CEILING:
+            self.ceiling_ms = value * 1000
+
+    def _acked(self, seqs):
+        for e in list(self._entries):
+            if e.seq is not None and e.seq in seqs:
+                self._drop(e)
+                self.stats["acked"] += 1

@@ -1,21 +1,452 @@
-"""Flash cellguard onto a board, or onto the virtual board when no port is given.
+"""Flash cellguard onto a board through mpremote, or onto the virtual board when no port is given.
 
-Not built yet: the flashing issue delivers it (mpremote copy of the trusted boot part, the first
-signed image into slot A, provisioning, soft-reset and a status read-back). Until then this says so
-and exits non-zero, so nobody mistakes it for a flashed board.
+    python tools/flash.py --board pico-w-sim7080 --port /dev/ttyACM0
+    python tools/flash.py                                  # the virtual board (started if needed)
+    python tools/flash.py --board esp32s3-bg95 --port /dev/ttyUSB0 --production
+
+Steps (docs/flashing.md): connect (mpremote's raw REPL) -> check the runtime and version against the
+board profile (refuse on mismatch) -> copy the loader and the trusted boot part, skipping files whose
+SHA-256 on the device already matches -> install the first signed image into slot A -> provision
+(SIM lock) -> write the board profile, service key and console mode -> soft reset -> read the status
+back through the console to prove it booted. A step whose tool has not landed yet prints
+`skipped: <why>`; nothing is reported done that was not done.
 """
 
+from __future__ import annotations
+
 import argparse
+import hashlib
+import json
+import logging
+import os
+import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+
+import status as status_tool  # noqa: E402  (tools/status.py: the console client)
+
+FIRMWARE = REPO / "firmware"
+BOARDS = REPO / "boards"
+VIRTUAL_DIR = REPO / "build" / "virtual-board"
+CHUNK = 1024  # bytes per mpremote write: fewer round trips than its default 256
+PROGRESS_MIN = 8 * 1024  # files at least this big show a progress bar
+
+log = logging.getLogger("flash")
+
+
+class FlashError(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# ---- the board profile ---------------------------------------------------------------------------
+def load_profile(name: str, boards_dir: Path = BOARDS) -> dict:
+    path = boards_dir / name / "board.json"
+    if not path.exists():
+        known = sorted(p.parent.name for p in boards_dir.glob("*/board.json"))
+        raise FlashError(f"no board profile {name!r} (boards/{name}/board.json); known: {', '.join(known)}", 2)
+    return json.loads(path.read_text())
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
+def check_runtime(profile: dict, device: dict) -> str:
+    """Refuse a device whose runtime, version or machine does not fit the profile; say what fits."""
+    want = profile["runtime"]
+    have_version = ".".join(str(v) for v in device["version"][:3])
+    desc = f"{device['name']} {have_version} ({device['machine']})"
+    if device["name"] != want["name"]:
+        raise FlashError(
+            f"board/runtime mismatch: profile {profile['name']!r} needs {want['name']} >= {want['min_version']}, "
+            f"but the device runs {desc}. Pick the profile for this board, or flash {want['name']} first.", 4
+        )
+    if tuple(device["version"][:3]) < _version_tuple(want["min_version"]):
+        raise FlashError(
+            f"runtime too old: profile {profile['name']!r} needs {want['name']} >= {want['min_version']}, "
+            f"the device runs {desc}. Update the runtime first.", 4
+        )
+    needle = want.get("machine_contains")
+    if needle and needle.lower() not in device["machine"].lower():
+        raise FlashError(
+            f"board mismatch: profile {profile['name']!r} is for a {needle} board, the device says {desc}.", 4
+        )
+    return desc
+
+
+# ---- what goes onto the device ----------------------------------------------------------------------
+def firmware_files(firmware: Path = FIRMWARE) -> dict[str, bytes]:
+    """Device path -> content: boot.py, main.py and every module under firmware/lib."""
+    files = {"boot.py": (firmware / "boot.py").read_bytes(), "main.py": (firmware / "main.py").read_bytes()}
+    for p in sorted((firmware / "lib").rglob("*.py")):
+        if "__pycache__" not in p.parts:
+            files["lib/" + p.relative_to(firmware / "lib").as_posix()] = p.read_bytes()
+    return files
+
+
+_DEVICE_HASHES = """
+import hashlib, binascii
+def _cg_hash(p):
+    try:
+        f = open(p, 'rb')
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    b = bytearray(512)
+    while True:
+        n = f.readinto(b)
+        if not n:
+            break
+        h.update(b[:n])
+    f.close()
+    return binascii.hexlify(h.digest()).decode()
+print(repr([_cg_hash(p) for p in %r]))
+"""
+
+_DEVICE_TREE = """
+import os
+def _cg_walk(d, out):
+    try:
+        ents = list(os.ilistdir(d))
+    except OSError:
+        return out
+    for e in ents:
+        p = d + '/' + e[0]
+        if e[1] == 0x4000:
+            _cg_walk(p, out)
+        else:
+            out.append(p)
+    return out
+print(repr(_cg_walk(%r, [])))
+"""
+
+_DEVICE_MKDIRS = """
+import os
+for d in %r:
+    try:
+        os.mkdir(d)
+    except OSError:
+        pass
+"""
+
+
+@dataclass
+class CopyReport:
+    sent: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+
+
+class Device:
+    """The board through mpremote's SerialTransport (its raw REPL client: nothing hand-written)."""
+
+    def __init__(self, port: str, baud: int = 115200):
+        from mpremote.transport import TransportError
+        from mpremote.transport_serial import SerialTransport
+
+        self.port = port
+        self._TransportError = TransportError
+        try:
+            # A read timeout, so a device that never answers (a locked console) cannot hang us on a pty.
+            self.t = SerialTransport(port, baudrate=baud, timeout=1)
+        except TransportError as e:
+            raise FlashError(f"cannot open {port}: {e} (wrong port? is another program using it?)", 2) from e
+
+    def enter(self, timeout: float = 5) -> None:
+        try:
+            self.t.enter_raw_repl(soft_reset=True, timeout_overall=timeout)
+        except self._TransportError as e:
+            raise FlashError(
+                f"the device on {self.port} does not open its REPL ({e}). A production unit's console is "
+                "locked: open it with `tools/status.py --port PORT --service open-repl` (this tool does it "
+                "when --service-key names the master key), then flash again.", 5
+            ) from e
+
+    def exec(self, code: str) -> bytes:
+        return self.t.exec(code)
+
+    def eval_repr(self, code: str):
+        import ast
+
+        return ast.literal_eval(self.exec(code).decode().strip())
+
+    def runtime_info(self) -> dict:
+        name, version, machine = self.eval_repr(
+            "import sys, os\n"
+            "m = getattr(sys.implementation, '_machine', None) or os.uname().machine\n"
+            "print(repr((sys.implementation.name, tuple(sys.implementation.version[:3]), m)))"
+        )
+        return {"name": name, "version": tuple(version), "machine": machine}
+
+    def hashes(self, paths: list[str]) -> dict[str, str | None]:
+        try:
+            got = self.eval_repr(_DEVICE_HASHES % (paths,))
+        except Exception as e:  # a runtime without hashlib: copy everything
+            log.info("device cannot hash files (%s): copying everything", e)
+            return dict.fromkeys(paths)
+        return dict(zip(paths, got, strict=True))
+
+    def tree(self, top: str) -> list[str]:
+        return [p.lstrip("/") for p in self.eval_repr(_DEVICE_TREE % (top,))]
+
+    def mkdirs(self, dirs: list[str]) -> None:
+        if dirs:
+            self.exec(_DEVICE_MKDIRS % (dirs,))
+
+    def write(self, path: str, data: bytes, progress=None) -> None:
+        self.t.fs_writefile(path, data, chunk_size=CHUNK, progress_callback=progress)
+
+    def remove(self, path: str) -> None:
+        self.t.fs_rmfile(path)
+
+    def read_text(self, path: str) -> str | None:
+        try:
+            return bytes(self.t.fs_readfile(path)).decode()
+        except (OSError, self._TransportError):
+            return None
+
+    def reset_to_main(self) -> None:
+        """Soft reset from the friendly REPL, so boot.py then main.py run, as at power-on."""
+        self.t.exit_raw_repl()
+        self.t.serial.write(b"\x04")
+
+    def close(self) -> None:
+        self.t.close()
+
+
+def _parents(paths) -> list[str]:
+    dirs = set()
+    for p in paths:
+        parts = p.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    return sorted(dirs, key=lambda d: (d.count("/"), d))
+
+
+def _bar(done: int, total: int, name: str) -> None:
+    if not sys.stdout.isatty():  # a log gets one line per file, not a redrawn bar
+        if done >= total:
+            print(f"      sent {name} ({total} bytes)")
+        return
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    sys.stdout.write(f"\r      {name} [{'#' * filled}{'.' * (width - filled)}] {done * 100 // max(total, 1):3d}%{end}")
+    sys.stdout.flush()
+
+
+def sync_files(dev: Device, files: dict[str, bytes], owned_dirs: list[str], force: bool = False) -> CopyReport:
+    """Copy what differs (by SHA-256 on the device), remove stale modules from our packages."""
+    report = CopyReport()
+    paths = sorted(files)
+    remote = dict.fromkeys(paths) if force else dev.hashes(paths)
+    changed = [p for p in paths if remote[p] != hashlib.sha256(files[p]).hexdigest()]
+    report.unchanged = [p for p in paths if p not in changed]
+    dev.mkdirs(_parents(changed))
+    for p in changed:
+        data = files[p]
+        progress = (lambda done, total, p=p: _bar(done, total, p)) if len(data) >= PROGRESS_MIN else None
+        dev.write(p, data, progress)
+        if progress is None:
+            print(f"      sent {p} ({len(data)} bytes)")
+        report.sent.append(p)
+        report.bytes_sent += len(data)
+    for top in owned_dirs:
+        for p in dev.tree(top):
+            if p not in files and (p.endswith(".py") or p.endswith(".mpy")):
+                dev.remove(p)
+                report.removed.append(p)
+    return report
+
+
+# ---- the virtual board ---------------------------------------------------------------------------
+def virtual_board_port(state_dir: Path = VIRTUAL_DIR) -> str:
+    """The running virtual board's pty, starting one (in the background) if none runs."""
+    import virtual_board
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pid_file, port_file = state_dir / "pid", state_dir / "port"
+    if pid_file.exists() and port_file.exists():
+        pid = int(pid_file.read_text())
+        port = port_file.read_text().strip()
+        try:
+            os.kill(pid, 0)
+            if Path(port).exists():
+                print(f"      reusing the virtual board on {port} (pid {pid})")
+                return port
+        except OSError:
+            pass
+    proc, port = virtual_board.launch(state_dir / "flash.img", port_file, state_dir / "log", detach=True)
+    pid_file.write_text(f"{proc.pid}\n")
+    print(f"      started the virtual board on {port} (pid {proc.pid}; stop it with `kill {proc.pid}`)")
+    return port
+
+
+# ---- steps that wait for other parts ------------------------------------------------------------------
+def install_first_image(dev: Device, profile: dict) -> str:
+    """Slot A: the bootloader's tools/image.py builds and signs the application image."""
+    image_tool = REPO / "tools" / "image.py"
+    if not (FIRMWARE / "lib" / "cgboot").is_dir() or not image_tool.exists():
+        return "skipped: the A/B bootloader is not in this tree yet (firmware/lib/cgboot, tools/image.py)"
+    sys.path.insert(0, str(image_tool.parent))
+    import image  # the bootloader's tool
+
+    hook = getattr(image, "first_image_files", None)
+    if hook is None:
+        return "skipped: tools/image.py has no first_image_files(profile) for flashing yet"
+    for path, data in hook(profile).items():
+        dev.mkdirs(_parents([path]))
+        dev.write(path, data, lambda d, t, p=path: _bar(d, t, p))
+    return "done"
+
+
+def provision(port: str, profile: dict, args) -> str:
+    tool = REPO / "tools" / "provision.py"
+    if args.no_provision:
+        return "skipped: --no-provision"
+    if not tool.exists():
+        return "skipped: tools/provision.py is not in this tree yet (the SIM-lock issue)"
+    cmd = [sys.executable, str(tool), "--port", port, "--board", profile["name"]]
+    if args.reprovision:
+        cmd.append("--force")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise FlashError(f"provisioning failed:\n{proc.stdout}{proc.stderr}", 6)
+    return "done"
+
+
+def service_record(dev: Device, master_key_path: Path) -> tuple[str, bytes]:
+    """This device's service verifier: a stable device id and the key derived for it on the host."""
+    old = dev.read_text("keys/service.json")
+    device_id = None
+    if old:
+        try:
+            device_id = json.loads(old)["device_id"]
+        except (ValueError, KeyError):
+            device_id = None
+    device_id = device_id or "cg-" + os.urandom(8).hex()
+    master = status_tool.load_master_key(master_key_path, create=True)
+    key = status_tool.device_service_key(master, device_id)
+    record = {"device_id": device_id, "key_id": hashlib.sha256(master).hexdigest()[:8], "key": key.hex()}
+    return device_id, json.dumps(record).encode()
+
+
+def open_console(port: str, master_key_path: Path) -> None:
+    with status_tool.ConsoleClient(port, timeout=5) as client:
+        client.attach(reset_repl=False)
+        answer = client.service("open-repl", status_tool.load_master_key(master_key_path))
+        print("      " + answer.strip().splitlines()[0])
+
+
+# ---- the whole flash ----------------------------------------------------------------------------------
+def flash(args) -> int:
+    boards_dir = Path(args.boards_dir) if args.boards_dir else BOARDS
+    profile = load_profile(args.board, boards_dir)
+    steps = 8
+    t0 = time.monotonic()
+
+    def step(n: int, text: str) -> None:
+        print(f"[{n}/{steps}] {text}", flush=True)
+
+    step(1, f"connect: board profile {profile['name']}")
+    if args.port:
+        port = args.port
+    elif profile["name"] == "virtual":
+        port = virtual_board_port(Path(args.virtual_dir) if args.virtual_dir else VIRTUAL_DIR)
+    else:
+        raise FlashError(f"board {profile['name']!r} needs --port (PORT=/dev/ttyACM0 or similar)", 2)
+
+    dev = Device(port)
+    try:
+        try:
+            dev.enter()
+        except FlashError as e:
+            if e.code != 5 or not args.service_key.exists():
+                raise
+            dev.close()
+            print("      the console is locked: opening it with a service response (--service-key)")
+            open_console(port, args.service_key)
+            dev = Device(port)
+            dev.enter()
+        step(2, "check runtime against the profile")
+        desc = check_runtime(profile, dev.runtime_info())
+        print(f"      {desc}: fits {profile['name']}")
+
+        step(3, "copy the loader and the trusted boot part (skipping unchanged files)")
+        files = firmware_files()
+        files["board.json"] = json.dumps(profile, indent=1).encode()
+        device_id, record = service_record(dev, args.service_key)
+        files["keys/service.json"] = record
+        lock = {"locked": bool(args.production)}
+        files["state/console.json"] = json.dumps(lock).encode()
+        owned = sorted({"lib/" + p.split("/")[1] for p in files if p.startswith("lib/")})
+        report = sync_files(dev, files, owned, force=args.force)
+        print(f"      {len(report.sent)} sent ({report.bytes_sent} bytes), {len(report.unchanged)} unchanged, "
+              f"{len(report.removed)} stale removed")
+
+        step(4, "install the first signed image into slot A")
+        print("      " + install_first_image(dev, profile))
+    except BaseException:
+        dev.close()
+        raise
+
+    dev.close()
+    step(5, "provision the unit (SIM lock)")
+    print("      " + provision(port, profile, args))
+
+    step(6, f"console mode: {'production (locked)' if args.production else 'development (unlocked)'}")
+    step(7, "soft reset: boot.py then main.py")
+    dev = Device(port)
+    try:
+        dev.enter()
+        dev.reset_to_main()
+    finally:
+        dev.close()
+
+    step(8, "read the status back through the console")
+    with status_tool.ConsoleClient(port, timeout=10) as client:
+        client.attach()
+        snap = client.status()
+    booted = snap.get("firmware", {}).get("version")
+    if not booted or snap.get("device", {}).get("id") != device_id:
+        raise FlashError(f"the device did not report the flashed firmware: {snap}", 7)
+    print(f"      booted: cellguard {booted} on {snap['device'].get('board')}, device {device_id}, "
+          f"console {snap.get('console', {}).get('mode')}")
+    if args.json:
+        print(json.dumps({"port": port, "device_id": device_id, "sent": report.sent, "unchanged": report.unchanged,
+                          "removed": report.removed, "status": snap}))
+    print(f"flashed {profile['name']} on {port} in {time.monotonic() - t0:.1f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--board", default="virtual", help="board profile name (boards/<name>)")
     parser.add_argument("--port", help="serial port; omit for the virtual board")
-    parser.parse_args(argv)
-    print("not yet: tools/flash.py is not built yet (the flashing issue); nothing was flashed.", file=sys.stderr)
-    return 3
+    parser.add_argument("--production", action="store_true", help="lock the console (no Python REPL)")
+    parser.add_argument("--no-provision", action="store_true", help="skip the SIM-lock provisioning step")
+    parser.add_argument("--reprovision", action="store_true", help="provision again a unit already provisioned")
+    parser.add_argument("--force", action="store_true", help="copy every file, even unchanged ones")
+    parser.add_argument("--service-key", type=Path, default=status_tool.DEFAULT_MASTER_KEY,
+                        help="service master key file (created on first use)")
+    parser.add_argument("--boards-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--virtual-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        return flash(args)
+    except (FlashError, status_tool.StatusToolError) as e:
+        print(f"flash: {e}", file=sys.stderr)
+        return e.code
 
 
 if __name__ == "__main__":

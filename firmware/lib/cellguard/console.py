@@ -1,0 +1,426 @@
+# The technician's console on the board's serial port (docs/field-guide.md).
+#
+# Read-only commands need no authentication: `status`, `status --json`, `version`, `log`, `help`.
+# Service actions (`open-repl`, `reprovision`, `wipe`) need a challenge-response bound to this
+# device: `service challenge` prints the device id and a fresh random nonce; the host answers with
+# HMAC-SHA-256 over (device id, nonce, action) keyed with this device's service key, which the host
+# derives from a service master secret that never leaves the host (tools/status.py --service). A
+# nonce is single-use and expires; every refused attempt is logged. Garbled input gets a clear error
+# and the console keeps running; in production nothing typed reaches the Python REPL.
+import json
+
+from cellguard import VERSION, consolelock, runtime, status
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+PROMPT = "cellguard> "
+SERVICE_FILE = "keys/service.json"
+SERVICE_CONTEXT = b"cellguard-service-v1"
+SERVICE_ACTIONS = ("open-repl", "reprovision", "wipe")
+_NONCE_TTL_MS = const(120000)
+_MAX_LINE = const(160)
+_BS = (8, 127)
+
+
+class ConsoleError(Exception):
+    pass
+
+
+# ---- HMAC-SHA-256 (RFC 2104) and a constant-time compare; crypto.py offers the same once merged --
+def hmac_sha256(key, msg):
+    if len(key) > 64:
+        key = runtime.sha256(key).digest()
+    key = key + b"\x00" * (64 - len(key))
+    inner = runtime.sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(msg)
+    outer = runtime.sha256(bytes(b ^ 0x5C for b in key))
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+def ct_equal(a, b):
+    if len(a) != len(b):
+        return False
+    diff = 0
+    for i in range(len(a)):
+        diff |= a[i] ^ b[i]
+    return diff == 0
+
+
+def service_message(device_id, nonce_hex, action):
+    return b"|".join((SERVICE_CONTEXT, device_id.encode(), nonce_hex.encode(), action.encode()))
+
+
+class ServiceAuth:
+    """The device side of the service challenge-response."""
+
+    def __init__(self, record=None):
+        # record: {"device_id": str, "key_id": str, "key": hex} from keys/service.json (never shown).
+        self._record = record
+        self._nonce = None
+        self._issued = 0
+
+    @classmethod
+    def load(cls):
+        try:
+            with open(runtime.path_join(runtime.fs_root(), SERVICE_FILE)) as f:
+                rec = json.load(f)
+            bytes.fromhex(rec["key"])
+            return cls({"device_id": str(rec["device_id"]), "key_id": str(rec.get("key_id", "")),
+                        "key": rec["key"]})
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(None)
+
+    @property
+    def device_id(self):
+        return self._record["device_id"] if self._record else None
+
+    @property
+    def key_id(self):
+        return self._record["key_id"] if self._record else None
+
+    def challenge(self):
+        if self._record is None:
+            raise ConsoleError("no service key on this device: service actions are unavailable")
+        self._nonce = runtime.random_bytes(16).hex()
+        self._issued = runtime.ticks_ms()
+        return self._nonce
+
+    def check(self, action, response_hex):
+        """True if response_hex answers the current challenge for action; the nonce is used up."""
+        nonce, self._nonce = self._nonce, None
+        if self._record is None:
+            raise ConsoleError("no service key on this device")
+        if nonce is None:
+            raise ConsoleError("no challenge issued (run `service challenge` first)")
+        if runtime.ticks_diff(runtime.ticks_ms(), self._issued) > _NONCE_TTL_MS:
+            raise ConsoleError("the challenge expired; ask for a new one")
+        try:
+            response = bytes.fromhex(response_hex)
+        except ValueError:
+            raise ConsoleError("the response is not hex")
+        key = bytes.fromhex(self._record["key"])
+        expected = hmac_sha256(key, service_message(self._record["device_id"], nonce, action))
+        if not ct_equal(response, expected):
+            raise ConsoleError("wrong response")
+        return True
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+def _get(snap, section, key, default="unknown"):
+    v = snap.get(section, {}).get(key)
+    return default if v is None else v
+
+
+def _when(t):
+    if not t:
+        return "never"
+    try:
+        y, mo, d, h, mi, s = _localtime(t)[:6]
+        return "%04d-%02d-%02d %02d:%02d:%02d UTC" % (y, mo, d, h, mi, s)
+    except (OverflowError, ValueError, TypeError):
+        return str(t)
+
+
+def _localtime(t):
+    import time
+
+    return time.gmtime(t) if hasattr(time, "gmtime") else time.localtime(t)
+
+
+def render_status(snap):
+    """The `status` page a technician reads (docs/field-guide.md explains every line)."""
+    lines = []
+    add = lines.append
+    add("cellguard %s  board %s  runtime %s" % (_get(snap, "firmware", "version"), _get(snap, "device", "board"),
+                                                _get(snap, "device", "runtime")))
+    add("device      id %s" % _get(snap, "device", "id", "not provisioned"))
+    add("firmware    slot %s  state %s" % (_get(snap, "boot", "slot"), _get(snap, "boot", "state")))
+    add("console     %s" % _get(snap, "console", "mode"))
+    add("sim lock    %s" % _get(snap, "sim", "state"))
+    add("modem       %s  IMEI %s  ICCID %s" % (_get(snap, "modem", "model"), _get(snap, "modem", "imei", "-"),
+                                              _get(snap, "modem", "iccid", "-")))
+    add("network     %s  signal %s" % (_get(snap, "modem", "registration"), _get(snap, "modem", "signal")))
+    add("outbox      %s waiting  last delivery %s" % (_get(snap, "outbox", "depth"),
+                                                      _when(_get(snap, "outbox", "last_delivery", 0))))
+    add("sequence    sent %s  received %s" % (_get(snap, "messaging", "tx_seq"), _get(snap, "messaging", "rx_seq")))
+    errs = [e for e in snap.get("events", []) if e[1].startswith("ERROR ")]
+    add("errors      %d%s" % (snap.get("error_count", 0), "" if errs else " (none recent)"))
+    for t, e in errs[-5:]:
+        add("  %s  %s" % (_when(t), e[6:]))
+    return "\n".join(lines)
+
+
+# ---- the console --------------------------------------------------------------------------------
+class Console:
+    """Feed it bytes from the serial port; it writes answers through `write(str)`.
+
+    feed() returns None to go on, or "repl" when an authenticated service action (or, on an
+    unlocked development unit, `repl`) hands the port back to the Python REPL.
+    """
+
+    def __init__(self, write, locked, auth=None, wipe=None):
+        self.write = write
+        self.locked = locked
+        self.auth = auth if auth is not None else ServiceAuth(None)
+        self._wipe = wipe or _wipe_device
+        self._line = bytearray()
+        self._garbled = 0
+        self._last = 0
+        status.set("console", "mode", "production (locked)" if locked else "development (unlocked)")
+        if self.auth.device_id:
+            status.set("device", "id", self.auth.device_id)
+
+    def prompt(self):
+        self.write(PROMPT)
+
+    def feed(self, b):
+        last, self._last = self._last, b
+        if b in (13, 10):
+            if b == 10 and last == 13:
+                return None  # the \n of a \r\n
+            self.write("\n")
+            line, garbled = bytes(self._line), self._garbled
+            self._line = bytearray()
+            self._garbled = 0
+            if garbled:
+                self._error("garbled input (%d byte(s) that are not text) - line ignored" % garbled)
+                self.prompt()
+                return None
+            result = self.command(line.decode())
+            if result is None:
+                self.prompt()
+            return result
+        if b in _BS:
+            if self._line:
+                self._line = self._line[:-1]
+                self.write("\b \b")
+            return None
+        if 32 <= b < 127:
+            if len(self._line) >= _MAX_LINE:
+                self._garbled += 1
+                return None
+            self._line.append(b)
+            self.write(chr(b))
+            return None
+        if b < 32:
+            # Ctrl-A/B/C/D/E are how a host reaches the REPL; here they are only bytes.
+            self.write("\n")
+            self._error("control character 0x%02x ignored%s" % (b, " (console locked)" if self.locked else ""))
+            self._line = bytearray()
+            self._garbled = 0
+            self.prompt()
+            return None
+        self._garbled += 1
+        return None
+
+    def _error(self, msg):
+        self.write("error: %s\n" % msg)
+
+    def command(self, line):
+        words = line.split()
+        if not words:
+            return None
+        cmd, args = words[0], words[1:]
+        try:
+            if cmd == "help":
+                self.write(_HELP)
+            elif cmd == "status":
+                if args == ["--json"]:
+                    self.write(json.dumps(snapshot()) + "\n")
+                elif not args:
+                    self.write(render_status(snapshot()) + "\n")
+                else:
+                    raise ConsoleError("usage: status [--json]")
+            elif cmd == "version":
+                snap = snapshot()
+                self.write("cellguard %s  slot %s  %s  board %s\n" % (
+                    VERSION, _get(snap, "boot", "slot"), _get(snap, "device", "runtime"), _get(snap, "device", "board")))
+            elif cmd == "log":
+                for t, e in status.events():
+                    self.write("%s  %s\n" % (_when(t), e))
+            elif cmd == "service":
+                return self._service(args)
+            elif cmd == "repl" and not self.locked:
+                return "repl"
+            else:
+                raise ConsoleError("unknown command %r; type `help`" % cmd[:20])
+        except ConsoleError as e:
+            self._error(str(e))
+        return None
+
+    def _service(self, args):
+        if args == ["challenge"]:
+            nonce = self.auth.challenge()
+            status.log("service challenge issued")
+            self.write("challenge %s %s\n" % (self.auth.device_id, nonce))
+            return None
+        if not args or args[0] not in SERVICE_ACTIONS:
+            raise ConsoleError("usage: service challenge | service <%s> <response>" % "|".join(SERVICE_ACTIONS))
+        action = args[0]
+        if len(args) != 2:
+            status.log("service %s refused: not authenticated" % action, error=True)
+            self.auth._nonce = None
+            raise ConsoleError("service %s refused: it needs the response to a fresh challenge "
+                               "(tools/status.py --service %s)" % (action, action))
+        try:
+            self.auth.check(action, args[1])
+        except ConsoleError as e:
+            status.log("service %s refused: %s" % (action, e), error=True)
+            raise ConsoleError("service %s refused: %s" % (action, e))
+        status.log("service %s authorised" % action)
+        if action == "wipe":
+            self._wipe()
+            self.write("service wipe done: keys and queued data erased; the unit is unprovisioned\n")
+            return None
+        if action == "reprovision":
+            _mark_reprovision()
+            self.write("service reprovision: REPL open for tools/provision.py --force\n")
+        else:
+            self.write("service open-repl: REPL open until the next reset\n")
+        return "repl"
+
+
+_HELP = """commands:
+  status            the device's state (status --json for scripts)
+  version           firmware version and slot
+  log               recent events and errors
+  service challenge start a service action (tools/status.py --service ...)
+"""
+
+
+def snapshot():
+    snap = status.snapshot()
+    snap.setdefault("firmware", {})["version"] = VERSION
+    return snap
+
+
+def _remove_tree(path):
+    import os
+
+    try:
+        entries = list(os.ilistdir(path))
+    except (OSError, AttributeError):
+        try:
+            entries = [(n, 0x8000 if _is_file(path + "/" + n) else 0x4000) for n in os.listdir(path)]
+        except OSError:
+            return
+    for ent in entries:
+        p = path + "/" + ent[0]
+        if ent[1] == 0x4000:
+            _remove_tree(p)
+            os.rmdir(p)
+        else:
+            os.remove(p)
+
+
+def _is_file(p):
+    import os
+
+    return os.stat(p)[0] & 0x8000 != 0
+
+
+def _wipe_device():
+    # Decommission: the keys (through keys.wipe() when the messaging layer is installed) and queued
+    # data go; the service record stays so the unit can still be serviced or re-provisioned.
+    import os
+
+    try:
+        from cellguard import keys
+
+        keys.wipe()
+    except ImportError:
+        pass
+    root = runtime.fs_root()
+    keys_dir = runtime.path_join(root, "keys")
+    try:
+        names = os.listdir(keys_dir)
+    except OSError:
+        names = []
+    for n in names:
+        if n != "service.json":
+            p = keys_dir + "/" + n
+            if _is_file(p):
+                os.remove(p)
+            else:
+                _remove_tree(p)
+                os.rmdir(p)
+    _remove_tree(runtime.path_join(root, "outbox"))
+    status.log("device wiped by service action")
+
+
+def _mark_reprovision():
+    import os
+
+    try:
+        os.mkdir(runtime.path_join(runtime.fs_root(), "state"))
+    except OSError:
+        pass
+    with open(runtime.path_join(runtime.fs_root(), "state/reprovision"), "w") as f:
+        f.write("1")
+
+
+# ---- running it on the board's stdin/stdout -------------------------------------------------------
+def _stdio():
+    import sys
+
+    buf = getattr(sys.stdin, "buffer", None)
+    if buf is not None:
+
+        def read_byte():
+            b = buf.read(1)
+            return b[0] if b else -1
+
+    else:  # CircuitPython: sys.stdin.read(1) gives a str
+
+        def read_byte():
+            c = sys.stdin.read(1)
+            return ord(c) if c else -1
+
+    def write(s):
+        sys.stdout.write(s)
+
+    return read_byte, write
+
+
+def serve(console, read_byte):
+    """Run the console until it hands over to the REPL ("repl") or its input ends ("eof")."""
+    console.prompt()
+    while True:
+        try:
+            b = read_byte()
+            if b < 0:
+                if console.locked:  # a locked console never ends; wait for the port to come back
+                    runtime.sleep_ms(100)
+                    continue
+                return "eof"
+            result = console.feed(b)
+            if result:
+                return result
+        except KeyboardInterrupt:
+            if not console.locked:
+                raise
+            console.write("\nerror: interrupt ignored (console locked)\n")  # kbd_intr(-1) failed?
+            console.prompt()
+        except Exception as e:  # the console must outlive any bug in a status provider
+            status.log("console: %s" % e, error=True)
+            console.write("\nerror: %s\n" % e)
+            console.prompt()
+
+
+def main():
+    """main.py's entry: run the console on stdin/stdout, never returning while locked."""
+    locked = consolelock.apply()
+    read_byte, write = _stdio()
+    console = Console(write, locked, ServiceAuth.load())
+    while True:
+        result = serve(console, read_byte)
+        if result == "repl" or not locked:
+            consolelock.set_interrupt(True)
+            return result

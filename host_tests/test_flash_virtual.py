@@ -1,0 +1,91 @@
+"""`make flash` against the virtual board: tools/flash.py -> real mpremote -> pty -> real MicroPython."""
+
+import json
+import os
+import signal
+
+import pytest
+from harness import FIRMWARE_LIB
+from vboard import Board, flash, run_tool
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def board(tmp_path):
+    b = Board(tmp_path)
+    yield b
+    b.stop()
+
+
+def summary(proc) -> dict:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-2])  # the --json line precedes "flashed ..."
+
+
+def test_flash_boots_and_reflash_is_incremental(board, tmp_path):
+    key = tmp_path / "master.key"
+    first = summary(flash(board, key, "--json"))
+    assert "lib/cellguard/console.py" in first["sent"] and "boot.py" in first["sent"]
+    assert first["status"]["firmware"]["version"] == first["status"]["firmware"]["version"]
+    # A stale module from an older firmware on the device is removed; nothing unchanged is sent.
+    board.mpremote("exec", "with open('lib/cellguard/old_module.py','w') as f: f.write('x=1')")
+    again = summary(flash(board, key, "--json"))
+    assert again["sent"] == []
+    assert set(again["unchanged"]) == set(first["sent"])
+    assert again["removed"] == ["lib/cellguard/old_module.py"]
+    assert again["device_id"] == first["device_id"]  # the unit keeps its identity across re-flashes
+    assert "fits virtual" in flash(board, key).stdout
+
+
+def test_flash_copies_every_firmware_module(board, tmp_path):
+    summary(flash(board, tmp_path / "k", "--json"))
+    listing = board.mpremote("fs", "ls", ":lib/cellguard").stdout
+    for mod in FIRMWARE_LIB.joinpath("cellguard").glob("*.py"):
+        assert mod.name in listing
+
+
+def test_runtime_mismatch_is_refused(board, tmp_path):
+    proc = flash(board, tmp_path / "k", "--board", "feather-rp2040-nrf9160")
+    assert proc.returncode == 4
+    assert "board/runtime mismatch" in proc.stderr and "circuitpython" in proc.stderr
+    # Nothing was copied: the device still has an empty flash.
+    assert "boot.py" not in board.mpremote("fs", "ls").stdout
+
+
+def test_runtime_too_old_and_wrong_machine_are_refused(board, tmp_path):
+    boards = tmp_path / "boards"
+    for name, runtime in (("future", {"name": "micropython", "min_version": "99.0.0"}),
+                          ("rp2only", {"name": "micropython", "min_version": "1.0.0", "machine_contains": "RP2040"})):
+        (boards / name).mkdir(parents=True)
+        (boards / name / "board.json").write_text(json.dumps({"name": name, "runtime": runtime}))
+    too_old = flash(board, tmp_path / "k", "--board", "future", "--boards-dir", str(boards))
+    assert too_old.returncode == 4 and "runtime too old" in too_old.stderr
+    wrong = flash(board, tmp_path / "k", "--board", "rp2only", "--boards-dir", str(boards))
+    assert wrong.returncode == 4 and "RP2040" in wrong.stderr
+
+
+def test_unknown_board_lists_the_known_ones(tmp_path):
+    proc = run_tool("flash", "--board", "no-such-board", "--port", "/dev/null")
+    assert proc.returncode == 2 and "pico-w-sim7080" in proc.stderr
+
+
+def test_steps_waiting_for_other_parts_say_skipped_never_done(board, tmp_path):
+    out = flash(board, tmp_path / "k").stdout
+    for step in ("install the first signed image into slot A", "provision the unit"):
+        line = out.split(step, 1)[1].splitlines()[1].strip()
+        assert line == "done" or line.startswith("skipped: "), line
+
+
+def test_no_port_flashes_the_virtual_board(tmp_path):
+    vdir = tmp_path / "vb"
+    proc = run_tool("flash", "--virtual-dir", str(vdir), "--service-key", str(tmp_path / "k"))
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "started the virtual board" in proc.stdout and "booted: cellguard" in proc.stdout
+        second = run_tool("flash", "--virtual-dir", str(vdir), "--service-key", str(tmp_path / "k"))
+        assert "reusing the virtual board" in second.stdout and second.returncode == 0
+    finally:
+        pid_file = vdir / "pid"
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)

@@ -1,0 +1,57 @@
+"""Test support for the virtual board: start one on a fresh flash image, drive it with real mpremote."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import REPO, TOOLS
+
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+import virtual_board  # noqa: E402
+
+MPREMOTE = Path(sys.executable).parent / "mpremote"
+
+
+class Board:
+    """A running virtual board; stop() kills it (tests call it from a fixture's finaliser)."""
+
+    def __init__(self, workdir: Path, image: Path | None = None):
+        self.workdir = workdir
+        self.image = image or workdir / "flash.img"
+        self.log = workdir / "virtual-board.log"
+        self.proc, self.port = virtual_board.launch(self.image, workdir / "port", self.log)
+
+    def mpremote(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+        """The REAL mpremote command line against this board."""
+        proc = subprocess.run(
+            [str(MPREMOTE), "connect", self.port, *args],
+            capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"mpremote {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+        return proc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def run_tool(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run tools/<name>.py as a person would (its own process, its exit code, its output)."""
+    return subprocess.run(
+        [sys.executable, str(TOOLS / f"{name}.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+
+
+def flash(board: Board, key: Path, *extra: str) -> subprocess.CompletedProcess:
+    """`make flash` against this board: tools/flash.py through real mpremote."""
+    return run_tool("flash", "--port", board.port, "--service-key", str(key), *extra)

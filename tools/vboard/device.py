@@ -1,0 +1,177 @@
+# The virtual board's "chip": runs on the REAL MicroPython unix port, driven by tools/virtual_board.py.
+#
+# The unix port has no raw REPL, so the CPython front end speaks the serial protocols (friendly REPL,
+# raw REPL, raw paste) on the pty and hands this process only what a board's VM would run:
+#   command pipe (front end -> here):  b"<KIND> <len>\n" + payload
+#       EXEC    code from the raw REPL (compiled as a module, like pyexec raw mode)
+#       SINGLE  one friendly-REPL statement (compiled in 'single' mode, so expressions echo)
+#       BOOT    payload b"main" or b"": run boot.py, then main.py if asked (friendly-mode reset)
+#   control pipe (here -> front end):
+#       b"READY <version>\n"       flash mounted, waiting for commands
+#       b"DONE <len>\n" + error    the command finished; error = traceback text or empty
+#       b"KBD <n>\n"               the firmware called micropython.kbd_intr(n)
+#   stdin/stdout: the board's console, as on a board (sys.stdin reads what the technician types).
+#
+# The filesystem is littlefs (vfs.VfsLfs2) mounted at "/" on a block device kept in the image file
+# (FileFlash below: same flash semantics as host_tests/mp_support/flashsim.py, but not in the heap).
+# argv: image_path block_size block_count command_fd control_fd
+import io
+import os
+import sys
+
+import micropython
+import vfs
+
+_IMAGE, _BLOCK_SIZE, _BLOCK_COUNT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+
+
+class FileFlash:
+    """NOR flash kept in the image file itself: littlefs's block protocol straight onto the file.
+
+    The image never sits in the VM's heap (a board's flash is not in its RAM either), and every
+    program and erase is on disk at once, so killing the virtual board loses nothing that a power
+    cut would keep. Flash semantics as in host_tests/mp_support/flashsim.py: erase sets 0xFF, a
+    program can only clear bits.
+    """
+
+    def __init__(self, f, block_count, block_size):
+        self._f = f
+        self.block_count = block_count
+        self.block_size = block_size
+        self._erased = b"\xff" * block_size
+
+    def readblocks(self, block, buf, offset=0):
+        self._f.seek(block * self.block_size + offset)
+        self._f.readinto(buf)
+
+    def writeblocks(self, block, buf, offset=None):
+        if offset is None:  # simple protocol: whole blocks, erase then program
+            for i in range(len(buf) // self.block_size):
+                self.ioctl(6, block + i)
+            offset = 0
+        pos = block * self.block_size + offset
+        old = bytearray(len(buf))
+        self._f.seek(pos)
+        self._f.readinto(old)
+        for i in range(len(buf)):
+            old[i] &= buf[i]
+        self._f.seek(pos)
+        self._f.write(old)
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.block_count
+        if op == 5:
+            return self.block_size
+        if op == 6:
+            self._f.seek(arg * self.block_size)
+            self._f.write(self._erased)
+        return 0
+
+
+def _open_flash():
+    size = _BLOCK_SIZE * _BLOCK_COUNT
+    try:
+        f = open(_IMAGE, "r+b")
+        have = f.seek(0, 2)
+        if have != size:
+            raise ValueError("flash image %s is %d bytes, the board has %d" % (_IMAGE, have, size))
+        fresh = False
+    except OSError:
+        f = open(_IMAGE, "w+b")
+        blank = b"\xff" * _BLOCK_SIZE
+        for _ in range(_BLOCK_COUNT):
+            f.write(blank)
+        fresh = True
+    bdev = FileFlash(f, _BLOCK_COUNT, _BLOCK_SIZE)
+    if fresh:
+        vfs.VfsLfs2.mkfs(bdev)
+    try:
+        fs = vfs.VfsLfs2(bdev)
+    except OSError:
+        # A board whose filesystem does not mount formats it (as MicroPython's _boot.py does).
+        vfs.VfsLfs2.mkfs(bdev)
+        fs = vfs.VfsLfs2(bdev)
+    return fs
+
+
+_cmd = open("/proc/self/fd/" + sys.argv[4], "rb")
+_ctl = open("/proc/self/fd/" + sys.argv[5], "ab")
+
+
+def _send(line, payload=b""):
+    _ctl.write(line + b"\n" + payload)
+
+
+class _MicropythonShim:
+    """`micropython` as the firmware sees it, with kbd_intr reported to the front end.
+
+    On a board kbd_intr(-1) turns Ctrl-C into an ordinary byte on stdin; the unix port would
+    instead restore SIGINT's default action (death). The front end owns Ctrl-C, so it is told.
+    """
+
+
+def _install_shim():
+    shim = _MicropythonShim()
+    for name in dir(micropython):
+        if not name.startswith("__"):
+            setattr(shim, name, getattr(micropython, name))
+
+    def kbd_intr(c):
+        _send(b"KBD %d" % c)
+
+    shim.kbd_intr = kbd_intr
+    sys.modules["micropython"] = shim
+
+
+def _run(code, mode, g):
+    err = io.StringIO()
+    try:
+        if mode == "exec_file":
+            try:
+                with open(code) as f:
+                    src = f.read()
+            except OSError:
+                return ""
+            exec(compile(src, code, "exec"), g)
+        else:
+            exec(compile(code, "<stdin>", mode), g)
+    except SystemExit:
+        pass
+    except BaseException as e:  # noqa: B036  (a board's REPL reports KeyboardInterrupt too)
+        sys.print_exception(e, err)
+    # Drop this script's own frame: a board's traceback starts at the user's code.
+    own = '  File "' + sys.argv[0] + '"'
+    return "".join(line + "\n" for line in err.getvalue().split("\n") if line and not line.startswith(own))
+
+
+def main():
+    fs = _open_flash()
+    vfs.umount("/")
+    vfs.mount(fs, "/")
+    # The board's UART to the modem is a pty under /dev: keep /dev reachable, nothing else of the host.
+    vfs.mount(vfs.VfsPosix("/dev"), "/dev")
+    os.chdir("/")
+    sys.path[:] = ["", ".frozen", "/lib"]
+    _install_shim()
+    g = {"__name__": "__main__"}
+    _send(b"READY %d.%d.%d" % sys.implementation.version[:3])
+    while True:
+        header = _cmd.readline()
+        if not header:
+            return
+        kind, n = header.split()
+        payload = _cmd.read(int(n)) if int(n) else b""
+        if kind == b"BOOT":
+            err = _run("boot.py", "exec_file", g)
+            if not err and payload == b"main":
+                err = _run("main.py", "exec_file", g)
+        elif kind == b"SINGLE":
+            err = _run(payload.decode(), "single", g)
+        else:
+            err = _run(payload.decode(), "exec", g)
+        e = err.encode()
+        _send(b"DONE %d" % len(e), e)
+
+
+main()

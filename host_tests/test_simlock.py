@@ -14,8 +14,8 @@ import sqlite3
 
 import provision as prov
 import pytest
-from modem_fixtures import DIALECTS, Sim, driver_script, emulated_modem
 from harness import run_micropython
+from modem_fixtures import DIALECTS, Sim, driver_script, emulated_modem
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -37,7 +37,7 @@ runtime.set_fs_root('/flash')
 SAVE = "\nvfs.umount('/flash')\n_flash.save(%(image)r)\n"
 
 BOOT_CHECK = """
-from cellguard import simlock, status
+from cellguard import console, simlock, status
 m.init()
 lock = simlock.SimLock(m)
 try:
@@ -46,7 +46,10 @@ try:
 except simlock.LockedOut as e:
     print('LOCKED', e.outcome)
 print('OUTCOME', lock.outcome, '|', lock.reason)
-print('STATUS', status.get('lock', 'state'))
+print('STATUS', status.get('sim', 'state'))
+for line in console.render_status(status.snapshot()).split('\n'):
+    if line.startswith('sim lock'):
+        print('CONSOLE', line)
 print('EVENTS', len(lock.events))
 """
 
@@ -70,13 +73,18 @@ class Unit:
 
     def boot(self, emu) -> dict:
         out = self.run(emu, BOOT_CHECK)
-        lines = dict(line.split(" ", 1) for line in out.splitlines() if line.split(" ")[0].isupper())
+        lines = {}
+        for line in out.splitlines():
+            word, _, rest = line.partition(" ")
+            if word in ("ATTACHED", "LOCKED", "OUTCOME", "STATUS", "EVENTS", "CONSOLE"):
+                lines[word] = rest
         outcome, reason = lines["OUTCOME"].split(" | ")
         return {
             "attached": "ATTACHED" in lines,
             "outcome": outcome,
             "reason": reason,
             "status": lines["STATUS"],
+            "console": lines["CONSOLE"],
             "events": int(lines["EVENTS"]),
             "output": out,
         }
@@ -158,10 +166,11 @@ def test_reprovision_refused_unless_asked(unit):
         record = unit.provision(emu, reprovision=True)
     assert record["outcome"] == "OK" and sim.pin != old_pin  # new root key, new PIN
     db = sqlite3.connect(unit.hub_db)
-    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [
-        (1, 1),  # the old key is retired, never reused
-        (2, 1),  # the refused run's key id was never taken by the device
-        (3, 0),
+    # The refused run registered nothing; the re-provisioning retired the old key (never reused)
+    # and kept the unit's device id.
+    assert db.execute("SELECT key_id, device_id, retired FROM devices ORDER BY key_id").fetchall() == [
+        (1, record["device_id"], 1),
+        (2, record["device_id"], 0),
     ]
 
 
@@ -196,6 +205,8 @@ def test_sim_swapped(unit, dialect):
         # The device's PIN was never tried on the foreign SIM.
         assert not emu.commands_matching("AT+CPIN=") and other.pin_left == 3
     assert booted["status"] == "SIM_MISMATCH" and booted["events"] == 1
+    # What the field technician sees on the serial console:
+    assert booted["console"].split() == ["sim", "lock", "SIM_MISMATCH"]
 
 
 def test_same_iccid_other_imsi_is_a_mismatch(unit):
@@ -226,7 +237,8 @@ def test_binding_record_edited_on_littlefs(unit):
             emu,
             "p = '/flash/state/binding'\n"
             "d = open(p, 'rb').read()\n"
-            "open(p, 'wb').write(d.replace(b'imei=%s', b'imei=490154203237518'))\n"
+            "with open(p, 'wb') as f:\n"
+            "    f.write(d.replace(b'imei=%s', b'imei=490154203237518'))\n"
             "print('EDITED', d != open(p, 'rb').read())\n" % imei.encode().decode(),
         )
         assert "EDITED True" in out
@@ -268,17 +280,18 @@ def test_puk_locked(unit):
 def test_sim_removed_then_reinserted_recovers(unit):
     sim, _ = provisioned(unit)
     sim.unlocked = False
-    with emulated_modem("bg96", sim=None) as emu:
-        # The SIM goes back in when the device, after its first refusal, asks for the modem's
-        # revision (any command would do): the device keeps checking and recovers by itself.
-        emu.on_command("AT+CGMR", lambda: setattr(emu, "sim", sim))
+    with emulated_modem("bg96") as emu:
+        emu.sim = None  # before the device talks to it
+        # The SIM goes back in when the device, after its first refusal, asks for the signal
+        # (any command would do): the device keeps checking and recovers by itself.
+        emu.on_command("AT+CSQ", lambda: setattr(emu, "sim", sim))
         out = unit.run(
             emu,
             "from cellguard import simlock\n"
             "m.init()\n"
             "lock = simlock.SimLock(m)\n"
             "print('FIRST', lock.check())\n"
-            "m.cmd(b'AT+CGMR')\n"
+            "m.cmd(b'AT+CSQ')\n"
             "print('SECOND', lock.check(), lock.allows_data, len(lock.events))\n",
         )
         assert "FIRST SIM_ABSENT" in out
@@ -288,9 +301,10 @@ def test_sim_removed_then_reinserted_recovers(unit):
 
 def test_tamper_event_persists_across_boots(unit):
     sim, _ = provisioned(unit)
-    with emulated_modem("bg96", sim=None) as emu:
+    with emulated_modem("bg96") as emu:
+        emu.sim = None
         assert unit.boot(emu)["outcome"] == "SIM_ABSENT"
-    with emulated_modem("bg96", sim=None) as emu:
+    with emulated_modem("bg96") as emu:
         out = unit.run(emu, "print('LOG', open('/flash/state/simlock').read().strip())")
     stamp, outcome, reason = out.split("LOG ", 1)[1].strip().split(" ", 2)
     assert int(stamp) > 1_700_000_000 and outcome == "SIM_ABSENT"

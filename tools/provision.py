@@ -67,6 +67,14 @@ def open_modem():
     return modem.Modem(at.AtEngine(runtime.open_uart(%(port)r), d.line_buffer(), boot_urcs=d.boot_urcs), d)
 """
 
+# First look: is the unit provisioned already, and as which device? (nothing secret in the answer)
+QUERY_SCRIPT = """
+import json
+from cellguard import keys
+p = keys.provisioned()
+print(%(marker)r + json.dumps({"ok": True, "provisioned": p, "device_id": keys.device_id() if p else None}))
+"""
+
 DEVICE_SCRIPT = """
 import json
 from cellguard import keys, simlock
@@ -74,8 +82,7 @@ def _result(**kw):
     print(%(marker)r + json.dumps(kw))
 def _provision():
     if keys.provisioned() and not %(reprovision)r:
-        return _result(ok=False, reason="already provisioned as device " + keys.device_id() +
-                       "; re-run with --reprovision to replace its keys")
+        return _result(ok=False, reason="already provisioned as device " + keys.device_id())
     # Re-provisioning: the SIM holds the PIN derived from the old root key; change from that one.
     current_pin = simlock.sim_pin() if keys.provisioned() else %(factory_pin)r
     m = open_modem()
@@ -137,7 +144,12 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
     """
     from hub import HubStore
 
-    device_id = req.device_id or "cg-" + secrets.token_hex(6)
+    state = parse_result(run_on_device(QUERY_SCRIPT % {"marker": RESULT}))
+    if state["provisioned"] and not req.reprovision:
+        raise ProvisionError(
+            f"already provisioned as device {state['device_id']}; re-run with --reprovision to replace its keys"
+        )
+    device_id = req.device_id or state["device_id"] or "cg-" + secrets.token_hex(6)
     key_id = next_key_id(hub_db)
     root_key = bytearray(secrets.token_bytes(32))
     try:
@@ -145,7 +157,7 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         # a registered key id that a failed run never used (key ids are never reused anyway).
         store = HubStore(hub_db)
         try:
-            store.register_device(key_id, device_id, bytes(root_key), replace=req.reprovision)
+            store.register_device(key_id, device_id, bytes(root_key), replace=state["provisioned"])
         except (ValueError, sqlite3.Error) as e:
             raise ProvisionError(f"hub refused the device: {e}") from None
         finally:

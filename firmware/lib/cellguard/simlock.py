@@ -256,8 +256,8 @@ def _status(outcome, reason):
         from cellguard import status
     except ImportError:  # the status registry is optional (minimal builds)
         return
-    status.set("lock", "state", outcome)
-    status.set("lock", "reason", reason)
+    status.set("sim", "state", outcome)
+    status.set("sim", "reason", reason)
     if outcome not in DATA_ALLOWED:
         status.log("simlock: " + outcome + " (" + reason + ")", error=True)
     elif outcome == UNLOCKED:

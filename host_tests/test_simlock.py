@@ -47,7 +47,7 @@ except simlock.LockedOut as e:
     print('LOCKED', e.outcome)
 print('OUTCOME', lock.outcome, '|', lock.reason)
 print('STATUS', status.get('sim', 'state'))
-for line in console.render_status(status.snapshot()).split('\n'):
+for line in console.render_status(status.snapshot()).split('\\n'):
     if line.startswith('sim lock'):
         print('CONSOLE', line)
 print('EVENTS', len(lock.events))

@@ -226,16 +226,19 @@ def run_over_mpremote(port: str) -> Callable[[str], str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hub-db", required=True, help="the hub's SQLite key store")
+    parser.add_argument("--hub-db", default="build/hub.sqlite", help="the hub's SQLite key store")
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--device", metavar="PORT", help="a board's serial port (through mpremote)")
+    where.add_argument("--device", "--port", metavar="PORT", help="a board's serial port (through mpremote)")
     where.add_argument("--modem", metavar="PORT", help="a modem's serial port or pty; firmware on the unix port")
     parser.add_argument("--dialect", default="bg96", help="with --modem: nrf91, bg96, sim7080, sara-r4")
     parser.add_argument("--fs", type=Path, default=Path("build/unit"), help="with --modem: the unit's storage")
     parser.add_argument("--device-id", help="default: a random one")
     parser.add_argument("--factory-pin", default="1234", help="the PIN the SIMs are delivered with")
     parser.add_argument("--unlocked", action="store_true", help="certification unit: no SIM/IMEI lock")
-    parser.add_argument("--reprovision", action="store_true", help="replace the keys of a provisioned unit")
+    parser.add_argument(
+        "--reprovision", "--force", action="store_true", help="replace the keys of a provisioned unit"
+    )
+    parser.add_argument("--board", help="the board profile's name (informational; the unit reads its own)")
     parser.add_argument("--apn")
     parser.add_argument("--apn-user")
     parser.add_argument("--apn-password")
@@ -257,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runner = run_on_unix_port(args.fs)
         modem_src = PTY_MODEM % {"dialect": args.dialect, "port": args.modem}
+    Path(args.hub_db).parent.mkdir(parents=True, exist_ok=True)
     try:
         record = provision(args.hub_db, runner, modem_src, req)
     except ProvisionError as e:

@@ -58,6 +58,8 @@ engine = at.AtEngine(runtime.open_uart(PTY), d.line_buffer(), reset_pin=reset_pi
 engine.default_timeout_ms = %(at_timeout_ms)d
 engine.timeouts = ()
 engine.reset_wait_ms = 3000
+engine.resync_attempts = 3
+engine.resync_timeout_ms = 300
 m = modem.Modem(engine, d)
 m.attach_timeout_ms = 5000
 m.pdp_timeout_ms = 5000
@@ -89,10 +91,18 @@ def run_driver(
     timeout: float = 45,
     at_timeout_ms: int = 1500,
     heapsize: str = "256K",
+    extra_paths=(),
 ) -> str:
-    """Run `body` (after DRIVER_PRELUDE) on the MicroPython unix port; return what it printed."""
+    """Run `body` (after DRIVER_PRELUDE) on the MicroPython unix port; return what it printed.
+
+    The heap is 256K because the unix port is 64-bit (objects twice a microcontroller's size) and
+    compiles the modules from source; test_modem_roundtrip shows the driver fits 128K as .mpy.
+    """
     return run_micropython(
-        driver_script(emu, body, echo_port, at_timeout_ms), heapsize=heapsize, timeout=timeout
+        driver_script(emu, body, echo_port, at_timeout_ms),
+        heapsize=heapsize,
+        timeout=timeout,
+        extra_paths=extra_paths,
     )
 
 

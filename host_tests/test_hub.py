@@ -164,3 +164,22 @@ def test_cli_register_queue_stats(tmp_path, capsys):
     assert "queued command 2" in out and "d" in out
     recs = hp.parse_records(b"".join(r["record"] for r in hubmod.HubStore(db).commands(7)))
     assert recs[0] == ("config", 2, 8192) and recs[1][0] == "update_offer" and recs[1][4] == 1000
+
+
+def test_update_chunks_are_served_through_the_hook(tmp_path):
+    hub = make_hub(tmp_path)
+    image = bytes(range(256)) * 4
+    hub.update_provider = lambda key_id, off, n: image[off : off + n]
+    dev = device_channel()
+    req = bytes([wire.CTRL_CHUNK_REQ]) + (512).to_bytes(4, "big") + (100).to_bytes(2, "big")
+    (reply,) = hub.handle(dev.seal(req, control=True))
+    assert downlink.parse(dev.open(reply)[2]) == [("chunk", 512, image[512:612])]
+
+
+def test_accepted_records_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(hubmod, "ACCEPTED_KEEP", 10)
+    hub = make_hub(tmp_path)
+    dev = device_channel()
+    for _ in range(30):
+        hub.handle(dev.seal(b"x"))
+    assert hub.store.accepted_seqs(KEY_ID) == list(range(19, 30))

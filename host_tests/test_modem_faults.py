@@ -22,6 +22,15 @@ def round_trip(emu, echo, bound_ms=8000, extra=""):
     return run_driver(emu, ROUND_TRIP % bound_ms + extra, echo_port=echo.port)
 
 
+# Attach, open a socket, then send a marker command on which the test hooks its fault.
+AFTER_ATTACH = "attach()\ns = m.open_udp()\nengine.command(b'AT+CSQ')\n"
+
+
+def fault_after_attach(emu, echo, action, body: str) -> str:
+    emu.on_command("AT+CSQ", action)
+    return run_driver(emu, AFTER_ATTACH + body.lstrip("\n"), echo_port=echo.port)
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_dropped_response_resyncs_and_retries(dialect):
@@ -99,19 +108,16 @@ def test_reboot_in_the_middle_of_a_send(dialect):
 @pytest.mark.parametrize("dialect", ["bg96", "nrf91"])
 def test_spontaneous_reboot_between_commands_is_detected(dialect):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
-        emu.on_command("AT+CSQ", lambda: emu._after(0.1, emu.reboot))  # just after the OK
-        out = run_driver(
+        out = fault_after_attach(
             emu,
+            echo,
+            lambda: emu._after(0.1, emu.reboot),  # just after the OK
             """
-attach()
-s = m.open_udp()
-engine.command(b'AT+CSQ')
 engine.poll(300)
 print('REBOOTED', engine.rebooted)
 s.sendto(b'again', '127.0.0.1', ECHO_PORT)
 print('ECHO', s.recvfrom(4000)[0])
 """,
-            echo_port=echo.port,
         )
     assert "REBOOTED True" in out and "ECHO b'again'" in out
     assert len(emu.commands_matching("ATE0")) == 2
@@ -141,13 +147,11 @@ print('IMSI', m.imsi())
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_sim_removed_after_attach(dialect):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
-        emu.on_command("AT+CSQ", emu.remove_sim)
-        out = run_driver(
+        out = fault_after_attach(
             emu,
+            echo,
+            emu.remove_sim,
             """
-attach()
-s = m.open_udp()
-engine.command(b'AT+CSQ')
 engine.poll(200)
 try:
     s.sendto(b'x', '127.0.0.1', ECHO_PORT)
@@ -160,7 +164,6 @@ except modem.SimError as e:
     print('SIM', e.state)
 print('STATE', m.sim_state())
 """,
-            echo_port=echo.port,
         )
     assert "SEND-FAILED" in out
     assert "SIM ABSENT" in out and "STATE ABSENT" in out
@@ -190,13 +193,11 @@ print('AFTER', m.iccid(), m.imsi())
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_loss_of_registration_then_regain(dialect):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
-        emu.on_command("AT+CSQ", lambda: emu.lose_registration(regain_after_s=0.5))
-        out = run_driver(
+        out = fault_after_attach(
             emu,
+            echo,
+            lambda: emu.lose_registration(regain_after_s=0.5),
             """
-attach()
-s = m.open_udp()
-engine.command(b'AT+CSQ')
 engine.poll(100)
 print('STAT', m.reg_stat)
 try:
@@ -207,7 +208,6 @@ print('REG', m.wait_registered(5000))
 s.sendto(b'back', '127.0.0.1', ECHO_PORT)
 print('ECHO', s.recvfrom(4000)[0])
 """,
-            echo_port=echo.port,
         )
     assert "STAT 2" in out and "SEND-FAILED" in out and "REG home" in out and "ECHO b'back'" in out
 
@@ -265,9 +265,11 @@ def test_over_long_line_is_discarded_and_counted():
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("until,step", [("cfun", "cfun"), ("pin", "pin")])
-def test_hung_modem_escalates(until, step):
-    with emulated_modem("bg96") as emu, udp_echo_server() as echo:
+@pytest.mark.parametrize(
+    "dialect,until,step", [(d, "cfun", "cfun") for d in DIALECTS] + [("bg96", "pin", "pin")]
+)
+def test_hung_modem_escalates(dialect, until, step):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
         emu.on_command("AT+CSQ", lambda: emu.hang(until))
         out = run_driver(
             emu,
@@ -307,4 +309,48 @@ except at.ModemUnresponsive as e:
 """,
         )
     assert "UNRESPONSIVE True" in out
-    assert emu.commands_matching("AT+CFUN=1,1")
+    assert emu.commands_matching("AT+CFUN=15")  # u-blox's reset command
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", ["bg96", "sim7080", "sara-r4"])
+def test_lost_prompt_does_not_swallow_recovery(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        emu.drop_prompt(SEND_COMMAND[dialect])
+        out = run_driver(
+            emu,
+            """
+attach()
+s = m.open_udp()
+s.sendto(b'ping', '127.0.0.1', ECHO_PORT)
+print('ECHOES', [s.recvfrom(2000)[0] for _ in range(2)])
+print('RECOVERIES', engine.recoveries)
+""",
+            echo_port=echo.port,
+        )
+    assert "ECHOES [b'\\x00\\x00\\x00\\x00', b'ping']" in out
+    assert "RECOVERIES 1" in out  # a resync was enough: no reset
+    assert not emu.commands_matching("AT+CFUN=1,1") and emu.reboots == 0
+    # What left: the NUL filler that completed the modem's fixed-length read, then the datagram.
+    assert [d for d, _ in echo.received] == [bytes(4), b"ping"]
+
+
+ACTIVATE = {"nrf91": "AT+CGACT=1", "bg96": "AT+QIACT=1", "sim7080": "AT+CNACT=0,1", "sara-r4": "AT+CGACT=1"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_network_deactivates_the_pdp_context(dialect):
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        out = fault_after_attach(
+            emu,
+            echo,
+            emu.deactivate_pdp,
+            """
+engine.wait_for(lambda: d.pdp_lost, 1000)
+s.sendto(b'again', '127.0.0.1', ECHO_PORT)
+print('ECHO', s.recvfrom(4000)[0])
+""",
+        )
+    assert "ECHO b'again'" in out
+    assert len(emu.commands_matching(ACTIVATE[dialect])) == 2

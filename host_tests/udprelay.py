@@ -33,9 +33,10 @@ class Relay:
         self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.front.bind(("127.0.0.1", 0))
         self.port = self.front.getsockname()[1]
-        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.back.bind(("127.0.0.1", 0))
-        self._device: tuple[str, int] | None = None
+        # One upstream socket per device address, as a NAT gives each new mapping its own port.
+        self._backs: dict[tuple[str, int], socket.socket] = {}
+        self._device_of: dict[socket.socket, tuple[str, int]] = {}
+        self._sel = selectors.DefaultSelector()
         self._held: dict[str, bytes | None] = {"up": None, "down": None}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="relay")
@@ -48,9 +49,20 @@ class Relay:
         self._stop.set()
         self._thread.join(timeout=5)
         self.front.close()
-        self.back.close()
+        for b in self._backs.values():
+            b.close()
 
-    def _emit(self, direction: str, data: bytes) -> None:
+    def _back_for(self, device: tuple[str, int]) -> socket.socket:
+        b = self._backs.get(device)
+        if b is None:
+            b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            b.bind(("127.0.0.1", 0))
+            self._backs[device] = b
+            self._device_of[b] = device
+            self._sel.register(b, selectors.EVENT_READ, "down")
+        return b
+
+    def _emit(self, direction: str, data: bytes, device: tuple[str, int]) -> None:
         f = self.faults
         if self._rng.random() < f.loss:
             return
@@ -59,29 +71,30 @@ class Relay:
             self._held[direction] = data  # goes out after the next datagram in this direction
             return
         for _ in range(copies):
-            self._send(direction, data)
+            self._send(direction, data, device)
         held = self._held[direction]
         if held is not None:
             self._held[direction] = None
-            self._send(direction, held)
+            self._send(direction, held, device)
 
-    def _send(self, direction: str, data: bytes) -> None:
+    def _send(self, direction: str, data: bytes, device: tuple[str, int]) -> None:
         if direction == "up":
-            self.back.sendto(data, ("127.0.0.1", self.hub_port))
-        elif self._device is not None:
-            self.front.sendto(data, self._device)
+            self._back_for(device).sendto(data, ("127.0.0.1", self.hub_port))
+        else:
+            self.front.sendto(data, device)
 
     def _run(self) -> None:
-        sel = selectors.DefaultSelector()
+        sel = self._sel
         sel.register(self.front, selectors.EVENT_READ, "up")
-        sel.register(self.back, selectors.EVENT_READ, "down")
         while not self._stop.is_set():
             for key, _ in sel.select(timeout=0.05):
                 data, addr = key.fileobj.recvfrom(4096)
                 if key.data == "up":
-                    self._device = addr
+                    device = addr
+                    self._back_for(device)
                     self.up.append(data)
                 else:
+                    device = self._device_of[key.fileobj]
                     self.down.append(data)
-                self._emit(key.data, data)
+                self._emit(key.data, data, device)
         sel.close()

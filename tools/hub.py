@@ -34,7 +34,9 @@ log = logging.getLogger("cellguard.hub")
 
 UP_WINDOW = 64  # protocol.md section 7
 DOWN_WINDOW = 32  # the device's downlink window: command datagrams older than this are re-sealed
-FAILURE_LIMIT = 1 << 20  # protocol.md section 9: failed verifications before a key is suspended
+FAILURE_LIMIT = 1 << 20
+ACCEPTED_KEEP = 1024  # accepted (key, seq, digest) rows kept below the highest, for duplicates/nonce reuse
+ACK_RECENT_S = 900  # accepted this recently: still worth re-acknowledging in the ACK bitmap  # protocol.md section 9: failed verifications before a key is suspended
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -209,6 +211,10 @@ class Hub:
             self.store.db.execute(
                 "INSERT INTO accepted (key_id, seq, digest, at) VALUES (?,?,?,?)", (kid, seq, digest, self.clock())
             )
+            # Bounded per key: far below the window an authentic datagram is rejected anyway.
+            self.store.db.execute(
+                "DELETE FROM accepted WHERE key_id=? AND seq<?", (kid, highest - ACCEPTED_KEEP)
+            )
         self.counters["accepted"] += 1
         self._write_out(dev, header, plain, unlocked)
         return self._answer(dev, header, plain, new=True)
@@ -258,15 +264,20 @@ class Hub:
         # Acknowledge the highest accepted sequence and, in the bitmap, the 24 below it: one ack covers
         # every recent datagram, so a lost ack is healed by the next. An answer to an older datagram
         # names that datagram instead.
+        # Only recently accepted ones go in the bitmap (a device that waits for them retransmits
+        # within its backoff ceiling): a device reporting hourly, in order, gets the 2-byte ACK.
         highest = self.store.device(kid)["up_highest"]
         top = highest if seq >= highest - hp.ACK_BITMAP_SEQS else seq
         low = max(0, top - hp.ACK_BITMAP_SEQS)
         also = {
             r[0]
             for r in self.store.db.execute(
-                "SELECT seq FROM accepted WHERE key_id=? AND seq>=? AND seq<?", (kid, low, top)
+                "SELECT seq FROM accepted WHERE key_id=? AND seq>=? AND seq<? AND at>=?",
+                (kid, low, top, self.clock() - ACK_RECENT_S),
             )
         }
+        if seq != top:
+            also.add(seq)
         payload = hp.ack_record(top, also)
         if ctrl == hp.CTRL_HELLO:
             payload += hp.time_record(int(self.clock()))

@@ -132,6 +132,12 @@ def split_args(text: str) -> list[str]:
 class ModemEmulator:
     """One emulated modem. start() opens the pty and serves in a thread; stop() ends it."""
 
+    RESET_COMMANDS = {
+        "nrf91": "AT#XRESET",
+        "bg96": "AT+CFUN=1,1",
+        "sim7080": "AT+CFUN=1,1",
+        "sara-r4": "AT+CFUN=15",
+    }
     BOOT_URCS = {
         "nrf91": ["Ready"],
         "bg96": ["RDY", "+CFUN: 1"],
@@ -172,6 +178,7 @@ class ModemEmulator:
         self._burst: list[list] = []
         self._reboot_during: list[str] = []
         self._hooks: list[list] = []
+        self._drop_prompt: list[list] = []
         self.split_writes = False
         self._hang: str | None = None
         self._power_on_state()
@@ -246,12 +253,17 @@ class ModemEmulator:
         """The modem restarts in the middle of the next command starting with prefix."""
         self._reboot_during.append(prefix.upper())
 
+    def drop_prompt(self, prefix: str, count: int = 1) -> None:
+        """The prompt for the next payload command is lost; the modem still waits for the payload."""
+        self._drop_prompt.append([prefix.upper(), count])
+
     def inject(self, data: bytes) -> None:
         """Write these bytes (noise, garbage, a too-long line) to the device now."""
         self.call(lambda: self._write(data))
 
     def hang(self, until: str = "cfun") -> None:
-        """Stop answering. until="cfun": AT+CFUN=1,1 still resets it; "pin": only the reset wire."""
+        """Stop answering. until="cfun": the dialect's software reset (AT+CFUN=1,1, AT+CFUN=15 on
+        u-blox, AT#XRESET on the nRF SLM) still resets it; "pin": only the reset wire does."""
         self._hang = until
 
     def reboot(self) -> None:
@@ -286,6 +298,23 @@ class ModemEmulator:
         """Run action (in the emulator thread) when the next command starting with prefix arrives,
         before it is answered: a way to make a fault land at an exact point of a driver run."""
         self._hooks.append([prefix.upper(), count, action])
+
+    def deactivate_pdp(self) -> None:
+        """The network deactivates the PDP context; the modem's sockets go with it."""
+        self.call(self._deactivate_pdp)
+
+    def _deactivate_pdp(self) -> None:
+        cids = sorted(self.pdp_active) or [1]
+        self.pdp_active.clear()
+        for ident in list(self.sockets):
+            self.sockets.pop(ident).sock.close()
+        for cid in cids:
+            if self.dialect == "bg96":
+                self._urc(f'+QIURC: "pdpdeact",{cid}')
+            elif self.dialect == "sim7080":
+                self._urc(f"+APP PDP: {cid},DEACTIVE")
+            elif self.settings.get("cgerep") == "1":
+                self._urc(f"+CGEV: NW PDN DEACT {cid}")
 
     def push_urc(self, line: str) -> None:
         self.call(lambda: self._urc(line))
@@ -469,7 +498,7 @@ class ModemEmulator:
         if hook:
             hook[2]()
         if self._hang:
-            if self._hang == "cfun" and upper.startswith("AT+CFUN=1,1"):
+            if self._hang == "cfun" and upper.startswith(self.RESET_COMMANDS[self.dialect]):
                 self._reboot()
             return
         for prefix in self._reboot_during:
@@ -489,6 +518,8 @@ class ModemEmulator:
             self._pending_cmd = line
             self._payload = result
             prompt = b"@" if self.dialect == "sara-r4" else b"\r\n> "
+            if self._take(self._drop_prompt, line):
+                prompt = b""
             self._busy = True
 
             def show():
@@ -670,6 +701,7 @@ class ModemEmulator:
             "+CGDCONT": self._h_cgdcont,
             "+CGAUTH": self._h_cgauth,
             "+CGACT": self._h_cgact,
+            "+CGEREP": self._h_cgerep,
         }
 
     def _h_cmee(self, sep, args):
@@ -762,6 +794,12 @@ class ModemEmulator:
         self.pdp.setdefault(int(args[0]), {})["apn"] = args[2] if len(args) > 2 else ""
         return [], "OK"
 
+    def _h_cgerep(self, sep, args):
+        if sep == "?":
+            return [f"+CGEREP: {self.settings.get('cgerep', '0')},0"], "OK"
+        self.settings["cgerep"] = args[0]
+        return [], "OK"
+
     def _h_cgauth(self, sep, args):
         self.pdp.setdefault(int(args[0]), {}).update(auth=args[1:])
         return [], "OK"
@@ -845,6 +883,7 @@ class ModemEmulator:
             "#XSOCKET": xsocket,
             "#XBIND": xbind,
             "#XAPOLL": lambda sep, a: ([], "OK"),
+            "#XRESET": lambda sep, a: ([], "OK", self._reboot),
             "#XSENDTO": xsendto,
             "#XRECVFROM": xrecvfrom,
             "#XCLOSE": xclose,

@@ -8,6 +8,10 @@ MOUNT = "/fl"
 
 
 def fresh(blocks=64, block_size=512):
+    try:
+        vfs.umount(MOUNT)
+    except OSError:
+        pass
     flash = FlashSim(blocks, block_size)
     vfs.VfsLfs2.mkfs(flash)
     vfs.mount(vfs.VfsLfs2(flash), MOUNT)

@@ -143,3 +143,147 @@ def ccm_ctr(enc, kso, view, fn: int, nonce, src, n: int, dsto, doff: int, xo, ta
         while i < tag_len:
             d[doff + n + i] = ks[i] ^ x[i]
             i += 1
+
+
+@micropython.viper
+def header_nonce(hdr, out, b0: int, kid: uint, kl: int, seq: uint, sl: int, iv, nonce) -> int:
+    # The datagram header (protocol.md section 1) into both hdr and out, and the CCM nonce
+    # IV XOR (0^8 || seq as 5 bytes) into nonce. Returns the header length.
+    h = ptr8(hdr)
+    o = ptr8(out)
+    v = ptr8(iv)
+    n = ptr8(nonce)
+    h[0] = b0
+    i = kl
+    k = kid
+    while i > 0:
+        h[i] = k & 0xFF
+        k = k >> 8
+        i -= 1
+    j = kl + sl
+    s = seq
+    while j > kl:
+        h[j] = s & 0xFF
+        s = s >> 8
+        j -= 1
+    hl = 1 + kl + sl
+    i = 0
+    while i < hl:
+        o[i] = h[i]
+        i += 1
+    i = 0
+    while i < 8:
+        n[i] = v[i]
+        i += 1
+    s = seq
+    i = 12
+    while i > 7:
+        n[i] = v[i] ^ (s & 0xFF)
+        s = s >> 8
+        i -= 1
+    return hl
+
+
+@micropython.viper
+def seal_ccm(enc, xo, ao, st, b0: int, kid: uint, kl: int, seq: uint, sl: int, msg, n: int, out, tag_len: int) -> int:
+    # A whole encrypt-mode datagram in one native call (protocol.md sections 1-2): header into out,
+    # nonce = IV XOR seq (st[0:13] = IV, st[13:26] = nonce), CBC-MAC over B_0, the header as AAD and
+    # the message (xo), CTR with one AES call per block (ao), tag = S_0 ^ MAC. msg must not overlap
+    # out. Returns the datagram length.
+    s = ptr8(st)
+    x = ptr8(xo)
+    a = ptr8(ao)
+    m = ptr8(msg)
+    o = ptr8(out)
+    if sl == 0:  # shortest encoding of the sequence number, its length in the flags byte
+        sl = 1
+        if (seq >> 8) != uint(0):
+            sl = 2
+        if (seq >> 16) != uint(0):
+            sl = 3
+        if (seq >> 24) != uint(0):
+            sl = 4
+        b0 = b0 | (sl - 1)
+    o[0] = b0
+    i = kl
+    k = kid
+    while i > 0:
+        o[i] = k & 0xFF
+        k = k >> 8
+        i -= 1
+    j = kl + sl
+    q = seq
+    while j > kl:
+        o[j] = q & 0xFF
+        q = q >> 8
+        j -= 1
+    hl = 1 + kl + sl
+    i = 0
+    while i < 8:
+        s[13 + i] = s[i]
+        i += 1
+    q = seq
+    i = 12
+    while i > 7:
+        s[13 + i] = s[i] ^ (q & 0xFF)
+        q = q >> 8
+        i -= 1
+    # B_0
+    x[0] = 0x41 | (((tag_len - 2) >> 1) << 3)
+    i = 0
+    while i < 13:
+        x[1 + i] = s[13 + i]
+        i += 1
+    x[14] = (n >> 8) & 0xFF
+    x[15] = n & 0xFF
+    enc(xo, xo)
+    # the header as associated data: 2-byte length + at most 9 bytes, one block
+    x[1] ^= hl
+    i = 0
+    while i < hl:
+        x[2 + i] ^= o[i]
+        i += 1
+    enc(xo, xo)
+    off = 0
+    i = 0
+    while i < n:
+        x[off] ^= m[i]
+        off += 1
+        i += 1
+        if off == 16:
+            enc(xo, xo)
+            off = 0
+    if off != 0:
+        enc(xo, xo)
+    # CTR: A_i = 0x01 || nonce || i
+    a[0] = 1
+    i = 0
+    while i < 13:
+        a[1 + i] = s[13 + i]
+        i += 1
+    c = 1
+    i = 0
+    while i < n:
+        a[14] = (c >> 8) & 0xFF
+        a[15] = c & 0xFF
+        enc(ao, ao)
+        j = 0
+        while j < 16 and i < n:
+            o[hl + i] = m[i] ^ a[j]
+            i += 1
+            j += 1
+        # restore the counter block (enc overwrote it)
+        a[0] = 1
+        j = 0
+        while j < 13:
+            a[1 + j] = s[13 + j]
+            j += 1
+        c += 1
+    a[14] = 0
+    a[15] = 0
+    enc(ao, ao)
+    i = 0
+    while i < tag_len:
+        o[hl + n + i] = a[i] ^ x[i]
+        i += 1
+    return hl + n + tag_len

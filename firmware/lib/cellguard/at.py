@@ -100,6 +100,23 @@ class ModemRebooted(ModemError):
         self.lines = lines
 
 
+class ReplyError(ModemError):
+    """The modem answered OK but the reply could not be parsed (missing or malformed fields)."""
+
+
+def parses_reply(fn):
+    """Decorator for driver methods that parse replies: a malformed reply (noise, a firmware
+    variant) becomes ReplyError instead of a ValueError/IndexError deep in the parsing."""
+
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, IndexError, TypeError, AttributeError, KeyError) as e:
+            raise ReplyError("unexpected reply in %s: %r" % (fn.__name__, e))
+
+    return wrapper
+
+
 class ModemUnresponsive(ModemError):
     """Recovery failed: no answer to AT after resync, AT+CFUN reset and the reset pin."""
 
@@ -320,6 +337,9 @@ class AtEngine:
         self.default_timeout_ms = DEFAULT_TIMEOUT_MS
         self.timeouts = SLOW_COMMANDS
         self.reset_wait_ms = 10000  # how long a modem may take to answer AT after a reset
+        self.resync_attempts = 5
+        self.resync_timeout_ms = 500
+        self.reset_cmd = b"AT+CFUN=1,1"  # the dialect sets its own (AT+CFUN=15, AT#XRESET)
         self.echo_off = False  # set by the driver after ATE0: an echo after that means a reboot
         # Command state.
         self._cmd = None
@@ -380,6 +400,8 @@ class AtEngine:
 
     def _on_line(self, buf, n):
         cmd = self._cmd
+        if cmd is not None and self._state != _PENDING:
+            cmd = None  # the command has its result: what follows is not its reply
         if cmd is not None:
             if self._final(buf, n):
                 return
@@ -390,7 +412,8 @@ class AtEngine:
                 return
         for prefix, handler, is_urc in self._urcs:
             if n >= len(prefix) and buf.startswith(prefix):
-                if cmd is not None and self._prefix is not None and buf.startswith(self._prefix):
+                reply = self._prefix
+                if cmd is not None and reply is not None and n >= len(reply) and buf.startswith(reply):
                     if is_urc is None or not is_urc(buf, n):
                         break  # the running command's reply
                 handler(buf, n)
@@ -423,7 +446,7 @@ class AtEngine:
                 self._result = bytes(buf[:n])
                 self._state = _DONE_ERROR
                 return True
-        if buf.startswith(_CME) or buf.startswith(_CMS):
+        if n >= 11 and (buf.startswith(_CME) or buf.startswith(_CMS)):  # len(b"+CME ERROR:")
             self._result = bytes(buf[:n])
             self._state = _DONE_ERROR
             return True
@@ -462,7 +485,15 @@ class AtEngine:
         try:
             self._stream.write(cmd + b"\r")
             if payload is not None:
-                self._wait(deadline, True)
+                try:
+                    self._wait(deadline, True)
+                except AtTimeout:
+                    # The prompt was lost, but the modem may be waiting for exactly len(payload)
+                    # bytes and would swallow our recovery commands. Fill that read with NULs (a
+                    # zero datagram at worst; the payload itself is never sent unprompted, and
+                    # NULs without CR cannot form a command if it was not waiting).
+                    self._stream.write(bytes(len(payload)))
+                    raise
                 if self._state == _PENDING:
                     self._stream.write(payload)
             self._wait(deadline, False)
@@ -493,27 +524,31 @@ class AtEngine:
                 self._pump()
 
     # -- recovery
-    def resync(self, attempts=5, timeout_ms=500):
+    def resync(self, attempts=0, timeout_ms=0):
         """Send AT until OK (a late reply to an old command is drained first); True when in sync."""
-        for _ in range(attempts):
-            self.drain()
+        attempts = attempts or self.resync_attempts
+        timeout_ms = timeout_ms or self.resync_timeout_ms
+        for attempt in range(attempts):
+            if attempt:
+                self.drain()  # let a burst of stale output pass before trying again
             self.reader.reset()
             try:
                 self.command(b"AT", timeout_ms)
-                self.drain()
+                self.drain(10)  # a late reply to an older command must not meet the next one
                 return True
             except ModemError:
                 pass
         return False
 
     def recover(self):
-        """Resync; else AT+CFUN=1,1; else the board's reset pin. Returns which step worked."""
+        """Resync; else the modem's reset command (reset_cmd, AT+CFUN=1,1 by default); else the
+        board's reset pin. Returns which step worked: "resync", "cfun" or "pin"."""
         self.recoveries += 1
         if self.resync():
             return "resync"
-        self._note("resync failed: AT+CFUN=1,1")
+        self._note("resync failed: reset command")
         try:
-            self.command(b"AT+CFUN=1,1", 2000)
+            self.command(self.reset_cmd, 2000)
         except ModemError:
             pass
         if self._wait_alive():
@@ -528,7 +563,7 @@ class AtEngine:
     def _wait_alive(self):
         deadline = runtime.ticks_add(runtime.ticks_ms(), self.reset_wait_ms)
         while runtime.ticks_diff(deadline, runtime.ticks_ms()) > 0:
-            if self.resync(1, 500):
+            if self.resync(1):
                 self.rebooted = True  # after a reset the driver must re-initialise
                 return True
         return False

@@ -9,7 +9,7 @@
 from cellguard import runtime
 
 try:
-    from cellguard._fastxor import ccm_ctr, ccm_mac, diff, fill_ctr, xor3, xor_at
+    from cellguard._fastxor import ccm_ctr, ccm_mac, diff, fill_ctr, header_nonce, seal_ccm, xor3, xor_at
 except Exception:  # CPython, or a build without the viper emitter: the same loops in Python
 
     def xor_at(dst, doff, src, soff, n):
@@ -34,6 +34,28 @@ except Exception:  # CPython, or a build without the viper emitter: the same loo
         for i in range(n):
             acc |= a[aoff + i] ^ b[boff + i]
         return acc
+
+    def header_nonce(hdr, out, b0, kid, kl, seq, sl, iv, nonce):
+        hdr[0] = b0
+        hdr[1 : 1 + kl] = kid.to_bytes(kl, "big")
+        hdr[1 + kl : 1 + kl + sl] = seq.to_bytes(sl, "big")
+        hl = 1 + kl + sl
+        out[:hl] = hdr[:hl]
+        s = seq.to_bytes(5, "big")
+        nonce[:8] = iv[:8]
+        for i in range(5):
+            nonce[8 + i] = iv[8 + i] ^ s[i]
+        return hl
+
+    def seal_ccm(enc, x, a, st, b0, kid, kl, seq, sl, msg, n, out, tag_len):
+        # The fused datagram seal of the native version, built from the general pieces.
+        if sl == 0:
+            sl = 1 if seq < 0x100 else 2 if seq < 0x10000 else 3 if seq < 0x1000000 else 4
+            b0 |= sl - 1
+        nonce = memoryview(st)[13:26]
+        hl = header_nonce(bytearray(9), out, b0, kid, kl, seq, sl, bytes(st[:13]), nonce)
+        ccm = AesCcm.from_encrypt(enc, tag_len)
+        return hl + ccm.seal_into(bytes(nonce), bytes(out[:hl]), msg[:n], out, hl)
 
     def _mac_feed(enc, x, off, src, n):
         soff = 0
@@ -165,9 +187,12 @@ class AesCcm:
     """
 
     def __init__(self, key, tag_len=8, max_len=256):
+        self._init(runtime.aes_block(key).encrypt, tag_len, max_len)
+
+    def _init(self, enc, tag_len, max_len):
         if tag_len not in (4, 6, 8, 10, 12, 14, 16):
             raise ValueError("CCM tag length must be even, 4..16")
-        self._enc = runtime.aes_block(key).encrypt
+        self._enc = enc
         self.tag_len = tag_len
         self._fn = (_NONCE_LEN << 8) | (15 - _NONCE_LEN - 1)
         self._x = bytearray(16)  # CBC-MAC state
@@ -177,6 +202,13 @@ class AesCcm:
         # One view per block count, made once, so the hot path never slices.
         self._views = [mv[: 16 * i] for i in range(self._blocks + 1)]
         self._tag = bytearray(16)
+
+    @classmethod
+    def from_encrypt(cls, enc, tag_len):
+        """An AesCcm over an existing AES block encryptor's encrypt(in, out)."""
+        obj = cls.__new__(cls)
+        obj._init(enc, tag_len, 256)
+        return obj
 
     def _check(self, nonce, aad, n):
         if len(nonce) != _NONCE_LEN:

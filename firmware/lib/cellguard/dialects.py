@@ -50,6 +50,7 @@ class Dialect:
 
     name = "3gpp"
     boot_urcs = (b"RDY",)
+    reset_cmd = b"AT+CFUN=1,1"  # software reset, the second step of recovery
     setup = ()  # extra commands after ATE0 / +CMEE=1 / +CEREG=2
     imei_cmd = b"AT+CGSN"
     iccid_cmd = b"AT+CCID"
@@ -63,10 +64,16 @@ class Dialect:
 
     def __init__(self):
         self.rx_ready = bytearray(MAX_SOCKETS)  # set by receive URCs, allocation-free
+        self.pdp_lost = False  # the network deactivated the PDP context (a URC said so)
 
     def urcs(self):
-        """(prefix, handler(buf, n)) for this dialect's socket URCs."""
-        return ()
+        """(prefix, handler(buf, n)) for this dialect's URCs: socket data, PDP loss."""
+        return ((b"+CGEV:", self._cgev),)
+
+    def _cgev(self, buf, n):
+        # 3GPP +CGEV (after AT+CGEREP=1): "+CGEV: NW PDN DEACT <cid>", "+CGEV: ME PDN DEACT <cid>"...
+        if buf.find(b"DEACT", 0, n) >= 0:
+            self.pdp_lost = True
 
     def _mark(self, h):
         if 0 <= h < MAX_SOCKETS:
@@ -112,12 +119,14 @@ class Dialect:
 class Nrf91(Dialect):
     name = "nrf91"
     boot_urcs = (b"Ready",)
+    reset_cmd = b"AT#XRESET"  # the SLM's own reset; the modem core has no AT+CFUN=1,1
+    setup = (b"AT+CGEREP=1",)  # +CGEV PDP events
     iccid_cmd = b"AT%XICCID"
     pdp_cid = 0
     max_datagram = 700  # hex doubles it inside one command line
 
     def urcs(self):
-        return ((b"#XAPOLL:", self._apoll),)
+        return ((b"#XAPOLL:", self._apoll), (b"+CGEV:", self._cgev))
 
     def _apoll(self, buf, n):
         self._mark(field_int(buf, n, 0))
@@ -166,7 +175,6 @@ class Bg96(Dialect):
     def __init__(self):
         super().__init__()
         self.open_result = bytearray(MAX_SOCKETS)
-        self.pdp_lost = False
 
     def urcs(self):
         return ((b"+QIURC:", self._qiurc), (b"+QIOPEN:", self._qiopen))
@@ -261,6 +269,8 @@ class Sim7080(Dialect):
 
     def _app_pdp(self, buf, n):
         self.pdp_up = buf.find(b"ACTIVE", 0, n) >= 0 and buf.find(b"DEACTIVE", 0, n) < 0
+        if buf.find(b"DEACTIVE", 0, n) >= 0:
+            self.pdp_lost = True
 
     def set_apn(self, m, apn, user, pwd):
         m.cmd(
@@ -336,14 +346,15 @@ class Sim7080(Dialect):
 class SaraR4(Dialect):
     name = "sara-r4"
     boot_urcs = ()  # SARA prints nothing at boot; the echo coming back reveals a restart
-    setup = (b"AT+UDCONF=1,1",)  # hex mode for AT+USORF
+    reset_cmd = b"AT+CFUN=15"  # silent reset with SIM reset (u-blox)
+    setup = (b"AT+UDCONF=1,1", b"AT+CGEREP=1")  # hex mode for AT+USORF; +CGEV PDP events
     imei_cmd = b"AT+CGSN"
     iccid_cmd = b"AT+CCID"
     pdp_cid = 1
     max_datagram = 1024
 
     def urcs(self):
-        return ((b"+UUSORF:", self._uusorf),)
+        return ((b"+UUSORF:", self._uusorf), (b"+CGEV:", self._cgev))
 
     def _uusorf(self, buf, n):
         self._mark(field_int(buf, n, 0))

@@ -17,6 +17,7 @@ except ImportError:
 ENCRYPT = const(1)
 SIGN = const(0)
 NONCE_LEN = const(13)
+FLAG_CONTROL = const(0x10)
 DEFAULT_TAG = {ENCRYPT: 8, SIGN: 16}
 FAIL_PERSIST_EVERY = const(16)
 FAIL_LIMIT = const(4096)  # protocol.md section 9: failed downlink verifications before lock-out
@@ -57,6 +58,12 @@ class _Keys:
     def __init__(self, derive, direction, ccm_tag, hmac_tag):
         ccm_key, self.iv, mac_key = direction_keys(derive, direction)
         self.ccm = crypto.AesCcm(ccm_key, tag_len=ccm_tag)
+        self.enc = self.ccm._enc
+        # for crypto.seal_ccm: IV then nonce in st, MAC state x, counter block a
+        self.st = bytearray(26)
+        self.st[:13] = self.iv
+        self.x = bytearray(16)
+        self.a = bytearray(16)
         self.mac = crypto.HmacSha256(mac_key)
         self.hmac_tag = hmac_tag
         self.nonce = bytearray(NONCE_LEN)
@@ -110,8 +117,32 @@ class Channel:
         self.fail_limit = fail_limit
         self.failures = 0
         self.last_seq = -1
+        # Header pieces fixed for this channel, and a view per header length, so sealing allocates
+        # nothing (protocol.md section 1).
+        kc = wire.kid_code(key_id)
+        self._kid = key_id or 0
+        self._kl = (0, 2, 3, 4)[kc]
+        self._hdr = bytearray(9)
+        self._set_flags()
         if state_dir is not None:
             self._load_state()
+
+    def _set_flags(self):
+        k = self._tx  # the hot path reads these from the channel itself
+        self._encrypt = self.mode == ENCRYPT
+        self._enc, self._x, self._a, self._st, self._tag_len = k.enc, k.x, k.a, k.st, k.ccm.tag_len
+        f = wire.kid_code(self.key_id) << 2
+        if self.mode == ENCRYPT:
+            f |= wire.FLAG_ENCRYPT
+        if self.unlocked:
+            f |= wire.FLAG_UNLOCKED
+        self._flags = f
+
+    def set_mode(self, mode, unlocked=None):
+        self.mode = mode
+        if unlocked is not None:
+            self.unlocked = unlocked
+        self._set_flags()
 
     # ---- persistence of the receive side ------------------------------------------------------
     def _path(self, name):
@@ -142,24 +173,24 @@ class Channel:
         """Seal `payload` under the next sequence number into `out`; return the datagram length."""
         if seq is None:
             seq = self.counter.next()
+        if seq > 0xFFFFFFFF:
+            raise ValueError("sequence out of range")
         self.last_seq = seq
-        flags = 0
-        if self.mode == ENCRYPT:
-            flags |= wire.FLAG_ENCRYPT
-        if self.unlocked:
-            flags |= wire.FLAG_UNLOCKED
-        if control:
-            flags |= wire.FLAG_CONTROL
-        hlen = wire.write_header(out, flags, self.key_id, seq)
+        b0 = self._flags | FLAG_CONTROL if control else self._flags
+        if self._encrypt:
+            # One native call: header, nonce, CBC-MAC and CTR (crypto.seal_ccm).
+            return crypto.seal_ccm(
+                self._enc, self._x, self._a, self._st, b0, self._kid, self._kl, seq, 0, payload, len(payload),
+                out, self._tag_len,
+            )
         k = self._tx
-        if self.mode == ENCRYPT:
-            hdr = memoryview(out)[:hlen]
-            return hlen + k.ccm.seal_into(k.make_nonce(seq), hdr, payload, out, hlen)
+        sl = wire.uint_len(seq)
+        hl = crypto.header_nonce(self._hdr, out, b0 | (sl - 1), self._kid, self._kl, seq, sl, k.iv, k.nonce)
         n = len(payload)
-        out[hlen : hlen + n] = payload
-        tag = k.mac.digest(memoryview(out)[: hlen + n])
-        out[hlen + n : hlen + n + k.hmac_tag] = tag[: k.hmac_tag]
-        return hlen + n + k.hmac_tag
+        out[hl : hl + n] = payload
+        tag = k.mac.digest(memoryview(out)[: hl + n])
+        out[hl + n : hl + n + k.hmac_tag] = tag[: k.hmac_tag]
+        return hl + n + k.hmac_tag
 
     def seal(self, payload, control=False):
         out = bytearray(len(payload) + 40)

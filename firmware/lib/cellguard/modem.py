@@ -8,6 +8,11 @@
 #   m.init(); m.wait_registered(180000); m.set_apn("iot.example"); m.activate_pdp()
 #   sock = m.open_udp(); sock.sendto(b"hi", "192.0.2.1", 5683); sock.recvfrom(5000)
 from cellguard import runtime
+
+try:  # the status registry (board layer); the driver works without it
+    from cellguard import status as _status
+except ImportError:
+    _status = None
 from cellguard.at import (
     AtCommandError,
     AtEngine,
@@ -19,6 +24,7 @@ from cellguard.at import (
     field_int,
     field_start,
     fields,
+    parses_reply,
 )
 
 # +CEREG <stat> values (3GPP TS 27.007 7.2)
@@ -97,11 +103,13 @@ class Modem:
             engine = AtEngine(engine, dialect.line_buffer(), boot_urcs=dialect.boot_urcs, log=log)
         else:
             engine._boot_urcs = dialect.boot_urcs
+        engine.reset_cmd = dialect.reset_cmd
         self.at = engine
         self.dialect = dialect
         self._log = log
         self.reg_stat = NOT_REGISTERED
         self.sim_event = False  # a +CPIN: URC arrived (SIM removed/inserted)
+        self.cfun_events = 0
         self.session = 0  # incremented by each init(): sockets opened before are gone
         self.attach_timeout_ms = 180000
         self.pdp_timeout_ms = 150000
@@ -112,6 +120,9 @@ class Modem:
         self.socket_op = False
         engine.add_urc(b"+CEREG:", self._cereg, _is_cereg_urc)
         engine.add_urc(b"+CPIN:", self._cpin)
+        # "+CFUN: 1" follows RDY on Quectel/SIMCom boots; RDY already marks the restart, so this
+        # only keeps the line out of replies (AT+CFUN? still gets its reply: prefix routing).
+        engine.add_urc(b"+CFUN:", self._cfun)
         for prefix, handler in dialect.urcs():
             engine.add_urc(prefix, handler)
 
@@ -121,6 +132,9 @@ class Modem:
 
     def _cpin(self, buf, n):
         self.sim_event = True
+
+    def _cfun(self, buf, n):
+        self.cfun_events += 1
 
     # -- errors the dialects raise through the driver
     def socket_error(self, msg):
@@ -132,6 +146,24 @@ class Modem:
     def _note(self, text):
         if self._log:
             self._log(text)
+        if _status is not None:
+            _status.log("modem: " + text)
+
+    def _publish(self):
+        # For the console: registration and health, never identities or secrets.
+        if _status is not None:
+            _status.set("modem", "dialect", self.dialect.name)
+            _status.set("modem", "registration", self.reg_stat)
+            _status.set("modem", "recoveries", self.at.recoveries)
+            _status.set("modem", "reboots", self.at.reboots)
+            _status.set("modem", "line_overflows", self.at.reader.overflows)
+
+    def poll(self, timeout_ms=0):
+        """Handle whatever the modem sent (URCs) without a command; for the firmware's main loop."""
+        self.at.poll(timeout_ms)
+
+    def close(self):
+        self.at.close()
 
     # -- command path with recovery
     def cmd(self, cmd, timeout_ms=None, prefix=None, payload=None, prompt=b">", raw_prefix=None, retry=True):
@@ -156,10 +188,22 @@ class Modem:
         step = "reboot" if self.at.rebooted else self.at.recover()
         if step != "resync":  # the modem restarted: its settings, PDP and sockets are gone
             self.init()
+        self._note("recovered by " + step)
+        self._publish()
         return step
 
     def init(self):
-        """Echo off, numeric +CME errors, registration URCs, dialect setup. Idempotent."""
+        """Echo off, numeric +CME errors, registration URCs, dialect setup. Idempotent.
+        A restart or a lost reply in the middle is recovered from once."""
+        try:
+            self._init()
+        except (AtTimeout, ModemRebooted) as e:
+            self._note("init: %s; recovering" % e)
+            if not self.at.rebooted:
+                self.at.recover()
+            self._init()
+
+    def _init(self):
         at = self.at
         at.echo_off = False
         at.rebooted = False
@@ -177,6 +221,7 @@ class Modem:
         self.session += 1
 
     # -- identity
+    @parses_reply
     def _identity(self, cmd):
         # The reply line that is a number (after an optional "+XXX:" prefix and quotes); other
         # lines - line noise - are ignored. ICCIDs may end in an F filler nibble.
@@ -199,6 +244,7 @@ class Modem:
     def imsi(self):
         return self._identity(b"AT+CIMI")
 
+    @parses_reply
     def _value(self, cmd, prefix):
         for line in self.cmd(cmd, prefix=prefix):
             if line.startswith(prefix):
@@ -206,6 +252,7 @@ class Modem:
         raise ModemError("no %s reply" % _text(prefix))
 
     # -- SIM
+    @parses_reply
     def sim_state(self):
         """'READY', 'SIM PIN', 'SIM PUK' (or another +CPIN: word), or 'ABSENT' / 'FAILURE'."""
         try:
@@ -228,10 +275,12 @@ class Modem:
 
         self.cmd(b"AT+CPIN=" + _q(puk) + b"," + _q(new_pin), retry=False)
 
+    @parses_reply
     def pin_retries(self):
         """(PIN attempts left, PUK attempts left), or None if the dialect cannot tell."""
         return self.dialect.pin_retries(self)
 
+    @parses_reply
     def pin_lock_enabled(self):
         line = self.cmd(b'AT+CLCK="SC",2', prefix=b"+CLCK:")
         for item in line:
@@ -251,6 +300,7 @@ class Modem:
         self.cmd(b'AT+CPWD="SC",' + _q(old) + b"," + _q(new), retry=False)
 
     # -- registration
+    @parses_reply
     def registration(self):
         """Query +CEREG? now; returns the stat (HOME, ROAMING, SEARCHING, DENIED, ...)."""
         for line in self.cmd(b"AT+CEREG?", prefix=b"+CEREG:"):
@@ -265,6 +315,7 @@ class Modem:
         deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
         stat = self.registration()
         while True:
+            self._publish()
             if stat == HOME:
                 return "home"
             if stat == ROAMING:
@@ -297,6 +348,7 @@ class Modem:
         self._want_pdp = False
         self.dialect.deactivate_pdp(self)
 
+    @parses_reply
     def pdp_active(self):
         return self.dialect.pdp_active(self)
 
@@ -310,6 +362,7 @@ class Modem:
         self.dialect.activate_pdp(self)
 
     # -- signal and power saving
+    @parses_reply
     def signal(self):
         """{'rsrp_dbm', 'rsrq_db', 'rssi_dbm'}; None where the modem reports 'unknown'."""
         out = {"rsrp_dbm": None, "rsrq_db": None, "rssi_dbm": None}
@@ -337,6 +390,7 @@ class Modem:
         active = encode_timer(active_s, _T3324_UNITS)
         self.cmd(('AT+CPSMS=1,,,"%s","%s"' % (tau, active)).encode())
 
+    @parses_reply
     def psm(self):
         return fields(self.cmd(b"AT+CPSMS?", prefix=b"+CPSMS:")[0])
 
@@ -382,10 +436,19 @@ class UdpSocket:
         m = self._m
         if m.at.rebooted:
             m.recover()
+        if m.dialect.pdp_lost and m._want_pdp:
+            # The network dropped the PDP context and the sockets with it: re-activate, reopen.
+            m.dialect.pdp_lost = False
+            m._note("PDP context lost: re-activating")
+            self._release()
+            m.session += 1
         if self._session != m.session:
             if self._session >= 0:
                 m.restore()
-            self._h = m.dialect.sock_open(m, self._local_port)
+            try:
+                self._h = m.dialect.sock_open(m, self._local_port)
+            except (ValueError, IndexError, TypeError, AttributeError) as e:
+                raise SocketError("unexpected reply opening a socket: %r" % (e,))
             m._handles.append(self._h)
             self._session = m.session
         return self._h
@@ -406,6 +469,8 @@ class UdpSocket:
                     raise SocketError("send failed: %s" % e)
             except AtCommandError as e:
                 raise SocketError("send failed: %s" % e)
+            except ValueError as e:  # a host that cannot go into a command
+                raise SocketError("bad destination: %s" % e)
             finally:
                 m.socket_op = False
 
@@ -428,6 +493,8 @@ class UdpSocket:
                     got = None  # recovered by m.cmd; the loop reopens the socket if needed
                 except AtCommandError as e:
                     raise SocketError("receive failed: %s" % e)
+                except (ValueError, IndexError, TypeError, AttributeError) as e:
+                    raise SocketError("unexpected receive reply: %r" % (e,))
                 finally:
                     m.socket_op = False
                 if got is not None:
@@ -442,11 +509,15 @@ class UdpSocket:
         if self.closed:
             return
         self.closed = True
+        if self._session == self._m.session and self._h is not None:
+            self._release()
+
+    def _release(self):
+        # Free the handle and close it on the modem; a modem that already dropped it may refuse.
         m = self._m
-        if self._session == m.session and self._h is not None:
-            if self._h in m._handles:
-                m._handles.remove(self._h)
-            try:
-                m.dialect.sock_close(m, self._h)
-            except ModemError:
-                pass
+        if self._h in m._handles:
+            m._handles.remove(self._h)
+        try:
+            m.dialect.sock_close(m, self._h)
+        except ModemError:
+            pass

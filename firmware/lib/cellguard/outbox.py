@@ -4,7 +4,7 @@
 # until a downlink ACK covers it, and survives reboots and power cuts. Bounded, with a daily byte
 # budget. Downlink datagrams are handled here too: ACKs, TIME, and commands, which are passed to the
 # application's callback and confirmed with a DACK.
-from cellguard import atomic, downlink, message, runtime, wire
+from cellguard import atomic, downlink, message, runtime, seqstore, wire
 
 try:
     from micropython import const
@@ -22,6 +22,7 @@ CONFIG_INTERVAL = const(1)
 CONFIG_BUDGET = const(2)
 CONFIG_MODE = const(3)
 CONFIG_RETRY_CEILING = const(4)
+SEQ_WARN = 0xFFFFFFFF - (1 << 20)  # protocol.md section 9: ask for a new key well before the end
 
 
 class OutboxError(Exception):
@@ -84,6 +85,7 @@ class Outbox:
         self.time_offset = 0  # hub time - local time, from TIME records
         self.stats = {"sent": 0, "resent": 0, "acked": 0, "evicted": 0, "rejected_downlink": 0, "budget_stops": 0}
         self._buf = bytearray(512)
+        self._events_sent = []
         atomic.ensure_dir(self.folder)
         self._entries = []
         self._load()
@@ -147,6 +149,14 @@ class Outbox:
         self._entries.append(_Entry(eid, control, None, len(payload)))
         return eid
 
+    def hello(self, reason, version):
+        """Queue a HELLO (boot reason code, firmware version string): the hub answers with TIME."""
+        return self.enqueue(bytes((wire.CTRL_HELLO, reason)) + version.encode(), control=True)
+
+    def event(self, code, detail=b""):
+        """Queue a TAMPER/event message (protocol.md section 5), e.g. the SIM lock's code 1."""
+        return self.enqueue(bytes((wire.CTRL_TAMPER, code)) + bytes(detail), control=True)
+
     def _evict(self, control):
         # Full: the oldest reading goes (counted, logged); control entries are kept.
         for e in self._entries:
@@ -196,6 +206,8 @@ class Outbox:
         atomic.write_atomic(self._path(e.id), memoryview(buf)[: 1 + n])  # persisted before it is sent
         e.seq = self.channel.last_seq
         e.size = n
+        if e.seq >= SEQ_WARN:
+            self._event_once(wire.EVENT_SEQ_NEAR_EXHAUSTION)
         return memoryview(buf)[1 : 1 + n]
 
     def _inflight(self):
@@ -213,7 +225,14 @@ class Outbox:
                     continue
                 if oldest is not None and self.channel.counter.peek() - oldest >= self.span:
                     continue  # keep the oldest in-flight datagram inside the hub's window
-                data = self._seal(e)
+                try:
+                    data = self._seal(e)
+                except seqstore.SequenceError as err:
+                    # No safe sequence number (exhausted, or its file lost): never guess one. What
+                    # is already sealed keeps being delivered; the rest waits for a new key.
+                    self.stats["seal_refused"] = self.stats.get("seal_refused", 0) + 1
+                    _log("outbox: cannot seal: %s" % err)
+                    continue
                 inflight.append(e)
                 if oldest is None:
                     oldest = e.seq
@@ -234,7 +253,11 @@ class Outbox:
         deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
         while True:
             left = runtime.ticks_diff(deadline, runtime.ticks_ms())
-            got = self.sock.recvfrom(max(0, left))
+            try:
+                got = self.sock.recvfrom(max(0, left))
+            except Exception as e:  # the carrier failed (modem reset, no network): try again later
+                _log("outbox: receive failed: %s" % e)
+                break
             if got is None:
                 break
             self.handle_downlink(got[0])
@@ -250,6 +273,10 @@ class Outbox:
             if e.duplicate and e.payload is not None and self._has_commands(e.payload):
                 self._dack(e.seq)
             self.stats["rejected_downlink"] += 1
+            return
+        except message.ForgeryLimit:
+            self.stats["rejected_downlink"] += 1
+            self._event_once(wire.EVENT_FORGERY_LIMIT)
             return
         except (message.MessageError, wire.Malformed) as e:
             self.stats["rejected_downlink"] += 1
@@ -300,8 +327,21 @@ class Outbox:
             return
         self._transmit(memoryview(self._buf)[:m])
 
+    def _event_once(self, code):
+        # A TAMPER/event message (protocol.md section 5), queued once per boot per code.
+        if code in self._events_sent:
+            return
+        self._events_sent.append(code)
+        _log("event %d" % code)
+        try:
+            self.enqueue(bytes((wire.CTRL_TAMPER, code)), control=True)
+        except OutboxError:
+            pass
+
     def _config(self, key, value):
-        if key == CONFIG_BUDGET:
+        if key == CONFIG_MODE:
+            self.channel.set_mode(message.ENCRYPT if value else message.SIGN)
+        elif key == CONFIG_BUDGET:
             self.budget = value
         elif key == CONFIG_RETRY_CEILING:
             self.ceiling_ms = value * 1000

@@ -1,0 +1,204 @@
+"""The AT engine (cellguard.at) fed from an in-memory stream: line assembly under any chopping
+(hypothesis, CPython), routing of URCs and replies, typed errors, prompts, raw payloads, timeouts.
+The same engine script also runs on the MicroPython unix port."""
+
+import pytest
+from atstream import ScriptedStream
+from cellguard import at
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+# ---- the line reader -------------------------------------------------------------------------
+
+
+def collect(chunks, max_line=32, prompt=0, raw_prefix=None):
+    events = []
+    reader = None
+
+    def on_line(buf, n):
+        events.append(("line", bytes(buf[:n])))
+        if n and buf[0] == ord("!"):  # a line that re-arms the prompt, as the engine would
+            reader.prompt = prompt
+
+    reader = at.LineReader(on_line, max_line, lambda: events.append(("prompt",)))
+    reader.prompt = prompt
+    reader.raw_prefix = raw_prefix
+    for chunk in chunks:
+        reader.feed(chunk)
+    return events, reader.overflows
+
+
+ALPHABET = st.sampled_from(
+    [b"\r", b"\n", b"\r\n", b",", b">", b"@", b" ", b"OK", b"+X: ", b"1", b"!", b"\x00", b"\xff"]
+)
+STREAMS = st.lists(st.one_of(ALPHABET, st.binary(max_size=40)), max_size=40).map(b"".join)
+
+
+def chop(data, cuts):
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    out, last = [], 0
+    for p in points:
+        out.append(data[last:p])
+        last = p
+    out.append(data[last:])
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    STREAMS,
+    st.lists(st.integers(min_value=0, max_value=2000), max_size=30),
+    st.sampled_from([0, ord(">"), ord("@")]),
+    st.sampled_from([None, b"+X: "]),
+)
+def test_chopped_stream_parses_like_whole(data, cuts, prompt, raw_prefix):
+    whole = collect([data], prompt=prompt, raw_prefix=raw_prefix)
+    assert collect(chop(data, cuts), prompt=prompt, raw_prefix=raw_prefix) == whole
+    assert collect([data[i : i + 1] for i in range(len(data))], prompt=prompt, raw_prefix=raw_prefix) == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(STREAMS)
+def test_lines_are_bounded_and_never_blank(data):
+    events, overflows = collect([data], max_line=16, raw_prefix=b"+X: ")
+    for ev in events:
+        if ev[0] == "line":
+            assert 0 < len(ev[1]) <= 16
+    assert overflows >= 0
+
+
+def test_line_endings_and_overflow():
+    events, overflows = collect([b"A\rB\nC\r\n\r\n   \r\nD" + b"x" * 40 + b"\r\nE\r"])
+    assert events == [("line", b"A"), ("line", b"B"), ("line", b"C"), ("line", b"E")]
+    assert overflows == 1
+
+
+def test_raw_payload_may_hold_line_endings():
+    events, _ = collect([b"+X: 5,a\r\n,b\r\n\r\nOK\r\n"], raw_prefix=b"+X: ")
+    assert events == [("line", b"+X: 5,a\r\n,b"), ("line", b"OK")]
+
+
+# ---- the engine ----------------------------------------------------------------------------------
+def engine_with(replies, chunk=64, **kw):
+    def respond(cmd):
+        for prefix, reply in replies:
+            if cmd.startswith(prefix):
+                return reply
+        return b""
+
+    stream = ScriptedStream(respond, chunk)
+    engine = at.AtEngine(stream, **kw)
+    engine.default_timeout_ms = 200
+    return engine, stream
+
+
+def test_urcs_between_reply_lines_and_cereg_routing():
+    seen = []
+    engine, _ = engine_with(
+        [
+            (
+                b"AT+CEREG?",
+                b'\r\n+CEREG: 5,"0A1B","01A2D001",7\r\n+CEREG: 2,1,"0A1B","01A2D001",7\r\n+QIURC: "recv",3\r\n\r\nOK\r\n',
+            )
+        ],
+        chunk=3,
+    )
+    engine.add_urc(
+        b"+CEREG:",
+        lambda b, n: seen.append(bytes(b[:n])),
+        lambda b, n: not (48 <= b[b.find(b",") + 1] <= 57) if b.find(b",", 0, n) > 0 else True,
+    )
+    engine.add_urc(b"+QIURC:", lambda b, n: seen.append(at.field_int(b, n, 1)))
+    lines = engine.command(b"AT+CEREG?", prefix=b"+CEREG:")
+    assert lines == [b'+CEREG: 2,1,"0A1B","01A2D001",7']
+    assert seen == [b'+CEREG: 5,"0A1B","01A2D001",7', 3]
+
+
+@pytest.mark.parametrize(
+    "reply,error,code",
+    [
+        (b"\r\n+CME ERROR: 16\r\n", at.CmeError, 16),
+        (b"\r\n+CMS ERROR: 304\r\n", at.CmsError, 304),
+        (b"\r\nERROR\r\n", at.AtCommandError, None),
+        (b"\r\nSEND FAIL\r\n", at.AtCommandError, None),
+        (b"\r\n+CME ERROR: SIM busy\r\n", at.CmeError, -1),
+    ],
+)
+def test_error_results_are_typed(reply, error, code):
+    engine, _ = engine_with([(b"AT+X", b"\r\n+X: partial\r\n" + reply)])
+    with pytest.raises(error) as info:
+        engine.command(b"AT+X=1")
+    assert type(info.value) is error
+    assert info.value.code == code and info.value.command == b"AT+X=1"
+    assert info.value.lines == [b"+X: partial"]
+    assert isinstance(info.value, at.ModemError) and not isinstance(info.value, OSError)
+
+
+def test_timeout_carries_partial_response():
+    engine, _ = engine_with([(b"AT+SLOW", b"\r\n+SLOW: 1\r\n")])
+    with pytest.raises(at.AtTimeout) as info:
+        engine.command(b"AT+SLOW", 50)
+    assert info.value.lines == [b"+SLOW: 1"]
+
+
+def test_prompt_then_payload():
+    def respond(cmd):
+        if cmd.startswith(b"AT+USOST"):
+            return b"@"
+        if cmd == b"\x00\r\n>@":
+            return b"\r\n+USOST: 0,4\r\n\r\nOK\r\n"
+        return b""
+
+    stream = ScriptedStream(respond, 1)
+    engine = at.AtEngine(stream)
+    assert engine.command(b'AT+USOST=0,"1.2.3.4",5,4', payload=b"\x00\r\n>@", prompt=b"@") == [b"+USOST: 0,4"]
+    assert stream.written == [b'AT+USOST=0,"1.2.3.4",5,4\r', b"\x00\r\n>@"]
+
+
+def test_echo_after_echo_off_means_the_modem_restarted():
+    engine, _ = engine_with([(b"AT+CSQ", b"AT+CSQ\r\r\n+CSQ: 1,99\r\n\r\nOK\r\n")])
+    engine.echo_off = True
+    with pytest.raises(at.ModemRebooted):
+        engine.command(b"AT+CSQ")
+    assert engine.rebooted and engine.reboots == 1
+
+
+def test_boot_urc_mid_command_raises_rebooted():
+    engine, _ = engine_with([(b"AT+CGSN", b"\r\nRDY\r\n")])
+    with pytest.raises(at.ModemRebooted):
+        engine.command(b"AT+CGSN")
+
+
+def test_field_helpers():
+    line = bytearray(b'+QIURC: "recv",11,"a,b",7')
+    n = len(line)
+    assert at.field_int(line, n, 1) == 11 and at.field_int(line, n, 0) == -1
+    assert at.field_count(line, n) == 4
+    assert at.fields(bytes(line)) == ["recv", "11", "a,b", "7"]
+
+
+ENGINE_SCRIPT = """
+from cellguard import at
+from atstream import ScriptedStream
+replies = {b'AT+CEREG?': b'\\r\\n+CEREG: 1\\r\\n+CEREG: 2,5\\r\\n\\r\\nOK\\r\\n',
+           b'AT+CIMI': b'\\r\\n+CME ERROR: 10\\r\\n'}
+s = ScriptedStream(lambda c: replies.get(c.rstrip(b'\\r'), b'\\r\\nOK\\r\\n'), 2)
+e = at.AtEngine(s)
+urcs = []
+e.add_urc(b'+CEREG:', lambda b, n: urcs.append(at.field_int(b, n, 0)), lambda b, n: at.field_count(b, n) < 2)
+print(e.command(b'AT+CEREG?', prefix=b'+CEREG:'), urcs)
+try:
+    e.command(b'AT+CIMI')
+except at.CmeError as x:
+    print('CME', x.code, x.command)
+s.feed(b'\\r\\n+CEREG: 3\\r\\n' + b'z' * 300 + b'\\r\\n')
+e.drain()
+print(urcs, e.reader.overflows)
+"""
+
+
+def test_engine_same_on_both_runtimes(runtime):
+    out = runtime.run(ENGINE_SCRIPT).split("\n")
+    assert out[0] == "[b'+CEREG: 2,5'] [1]"
+    assert out[1] == "CME 10 b'AT+CIMI'"
+    assert out[2] == "[1, 3] 1"

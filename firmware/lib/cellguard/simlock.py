@@ -25,15 +25,9 @@ UNPROVISIONED = "UNPROVISIONED"
 
 DATA_ALLOWED = (OK, UNLOCKED)
 
-# Tamper event codes for the TAMPER control message (docs/protocol.md section 5).
-EVENT_CODES = {
-    SIM_MISMATCH: 16,
-    MODEM_MISMATCH: 17,
-    BINDING_TAMPERED: 18,
-    SIM_ABSENT: 19,
-    SIM_PIN_WRONG: 20,
-    SIM_PUK_LOCKED: 21,
-}
+# The TAMPER control message's event code for every lock refusal (docs/protocol.md section 5:
+# "foreign SIM or modem"); its detail bytes are the outcome's name, e.g. b"SIM_MISMATCH".
+EVENT_CODE = 1
 
 BINDING_VERSION = 1
 _BINDING_LABEL = b"cellguard/binding/v1"

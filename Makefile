@@ -12,7 +12,7 @@ BOARD   ?= virtual
 PORT    ?=
 DIALECT ?= bg96
 
-.PHONY: help venv test lint pytest bench soak emulator virtual-board flash status demo clean
+.PHONY: help venv test lint pytest bench soak emulator virtual-board flash status demo clean bundle
 
 help:
 	@echo "make flash [BOARD=<name>] [PORT=<serial port>]  flash a board (no PORT: the virtual board)"
@@ -23,6 +23,7 @@ help:
 	@echo "make virtual-board                             a standalone virtual board on a pty"
 	@echo "make status PORT=<serial port>                 a device's status, for a person"
 	@echo "make demo                                      hub + modem + virtual board, end to end"
+	@echo "make bundle                                    pinned device libraries into build/app/lib"
 	@echo "make clean                                     remove build output (keeps .venv)"
 
 venv: $(STAMP)
@@ -61,6 +62,9 @@ status: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) tools/run_or_explain.py tools/demo.py
+
+bundle: $(STAMP)
+	$(PY) tools/bundle_libs.py $(if $(MPY),--mpy,)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

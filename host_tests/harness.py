@@ -50,7 +50,15 @@ def cpython_env(extra_paths=(), env: dict | None = None) -> dict:
     return out
 
 
-def _finish(proc: subprocess.CompletedProcess, name: str) -> str:
+def _run(name: str, interpreter: list[str], script: str, env: dict, timeout: float, args, cwd) -> str:
+    proc = subprocess.run(
+        [*interpreter, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
     if proc.returncode != 0:
         raise RuntimeFailed(f"{name} exited {proc.returncode}:\n{proc.stdout}{proc.stderr or ''}")
     return proc.stdout
@@ -67,15 +75,9 @@ def run_micropython(
     env: dict | None = None,
 ) -> str:
     """Run `script` (source text) on the unix port; return stdout, raise RuntimeFailed on failure."""
-    proc = subprocess.run(
-        [*micropython_cmd(heapsize), "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=micropython_env(extra_paths, env),
+    return _run(
+        "micropython", micropython_cmd(heapsize), script, micropython_env(extra_paths, env), timeout, args, cwd
     )
-    return _finish(proc, "micropython")
 
 
 def run_cpython(
@@ -88,15 +90,8 @@ def run_cpython(
     env: dict | None = None,
     **_ignored,
 ) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=cpython_env(extra_paths, env),
-    )
-    return _finish(proc, "cpython")
+    """The same for CPython (heapsize and other unix-port options are ignored)."""
+    return _run("cpython", [sys.executable], script, cpython_env(extra_paths, env), timeout, args, cwd)
 
 
 def spawn_micropython(

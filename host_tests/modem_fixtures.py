@@ -32,7 +32,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from harness import run_micropython, spawn_micropython
+from harness import MICROPYTHON_RT, Runtime, spawn_micropython
 from modem_emulator import Delays, ModemEmulator, Network, Sim  # noqa: F401  (re-exported)
 
 DIALECTS = ("nrf91", "bg96", "sim7080", "sara-r4")
@@ -92,13 +92,15 @@ def run_driver(
     at_timeout_ms: int = 1500,
     heapsize: str = "256K",
     extra_paths=(),
+    runtime: Runtime = MICROPYTHON_RT,
 ) -> str:
     """Run `body` (after DRIVER_PRELUDE) on the MicroPython unix port; return what it printed.
 
     The heap is 256K because the unix port is 64-bit (objects twice a microcontroller's size) and
     compiles the modules from source; test_modem_roundtrip shows the driver fits 128K as .mpy.
+    runtime=CPYTHON_RT runs the same script on CPython (pyserial on the pty).
     """
-    return run_micropython(
+    return runtime.run(
         driver_script(emu, body, echo_port, at_timeout_ms),
         heapsize=heapsize,
         timeout=timeout,

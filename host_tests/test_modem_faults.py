@@ -233,11 +233,12 @@ print('GOT', got)
 def test_udp_loss_duplication_reordering(dialect):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
         emu.udp.loss_out = 1  # d0 never leaves
-        emu.udp.duplicate_in = 1  # d1 comes back twice
-        emu.udp.reorder_in = 1  # d2 is held back behind d3
-        out = run_driver(emu, UDP_SCRIPT % 4, echo_port=echo.port)
-    assert [d for d, _ in echo.received] == [b"d1", b"d2", b"d3"]
-    assert "GOT [b'd1', b'd1', b'd3', b'd2']" in out
+        emu.udp.loss_in = 1  # d1's echo is lost on the way back
+        emu.udp.duplicate_in = 1  # d2 comes back twice
+        emu.udp.reorder_in = 1  # d3 is held back behind d4
+        out = run_driver(emu, UDP_SCRIPT % 5, echo_port=echo.port)
+    assert [d for d, _ in echo.received] == [b"d1", b"d2", b"d3", b"d4"]
+    assert "GOT [b'd2', b'd2', b'd4', b'd3']" in out
 
 
 @pytest.mark.timeout(60)

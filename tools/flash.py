@@ -384,10 +384,12 @@ def provision(port: str, profile: dict, args) -> str:
         return "skipped: --no-provision"
     if not tool.exists():
         return "skipped: tools/provision.py is not in this tree yet (the SIM-lock issue)"
-    cmd = [sys.executable, str(tool), "--port", port, "--board", profile["name"]]
+    cmd = [sys.executable, str(tool), "--port", port, "--board", profile["name"], "--hub-db", str(args.hub_db)]
     if args.reprovision:
         cmd.append("--force")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode == 5:  # a re-flash of a provisioned unit keeps its keys
+        return "skipped: " + proc.stderr.strip().removeprefix("provisioning refused: ")
     if proc.returncode != 0:
         raise FlashError(f"provisioning failed:\n{proc.stdout}{proc.stderr}", 6)
     return "done"
@@ -518,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--production", action="store_true", help="lock the console (no Python REPL)")
     parser.add_argument("--no-provision", action="store_true", help="skip the SIM-lock provisioning step")
     parser.add_argument("--reprovision", action="store_true", help="provision again a unit already provisioned")
+    parser.add_argument("--hub-db", type=Path, default=REPO / "build" / "hub.sqlite",
+                        help="the hub's key store that provisioning registers the unit in")
     parser.add_argument("--force", action="store_true", help="copy every file, even unchanged ones")
     parser.add_argument("--service-key", type=Path, default=status_tool.DEFAULT_MASTER_KEY,
                         help="service master key file (created on first use)")

@@ -38,6 +38,14 @@ class ProvisionError(Exception):
     """Provisioning refused or failed; the message says why (and never holds a secret)."""
 
 
+class AlreadyProvisioned(ProvisionError):
+    """The unit has keys already and --reprovision was not given (exit code 5)."""
+
+
+EXIT_FAILED = 1
+EXIT_ALREADY_PROVISIONED = 5
+
+
 @dataclass
 class Request:
     device_id: str | None = None  # default: a random one
@@ -146,7 +154,7 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
 
     state = parse_result(run_on_device(QUERY_SCRIPT % {"marker": RESULT}))
     if state["provisioned"] and not req.reprovision:
-        raise ProvisionError(
+        raise AlreadyProvisioned(
             f"already provisioned as device {state['device_id']}; re-run with --reprovision to replace its keys"
         )
     device_id = req.device_id or state["device_id"] or "cg-" + secrets.token_hex(6)
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         record = provision(args.hub_db, runner, modem_src, req)
     except ProvisionError as e:
         print(f"provisioning refused: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ALREADY_PROVISIONED if isinstance(e, AlreadyProvisioned) else EXIT_FAILED
     if args.json:
         print(json.dumps(record))
     else:

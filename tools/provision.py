@@ -60,12 +60,9 @@ class Request:
 # How the device script gets its modem: through the board profile on a board, or straight on a
 # serial port / pty when the firmware runs on the unix port next to an emulated modem.
 BOARD_MODEM = """
-from cellguard import at, board, dialects, modem
+from cellguard import board, modemstatus
 def open_modem():
-    p = board.load()
-    d = dialects.get(p.dialect)
-    e = at.AtEngine(p.open_uart(), d.line_buffer(), reset_pin=p.reset_modem, boot_urcs=d.boot_urcs)
-    return modem.Modem(e, d)
+    return modemstatus.open_modem(board.load())
 """
 
 PTY_MODEM = """

@@ -106,13 +106,15 @@ def test_mpremote_soft_reset_and_repl(board, tmp_path):
     out = b""
     try:
         deadline = time.monotonic() + 20
-        sent = False
+        sent_at = None
         while time.monotonic() < deadline and b"42" not in out.split(b"6*7")[-1]:
             if select.select([master], [], [], 0.2)[0]:
                 out += os.read(master, 4096)
-            if not sent and b"Connected to MicroPython" in out:
+            # mpremote prints "Connected" before it puts its terminal in raw mode, so keystrokes
+            # typed at once can be swallowed by the line discipline: type again until answered.
+            if b"Connected to MicroPython" in out and (sent_at is None or time.monotonic() - sent_at > 2):
                 os.write(master, b"\r6*7\r")
-                sent = True
+                sent_at = time.monotonic()
         os.write(master, b"\x1d")  # Ctrl-]: leave mpremote's terminal
         proc.wait(timeout=10)
     finally:

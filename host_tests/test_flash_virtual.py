@@ -111,3 +111,21 @@ def test_slot_a_gets_the_signed_image_when_the_bootloader_is_in_the_tree(board, 
     refused = flash(board, key, *signing, "--production")
     assert refused.returncode == 8 and "not among the boot part's trusted keys" in refused.stderr
     assert "development (unlocked)" in run_tool("status", "--port", board.port).stdout
+
+
+def test_flash_provisions_the_unit_once(board, tmp_path):
+    """Step 5 runs the SIM-lock provisioning through the unit's own modem; a re-flash keeps the keys."""
+    import sqlite3
+
+    key = tmp_path / "master.key"
+    first = flash(board, key)
+    assert first.returncode == 0, first.stdout + first.stderr
+    step5 = first.stdout.split("[5/8]")[1].split("[6/8]")[0]
+    assert step5.strip().endswith("done"), step5
+    devices = sqlite3.connect(board.workdir / "hub.sqlite").execute("SELECT device_id, retired FROM devices").fetchall()
+    assert len(devices) == 1 and devices[0][1] == 0
+    assert "binding" in board.mpremote("fs", "ls", ":state").stdout
+    again = flash(board, key)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "skipped: already provisioned as device " + devices[0][0] in again.stdout
+    assert len(sqlite3.connect(board.workdir / "hub.sqlite").execute("SELECT * FROM devices").fetchall()) == 1

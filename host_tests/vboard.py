@@ -19,7 +19,7 @@ MPREMOTE = Path(sys.executable).parent / "mpremote"
 class Board:
     """A running virtual board; stop() kills it (tests call it from a fixture's finaliser)."""
 
-    def __init__(self, workdir: Path, image: Path | None = None, modem: str = "none"):
+    def __init__(self, workdir: Path, image: Path | None = None, modem: str = "bg96"):
         self.workdir = workdir
         self.image = image or workdir / "flash.img"
         self.log = workdir / "virtual-board.log"
@@ -54,4 +54,5 @@ def run_tool(name: str, *args: str, timeout: float = 120) -> subprocess.Complete
 
 def flash(board: Board, key: Path, *extra: str) -> subprocess.CompletedProcess:
     """`make flash` against this board: tools/flash.py through real mpremote."""
-    return run_tool("flash", "--port", board.port, "--service-key", str(key), *extra)
+    hub_db = board.workdir / "hub.sqlite"  # provisioning registers the unit here, never in build/
+    return run_tool("flash", "--port", board.port, "--service-key", str(key), "--hub-db", str(hub_db), *extra)

@@ -378,16 +378,26 @@ def reset_boot_state(dev: Device) -> None:
     )
 
 
+def app_config(args) -> dict:
+    """What the application needs besides the board: where the hub is, the APN, how often to report."""
+    host, _, port = args.hub.rpartition(":")
+    if not host or not port.isdigit():
+        raise FlashError(f"--hub must be HOST:PORT, not {args.hub!r}", 2)
+    return {"hub_host": host, "hub_port": int(port), "apn": args.apn, "interval_s": args.report_interval}
+
+
 def provision(port: str, profile: dict, args) -> str:
     tool = REPO / "tools" / "provision.py"
     if args.no_provision:
         return "skipped: --no-provision"
     if not tool.exists():
         return "skipped: tools/provision.py is not in this tree yet (the SIM-lock issue)"
-    cmd = [sys.executable, str(tool), "--port", port, "--board", profile["name"]]
+    cmd = [sys.executable, str(tool), "--port", port, "--board", profile["name"], "--hub-db", str(args.hub_db)]
     if args.reprovision:
         cmd.append("--force")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode == 5:  # a re-flash of a provisioned unit keeps its keys
+        return "skipped: " + proc.stderr.strip().removeprefix("provisioning refused: ")
     if proc.returncode != 0:
         raise FlashError(f"provisioning failed:\n{proc.stdout}{proc.stderr}", 6)
     return "done"
@@ -458,6 +468,7 @@ def flash(args) -> int:
             files = firmware_files()  # a development unit keeps /lib as the loader's fallback
         files.update(image_files)
         files["board.json"] = json.dumps(profile, indent=1).encode()
+        files["app.json"] = json.dumps(app_config(args)).encode()
         device_id, record = service_record(dev, args.service_key)
         files["keys/service.json"] = record
         lock = {"locked": bool(args.production)}
@@ -518,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--production", action="store_true", help="lock the console (no Python REPL)")
     parser.add_argument("--no-provision", action="store_true", help="skip the SIM-lock provisioning step")
     parser.add_argument("--reprovision", action="store_true", help="provision again a unit already provisioned")
+    parser.add_argument("--hub", default="127.0.0.1:5683", help="the hub's UDP address the unit reports to")
+    parser.add_argument("--apn", default="iot", help="the access point name the unit attaches with")
+    parser.add_argument("--report-interval", type=float, default=3600, help="seconds between readings")
+    parser.add_argument("--hub-db", type=Path, default=REPO / "build" / "hub.sqlite",
+                        help="the hub's key store that provisioning registers the unit in")
     parser.add_argument("--force", action="store_true", help="copy every file, even unchanged ones")
     parser.add_argument("--service-key", type=Path, default=status_tool.DEFAULT_MASTER_KEY,
                         help="service master key file (created on first use)")

@@ -386,21 +386,33 @@ def _mark_reprovision():
 
 
 # ---- running it on the board's stdin/stdout -------------------------------------------------------
-def _stdio():
+def _stdio(poll_ms=None):
+    """(read_byte, write) on the console port. With poll_ms, read_byte waits at most that long and
+    returns None when nothing came (so the caller can do other work); otherwise it blocks."""
     import sys
 
     buf = getattr(sys.stdin, "buffer", None)
     if buf is not None:
 
-        def read_byte():
+        def read_one():
             b = buf.read(1)
             return b[0] if b else -1
 
     else:  # CircuitPython: sys.stdin.read(1) gives a str
 
-        def read_byte():
+        def read_one():
             c = sys.stdin.read(1)
             return ord(c) if c else -1
+
+    read_byte = read_one
+    if poll_ms is not None:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdin, select.POLLIN)
+
+        def read_byte():
+            return read_one() if poller.poll(poll_ms) else None
 
     def write(s):
         sys.stdout.write(s)
@@ -408,12 +420,20 @@ def _stdio():
     return read_byte, write
 
 
-def serve(console, read_byte):
-    """Run the console until it hands over to the REPL ("repl") or its input ends ("eof")."""
+def serve(console, read_byte, idle=None):
+    """Run the console until it hands over to the REPL ("repl") or its input ends ("eof").
+
+    read_byte() returns a byte, -1 at the end of input, or None when nothing is waiting; then
+    idle() runs (the application's step), so the console and the application share one loop.
+    """
     console.prompt()
     while True:
         try:
             b = read_byte()
+            if b is None:
+                if idle is not None:
+                    idle()
+                continue
             if b < 0:
                 if console.locked:  # a locked console never ends; wait for the port to come back
                     runtime.sleep_ms(100)
@@ -433,13 +453,14 @@ def serve(console, read_byte):
             console.prompt()
 
 
-def main(refresh=None):
-    """main.py's entry: run the console on stdin/stdout, never returning while locked."""
+def main(refresh=None, idle=None, idle_poll_ms=20):
+    """main.py's entry: run the console on stdin/stdout, never returning while locked. With idle,
+    the console polls its port every idle_poll_ms and runs idle() in between."""
     locked = consolelock.apply()
-    read_byte, write = _stdio()
+    read_byte, write = _stdio(idle_poll_ms if idle is not None else None)
     console = Console(write, locked, ServiceAuth.load(), refresh=refresh)
     while True:
-        result = serve(console, read_byte)
+        result = serve(console, read_byte, idle)
         if result == "repl" or not locked:
             consolelock.set_interrupt(True)
             return result

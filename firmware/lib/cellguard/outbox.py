@@ -320,12 +320,17 @@ class Outbox:
         body = bytearray(1 + n)
         body[0] = wire.CTRL_DACK
         wire.put_uint(body, 1, seq, n)
+        self.send_direct(body)
+
+    def send_direct(self, body):
+        """Seal a control payload and send it once, now, outside the store-and-forward queue (DACK,
+        CHUNK REQ: the hub's answer is what confirms them). The daily budget still applies."""
         try:
             m = self.channel.seal_into(body, self._buf, True)
         except Exception as e:
-            _log("dack: %s" % e)
-            return
-        self._transmit(memoryview(self._buf)[:m])
+            _log("direct send: %s" % e)
+            return False
+        return self._transmit(memoryview(self._buf)[:m])
 
     def _event_once(self, code):
         # A TAMPER/event message (protocol.md section 5), queued once per boot per code.

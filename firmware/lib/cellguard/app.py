@@ -1,0 +1,191 @@
+# The application: what a provisioned device does between boot and power-off.
+#
+#   boot -> SIM/IMEI lock -> attach (PDP) -> HELLO -> every interval: reading -> outbox -> hub
+#
+# Everything it drives is handed in (the modem driver, a sensor function, the hub's address), and
+# it is a step() state machine rather than a blocking loop, so main.py can interleave it with the
+# serial console and a test can drive it step by step. Nothing here blocks for longer than the
+# timeout step() is given, except the modem commands themselves (bounded by their own timeouts).
+from cellguard import keys, message, outbox, runtime, seqstore, simlock, status
+from cellguard.at import ModemError
+
+# Boot reasons in the HELLO message (docs/protocol.md section 5).
+BOOT_POWER_ON = 0
+BOOT_TRIAL = 1  # a new image on trial: it is confirmed once the hub has acknowledged a message
+
+STATE_UNPROVISIONED = "unprovisioned"
+STATE_LOCKED = "locked"
+STATE_OFFLINE = "offline"
+STATE_ONLINE = "online"
+
+
+def _log(msg, error=False):
+    status.log(msg, error=error)
+
+
+class App:
+    """modem: a cellguard.modem.Modem. read_sensor() -> payload bytes (or None to skip a reading).
+
+    on_healthy(): called once, after the first acknowledgement from the hub (the bootloader's
+    confirm(): a trial image proves itself by getting a message through). on_command(record): the
+    downlink commands the outbox does not handle itself (update offers, chunks, reboot).
+    """
+
+    def __init__(
+        self,
+        modem,
+        hub_host,
+        hub_port,
+        apn="iot",
+        apn_user=None,
+        apn_pwd=None,
+        read_sensor=None,
+        interval_ms=3600000,
+        mode=message.ENCRYPT,
+        version="",
+        boot_reason=BOOT_POWER_ON,
+        on_healthy=None,
+        on_command=None,
+        retry_ms=30000,
+    ):
+        self.modem = modem
+        self.hub = (hub_host, hub_port)
+        self.apn = (apn, apn_user, apn_pwd)
+        self.read_sensor = read_sensor
+        self.interval_ms = interval_ms
+        self.mode = mode
+        self.version = version
+        self.boot_reason = boot_reason
+        self.on_healthy = on_healthy
+        self.on_command = on_command
+        self.retry_ms = retry_ms
+        self.lock = simlock.SimLock(modem, on_tamper=self._tamper)
+        self.state = STATE_OFFLINE
+        self.box = None
+        self.sock = None
+        self.healthy = False
+        self._next_reading = runtime.ticks_ms()
+        self._next_attempt = runtime.ticks_ms()
+        self._pending_tamper = []
+        self._publish()
+
+    # ---- set-up ---------------------------------------------------------------------------------
+    def _open_outbox(self):
+        # The outbox exists as soon as the device has keys, online or not: readings and tamper
+        # reports are stored while the lock or the network keeps them in.
+        state = runtime.path_join(runtime.fs_root(), "state")
+        counter = seqstore.SequenceCounter(state + "/msg_seq")
+        link = message.Channel(
+            keys.derive,
+            counter,
+            key_id=keys.key_id(),
+            mode=self.mode,
+            unlocked=self.lock.unlocked_unit,
+            state_dir=state,
+        )
+        self.box = outbox.Outbox(link, _NoCarrier(), self.hub[0], self.hub[1], on_command=self._command)
+        self.box.hello(self.boot_reason, self.version)
+        for outcome in self._pending_tamper:
+            self.box.event(simlock.EVENT_CODE, outcome.encode())
+        self._pending_tamper = []
+
+    def _tamper(self, outcome, reason):
+        if self.box is None:
+            self._pending_tamper.append(outcome)
+        else:
+            self.box.event(simlock.EVENT_CODE, outcome.encode())
+
+    def _attach(self):
+        if not self.modem.session:  # echo off, error codes, URCs, the dialect's data formats
+            self.modem.init()
+        if not keys.provisioned():
+            self.state = STATE_UNPROVISIONED
+            self.lock.check()  # reports UNPROVISIONED on the console
+            return
+        try:
+            self.lock.attach(*self.apn)
+        except simlock.LockedOut as e:
+            self.state = STATE_LOCKED
+            if self.box is None:
+                self._open_outbox()  # the tamper event waits in it for the right SIM
+            _log("app: data session refused: %s" % e)
+            return
+        if self.box is None:
+            self._open_outbox()
+        self.box.channel.set_mode(self.mode, unlocked=self.lock.unlocked_unit)
+        self.sock = self.modem.open_udp()
+        self.box.sock = self.sock
+        self.state = STATE_ONLINE
+        _log("app: online")
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def step(self, timeout_ms=200):
+        """Do what is due now; wait for downlinks at most timeout_ms. Returns the state."""
+        now = runtime.ticks_ms()
+        if self.state != STATE_ONLINE:
+            if runtime.ticks_diff(now, self._next_attempt) >= 0:
+                try:
+                    self._attach()
+                except ModemError as e:
+                    self.state = STATE_OFFLINE
+                    _log("app: attach failed: %s" % e, error=True)
+                if self.state != STATE_ONLINE:
+                    self._next_attempt = runtime.ticks_add(now, self.retry_ms)
+            if self.state != STATE_ONLINE:
+                self._take_reading(now)
+                self._publish()
+                runtime.sleep_ms(min(timeout_ms, 50))
+                return self.state
+        self._take_reading(now)
+        try:
+            self.box.poll(timeout_ms)
+        except ModemError as e:
+            _log("app: link lost: %s" % e, error=True)
+            self.state = STATE_OFFLINE
+        if not self.healthy and self.box.stats["acked"] > 0:
+            self.healthy = True
+            _log("app: hub acknowledged: healthy")
+            if self.on_healthy:
+                self.on_healthy()
+        self._publish()
+        return self.state
+
+    def _take_reading(self, now):
+        if self.read_sensor is None or self.box is None:
+            return
+        if runtime.ticks_diff(now, self._next_reading) < 0:
+            return
+        self._next_reading = runtime.ticks_add(now, self.interval_ms)
+        payload = self.read_sensor()
+        if payload is not None:
+            self.box.enqueue(payload)
+
+    def _command(self, record):
+        kind = record[0]
+        if kind == "decommission":
+            _log("app: decommissioned by the hub: keys wiped")
+            keys.wipe()
+            self.state = STATE_UNPROVISIONED
+        if self.on_command:
+            self.on_command(record)
+
+    def _publish(self):
+        status.set("app", "state", self.state)
+        if self.box is not None:
+            status.set("outbox", "depth", self.box.pending())
+            status.set("outbox", "acked", self.box.stats["acked"])
+            status.set("messaging", "tx_seq", self.box.channel.counter.peek())
+            status.set("messaging", "rx_seq", self.box.channel.last_seq)
+
+
+class _NoCarrier:
+    """The outbox's socket until the data session is up: every send fails and is retried later."""
+
+    def sendto(self, data, host, port):
+        raise ModemError("no data session")
+
+    def recvfrom(self, timeout_ms):
+        return None
+
+    def close(self):
+        pass

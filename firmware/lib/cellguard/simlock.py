@@ -1,0 +1,290 @@
+# IMEI/SIM lock: the device works only with the SIM and modem it was provisioned with.
+#
+# At production the device writes a binding record (IMEI, ICCID, IMSI, device id, key id, mode)
+# authenticated with a key derived from its root key, and locks the SIM with a PIN derived from the
+# same root key (docs/provisioning.md). At every boot, before any data session, `verify()` reads the
+# identities back and unlocks the SIM; only OK (or UNLOCKED on a certification unit) lets the
+# application open a PDP context. The PIN is never stored: it is derived when needed and only ever
+# sent to the modem.
+#
+# Order matters: the IMEI and the ICCID are checked BEFORE the PIN is entered, so the device never
+# spends a PIN attempt on (or shows its PIN to) a foreign SIM or modem; the IMSI, which needs an
+# unlocked SIM, is checked after.
+from cellguard import atomic, crypto, keys, runtime
+from cellguard.at import CmeError
+
+OK = "OK"
+UNLOCKED = "UNLOCKED"  # certification unit: the lock is deliberately off, and says so everywhere
+SIM_MISMATCH = "SIM_MISMATCH"
+MODEM_MISMATCH = "MODEM_MISMATCH"
+BINDING_TAMPERED = "BINDING_TAMPERED"
+SIM_ABSENT = "SIM_ABSENT"
+SIM_PIN_WRONG = "SIM_PIN_WRONG"
+SIM_PUK_LOCKED = "SIM_PUK_LOCKED"
+UNPROVISIONED = "UNPROVISIONED"
+
+DATA_ALLOWED = (OK, UNLOCKED)
+
+# The TAMPER control message's event code for every lock refusal (docs/protocol.md section 5:
+# "foreign SIM or modem"); its detail bytes are the outcome's name, e.g. b"SIM_MISMATCH".
+EVENT_CODE = 1
+
+BINDING_VERSION = 1
+_BINDING_LABEL = b"cellguard/binding/v1"
+_PIN_LABEL = b"cellguard/sim-pin/v1"
+_CME_INCORRECT_PASSWORD = 16
+_CME_SIM_PUK_REQUIRED = 12
+_CME_SIM_NOT_INSERTED = 10
+_EVENTS_KEPT = 16
+_FIELDS = ("v", "mode", "imei", "iccid", "imsi", "device", "kid")
+
+
+class BindingError(Exception):
+    """The binding record is missing (.missing) or fails its authentication."""
+
+    def __init__(self, msg, missing=False):
+        super().__init__(msg)
+        self.missing = missing
+
+
+def _state_dir():
+    return runtime.path_join(runtime.fs_root(), "state")
+
+
+def binding_path():
+    return runtime.path_join(_state_dir(), "binding")
+
+
+def lock_path():
+    return runtime.path_join(_state_dir(), "simlock")
+
+
+# ---- secrets derived from the root key --------------------------------------------------------
+def sim_pin():
+    """The device's SIM PIN: 8 decimal digits derived from the root key (never stored)."""
+    n = int.from_bytes(keys.derive(_PIN_LABEL, 8), "big") % 100000000
+    return "%08d" % n
+
+
+def _binding_mac(body):
+    return crypto.hmac_sha256(keys.derive(_BINDING_LABEL, 32), body)
+
+
+# ---- the binding record -----------------------------------------------------------------------
+def encode_binding(imei, iccid, imsi, device_id, key_id, unlocked=False):
+    """Text lines "name=value", then "mac=<hex>" over every byte before it."""
+    values = (BINDING_VERSION, "unlocked" if unlocked else "locked", imei, iccid, imsi, device_id, key_id)
+    body = "".join("%s=%s\n" % (k, v) for k, v in zip(_FIELDS, values)).encode()
+    return body + b"mac=" + _binding_mac(body).hex().encode() + b"\n"
+
+
+def decode_binding(data):
+    """-> dict of the fields; BindingError if the record was edited or is malformed."""
+    at = data.rfind(b"mac=")
+    if at < 0 or not data.endswith(b"\n"):
+        raise BindingError("binding record malformed")
+    body = data[:at]
+    try:
+        mac = bytes.fromhex(data[at + 4 : -1].decode())
+    except ValueError:
+        raise BindingError("binding record malformed")
+    if not crypto.ct_equal(mac, _binding_mac(body)):
+        raise BindingError("binding record fails authentication")
+    out = {}
+    for line in body.decode().split("\n"):
+        if line:
+            name, _, value = line.partition("=")
+            out[name] = value
+    for name in _FIELDS:
+        if name not in out:
+            raise BindingError("binding record lacks " + name)
+    if out["v"] != str(BINDING_VERSION):
+        raise BindingError("binding record version " + out["v"])
+    return out
+
+
+def write_binding(record):
+    atomic.ensure_dir(_state_dir())
+    atomic.write_atomic(binding_path(), record)
+
+
+def load_binding():
+    try:
+        data = atomic.read_bytes(binding_path())
+    except OSError:
+        raise BindingError("no binding record", missing=True)
+    return decode_binding(data)
+
+
+# ---- verification -----------------------------------------------------------------------------
+def _sim_absent(e):
+    return isinstance(e, CmeError) and e.code == _CME_SIM_NOT_INSERTED
+
+
+def verify(modem):
+    """Check SIM and modem against the binding and unlock the SIM. -> (outcome, reason)."""
+    if not keys.provisioned():
+        return UNPROVISIONED, "no root key"
+    try:
+        binding = load_binding()
+    except BindingError as e:
+        return (UNPROVISIONED if e.missing else BINDING_TAMPERED), str(e)
+    if binding["mode"] == "unlocked":
+        return UNLOCKED, "certification unit: SIM/IMEI lock disabled at provisioning"
+
+    imei = modem.imei()
+    if imei != binding["imei"]:
+        return MODEM_MISMATCH, "IMEI is not the provisioned modem's"
+    state = modem.sim_state()
+    if state in ("ABSENT", "FAILURE"):
+        return SIM_ABSENT, "no SIM (" + state + ")"
+    try:
+        iccid = modem.iccid()
+    except CmeError as e:
+        if _sim_absent(e):
+            return SIM_ABSENT, "no SIM"
+        raise
+    if iccid != binding["iccid"]:
+        return SIM_MISMATCH, "ICCID is not the provisioned SIM's"
+    if state == "SIM PUK":
+        return SIM_PUK_LOCKED, "SIM needs its PUK: PIN retries exhausted"
+
+    if state == "SIM PIN":
+        retries = modem.pin_retries()
+        # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good.
+        if retries is not None and retries[0] <= 1:
+            return SIM_PIN_WRONG, "one PIN retry left: not trying"
+        try:
+            modem.enter_pin(sim_pin())
+        except CmeError as e:
+            if e.code == _CME_SIM_PUK_REQUIRED:
+                return SIM_PUK_LOCKED, "SIM needs its PUK"
+            if e.code == _CME_INCORRECT_PASSWORD:
+                return SIM_PIN_WRONG, "SIM rejected the device PIN"
+            raise
+    elif not modem.pin_lock_enabled():
+        # READY without a PIN lock: someone turned the lock off (which needs the PIN), or the
+        # lock step of provisioning was interrupted. Put it back with our PIN; a SIM that
+        # refuses it is not running our PIN.
+        try:
+            modem.set_pin_lock(True, sim_pin())
+        except CmeError as e:
+            if e.code == _CME_INCORRECT_PASSWORD:
+                return SIM_PIN_WRONG, "SIM PIN lock was off and the device PIN is refused"
+            raise
+
+    if modem.imsi() != binding["imsi"]:
+        return SIM_MISMATCH, "IMSI is not the provisioned SIM's"
+    return OK, "SIM and modem match the binding"
+
+
+class SimLock:
+    """The lock as the application uses it: check, remember, report, and gate the data session.
+
+    Every outcome but OK/UNLOCKED is persisted as a tamper event with a timestamp (state/simlock),
+    logged to the status registry, and handed to `on_tamper(outcome, reason)` (the application
+    queues a TAMPER control message, which the outbox delivers once the lock is OK again: a tamper
+    report never leaves through a foreign SIM or modem).
+    """
+
+    def __init__(self, modem, on_tamper=None):
+        self.modem = modem
+        self.on_tamper = on_tamper
+        self.outcome = None
+        self.reason = ""
+        self.events = self._load_events()
+
+    def _load_events(self):
+        try:
+            lines = atomic.read_bytes(lock_path()).decode().split("\n")
+        except (OSError, ValueError):
+            return []
+        return [ln for ln in lines if ln]
+
+    def _persist(self):
+        atomic.ensure_dir(_state_dir())
+        atomic.write_atomic(lock_path(), ("\n".join(self.events) + "\n").encode())
+
+    def check(self):
+        """Run the verification; returns the outcome. Safe to call again and again."""
+        outcome, reason = verify(self.modem)
+        changed = outcome != self.outcome
+        self.outcome, self.reason = outcome, reason
+        _status(outcome, reason)
+        if outcome not in DATA_ALLOWED and changed:
+            self.events.append("%d %s %s" % (runtime.time_s(), outcome, reason))
+            self.events = self.events[-_EVENTS_KEPT:]
+            self._persist()
+            if self.on_tamper:
+                self.on_tamper(outcome, reason)
+        return outcome
+
+    @property
+    def allows_data(self):
+        return self.outcome in DATA_ALLOWED
+
+    @property
+    def unlocked_unit(self):
+        return self.outcome == UNLOCKED
+
+    def attach(self, apn, user=None, pwd=None, registration_timeout_ms=None):
+        """Check the lock, then (only if it allows data) register and open the PDP context."""
+        if self.check() not in DATA_ALLOWED:
+            raise LockedOut(self.outcome, self.reason)
+        m = self.modem
+        m.wait_registered(registration_timeout_ms or m.attach_timeout_ms)
+        m.set_apn(apn, user, pwd)
+        m.activate_pdp()
+
+
+class LockedOut(Exception):
+    """The lock refused the data session; .outcome says why."""
+
+    def __init__(self, outcome, reason):
+        super().__init__(outcome + ": " + reason)
+        self.outcome = outcome
+
+
+def _status(outcome, reason):
+    try:
+        from cellguard import status
+    except ImportError:  # the status registry is optional (minimal builds)
+        return
+    status.set("sim", "state", outcome)
+    status.set("sim", "reason", reason)
+    if outcome not in DATA_ALLOWED:
+        status.log("simlock: " + outcome + " (" + reason + ")", error=True)
+    elif outcome == UNLOCKED:
+        status.log("simlock: UNLOCKED certification unit", error=False)
+
+
+# ---- production: lock the SIM to this device ---------------------------------------------------
+def provision_sim(modem, factory_pin, unlocked=False, apn=None, apn_user=None, apn_pwd=None):
+    """Read identities, lock the SIM with the device PIN, write the binding. Needs keys provisioned.
+
+    factory_pin: the SIM's PIN as delivered (SIM vendors ship a known one). The device PIN replaces
+    it and is never returned or printed. Returns the public identities for the production record.
+    A certification unit (unlocked=True) gets a binding that says so and its SIM is left as is.
+    """
+    imei = modem.imei()
+    state = modem.sim_state()
+    if state in ("ABSENT", "FAILURE"):
+        raise BindingError("no SIM to provision (" + state + ")")
+    if state == "SIM PUK":
+        raise BindingError("SIM is PUK-locked")
+    iccid = modem.iccid()
+    device_pin = sim_pin()
+    if not unlocked:
+        if state == "SIM PIN":
+            modem.enter_pin(factory_pin)
+        # Lock first (with the PIN the SIM has now), then change it: CPWD needs the lock on.
+        if not modem.pin_lock_enabled():
+            modem.set_pin_lock(True, factory_pin)
+        modem.change_pin(factory_pin, device_pin)
+    elif state == "SIM PIN":
+        modem.enter_pin(factory_pin)
+    imsi = modem.imsi()
+    if apn:
+        modem.set_apn(apn, apn_user, apn_pwd)
+    write_binding(encode_binding(imei, iccid, imsi, keys.device_id(), keys.key_id(), unlocked))
+    return {"imei": imei, "iccid": iccid, "imsi": imsi, "unlocked": unlocked}

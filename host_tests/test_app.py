@@ -1,0 +1,128 @@
+"""The application loop end to end: a provisioned unit on the MicroPython unix port passes its SIM
+lock, attaches through the emulated modem, and its readings reach the hub over real UDP. A unit
+whose SIM was swapped sends nothing, and its tamper report reaches the hub only once the right SIM
+is back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import hub as hubmod
+import pytest
+from modem_fixtures import Sim, emulated_modem
+from test_simlock import FACTORY_PIN, PDP_COMMANDS, Unit
+
+pytestmark = pytest.mark.timeout(120)
+
+APP_RUN = """
+from cellguard import app, status
+def sensor():
+    global n
+    n += 1
+    return b'reading-%%d' %% n
+n = 0
+a = app.App(m, '127.0.0.1', %(hub_port)d, apn='iot.test', read_sensor=sensor, interval_ms=%(interval)d,
+            version='test-1', retry_ms=%(retry)d, on_healthy=lambda: print('HEALTHY'))
+%(before)s
+t = runtime.ticks_ms()
+while runtime.ticks_diff(runtime.ticks_ms(), t) < %(run_ms)d:
+    a.step(100)
+    if %(until)s:
+        break
+print('STATS', a.box.stats if a.box else None, status.snapshot().get('events'))
+print('STATE', a.state, 'PENDING', a.box.pending() if a.box else -1, 'READINGS', n)
+"""
+
+
+def run_app(unit, emu, hub_port, run_ms=8000, interval=300, retry=200, until="False", before="") -> str:
+    return unit.run(
+        emu,
+        APP_RUN
+        % {
+            "hub_port": hub_port,
+            "interval": interval,
+            "retry": retry,
+            "run_ms": run_ms,
+            "until": until,
+            "before": before,
+        },
+    )
+
+
+@pytest.fixture
+def hub_server(unit):
+    store = hubmod.HubStore(unit.hub_db)
+    hub = hubmod.Hub(store, io.StringIO())
+    with hubmod.HubServer(hub) as server:
+        yield hub, server
+
+
+@pytest.fixture
+def unit(tmp_path):
+    return Unit(tmp_path)
+
+
+def accepted(hub) -> list[dict]:
+    return [json.loads(x) for x in hub.out.getvalue().splitlines()]
+
+
+def fresh_sim() -> Sim:
+    return Sim(iccid="89882806660000044444", imsi="901280000044444", pin=FACTORY_PIN)
+
+
+def test_readings_reach_the_hub_and_the_unit_is_healthy(unit, hub_server):
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        record = unit.provision(emu, device_id="app-1")
+    sim.unlocked = False  # power cycle
+    with emulated_modem("bg96", sim=sim) as emu:
+        out = run_app(unit, emu, server.port, until="a.healthy and n >= 3 and a.box.pending() == 0")
+    assert "HEALTHY" in out
+    assert "STATE online PENDING 0" in out, out
+    msgs = accepted(hub)
+    kinds = [m["type"] for m in msgs]
+    assert kinds[0] == "hello" and kinds.count("reading") >= 3
+    assert all(m["key_id"] == record["key_id"] and not m["unlocked"] for m in msgs)
+    readings = [bytes.fromhex(m["payload_hex"]) for m in msgs if m["type"] == "reading"]
+    assert readings[:3] == [b"reading-1", b"reading-2", b"reading-3"]  # in order, none twice
+
+
+def test_swapped_sim_sends_nothing_and_tamper_report_waits_for_the_right_sim(unit, hub_server):
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    sim.unlocked = False
+    foreign = Sim(iccid="89882806660000011111", imsi="901280000011111")
+    with emulated_modem("bg96", sim=foreign) as emu:
+        out = run_app(unit, emu, server.port, run_ms=1500)
+        assert not emu.commands_matching(PDP_COMMANDS["bg96"])
+        assert not emu.commands_matching("AT+QIOPEN")
+    assert "STATE locked" in out
+    assert accepted(hub) == []  # nothing left the unit through the foreign SIM
+    # Readings taken while locked are kept; so is the tamper report. With the right SIM back:
+    with emulated_modem("bg96", sim=sim) as emu:
+        out = run_app(unit, emu, server.port, until="a.state == 'online' and a.box.pending() == 0")
+    assert "STATE online PENDING 0" in out, out
+    msgs = accepted(hub)
+    tamper = [m for m in msgs if m["type"] == "tamper"]
+    assert len(tamper) == 1
+    payload = bytes.fromhex(tamper[0]["payload_hex"])
+    assert payload[0] == 1 and payload[1:] == b"SIM_MISMATCH"  # event code 1, foreign SIM or modem
+    readings = [bytes.fromhex(m["payload_hex"]) for m in msgs if m["type"] == "reading"]
+    assert b"reading-1" in readings  # taken while locked, delivered later
+
+
+def test_certification_unit_marks_every_message_unlocked(unit, hub_server):
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu, unlocked=True)
+    with emulated_modem("bg96", sim=sim) as emu:
+        out = run_app(unit, emu, server.port, until="a.healthy and n >= 1 and a.box.pending() == 0")
+    assert "STATE online" in out
+    msgs = accepted(hub)
+    assert msgs and all(m["unlocked"] for m in msgs)

@@ -1,0 +1,385 @@
+"""IMEI/SIM lock and production provisioning: one scenario per outcome.
+
+The firmware runs on the MicroPython unix port against the emulated modem on a pty, its storage on
+littlefs (VfsLfs2 on the flash simulator, kept in an image file between "boots"). Every refusal is
+checked twice: the reason is reported, and the emulator's command record shows that no PDP context
+was ever opened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+
+import provision as prov
+import pytest
+from harness import run_micropython
+from modem_fixtures import DIALECTS, Sim, driver_script, emulated_modem
+
+pytestmark = pytest.mark.timeout(90)
+
+# The command each dialect opens its data session with.
+PDP_COMMANDS = {"nrf91": "AT+CGACT=1", "bg96": "AT+QIACT", "sim7080": "AT+CNACT=0,1", "sara-r4": "AT+CGACT=1"}
+FACTORY_PIN = "1234"
+
+MOUNT = """
+import vfs
+from flashsim import FlashSim
+try:
+    _flash = FlashSim.load(%(image)r)
+except OSError:
+    _flash = FlashSim(128, 512)
+    vfs.VfsLfs2.mkfs(_flash)
+vfs.mount(vfs.VfsLfs2(_flash), '/flash')
+runtime.set_fs_root('/flash')
+"""
+SAVE = "\nvfs.umount('/flash')\n_flash.save(%(image)r)\n"
+
+BOOT_CHECK = """
+from cellguard import console, simlock, status
+m.init()
+lock = simlock.SimLock(m)
+try:
+    lock.attach('iot.test', registration_timeout_ms=3000)
+    print('ATTACHED')
+except simlock.LockedOut as e:
+    print('LOCKED', e.outcome)
+print('OUTCOME', lock.outcome, '|', lock.reason)
+print('STATUS', status.get('sim', 'state'))
+for line in console.render_status(status.snapshot()).split('\\n'):
+    if line.startswith('sim lock'):
+        print('CONSOLE', line)
+print('EVENTS', len(lock.events))
+"""
+
+
+class Unit:
+    """One device: its flash image and its hub; each `run` is one boot of the firmware."""
+
+    def __init__(self, tmp_path):
+        self.image = str(tmp_path / "flash.img")
+        self.hub_db = tmp_path / "hub.sqlite"
+
+    def run(self, emu, body: str) -> str:
+        script = driver_script(emu, MOUNT % {"image": self.image} + body + SAVE % {"image": self.image})
+        return run_micropython(script, heapsize="512K", timeout=60)
+
+    def provision(self, emu, **request) -> dict:
+        modem_src = "\nm.init()\ndef open_modem():\n    return m\n"
+        return prov.provision(
+            self.hub_db, lambda script: self.run(emu, script), modem_src, prov.Request(**request)
+        )
+
+    def boot(self, emu) -> dict:
+        out = self.run(emu, BOOT_CHECK)
+        lines = {}
+        for line in out.splitlines():
+            word, _, rest = line.partition(" ")
+            if word in ("ATTACHED", "LOCKED", "OUTCOME", "STATUS", "EVENTS", "CONSOLE"):
+                lines[word] = rest
+        outcome, reason = lines["OUTCOME"].split(" | ")
+        return {
+            "attached": "ATTACHED" in lines,
+            "outcome": outcome,
+            "reason": reason,
+            "status": lines["STATUS"],
+            "console": lines["CONSOLE"],
+            "events": int(lines["EVENTS"]),
+            "output": out,
+        }
+
+
+def no_data_session(emu) -> bool:
+    return not emu.commands_matching(PDP_COMMANDS[emu.dialect])
+
+
+@pytest.fixture
+def unit(tmp_path):
+    return Unit(tmp_path)
+
+
+def provisioned(unit, dialect="bg96", **request) -> tuple[Sim, str]:
+    """Provision a fresh unit with a fresh SIM; returns the SIM (now PIN-locked) and the IMEI."""
+    sim = Sim(iccid="89882806660000077777", imsi="901280000077777", pin=FACTORY_PIN)
+    with emulated_modem(dialect, sim=sim) as emu:
+        record = unit.provision(emu, **request)
+        imei = emu.imei
+    assert record["outcome"] in ("OK", "UNLOCKED"), record
+    return sim, imei
+
+
+# ---- provisioning ------------------------------------------------------------------------------
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_provision_fresh_unit_then_boot_ok(unit, dialect):
+    sim = Sim(iccid="89882806660000012345", imsi="901280000012345", pin=FACTORY_PIN)
+    with emulated_modem(dialect, sim=sim) as emu:
+        record = unit.provision(emu, device_id="unit-1")
+        # The SIM is locked with a new 8-digit PIN that only the device can derive.
+        assert sim.pin_enabled and sim.pin != FACTORY_PIN and len(sim.pin) == 8 and sim.pin.isdigit()
+        assert emu.commands_matching('AT+CPWD="SC"')
+    assert record["ok"] and record["outcome"] == "OK"
+    assert (record["imei"], record["iccid"], record["imsi"]) == (emu.imei, sim.iccid, sim.imsi)
+    # The hub knows the device under the key id the device was given.
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT device_id, retired FROM devices WHERE key_id=?", (record["key_id"],)).fetchone() == (
+        "unit-1",
+        0,
+    )
+    # Power cycle: the SIM asks for its PIN again; the device unlocks it and attaches.
+    sim.unlocked = False
+    with emulated_modem(dialect, sim=sim) as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "OK" and booted["attached"], booted["output"]
+        assert emu.commands_matching(PDP_COMMANDS[dialect])
+    assert booted["status"] == "OK" and booted["events"] == 0
+
+
+def test_provisioning_prints_no_secret(unit, tmp_path, capsys):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        outputs = []
+        original = unit.run
+
+        def recording_run(emu_, body):
+            out = original(emu_, body)
+            outputs.append(out)
+            return out
+
+        unit.run = recording_run
+        unit.provision(emu)
+    root = sqlite3.connect(unit.hub_db).execute("SELECT root_key FROM devices").fetchone()[0]
+    everything = "".join(outputs) + capsys.readouterr().out
+    assert root.hex() not in everything and root.hex().upper() not in everything
+    assert sim.pin not in everything  # the device PIN never leaves the device
+
+
+def test_reprovision_refused_unless_asked(unit):
+    sim, _ = provisioned(unit)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(prov.ProvisionError, match="already provisioned"):
+            unit.provision(emu)
+        # Refused before touching the SIM: the PIN is still the one the device derives.
+        assert not emu.commands_matching("AT+CPWD")
+        old_pin = sim.pin
+        record = unit.provision(emu, reprovision=True)
+    assert record["outcome"] == "OK" and sim.pin != old_pin  # new root key, new PIN
+    db = sqlite3.connect(unit.hub_db)
+    # The refused run registered nothing; the re-provisioning retired the old key (never reused)
+    # and kept the unit's device id.
+    assert db.execute("SELECT key_id, device_id, retired FROM devices ORDER BY key_id").fetchall() == [
+        (1, record["device_id"], 1),
+        (2, record["device_id"], 0),
+    ]
+
+
+def test_cli_provisions_against_the_emulated_modem(tmp_path):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("sara-r4", sim=sim) as emu:
+        rc = prov.main(
+            ["--hub-db", str(tmp_path / "hub.db"), "--modem", emu.path, "--dialect", "sara-r4"]
+            + ["--fs", str(tmp_path / "unit"), "--json", "--device-id", "cli-unit"]
+        )
+    assert rc == 0
+    assert (tmp_path / "unit" / "state" / "binding").exists()
+    assert sim.pin_enabled and sim.pin != FACTORY_PIN
+
+
+# ---- one scenario per outcome -------------------------------------------------------------------
+def test_unprovisioned(unit):
+    with emulated_modem("bg96") as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "UNPROVISIONED" and not booted["attached"]
+        assert no_data_session(emu)
+
+
+@pytest.mark.parametrize("dialect", ["bg96", "nrf91"])
+def test_sim_swapped(unit, dialect):
+    sim, _ = provisioned(unit, dialect)
+    other = Sim(iccid="89882806660000099999", imsi="901280000099999", pin="0000", pin_enabled=True)
+    with emulated_modem(dialect, sim=other) as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "SIM_MISMATCH" and "ICCID" in booted["reason"]
+        assert no_data_session(emu)
+        # The device's PIN was never tried on the foreign SIM.
+        assert not emu.commands_matching("AT+CPIN=") and other.pin_left == 3
+    assert booted["status"] == "SIM_MISMATCH" and booted["events"] == 1
+    # What the field technician sees on the serial console:
+    assert booted["console"].split() == ["sim", "lock", "SIM_MISMATCH"]
+
+
+def test_same_iccid_other_imsi_is_a_mismatch(unit):
+    sim, _ = provisioned(unit)
+    forged = dataclasses.replace(sim, imsi="901289999999999", unlocked=False)
+    with emulated_modem("bg96", sim=forged) as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "SIM_MISMATCH" and "IMSI" in booted["reason"]
+        assert no_data_session(emu)
+
+
+def test_modem_swapped(unit):
+    sim, imei = provisioned(unit)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim, imei="490154203237518") as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "MODEM_MISMATCH"
+        assert no_data_session(emu)
+        assert not emu.commands_matching("AT+CPIN=")  # the PIN is not shown to a foreign modem
+
+
+def test_binding_record_edited_on_littlefs(unit):
+    sim, imei = provisioned(unit)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        # An attacker with the flash rewrites the IMEI in the binding to match their modem.
+        out = unit.run(
+            emu,
+            "p = '/flash/state/binding'\n"
+            "d = open(p, 'rb').read()\n"
+            "with open(p, 'wb') as f:\n"
+            "    f.write(d.replace(b'imei=%s', b'imei=490154203237518'))\n"
+            "print('EDITED', d != open(p, 'rb').read())\n" % imei.encode().decode(),
+        )
+        assert "EDITED True" in out
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "BINDING_TAMPERED"
+        assert no_data_session(emu)
+
+
+def test_wrong_pin(unit):
+    sim, _ = provisioned(unit)
+    sim.pin, sim.unlocked = "11112222", False  # the SIM's PIN was changed behind the device's back
+    with emulated_modem("bg96", sim=sim) as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "SIM_PIN_WRONG"
+        assert no_data_session(emu)
+    assert sim.pin_left == 2  # exactly one attempt spent
+
+
+def test_one_pin_retry_left_is_not_spent(unit):
+    sim, _ = provisioned(unit)
+    sim.unlocked, sim.pin_left = False, 1
+    with emulated_modem("bg96", sim=sim) as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "SIM_PIN_WRONG" and "one PIN retry left" in booted["reason"]
+        assert not emu.commands_matching("AT+CPIN=")
+        assert no_data_session(emu)
+    assert sim.pin_left == 1
+
+
+def test_puk_locked(unit):
+    sim, _ = provisioned(unit)
+    sim.unlocked, sim.pin_left = False, 0
+    with emulated_modem("bg96", sim=sim) as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "SIM_PUK_LOCKED"
+        assert no_data_session(emu)
+
+
+def test_sim_removed_then_reinserted_recovers(unit):
+    sim, _ = provisioned(unit)
+    sim.unlocked = False
+    with emulated_modem("bg96") as emu:
+        emu.sim = None  # before the device talks to it
+        # The SIM goes back in when the device, after its first refusal, asks for the signal
+        # (any command would do): the device keeps checking and recovers by itself.
+        emu.on_command("AT+CSQ", lambda: setattr(emu, "sim", sim))
+        out = unit.run(
+            emu,
+            "from cellguard import simlock\n"
+            "m.init()\n"
+            "lock = simlock.SimLock(m)\n"
+            "print('FIRST', lock.check())\n"
+            "m.cmd(b'AT+CSQ')\n"
+            "print('SECOND', lock.check(), lock.allows_data, len(lock.events))\n",
+        )
+        assert "FIRST SIM_ABSENT" in out
+        assert "SECOND OK True 1" in out  # recovered; the absence stays on record as an event
+        assert no_data_session(emu)  # check() alone never opens a data session
+
+
+def test_tamper_event_persists_across_boots(unit):
+    sim, _ = provisioned(unit)
+    with emulated_modem("bg96") as emu:
+        emu.sim = None
+        assert unit.boot(emu)["outcome"] == "SIM_ABSENT"
+    with emulated_modem("bg96") as emu:
+        out = unit.run(emu, "print('LOG', open('/flash/state/simlock').read().strip())")
+    stamp, outcome, reason = out.split("LOG ", 1)[1].strip().split(" ", 2)
+    assert int(stamp) > 1_700_000_000 and outcome == "SIM_ABSENT"
+
+
+def test_stolen_sim_is_useless_in_another_modem(unit):
+    """The provisioned SIM, moved into a router's modem, asks for a PIN nobody outside knows."""
+    sim, _ = provisioned(unit)
+    sim.unlocked = False  # pulled out: power lost
+    with emulated_modem("bg96", sim=sim, imei="867530900000001") as thief:
+        out = unit.run(
+            thief,
+            "from cellguard import modem as mod\n"
+            "m.init()\n"
+            "print('CPIN', m.sim_state())\n"
+            "for guess in ('1234', '0000'):\n"
+            "    try:\n"
+            "        m.enter_pin(guess)\n"
+            "        print('UNLOCKED')\n"
+            "    except Exception as e:\n"
+            "        print('REFUSED', type(e).__name__)\n"
+            "try:\n"
+            "    m.wait_registered(1500)\n"
+            "    print('REGISTERED')\n"
+            "except Exception as e:\n"
+            "    print('NOT REGISTERED', type(e).__name__)\n",
+        )
+    assert "CPIN SIM PIN" in out
+    assert "UNLOCKED" not in out and "REGISTERED" not in out.replace("NOT REGISTERED", "")
+    assert "NOT REGISTERED" in out
+
+
+def test_certification_unit_reports_unlocked(unit):
+    sim, _ = provisioned(unit, unlocked=True)
+    assert not sim.pin_enabled  # the SIM is left as delivered
+    other = Sim(iccid="89882806660000055555", imsi="901280000055555")
+    with emulated_modem("bg96", sim=other) as emu:
+        booted = unit.boot(emu)
+        # Lab units run with any SIM, and say so: status shows UNLOCKED.
+        assert booted["outcome"] == "UNLOCKED" and booted["attached"]
+        assert booted["status"] == "UNLOCKED"
+
+
+def test_binding_record_roundtrip_and_tamper_detection_on_both_runtimes(runtime, tmp_path):
+    out = runtime.run(
+        "from cellguard import keys, runtime, simlock\n"
+        "runtime.set_fs_root(%r)\n"
+        "keys.provision(bytes(range(32)), 'dev-9', 9)\n"
+        "rec = simlock.encode_binding('350457790123458', '8988', '9012', 'dev-9', 9)\n"
+        "print(simlock.decode_binding(rec)['imei'])\n"
+        "for i in range(len(rec) - 1):\n"
+        "    bad = bytearray(rec); bad[i] ^= 1\n"
+        "    try:\n"
+        "        simlock.decode_binding(bytes(bad)); print('ACCEPTED', i)\n"
+        "    except simlock.BindingError:\n"
+        "        pass\n"
+        "print('PIN', len(simlock.sim_pin()), simlock.sim_pin() == simlock.sim_pin())\n" % str(tmp_path)
+    )
+    assert "ACCEPTED" not in out
+    assert out.split("\n")[0] == "350457790123458"
+    assert "PIN 8 True" in out
+
+
+def test_pin_derivation_is_the_same_on_both_runtimes(tmp_path):
+    from harness import run_cpython
+
+    script = (
+        "from cellguard import keys, runtime, simlock\n"
+        "runtime.set_fs_root(%r)\n"
+        "keys.provision(bytes(range(32)), 'dev-1', 1)\n"
+        "print(simlock.sim_pin(), simlock.encode_binding('1', '2', '3', 'dev-1', 1).hex())\n"
+    )
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    mp = run_micropython(script % str(tmp_path / "a"))
+    cp = run_cpython(script % str(tmp_path / "b"))
+    assert mp == cp
+    json.dumps(mp)  # printable

@@ -1,0 +1,286 @@
+"""Provision a cellguard unit at production: root key, device id, SIM/IMEI binding, SIM PIN lock.
+
+The steps that touch the SIM and modem run ON THE DEVICE, through the firmware's own modem driver
+(cellguard.simlock.provision_sim), so the SIM PIN is derived and used on the device and never
+exists on the host. The host creates the root key, registers it with the hub's key store, hands it
+to the device once, and forgets it. Nothing secret is printed or logged.
+
+    python tools/provision.py --hub-db hub.sqlite --device /dev/ttyACM0         # a board (mpremote)
+    python tools/provision.py --hub-db hub.sqlite --modem /dev/pts/5 --dialect bg96 --fs ./unit
+                                              # the firmware on the MicroPython unix port, against a
+                                              # modem on a serial port / the emulated modem's pty
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+
+log = logging.getLogger("cellguard.provision")
+
+# A device script reports on one line that starts with this marker; everything else it prints
+# (driver logs) is ignored by the host.
+RESULT = "PROVISION-RESULT "
+
+
+class ProvisionError(Exception):
+    """Provisioning refused or failed; the message says why (and never holds a secret)."""
+
+
+class AlreadyProvisioned(ProvisionError):
+    """The unit has keys already and --reprovision was not given (exit code 5)."""
+
+
+EXIT_FAILED = 1
+EXIT_ALREADY_PROVISIONED = 5
+
+
+@dataclass
+class Request:
+    device_id: str | None = None  # default: a random one
+    factory_pin: str = "1234"  # the PIN the SIM is delivered with
+    unlocked: bool = False  # certification unit: no SIM/IMEI lock, reported loudly
+    reprovision: bool = False
+    apn: str | None = None
+    apn_user: str | None = None
+    apn_pwd: str | None = None
+
+
+# How the device script gets its modem: through the board profile on a board, or straight on a
+# serial port / pty when the firmware runs on the unix port next to an emulated modem.
+BOARD_MODEM = """
+from cellguard import board, modemstatus
+def open_modem():
+    return modemstatus.open_modem(board.load())
+"""
+
+PTY_MODEM = """
+from cellguard import at, dialects, modem, runtime
+def open_modem():
+    d = dialects.get(%(dialect)r)
+    return modem.Modem(at.AtEngine(runtime.open_uart(%(port)r), d.line_buffer(), boot_urcs=d.boot_urcs), d)
+"""
+
+# First look: is the unit provisioned already, and as which device? (nothing secret in the answer)
+QUERY_SCRIPT = """
+import json
+from cellguard import keys
+p = keys.provisioned()
+print(%(marker)r + json.dumps({"ok": True, "provisioned": p, "device_id": keys.device_id() if p else None}))
+"""
+
+DEVICE_SCRIPT = """
+import json
+from cellguard import keys, simlock
+def _result(**kw):
+    print(%(marker)r + json.dumps(kw))
+def _provision():
+    if keys.provisioned() and not %(reprovision)r:
+        return _result(ok=False, reason="already provisioned as device " + keys.device_id())
+    # Re-provisioning: the SIM holds the PIN derived from the old root key; change from that one.
+    current_pin = simlock.sim_pin() if keys.provisioned() else %(factory_pin)r
+    m = open_modem()
+    m.init()
+    keys.provision(bytes.fromhex(%(root_hex)r), %(device_id)r, %(key_id)d)
+    ids = simlock.provision_sim(m, current_pin, unlocked=%(unlocked)r, apn=%(apn)r,
+                                apn_user=%(apn_user)r, apn_pwd=%(apn_pwd)r)
+    outcome, reason = simlock.verify(m)
+    _result(ok=True, outcome=outcome, reason=reason, **ids)
+try:
+    _provision()
+except Exception as e:
+    _result(ok=False, reason="%%s: %%s" %% (type(e).__name__, e))
+"""
+
+
+def device_script(modem_src: str, root_key: bytes, device_id: str, key_id: int, req: Request) -> str:
+    return modem_src + DEVICE_SCRIPT % {
+        "marker": RESULT,
+        "reprovision": req.reprovision,
+        "factory_pin": req.factory_pin,
+        "root_hex": root_key.hex(),
+        "device_id": device_id,
+        "key_id": key_id,
+        "unlocked": req.unlocked,
+        "apn": req.apn,
+        "apn_user": req.apn_user,
+        "apn_pwd": req.apn_pwd,
+    }
+
+
+def parse_result(output: str) -> dict:
+    for line in output.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT) :])
+    raise ProvisionError("the device did not report a result (is the cellguard firmware on it?)")
+
+
+def next_key_id(db_path: str | Path) -> int:
+    """Key ids are never reused: one more than the highest the hub has ever registered."""
+    from hub import HubStore
+
+    store = HubStore(db_path)
+    try:
+        row = store.db.execute("SELECT MAX(key_id) FROM devices").fetchone()
+        return (row[0] or 0) + 1
+    finally:
+        store.db.close()
+
+
+def mask(identifier: str, keep: int = 4) -> str:
+    return "*" * max(0, len(identifier) - keep) + identifier[-keep:]
+
+
+def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src: str, req: Request) -> dict:
+    """Provision one unit. run_on_device(script) runs the script on the device and returns its output.
+
+    Returns the unit's public record (device id, key id, IMEI, ICCID, IMSI, lock outcome).
+    """
+    from hub import HubStore
+
+    state = parse_result(run_on_device(QUERY_SCRIPT % {"marker": RESULT}))
+    if state["provisioned"] and not req.reprovision:
+        raise AlreadyProvisioned(
+            f"already provisioned as device {state['device_id']}; re-run with --reprovision to replace its keys"
+        )
+    device_id = req.device_id or state["device_id"] or "cg-" + secrets.token_hex(6)
+    key_id = next_key_id(hub_db)
+    root_key = bytearray(secrets.token_bytes(32))
+    try:
+        # The hub learns the key first: a device holding keys its hub does not know is worse than
+        # a registered key id that a failed run never used (key ids are never reused anyway).
+        store = HubStore(hub_db)
+        try:
+            store.register_device(key_id, device_id, bytes(root_key), replace=state["provisioned"])
+        except (ValueError, sqlite3.Error) as e:
+            raise ProvisionError(f"hub refused the device: {e}") from None
+        finally:
+            store.db.close()
+        output = run_on_device(device_script(modem_src, bytes(root_key), device_id, key_id, req))
+    finally:
+        root_key[:] = bytes(len(root_key))  # the host keeps no copy once the device has it
+    result = parse_result(output)
+    if not result.get("ok"):
+        _retire(hub_db, key_id)
+        raise ProvisionError(result.get("reason", "device refused"))
+    result.update(device_id=device_id, key_id=key_id)
+    return result
+
+
+def _retire(hub_db: str | Path, key_id: int) -> None:
+    # The device never took this key: the hub must not accept messages under it.
+    db = sqlite3.connect(str(hub_db))
+    with db:
+        db.execute("UPDATE devices SET retired=1 WHERE key_id=?", (key_id,))
+    db.close()
+
+
+def run_on_unix_port(fs_dir: Path, heapsize: str = "256K", timeout: float = 120) -> Callable[[str], str]:
+    """The firmware on the MicroPython unix port, its storage in fs_dir. The script goes through
+    stdin, not the command line, so the root key never shows in a process listing."""
+    import os
+
+    micropython = Path(sys.executable).parent / "micropython"
+    env = dict(os.environ)
+    env["MICROPYPATH"] = ".frozen:" + str(REPO / "firmware" / "lib")
+    env["CELLGUARD_FS"] = str(fs_dir)
+
+    def run(script: str) -> str:
+        fs_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            [str(micropython), "-X", f"heapsize={heapsize}"],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+        return proc.stdout + proc.stderr
+
+    return run
+
+
+def run_over_mpremote(port: str) -> Callable[[str], str]:
+    """A board (or the virtual board) through mpremote's raw REPL; the script travels over serial."""
+
+    def run(script: str) -> str:
+        from mpremote.transport_serial import SerialTransport
+
+        transport = SerialTransport(port, baudrate=115200)
+        try:
+            transport.enter_raw_repl()
+            out = transport.exec(script)
+            transport.exit_raw_repl()
+        finally:
+            transport.close()
+        return out.decode(errors="replace")
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hub-db", default="build/hub.sqlite", help="the hub's SQLite key store")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--device", "--port", metavar="PORT", help="a board's serial port (through mpremote)")
+    where.add_argument("--modem", metavar="PORT", help="a modem's serial port or pty; firmware on the unix port")
+    parser.add_argument("--dialect", default="bg96", help="with --modem: nrf91, bg96, sim7080, sara-r4")
+    parser.add_argument("--fs", type=Path, default=Path("build/unit"), help="with --modem: the unit's storage")
+    parser.add_argument("--device-id", help="default: a random one")
+    parser.add_argument("--factory-pin", default="1234", help="the PIN the SIMs are delivered with")
+    parser.add_argument("--unlocked", action="store_true", help="certification unit: no SIM/IMEI lock")
+    parser.add_argument(
+        "--reprovision", "--force", action="store_true", help="replace the keys of a provisioned unit"
+    )
+    parser.add_argument("--board", help="the board profile's name (informational; the unit reads its own)")
+    parser.add_argument("--apn")
+    parser.add_argument("--apn-user")
+    parser.add_argument("--apn-password")
+    parser.add_argument("--json", action="store_true", help="print the unit's record as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    req = Request(
+        device_id=args.device_id,
+        factory_pin=args.factory_pin,
+        unlocked=args.unlocked,
+        reprovision=args.reprovision,
+        apn=args.apn,
+        apn_user=args.apn_user,
+        apn_pwd=args.apn_password,
+    )
+    if args.device:
+        runner, modem_src = run_over_mpremote(args.device), BOARD_MODEM
+    else:
+        runner = run_on_unix_port(args.fs)
+        modem_src = PTY_MODEM % {"dialect": args.dialect, "port": args.modem}
+    Path(args.hub_db).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        record = provision(args.hub_db, runner, modem_src, req)
+    except ProvisionError as e:
+        print(f"provisioning refused: {e}", file=sys.stderr)
+        return EXIT_ALREADY_PROVISIONED if isinstance(e, AlreadyProvisioned) else EXIT_FAILED
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(f"provisioned {record['device_id']} (key id {record['key_id']})")
+        print(f"  IMEI  {mask(record['imei'])}   ICCID {mask(record['iccid'])}   IMSI {mask(record['imsi'])}")
+        print(f"  lock  {record['outcome']}: {record['reason']}")
+        if record["unlocked"]:
+            print("  WARNING: UNLOCKED certification unit: it must never ship")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

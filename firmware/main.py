@@ -113,9 +113,12 @@ def run():
     idle = None
     if application is not None:
 
+        from cellguard import updates
+
         def idle():
             try:
                 application.step(100)
+                updates.poll(application)  # resume an interrupted download, re-ask lost chunks
             except Exception as e:  # the application must never take the console down with it
                 status.log("app: %r" % (e,), error=True)
 

@@ -97,8 +97,8 @@ class FakeStatus:
         self.events.append(event)
 
 
-def test_boot_and_update_status_reach_the_status_registry(kit, tmp_path, monkeypatch):
-    # CPython, a folder as the filesystem: what booted and what the update did, for the console.
+def test_update_events_reach_the_status_registry(kit, tmp_path, monkeypatch):
+    # CPython, a folder as the filesystem: what the update did, for the console.
     import image as image_tool
     from cellguard import ota
     from cgboot import image, loader, update
@@ -109,12 +109,83 @@ def test_boot_and_update_status_reach_the_status_registry(kit, tmp_path, monkeyp
     image_tool.install(kit.images["v1"], fs)
     keys = [image.TrustedKey(*image_tool.public_key(kit.keys[k])) for k in ("ed_a", "ed_b")]
     r = loader.boot(str(fs), keys, None, mount_point=None, log=lambda m: None)
-    ota.publish_boot_status()
-    assert (
-        fake.values[("boot", "version")] == "1.0.0+0" and fake.values[("boot", "state_mode")] == "confirmed"
-    )
     session = ota.OtaSession(update.UpdateWriter(r.slots), (1, 0, 0), lambda off, n: None, lambda: None)
     session.handle(("update_offer", 0, 9, 0, 100, bytes(32), 256))
     assert fake.values[("update", "last")] == "update_refused" and fake.events[-1].startswith(
         "update: update_refused"
     )
+
+
+_LOSSY = """
+import hashlib
+from cgboot import update
+from cellguard.ota import OtaSession
+dev = bootsim.new_device(keys, imgs)
+dev.mount()
+data = imgs["v2"]
+now = [0]
+requests = []
+events = []
+s = OtaSession(update.UpdateWriter(dev.slots()), (1, 0, 0), lambda off, n: requests.append((off, n)),
+               lambda: events.append("reboot"), lambda e, d="": events.append(e), clock=lambda: now[0])
+s.handle(("update_offer", 1, 1, 0, len(data), hashlib.sha256(data).digest(), 512))
+lost = 0
+while requests:
+    off, n = requests.pop(0)
+    if off == 1024 and lost < 2:      # this request (or its answer) is lost, twice
+        lost += 1
+        now[0] += s.RETRY_MS - 1
+        s.tick()                      # too early: nothing
+        now[0] += 1
+        s.tick()                      # the session asks again
+        continue
+    s.handle(("chunk", off, data[off:off + n]))
+print(json.dumps({"events": events, "lost": lost}))
+"""
+
+
+def test_lost_chunks_are_asked_for_again(kit):
+    out = run_micropython(device_script(kit, ("v1", "v2"), _LOSSY), heapsize="4M", extra_paths=(kit.lib,))
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"events": ["update_offer", "update_ready", "reboot"], "lost": 2}
+
+
+def test_app_glue_resumes_an_interrupted_download_once_online(kit, tmp_path):
+    # cellguard.updates (the application's command handler): after a reboot mid-download, the
+    # first poll() once online asks for the first missing chunk; the hub's chunks then finish it.
+    import hashlib
+
+    import image as image_tool
+    from cellguard import ota, updates
+    from cgboot import image, loader, update
+
+    fs = tmp_path / "fs"
+    image_tool.install(kit.images["v1"], fs)
+    keys = [image.TrustedKey(*image_tool.public_key(kit.keys[k])) for k in ("ed_a", "ed_b")]
+    r = loader.boot(str(fs), keys, None, mount_point=None, log=lambda m: None)
+    data = kit.images["v2"].read_bytes()
+    w = update.UpdateWriter(r.slots)
+    w.write(w.offer(len(data), hashlib.sha256(data).digest()), data[:700])  # then the power failed
+
+    class App:
+        state = "offline"
+
+        class box:
+            sent: list[bytes] = []
+
+            @staticmethod
+            def send_direct(body):
+                App.box.sent.append(body)
+
+    resets = []
+    on_command = updates.handler(App, reset=lambda: resets.append(1))
+    updates.poll(App)
+    assert App.box.sent == []  # not online yet: nothing to send through
+    App.state = "online"
+    updates.poll(App)
+    assert App.box.sent == [ota.chunk_request_payload(700, 256)]
+    off = 700
+    while not resets:
+        on_command(("chunk", off, data[off : off + 256]))
+        off += 256
+    assert loader.decide(r.slots, log=lambda m: None).info.version_str() == "1.1.0+0"

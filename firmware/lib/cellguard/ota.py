@@ -20,27 +20,6 @@ except ImportError:
     _status = None
 
 
-def publish_boot_status():
-    """Put what booted (slot, version, counter, trial) and the boot state into cellguard.status."""
-    if _status is None:
-        return
-    try:
-        from cgboot import loader
-    except ImportError:
-        _status.set("boot", "loader", "missing")
-        return
-    r = loader.current()
-    if r is None:
-        _status.set("boot", "image", "none (unverified development code)")
-        return
-    for k, v in r.describe().items():
-        _status.set("boot", k, v)
-    st = r.slots.read_state()
-    if st is not None:
-        for k, v in st.describe().items():
-            _status.set("boot", "state_" + k, v)
-
-
 def chunk_request_payload(offset, length):
     """The control payload of a CHUNK REQ uplink: type, u32 offset, u16 length (big-endian)."""
     return bytes([CTRL_CHUNK_REQ]) + offset.to_bytes(4, "big") + length.to_bytes(2, "big")
@@ -50,7 +29,16 @@ class OtaSession:
     """request(offset, length): send a CHUNK REQ. reboot(): restart into the trial boot.
     report(event, detail): tell the hub/status what happened (optional)."""
 
-    def __init__(self, writer, running_version, request, reboot, report=None):
+    RETRY_MS = 5000  # no chunk for this long: ask again (a CHUNK REQ or its answer was lost)
+    MAX_RETRIES = 30  # then give up until the next boot (the download resumes from the flash)
+
+    def __init__(self, writer, running_version, request, reboot, report=None, clock=None):
+        from cellguard import runtime
+
+        self.clock = clock or runtime.ticks_ms
+        self._ticks_diff = runtime.ticks_diff
+        self._last = 0
+        self.retries = 0
         self.writer = writer
         self.running = tuple(running_version[:3])  # (major, minor, revision) of the booted image
         self.request = request
@@ -121,15 +109,28 @@ class OtaSession:
         except UpdateError as e:
             self._failed(e)
             return
+        if off > offset:
+            self.retries = 0  # progress
         self._next(off)
 
     def _failed(self, e):
         self.active = False
         self.report("update_rejected", getattr(e, "reason", str(e)))
 
+    def tick(self):
+        """Call from the application loop: re-asks for the chunk a lost datagram left missing."""
+        if not self.active or self._ticks_diff(self.clock(), self._last) < self.RETRY_MS:
+            return
+        self.retries += 1
+        if self.retries > self.MAX_RETRIES:
+            self._failed(ValueError("stalled"))  # resumable: the next boot's resume() goes on
+            return
+        self._next(self.writer.slots.slot_bytes(self.writer.slot))
+
     def _next(self, off):
         # Ask for the next chunk, or (everything is here, e.g. a cut came after the last chunk)
         # verify the whole image, mark it for test and reboot into the trial.
+        self._last = self.clock()
         if off < self.size:
             self.request(off, min(self.chunk, self.size - off))
             return

@@ -15,14 +15,23 @@ def _reset():
         sys.exit(0)  # the virtual board and the unix port: the harness restarts the "chip"
 
 
+# The session of this boot: made on the first update record, or by poll() when a download was
+# interrupted by a reboot (most boots never make one).
+_session = [None]
+_resume_checked = [False]
+_make = [None]  # handler()'s session maker, for poll()
+
+
 def handler(application, reset=_reset):
     """on_command callback for app.App: routes update records, reboots on REBOOT."""
-    session = [None]  # made on the first update record: most boots never see one
 
     def ota_session():
-        if session[0] is None:
-            session[0] = _make_session(application, reset)
-        return session[0]
+        if _session[0] is None:
+            _session[0] = _make_session(application, reset)
+        return _session[0]
+
+    _session[0] = None
+    _resume_checked[0] = False
 
     def on_command(record):
         kind = record[0]
@@ -36,7 +45,28 @@ def handler(application, reset=_reset):
             status.log("reboot requested by the hub")
             reset()
 
+    _make[0] = ota_session
     return on_command
+
+
+def poll(application):
+    """Call from the application loop once online: resumes a download a reboot interrupted, and
+    re-asks for chunks whose datagrams were lost."""
+    if application.state != "online" or _make[0] is None:  # app.STATE_ONLINE
+        return
+    if not _resume_checked[0]:
+        _resume_checked[0] = True
+        try:
+            from cgboot import loader, update
+        except ImportError:
+            return
+        r = loader.current()
+        if r is not None and update.UpdateWriter(r.slots).pending() is not None:
+            s = _make[0]()
+            if s is not None and s.resume():
+                status.log("update: resuming an interrupted download")
+    if _session[0] is not None:
+        _session[0].tick()
 
 
 def _make_session(application, reset):

@@ -111,6 +111,30 @@ class _MicropythonShim:
     """
 
 
+class HardReset(BaseException):
+    """machine.reset(): the chip restarts. The VM process ends and the front end starts a fresh
+    one that runs boot.py and main.py, so a trial image really boots through the A/B loader."""
+
+
+class _MachineShim:
+    """`machine` as the firmware sees it: the unix port's own, but reset() restarts the board."""
+
+
+def _install_machine_shim():
+    import machine
+
+    shim = _MachineShim()
+    for name in dir(machine):
+        if not name.startswith("__"):
+            setattr(shim, name, getattr(machine, name))
+
+    def reset():
+        raise HardReset()
+
+    shim.reset = reset
+    sys.modules["machine"] = shim
+
+
 def _install_shim():
     shim = _MicropythonShim()
     for name in dir(micropython):
@@ -138,6 +162,8 @@ def _run(code, mode, g):
             exec(compile(code, "<stdin>", mode), g)
     except SystemExit:
         pass
+    except HardReset:
+        raise
     except BaseException as e:  # noqa: B036  (a board's REPL reports KeyboardInterrupt too)
         sys.print_exception(e, err)
     # Drop this script's own frame: a board's traceback starts at the user's code.
@@ -154,6 +180,7 @@ def main():
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
     _install_shim()
+    _install_machine_shim()
     g = {"__name__": "__main__"}
     _send(b"READY %d.%d.%d" % sys.implementation.version[:3])
     while True:
@@ -174,4 +201,8 @@ def main():
         _send(b"DONE %d" % len(e), e)
 
 
-main()
+try:
+    main()
+except HardReset:
+    _send(b"RESET")
+    sys.exit(0)

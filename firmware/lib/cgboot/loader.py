@@ -135,7 +135,22 @@ def boot(root, trusted_keys, reset_cause=None, mount_point="/app", log=None, **s
             if result is not None:
                 mount(result, mount_point)
     _current = result
+    _release_verifier()
     return result
+
+
+def _release_verifier():
+    # The signature code and its tables are needed again only to verify an update: give their RAM
+    # to the application now (they are imported again, from flash, when an update is verified).
+    import gc
+
+    import cgboot
+
+    for name in ("ed25519", "sha512", "p256"):
+        sys.modules.pop("cgboot." + name, None)
+        if name in cgboot.__dict__:
+            delattr(cgboot, name)
+    gc.collect()
 
 
 def current():

@@ -257,3 +257,19 @@ def test_reboot_with_realistic_boot_time():
             timeout=60,
         )
     assert "ECHO b'x'" in out and emu.reboots == 1
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_board_reset_that_leaves_the_modem_running_still_gets_a_socket(dialect):
+    """The MCU restarts (watchdog, OTA trial boot) but the modem does not: the sockets the last
+    boot opened are still there. The next boot must still open one and get a datagram through."""
+    body = (
+        "attach()\ns = m.open_udp()\ns.sendto(b'ping', '127.0.0.1', ECHO_PORT)\n"
+        "print('GOT', s.recvfrom(3000)[0])\n"
+    )
+    with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        first = run_driver(emu, body, echo_port=echo.port)  # exits without closing its socket
+        second = run_driver(emu, body, echo_port=echo.port)
+    assert "GOT b'ping'" in first
+    assert "GOT b'ping'" in second, second

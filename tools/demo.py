@@ -7,6 +7,7 @@ exits 0 only when every step happened, so a skipped step can never pass for a wo
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -28,43 +29,118 @@ class Demo:
         self.procs: list[subprocess.Popen] = []
         self.results: list[tuple[str, str]] = []
         self.port = ""
+        self.server = None
+        self.hub = None
+        self.key_id = 0
+        self.signing_key = workdir / "signing.pem"
+        self.verbose = False
 
     def record(self, step: str, outcome: str) -> None:
         self.results.append((step, outcome))
         print(f"[{len(self.results)}] {step}: {outcome}", flush=True)
 
     # -- steps --------------------------------------------------------------------------------
+    def start_hub(self) -> None:
+        import hub as hubmod
+        import hub_updates
+
+        store = hubmod.HubStore(self.workdir / "hub.sqlite")
+        self.hub = hubmod.Hub(store, out=open(self.workdir / "messages.jsonl", "a", buffering=1))
+        self.hub.update_provider = hub_updates.provider(store)
+        self.server = hubmod.HubServer(self.hub).start()
+        self.record("start the hub", f"UDP 127.0.0.1:{self.server.port}, key store {self.workdir / 'hub.sqlite'}")
+
     def start_board(self) -> None:
-        modem = "auto" if virtual_board.MODEM_EMULATOR.exists() else "none"
         proc, self.port = virtual_board.launch(self.workdir / "flash.img", self.workdir / "port",
-                                               self.workdir / "virtual-board.log", modem=modem)
+                                               self.workdir / "virtual-board.log", modem="auto")
         self.procs.append(proc)
-        detail = "with the emulated modem on its UART" if modem == "auto" else "no modem (tools/modem_emulator.py absent)"
-        self.record("start the virtual board", f"on {self.port}, {detail}")
-        if modem == "none":
-            self.record("start the emulated modem", "skipped: tools/modem_emulator.py is not in this tree yet")
+        self.record("start the virtual board", f"on {self.port}, the emulated modem on its UART")
 
     def flash(self) -> None:
         proc = subprocess.run(
             [sys.executable, str(REPO / "tools" / "flash.py"), "--port", self.port,
-             "--service-key", str(self.workdir / "service-master.key")],
+             "--service-key", str(self.workdir / "service-master.key"),
+             "--signing-key", str(self.signing_key), "--hub-db", str(self.workdir / "hub.sqlite"),
+             "--hub", f"127.0.0.1:{self.server.port}", "--report-interval", "2"],
             capture_output=True, text=True, timeout=600,
         )
         print("\n".join("    " + line for line in proc.stdout.splitlines()))
         if proc.returncode != 0:
             raise RuntimeError(f"flash failed:\n{proc.stderr}")
         skipped = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("skipped:")]
-        self.record("flash (loader, trusted boot part, slot A, provisioning)",
-                    "done" if not skipped else "partly: " + "; ".join(skipped))
+        if skipped:
+            raise RuntimeError("flash skipped steps: " + "; ".join(skipped))
+        row = self.hub.store.db.execute("SELECT key_id, device_id FROM devices WHERE retired=0").fetchone()
+        self.key_id = row[0]
+        self.record("flash (loader, trusted boot part, signed image in slot A, provisioning)",
+                    f"done: device {row[1]}, key id {row[0]}")
 
-    def hub_steps(self) -> None:
-        hub = REPO / "tools" / "hub.py"
-        why = "skipped: tools/hub.py is not in this tree yet (the messaging issue)"
-        if hub.exists():
-            why = "skipped: the hub is in the tree but not wired into the demo yet (tools/demo.py)"
-        for step in ("start the hub", "attach and pass the SIM lock", "signed and encrypted readings accepted",
-                     "signed update downloaded, trial-booted and confirmed"):
-            self.record(step, why)
+    def accepted(self) -> list[dict]:
+        text = (self.workdir / "messages.jsonl").read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def wait_for(self, what: str, check, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def device_status(self) -> dict:
+        with status_tool.ConsoleClient(self.port, timeout=10) as client:
+            client.attach()
+            return client.status()
+
+    def attach(self) -> None:
+        self.wait_for("the unit's HELLO at the hub", lambda: any(m["type"] == "hello" for m in self.accepted()))
+        snap = self.device_status()
+        lock = snap.get("sim", {}).get("state")
+        if lock != "OK":
+            raise RuntimeError(f"SIM lock says {lock}")
+        import hubproto
+
+        # The unit's daily uplink budget (4 KiB by default) is sized for one reading an hour; this
+        # demo reports every 2 s and downloads an image, so the hub raises it, as an operator would
+        # before an update window (a signed CONFIG command; budget = key 2).
+        self.hub.store.queue_command(self.key_id, hubproto.config_record(2, 1 << 20))
+        self.record("attach and pass the SIM lock",
+                    f"sim lock {lock}, network {snap.get('modem', {}).get('registration')}, HELLO accepted")
+
+    def readings(self) -> None:
+        def count(mode):
+            return sum(1 for m in self.accepted() if m["type"] == "reading" and m["mode"] == mode)
+
+        self.wait_for("encrypted readings", lambda: count("encrypt") >= 2)
+        import hubproto
+
+        self.hub.store.queue_command(self.key_id, hubproto.config_record(3, 0))  # CONFIG mode: sign
+        self.wait_for("signed readings", lambda: count("sign") >= 2)
+        self.record("encrypted (AES-128-CCM) and signed (HMAC-SHA-256) readings accepted",
+                    f"{count('encrypt')} encrypted, {count('sign')} signed, "
+                    f"rejected {sum(v for k, v in self.hub.counters.items() if k.startswith('rejected'))}")
+
+    def update(self) -> None:
+        import hub_updates
+        import image
+
+        img = image.release(self.signing_key, "0.2.0", self.workdir / "update-0.2.0.img", march="x64")
+        offered = hub_updates.publish(self.hub.store, img.read_bytes(), [self.key_id])
+        print(f"    published {img.name} ({img.stat().st_size} bytes) to key id {offered}")
+
+        def confirmed():
+            try:
+                snap = self.device_status()
+            except status_tool.StatusToolError:
+                return False  # rebooting into the trial
+            boot = snap.get("boot", {})
+            if self.verbose:
+                print("    ", snap.get("update"), boot, snap.get("firmware"), snap.get("events", [])[-3:])
+            return (snap.get("firmware", {}).get("image_version", "").startswith("0.2.0")
+                    and boot.get("state") == "confirmed")
+
+        self.wait_for("the update to trial-boot and confirm", confirmed, timeout=180)
+        self.record("signed update downloaded, trial-booted and confirmed", "running 0.2.0, confirmed")
 
     def show_status(self) -> None:
         with status_tool.ConsoleClient(self.port, timeout=10) as client:
@@ -74,6 +150,8 @@ class Demo:
         self.record("the status a technician sees", "done")
 
     def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
@@ -87,15 +165,20 @@ class Demo:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=DEMO_DIR, help="state of this demo run (fresh each time)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the unit's state while waiting")
     args = parser.parse_args(argv)
     shutil.rmtree(args.workdir, ignore_errors=True)
     args.workdir.mkdir(parents=True)
     demo = Demo(args.workdir)
+    demo.verbose = args.verbose
     t0 = time.monotonic()
     try:
+        demo.start_hub()
         demo.start_board()
         demo.flash()
-        demo.hub_steps()
+        demo.attach()
+        demo.readings()
+        demo.update()
         demo.show_status()
     except (RuntimeError, status_tool.StatusToolError) as e:
         demo.record("demo stopped", str(e))

@@ -6,7 +6,7 @@
 #   bg96     Quectel BG95/BG96                      "UDP SERVICE" socket, '>' prompt, hex receive
 #   sim7080  SIMCom SIM7080G                        one remote per socket, '>' prompt, raw receive
 #   sara-r4  u-blox SARA-R4/R5                      '@' prompt, hex receive (AT+UDCONF=1,1)
-from cellguard.at import field_int, fields
+from cellguard.at import CmeError, field_int, fields
 
 MAX_SOCKETS = 16
 
@@ -221,7 +221,14 @@ class Bg96(Dialect):
     def sock_open(self, m, local_port):
         h = m.free_handle(12)
         self.open_result[h] = 0
-        m.cmd(b"AT+QIOPEN=1," + _num(h) + b',"UDP SERVICE","127.0.0.1",0,' + _num(local_port) + b",0")
+        cmd = b"AT+QIOPEN=1," + _num(h) + b',"UDP SERVICE","127.0.0.1",0,' + _num(local_port) + b",0"
+        try:
+            m.cmd(cmd)
+        except CmeError:
+            # The identity is still open from before the host restarted (the modem did not): a
+            # board reset leaves the modem's sockets behind. Close it and open it afresh, once.
+            m.cmd(b"AT+QICLOSE=" + _num(h))
+            m.cmd(cmd)
         if not m.at.wait_for(lambda: self.open_result[h], m.socket_open_timeout_ms):
             raise m.socket_error("no +QIOPEN result")
         if self.open_result[h] != 1:
@@ -312,12 +319,16 @@ class Sim7080(Dialect):
         if self.remote[h] != (host, port):
             if self.remote[h] is not None:
                 self.sock_close(m, h)
-            line = _find(
-                m.cmd(
-                    b"AT+CAOPEN=0," + _num(h) + b',"UDP",' + _q(host) + b"," + _num(port), prefix=b"+CAOPEN:"
-                ),
-                b"+CAOPEN:",
-            )
+            cmd = b"AT+CAOPEN=0," + _num(h) + b',"UDP",' + _q(host) + b"," + _num(port)
+            try:
+                line = _find(m.cmd(cmd, prefix=b"+CAOPEN:"), b"+CAOPEN:")
+            except CmeError:
+                line = None
+            if line is None or int(fields(line)[1]) != 0:
+                # Possibly still open from before the host restarted (the modem did not): close
+                # it and open it afresh, once.
+                m.cmd(b"AT+CACLOSE=" + _num(h))
+                line = _find(m.cmd(cmd, prefix=b"+CAOPEN:"), b"+CAOPEN:")
             if line is None or int(fields(line)[1]) != 0:
                 raise m.socket_error("AT+CAOPEN failed: %r" % line)
             self.remote[h] = (host, port)

@@ -90,6 +90,7 @@ class Outbox:
         self._entries = []
         self._load()
         self._budget_day, self._budget_used = self._load_budget()
+        self._load_config()
 
     # ---- persistence ---------------------------------------------------------------------------
     def _path(self, eid):
@@ -343,13 +344,39 @@ class Outbox:
         except OutboxError:
             pass
 
-    def _config(self, key, value):
+    def _config(self, key, value, persist=True):
         if key == CONFIG_MODE:
             self.channel.set_mode(message.ENCRYPT if value else message.SIGN)
         elif key == CONFIG_BUDGET:
             self.budget = value
         elif key == CONFIG_RETRY_CEILING:
             self.ceiling_ms = value * 1000
+        else:
+            return
+        if persist:
+            # The hub's settings outlive a reboot (a trial boot, a power cut): kept as "key value"
+            # lines, the last word for each key wins.
+            self._settings[key] = value
+            atomic.write_atomic(
+                self._config_path(), "".join("%d %d\n" % kv for kv in self._settings.items()).encode()
+            )
+
+    def _config_path(self):
+        return self.folder + "/config"
+
+    def _load_config(self):
+        self._settings = {}
+        try:
+            text = atomic.read_bytes(self._config_path()).decode()
+        except (OSError, ValueError):
+            return
+        for line in text.split("\n"):
+            try:
+                key, value = line.split()
+                self._config(int(key), int(value), persist=False)
+                self._settings[int(key)] = int(value)
+            except ValueError:
+                continue  # a blank or damaged line: that setting keeps its default
 
     def _acked(self, seqs):
         for e in list(self._entries):

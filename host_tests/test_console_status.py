@@ -28,13 +28,13 @@ def test_status_json_matches_device_state(flashed):
     facts = json.loads(board.mpremote(
         "exec",
         "import json, sys\n"
-        "from cellguard import VERSION\n"
-        "print(json.dumps({'service': json.load(open('keys/service.json'))['device_id'],"
+        "from cellguard import VERSION, keys\n"
+        "print(json.dumps({'device': keys.device_id(),"
         " 'board': json.load(open('board.json'))['name'], 'version': VERSION,"
         " 'console': json.load(open('state/console.json')),"
         " 'rt': '%d.%d.%d' % sys.implementation.version[:3]}))",
     ).stdout.strip().splitlines()[-1])
-    assert snap["device"]["id"] == facts["service"]
+    assert snap["device"]["id"] == facts["device"]  # the provisioned identity
     assert snap["device"]["board"] == facts["board"]
     assert snap["firmware"]["version"] == facts["version"]
     assert snap["device"]["runtime"] == "micropython " + facts["rt"]
@@ -42,7 +42,7 @@ def test_status_json_matches_device_state(flashed):
     # A development board left at the REPL by mpremote: status.py soft-resets it into the console.
     text = run_tool("status", "--port", board.port)
     assert text.returncode == 0
-    assert f"id {facts['service']}" in text.stdout and "console     development (unlocked)" in text.stdout
+    assert f"id {facts['device']}" in text.stdout and "console     development (unlocked)" in text.stdout
 
 
 def test_wrong_port_is_a_clear_message(tmp_path):

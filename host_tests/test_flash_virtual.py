@@ -121,7 +121,7 @@ def test_flash_provisions_the_unit_once(board, tmp_path):
     first = flash(board, key)
     assert first.returncode == 0, first.stdout + first.stderr
     step5 = first.stdout.split("[5/8]")[1].split("[6/8]")[0]
-    assert step5.strip().endswith("done"), step5
+    assert "done: device cg-" in step5 and "SIM lock OK" in step5, step5
     devices = sqlite3.connect(board.workdir / "hub.sqlite").execute("SELECT device_id, retired FROM devices").fetchall()
     assert len(devices) == 1 and devices[0][1] == 0
     assert "binding" in board.mpremote("fs", "ls", ":state").stdout

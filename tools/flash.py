@@ -395,12 +395,16 @@ def provision(port: str, profile: dict, args) -> str:
     cmd = [sys.executable, str(tool), "--port", port, "--board", profile["name"], "--hub-db", str(args.hub_db)]
     if args.reprovision:
         cmd.append("--force")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
     if proc.returncode == 5:  # a re-flash of a provisioned unit keeps its keys
-        return "skipped: " + proc.stderr.strip().removeprefix("provisioning refused: ")
+        reason = proc.stderr.strip().removeprefix("provisioning refused: ")
+        args.provisioned_id = reason.split("as device ", 1)[-1].split(";")[0].strip()
+        return "skipped: " + reason
     if proc.returncode != 0:
         raise FlashError(f"provisioning failed:\n{proc.stdout}{proc.stderr}", 6)
-    return "done"
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    args.provisioned_id = record["device_id"]
+    return f"done: device {record['device_id']}, key id {record['key_id']}, SIM lock {record['outcome']}"
 
 
 def service_record(dev: Device, master_key_path: Path) -> tuple[str, bytes]:
@@ -511,9 +515,11 @@ def flash(args) -> int:
         client.attach()
         snap = client.status()
     booted = snap.get("firmware", {}).get("version")
-    if not booted or snap.get("device", {}).get("id") != device_id:
+    # The console names the unit by its provisioned identity once it has one, else by the service id.
+    expected_ids = {device_id, getattr(args, "provisioned_id", None)}
+    if not booted or snap.get("device", {}).get("id") not in expected_ids:
         raise FlashError(f"the device did not report the flashed firmware: {snap}", 7)
-    print(f"      booted: cellguard {booted} on {snap['device'].get('board')}, device {device_id}, "
+    print(f"      booted: cellguard {booted} on {snap['device'].get('board')}, device {snap['device'].get('id')}, "
           f"console {snap.get('console', {}).get('mode')}")
     if args.json:
         print(json.dumps({"port": port, "device_id": device_id, "sent": report.sent, "unchanged": report.unchanged,

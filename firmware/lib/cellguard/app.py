@@ -67,6 +67,7 @@ class App:
         self._next_reading = runtime.ticks_ms()
         self._next_attempt = runtime.ticks_ms()
         self._pending_tamper = []
+        self._acked_seen = 0
         self._publish()
 
     # ---- set-up ---------------------------------------------------------------------------------
@@ -173,7 +174,11 @@ class App:
         status.set("app", "state", self.state)
         if self.box is not None:
             status.set("outbox", "depth", self.box.pending())
-            status.set("outbox", "acked", self.box.stats["acked"])
+            acked = self.box.stats["acked"]
+            status.set("outbox", "acked", acked)
+            if acked != self._acked_seen:
+                self._acked_seen = acked
+                status.set("outbox", "last_delivery", runtime.time_s())
             status.set("messaging", "tx_seq", self.box.channel.counter.peek())
             status.set("messaging", "rx_seq", self.box.channel.last_seq)
 

@@ -185,7 +185,9 @@ class Console:
         self._too_long = False
         self._last = 0
         status.set("console", "mode", "production (locked)" if locked else "development (unlocked)")
-        if self.auth.device_id:
+        if self.auth.device_id and status.get("device", "id") is None:
+            # Before provisioning the service record's id names the unit; after it, the
+            # provisioned identity (set by main.py from cellguard.keys) does.
             status.set("device", "id", self.auth.device_id)
 
     def prompt(self):

@@ -29,36 +29,21 @@ if HOST:
         UNIX_PORT = False
 
 # ---- time -------------------------------------------------------------------------------------
-if NAME == CPYTHON:
+if NAME != MICROPYTHON:
     import time as _time
 
-    _TICKS_PERIOD = 1 << 30
+    # Same wrap-around arithmetic as MicroPython's time.ticks_*: CPython wraps at 2**30 here,
+    # CircuitPython's supervisor.ticks_ms at 2**29.
+    _TICKS_PERIOD = 1 << (30 if NAME == CPYTHON else 29)
     _TICKS_HALF = _TICKS_PERIOD // 2
 
-    def ticks_ms():
-        return int(_time.monotonic() * 1000) & (_TICKS_PERIOD - 1)
+    if NAME == CPYTHON:
 
-    def ticks_add(ticks, delta):
-        return (ticks + delta) % _TICKS_PERIOD
+        def ticks_ms():
+            return int(_time.monotonic() * 1000) & (_TICKS_PERIOD - 1)
 
-    def ticks_diff(end, start):
-        # Same wrap-around arithmetic as MicroPython's time.ticks_diff.
-        return ((end - start + _TICKS_HALF) & (_TICKS_PERIOD - 1)) - _TICKS_HALF
-
-    def sleep_ms(ms):
-        if ms > 0:
-            _time.sleep(ms / 1000)
-
-    def time_s():
-        return int(_time.time())
-
-elif NAME == CIRCUITPYTHON:
-    import time as _time
-
-    from supervisor import ticks_ms  # noqa: F401  (wraps at 2**29, like ticks_diff below)
-
-    _TICKS_PERIOD = 1 << 29
-    _TICKS_HALF = _TICKS_PERIOD // 2
+    else:
+        from supervisor import ticks_ms  # noqa: F401
 
     def ticks_add(ticks, delta):
         return (ticks + delta) % _TICKS_PERIOD

@@ -383,3 +383,70 @@ def test_pin_derivation_is_the_same_on_both_runtimes(tmp_path):
     cp = run_cpython(script % str(tmp_path / "b"))
     assert mp == cp
     json.dumps(mp)  # printable
+
+
+# ---- the lock never risks the SIM ---------------------------------------------------------------
+REPEATED_CHECKS = """
+from cellguard import simlock
+m.init()
+lock = simlock.SimLock(m)
+for i in range(4):
+    print('CHK', lock.check(), '|', lock.reason)
+print('EVENTS', len(lock.events))
+"""
+
+
+@pytest.mark.parametrize("sim_pin", ["11112222", "device"])
+def test_pin_lock_turned_off_is_refused_without_sending_the_pin(unit, sim_pin):
+    """READY with the lock off: a clone matching only the ICCID (other PIN), or our SIM with the
+    lock turned off. Re-enabling it would show the device PIN and spend an attempt per check."""
+    sim, _ = provisioned(unit)
+    if sim_pin != "device":
+        sim.pin = sim_pin
+    sim.pin_enabled, sim.unlocked, sim.pin_left = False, False, 3
+    with emulated_modem("bg96", sim=sim) as emu:
+        out = unit.run(emu, REPEATED_CHECKS)
+        assert out.count("CHK SIM_LOCK_OFF") == 4, out
+        assert not emu.commands_matching('AT+CLCK="SC",1') and not emu.commands_matching("AT+CPIN=")
+        assert no_data_session(emu)
+    assert sim.pin_left == 3 and not sim.pin_enabled  # not one attempt spent
+    assert "EVENTS 1" in out  # one tamper event, not one per check
+
+
+@pytest.mark.parametrize("code", [10, 13])
+def test_sim_gone_during_unlock_is_sim_absent(unit, code):
+    sim, _ = provisioned(unit)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        emu.cme_error("AT+CPIN=", code)  # SIM not inserted / SIM failure, answering the PIN
+        out = unit.run(emu, REPEATED_CHECKS.replace("range(4)", "range(1)"))
+        assert "CHK SIM_ABSENT" in out, out
+        assert no_data_session(emu)
+
+
+def test_puk_required_on_unlock_is_puk_locked(unit):
+    sim, _ = provisioned(unit)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        emu.cme_error("AT+CPIN=", 12)
+        out = unit.run(emu, REPEATED_CHECKS.replace("range(4)", "range(1)"))
+        assert "CHK SIM_PUK_LOCKED" in out, out
+        assert no_data_session(emu)
+
+
+def test_sim_pulled_mid_unlock_leaks_no_pin_to_the_console(unit):
+    sim, _ = provisioned(unit)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        emu.on_command("AT+CPIN=", emu.remove_sim_now)
+        out = unit.run(
+            emu,
+            "from cellguard import app, console\n"
+            "a = app.App(m, '127.0.0.1', 9, apn='iot.test', retry_ms=100000)\n"
+            "a.step(50)\n"
+            "print('STATE', a.state, a.lock.outcome)\n"
+            "print(console.render_status(console.snapshot()))\n",
+        )
+        assert no_data_session(emu)
+    assert "STATE locked SIM_ABSENT" in out, out
+    assert sim.pin not in out

@@ -22,6 +22,7 @@ SIM_ABSENT = "SIM_ABSENT"
 SIM_PIN_WRONG = "SIM_PIN_WRONG"
 SIM_PUK_LOCKED = "SIM_PUK_LOCKED"
 UNPROVISIONED = "UNPROVISIONED"
+SIM_LOCK_OFF = "SIM_LOCK_OFF"  # the SIM's PIN lock was turned off behind the device's back
 
 DATA_ALLOWED = (OK, UNLOCKED)
 
@@ -35,6 +36,7 @@ _PIN_LABEL = b"cellguard/sim-pin/v1"
 _CME_INCORRECT_PASSWORD = 16
 _CME_SIM_PUK_REQUIRED = 12
 _CME_SIM_NOT_INSERTED = 10
+_CME_SIM_FAILURE = 13
 _EVENTS_KEPT = 16
 _FIELDS = ("v", "mode", "imei", "iccid", "imsi", "device", "kid")
 
@@ -117,12 +119,27 @@ def load_binding():
 
 
 # ---- verification -----------------------------------------------------------------------------
-def _sim_absent(e):
-    return isinstance(e, CmeError) and e.code == _CME_SIM_NOT_INSERTED
+# +CME codes that mean the SIM is not there (any more): 10 not inserted, 13 SIM failure. A SIM
+# pulled out in the middle of the check is SIM_ABSENT, never an unhandled modem error (whose text
+# would carry the command, and so the PIN, to the console).
+_CME_NO_SIM = (_CME_SIM_NOT_INSERTED, _CME_SIM_FAILURE)
 
 
 def verify(modem):
-    """Check SIM and modem against the binding and unlock the SIM. -> (outcome, reason)."""
+    """Check SIM and modem against the binding and unlock the SIM. -> (outcome, reason).
+
+    Reasons never hold a modem error's text (it names the command, which may carry the PIN)."""
+    try:
+        return _verify(modem)
+    except CmeError as e:
+        if e.code in _CME_NO_SIM:
+            return SIM_ABSENT, "SIM gone during the check (CME %d)" % e.code
+        if e.code == _CME_SIM_PUK_REQUIRED:
+            return SIM_PUK_LOCKED, "SIM needs its PUK"
+        raise
+
+
+def _verify(modem):
     if not keys.provisioned():
         return UNPROVISIONED, "no root key"
     try:
@@ -138,44 +155,42 @@ def verify(modem):
     state = modem.sim_state()
     if state in ("ABSENT", "FAILURE"):
         return SIM_ABSENT, "no SIM (" + state + ")"
-    try:
-        iccid = modem.iccid()
-    except CmeError as e:
-        if _sim_absent(e):
-            return SIM_ABSENT, "no SIM"
-        raise
-    if iccid != binding["iccid"]:
+    if modem.iccid() != binding["iccid"]:
         return SIM_MISMATCH, "ICCID is not the provisioned SIM's"
     if state == "SIM PUK":
         return SIM_PUK_LOCKED, "SIM needs its PUK: PIN retries exhausted"
 
     if state == "SIM PIN":
-        retries = modem.pin_retries()
-        # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good.
-        if retries is not None and retries[0] <= 1:
-            return SIM_PIN_WRONG, "one PIN retry left: not trying"
-        try:
-            modem.enter_pin(sim_pin())
-        except CmeError as e:
-            if e.code == _CME_SIM_PUK_REQUIRED:
-                return SIM_PUK_LOCKED, "SIM needs its PUK"
-            if e.code == _CME_INCORRECT_PASSWORD:
-                return SIM_PIN_WRONG, "SIM rejected the device PIN"
-            raise
+        refused = _unlock(modem)
+        if refused:
+            return refused
     elif not modem.pin_lock_enabled():
-        # READY without a PIN lock: someone turned the lock off (which needs the PIN), or the
-        # lock step of provisioning was interrupted. Put it back with our PIN; a SIM that
-        # refuses it is not running our PIN.
-        try:
-            modem.set_pin_lock(True, sim_pin())
-        except CmeError as e:
-            if e.code == _CME_INCORRECT_PASSWORD:
-                return SIM_PIN_WRONG, "SIM PIN lock was off and the device PIN is refused"
-            raise
+        # READY without a PIN lock on a locked unit. Provisioning writes the binding only after
+        # the lock is on with the device PIN, so this is tampering: someone turned the lock off
+        # (which takes the PIN), or this is a clone that only matches on the ICCID. Decision: do
+        # not put the lock back. That would send the device PIN to a SIM not proven ours and
+        # spend one of its attempts per check (three checks PUK-lock it). Report and refuse;
+        # the service desk re-provisions (docs/provisioning.md).
+        return SIM_LOCK_OFF, "SIM PIN lock was turned off: not sending the device PIN"
 
     if modem.imsi() != binding["imsi"]:
         return SIM_MISMATCH, "IMSI is not the provisioned SIM's"
     return OK, "SIM and modem match the binding"
+
+
+def _unlock(modem):
+    """Enter the device PIN unless that risks the SIM. -> None, or a refusal (outcome, reason)."""
+    retries = modem.pin_retries()
+    # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good.
+    if retries is not None and retries[0] <= 1:
+        return SIM_PIN_WRONG, "one PIN retry left: not trying"
+    try:
+        modem.enter_pin(sim_pin())
+    except CmeError as e:
+        if e.code == _CME_INCORRECT_PASSWORD:
+            return SIM_PIN_WRONG, "SIM rejected the device PIN"
+        raise  # 10/13 (SIM gone) and 12 (PUK) are mapped by verify()
+    return None
 
 
 class SimLock:

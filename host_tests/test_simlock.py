@@ -152,6 +152,7 @@ def test_provisioning_prints_no_secret(unit, tmp_path, capsys):
     everything = "".join(outputs) + capsys.readouterr().out
     assert root.hex() not in everything and root.hex().upper() not in everything
     assert sim.pin not in everything  # the device PIN never leaves the device
+    assert device_pin_from(root) == sim.pin  # the helper the failure tests grep for is the real PIN
 
 
 def test_reprovision_refused_unless_asked(unit):
@@ -450,3 +451,49 @@ def test_sim_pulled_mid_unlock_leaks_no_pin_to_the_console(unit):
         assert no_data_session(emu)
     assert "STATE locked SIM_ABSENT" in out, out
     assert sim.pin not in out
+
+
+# ---- provisioning failures print no secret ------------------------------------------------------
+SECRET_FACTORY_PIN = "90817263"
+SECRET_APN_PASSWORD = "s3cr3t-Pa55w0rd"
+
+
+def device_pin_from(root_key: bytes) -> str:
+    """The device PIN as the firmware derives it (HKDF-SHA-256, label cellguard/sim-pin/v1)."""
+    import hashlib
+    import hmac
+
+    prk = hmac.new(b"cellguard/v1", root_key, hashlib.sha256).digest()
+    okm = hmac.new(prk, b"cellguard/sim-pin/v1" + b"\x01", hashlib.sha256).digest()[:8]
+    return "%08d" % (int.from_bytes(okm, "big") % 100000000)
+
+
+@pytest.mark.parametrize(
+    "dialect, failing",
+    [
+        ("bg96", 'AT+CLCK="SC",1'),
+        ("bg96", "AT+CPWD"),
+        ("nrf91", "AT+CGAUTH"),
+        ("bg96", "AT+QICSGP"),
+        ("sim7080", "AT+CNCFG"),
+    ],
+)
+def test_failed_provisioning_prints_no_pin_or_password(tmp_path, capsys, caplog, monkeypatch, dialect, failing):
+    sim = Sim(pin=SECRET_FACTORY_PIN)
+    hub_db = tmp_path / "hub.db"
+    monkeypatch.setenv("CELLGUARD_APN_PASSWORD", SECRET_APN_PASSWORD)
+    with emulated_modem(dialect, sim=sim) as emu:
+        emu.cme_error(failing, 3, count=10)  # +CME ERROR: 3 (operation not allowed), retries too
+        rc = prov.main(
+            ["--hub-db", str(hub_db), "--modem", emu.path, "--dialect", dialect, "--fs", str(tmp_path / "unit")]
+            + ["--factory-pin", SECRET_FACTORY_PIN, "--apn", "iot.test", "--apn-user", "meter"]
+        )
+        assert emu.commands_matching(failing), "the fault never fired"
+    assert rc == prov.EXIT_FAILED
+    printed = capsys.readouterr()
+    everything = printed.out + printed.err + caplog.text
+    root = sqlite3.connect(hub_db).execute("SELECT root_key FROM devices").fetchone()[0]
+    for secret in (SECRET_FACTORY_PIN, SECRET_APN_PASSWORD, device_pin_from(root), root.hex()):
+        assert secret not in everything, everything
+    # What failed is still said: the error's type, its code, and the command's name.
+    assert "CmeError (error code 3) in " + failing.split("=")[0] in printed.err, printed.err

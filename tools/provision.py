@@ -97,10 +97,25 @@ def _provision():
                                 apn_user=%(apn_user)r, apn_pwd=%(apn_pwd)r)
     outcome, reason = simlock.verify(m)
     _result(ok=True, outcome=outcome, reason=reason, **ids)
+def _failure(e):
+    # Never the exception's text: a modem error quotes its command, and +CLCK/+CPWD/+CPIN carry
+    # the PINs, +CGAUTH/+QICSGP/+CNCFG the APN password. Its type, code and command name suffice.
+    if isinstance(e, simlock.BindingError):
+        return "BindingError: " + str(e)  # the lock's own words: no secret in them
+    out = type(e).__name__
+    if getattr(e, "code", None) is not None:
+        out += " (error code %%d)" %% e.code
+    cmd = getattr(e, "command", None)
+    if isinstance(cmd, (bytes, bytearray)):
+        name = bytes(cmd)
+        for sep in (b"=", b"?"):
+            name = name.split(sep)[0]
+        out += " in " + name.decode()
+    return out
 try:
     _provision()
 except Exception as e:
-    _result(ok=False, reason="%%s: %%s" %% (type(e).__name__, e))
+    _result(ok=False, reason=_failure(e))
 """
 
 
@@ -229,6 +244,24 @@ def run_over_mpremote(port: str) -> Callable[[str], str]:
     return run
 
 
+# The APN password reaches the tool through this variable or --apn-password-file: the command line
+# shows in any process listing. It is never printed; on the unit it is stored sealed (state/apn).
+PASSWORD_ENV = "CELLGUARD_APN_PASSWORD"
+
+
+def apn_password(args) -> str | None:
+    """--apn-password-file, else $CELLGUARD_APN_PASSWORD, else --apn-password; None if none."""
+    import os
+
+    if args.apn_password_file is not None:
+        try:
+            text = args.apn_password_file.read_text()
+        except OSError as e:
+            raise SystemExit(f"provisioning refused: cannot read --apn-password-file: {e.strerror}") from None
+        return text.splitlines()[0] if text else ""
+    return os.environ.get(PASSWORD_ENV) or args.apn_password
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hub-db", default="build/hub.sqlite", help="the hub's SQLite key store")
@@ -246,7 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--board", help="the board profile's name (informational; the unit reads its own)")
     parser.add_argument("--apn")
     parser.add_argument("--apn-user")
-    parser.add_argument("--apn-password")
+    parser.add_argument(
+        "--apn-password-file", type=Path, help="a file holding the APN password (its first line)"
+    )
+    parser.add_argument(
+        "--apn-password", help=f"the APN password on the command line (visible to ps: prefer ${PASSWORD_ENV})"
+    )
     parser.add_argument("--json", action="store_true", help="print the unit's record as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -258,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
         reprovision=args.reprovision,
         apn=args.apn,
         apn_user=args.apn_user,
-        apn_pwd=args.apn_password,
+        apn_pwd=apn_password(args),
     )
+    if req.apn_pwd and not req.apn_user:
+        print("provisioning refused: an APN password needs --apn-user", file=sys.stderr)
+        return EXIT_FAILED
+    if (req.apn_user or req.apn_pwd) and not req.apn:
+        print("provisioning refused: APN credentials need --apn", file=sys.stderr)
+        return EXIT_FAILED
     if args.device:
         runner, modem_src = run_over_mpremote(args.device), BOARD_MODEM
     else:

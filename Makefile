@@ -55,7 +55,7 @@ virtual-board: $(STAMP)
 	$(PY) tools/run_or_explain.py tools/virtual_board.py
 
 flash: $(STAMP)
-	$(PY) tools/flash.py --board $(BOARD) $(if $(PORT),--port $(PORT),)
+	$(PY) tools/flash.py --board $(BOARD) $(if $(PORT),--port $(PORT),) $(FLASH_ARGS)
 
 status: $(STAMP)
 	$(PY) tools/run_or_explain.py tools/status.py $(if $(PORT),--port $(PORT),)

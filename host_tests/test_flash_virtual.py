@@ -129,3 +129,45 @@ def test_flash_provisions_the_unit_once(board, tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "skipped: already provisioned as device " + devices[0][0] in again.stdout
     assert len(sqlite3.connect(board.workdir / "hub.sqlite").execute("SELECT * FROM devices").fetchall()) == 1
+
+
+def test_flash_forwards_the_provisioning_options(board, tmp_path):
+    """--unlocked, --factory-pin and the APN credentials reach provision.py; the password only
+    through a file (or the environment), never a command line, and it is never printed."""
+    secret = "Pa55-" + os.urandom(4).hex()
+    pw_file = tmp_path / "apn-password"
+    pw_file.write_text(secret + "\n")
+    proc = flash(board, tmp_path / "master.key", "--unlocked", "--factory-pin", "1234", "--apn", "iot.test",
+                 "--apn-user", "meter", "--apn-password-file", str(pw_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    step5 = proc.stdout.split("[5/8]")[1].split("[6/8]")[0]
+    assert "SIM lock UNLOCKED" in step5, step5
+    assert secret not in proc.stdout + proc.stderr
+    out = board.mpremote("exec", "from cellguard import simlock\n"
+                         "a = simlock.load_apn()\n"
+                         "print('APN', a[0], a[1], a[2] == %r)" % secret).stdout
+    assert "APN iot.test meter True" in out, out
+
+
+def test_flash_never_puts_the_apn_password_on_a_command_line(monkeypatch, tmp_path):
+    import argparse
+
+    import flash as flash_tool
+
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(cmd=cmd, env=kw.get("env"))
+        return argparse.Namespace(returncode=5, stdout="", stderr="provisioning refused: already provisioned as device x")
+
+    monkeypatch.setattr(flash_tool.subprocess, "run", fake_run)
+    monkeypatch.delenv("CELLGUARD_APN_PASSWORD", raising=False)
+    args = argparse.Namespace(
+        no_provision=False, reprovision=False, hub_db=tmp_path / "hub.db", unlocked=True, factory_pin="4321",
+        apn="iot.test", apn_user="meter", apn_password="argv-secret", apn_password_file=None,
+    )
+    flash_tool.provision("/dev/null", {"name": "virtual"}, args)
+    assert "argv-secret" not in " ".join(seen["cmd"])
+    assert seen["env"]["CELLGUARD_APN_PASSWORD"] == "argv-secret"
+    for flag in ("--unlocked", "--factory-pin", "4321", "--apn", "iot.test", "--apn-user", "meter"):
+        assert flag in seen["cmd"]

@@ -497,3 +497,55 @@ def test_failed_provisioning_prints_no_pin_or_password(tmp_path, capsys, caplog,
         assert secret not in everything, everything
     # What failed is still said: the error's type, its code, and the command's name.
     assert "CmeError (error code 3) in " + failing.split("=")[0] in printed.err, printed.err
+
+
+# ---- APN credentials survive a boot -------------------------------------------------------------
+APN_COMMANDS = {"bg96": "AT+QICSGP", "sim7080": "AT+CNCFG", "nrf91": "AT+CGAUTH", "sara-r4": "AT+CGAUTH"}
+
+APP_BOOT = """
+from cellguard import app
+a = app.App(m, '127.0.0.1', 9, apn='iot.test', retry_ms=100000)
+print('STATE', a.step(50), a.lock.outcome)
+print('PLAIN', %r in open('/flash/state/apn', 'rb').read())
+"""
+
+
+@pytest.mark.parametrize("dialect", ["bg96", "nrf91"])
+def test_provisioned_apn_credentials_survive_a_boot(unit, dialect):
+    sim, _ = provisioned(unit, dialect, apn="iot.test", apn_user="meter", apn_pwd=SECRET_APN_PASSWORD)
+    sim.unlocked = False  # power cycle
+    with emulated_modem(dialect, sim=sim) as emu:
+        # app.json names the APN only (user and password None), as main.py passes it.
+        out = unit.run(emu, APP_BOOT % SECRET_APN_PASSWORD.encode())
+        assert "STATE online OK" in out, out
+        sent = emu.commands_matching(APN_COMMANDS[dialect])
+    assert sent and all("meter" in c and SECRET_APN_PASSWORD in c for c in sent), sent
+    assert "PLAIN False" in out  # sealed on the flash, not in clear
+
+
+def test_edited_apn_record_is_refused_and_said(unit):
+    sim, _ = provisioned(unit, "bg96", apn="iot.test", apn_user="meter", apn_pwd=SECRET_APN_PASSWORD)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        out = unit.run(
+            emu,
+            "from cellguard import simlock\n"
+            "p = '/flash/state/apn'\n"
+            "d = open(p, 'rb').read()\n"
+            "with open(p, 'wb') as f:\n"
+            "    f.write(d.replace(b'user=meter', b'user=evil'))\n"
+            "try:\n"
+            "    simlock.load_apn(); print('ACCEPTED')\n"
+            "except ValueError as e:\n"
+            "    print('REFUSED', e)\n",
+        )
+    assert "REFUSED APN record fails authentication" in out, out
+
+
+def test_bad_apn_settings_are_refused_before_the_sim_is_touched(unit):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(prov.ProvisionError, match="APN user holds a line break"):
+            unit.provision(emu, apn="iot.test", apn_user="a\nb", apn_pwd="x")
+        assert not emu.commands_matching("AT+CPWD") and not emu.commands_matching('AT+CLCK="SC",1')
+    assert sim.pin == FACTORY_PIN

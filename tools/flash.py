@@ -386,6 +386,29 @@ def app_config(args) -> dict:
     return {"hub_host": host, "hub_port": int(port), "apn": args.apn, "interval_s": args.report_interval}
 
 
+def provision_flags(args) -> list[str]:
+    """The provisioning options flash.py passes on to tools/provision.py (never the password)."""
+    flags = []
+    if args.unlocked:
+        flags.append("--unlocked")
+    if args.factory_pin is not None:
+        flags += ["--factory-pin", args.factory_pin]
+    if args.apn_user:  # credentials belong to the APN the unit attaches with (app.json's)
+        flags += ["--apn", args.apn, "--apn-user", args.apn_user]
+    if args.apn_password_file is not None:
+        flags += ["--apn-password-file", str(args.apn_password_file)]
+    return flags
+
+
+def provision_env(args) -> dict:
+    # The password travels in provision.py's environment, never on a command line (ps shows those);
+    # $CELLGUARD_APN_PASSWORD set for flash.py is inherited as it is.
+    env = dict(os.environ)
+    if args.apn_password:
+        env["CELLGUARD_APN_PASSWORD"] = args.apn_password
+    return env
+
+
 def provision(port: str, profile: dict, args) -> str:
     tool = REPO / "tools" / "provision.py"
     if args.no_provision:
@@ -395,7 +418,8 @@ def provision(port: str, profile: dict, args) -> str:
     cmd = [sys.executable, str(tool), "--port", port, "--board", profile["name"], "--hub-db", str(args.hub_db)]
     if args.reprovision:
         cmd.append("--force")
-    proc = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300)
+    cmd += provision_flags(args)
+    proc = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=300, env=provision_env(args))
     if proc.returncode == 5:  # a re-flash of a provisioned unit keeps its keys
         reason = proc.stderr.strip().removeprefix("provisioning refused: ")
         args.provisioned_id = reason.split("as device ", 1)[-1].split(";")[0].strip()
@@ -537,6 +561,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reprovision", action="store_true", help="provision again a unit already provisioned")
     parser.add_argument("--hub", default="127.0.0.1:5683", help="the hub's UDP address the unit reports to")
     parser.add_argument("--apn", default="iot", help="the access point name the unit attaches with")
+    parser.add_argument("--apn-user", help="provisioning: the APN's user name (stored on the unit)")
+    parser.add_argument("--apn-password-file", type=Path,
+                        help="provisioning: a file holding the APN password (or set $CELLGUARD_APN_PASSWORD)")
+    parser.add_argument("--apn-password", help=argparse.SUPPRESS)  # visible to ps: the two above instead
+    parser.add_argument("--unlocked", action="store_true",
+                        help="provisioning: certification unit without SIM/IMEI lock (must never ship)")
+    parser.add_argument("--factory-pin", help="provisioning: the PIN the SIMs are delivered with (default 1234)")
     parser.add_argument("--report-interval", type=float, default=3600, help="seconds between readings")
     parser.add_argument("--hub-db", type=Path, default=REPO / "build" / "hub.sqlite",
                         help="the hub's key store that provisioning registers the unit in")

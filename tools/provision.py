@@ -100,7 +100,7 @@ def _provision():
 def _failure(e):
     # Never the exception's text: a modem error quotes its command, and +CLCK/+CPWD/+CPIN carry
     # the PINs, +CGAUTH/+QICSGP/+CNCFG the APN password. Its type, code and command name suffice.
-    if isinstance(e, simlock.BindingError):
+    if isinstance(e, (simlock.BindingError, simlock.BadSetting)):
         return "BindingError: " + str(e)  # the lock's own words: no secret in them
     out = type(e).__name__
     if getattr(e, "code", None) is not None:

@@ -104,7 +104,7 @@ class App:
             self.lock.check()  # reports UNPROVISIONED on the console
             return
         try:
-            self.lock.attach(*self.apn)
+            self.lock.attach(*self._apn_settings())
         except simlock.LockedOut as e:
             self.state = STATE_LOCKED
             if self.box is None:
@@ -118,6 +118,24 @@ class App:
         self.box.sock = self.sock
         self.state = STATE_ONLINE
         _log("app: online")
+
+    def _apn_settings(self):
+        # Credentials given at provisioning live on the unit (simlock.store_apn, the password
+        # sealed); app.json names the APN only. Without them, bg96/sim7080 would overwrite the
+        # credentials with empty ones at every boot. They belong to their APN: a unit configured
+        # for another APN attaches without them (docs/provisioning.md).
+        if self.apn[1] is not None:
+            return self.apn
+        try:
+            stored = simlock.load_apn()
+        except ValueError as e:
+            _log("app: %s: attaching without credentials" % e, error=True)
+            return self.apn
+        if stored is not None and stored[0] == self.apn[0]:
+            return stored
+        if stored is not None:
+            _log("app: the provisioned APN credentials are for another APN: not used")
+        return self.apn
 
     # ---- the loop -------------------------------------------------------------------------------
     def step(self, timeout_ms=200):

@@ -105,6 +105,69 @@ def decode_binding(data):
     return out
 
 
+# ---- the APN settings given at production -----------------------------------------------------
+# state/apn: "apn=<name>", "user=<name>", "pwd=<hex>": the password sealed with AES-CCM under a key
+# derived from the root key (random nonce, 16-byte tag), the APN and user name as its associated
+# data, so the whole record is authenticated and the password never lies on the flash in clear.
+# Stored because bg96 (+QICSGP) and sim7080 (+CNCFG) set APN and credentials in one command: a boot
+# attaching with app.json's APN alone would overwrite the provisioned credentials with empty ones.
+_APN_LABEL = b"cellguard/apn-password/v1"
+_APN_NONCE = 13
+
+
+def apn_path():
+    return runtime.path_join(_state_dir(), "apn")
+
+
+def _apn_aead():
+    return crypto.AesCcm(keys.derive(_APN_LABEL, 16), tag_len=16)
+
+
+def _apn_aad(apn, user):
+    return ("apn=%s\nuser=%s\n" % (apn, user)).encode()
+
+
+class BadSetting(ValueError):
+    """A provisioning input the unit cannot store or send (the message names it, never its value)."""
+
+
+def check_apn_settings(apn, user, pwd):
+    """BadSetting unless the settings fit the record (one line each) and the modem's quoting."""
+    for name, v in (("APN", apn), ("APN user", user), ("APN password", pwd)):
+        if v is not None and ("\n" in v or "\r" in v or '"' in v):
+            raise BadSetting(name + " holds a line break or a quote")
+
+
+def store_apn(apn, user=None, pwd=None):
+    check_apn_settings(apn, user, pwd)
+    user = user or ""
+    nonce = runtime.random_bytes(_APN_NONCE)
+    sealed = _apn_aead().seal(nonce, _apn_aad(apn, user), (pwd or "").encode())
+    atomic.ensure_dir(_state_dir())
+    atomic.write_atomic(apn_path(), _apn_aad(apn, user) + b"pwd=" + (nonce + sealed).hex().encode() + b"\n")
+
+
+def load_apn():
+    """-> (apn, user, pwd) as provisioned (user/pwd None if empty), None if none were given.
+    ValueError if the record was edited or sealed under another root key."""
+    try:
+        lines = atomic.read_bytes(apn_path()).decode().split("\n")
+    except OSError:
+        return None
+    try:
+        apn, user, pwd = [ln.partition("=")[2] for ln in lines[:3]]
+        blob = bytes.fromhex(pwd)
+        plain = _apn_aead().open(blob[:_APN_NONCE], _apn_aad(apn, user), blob[_APN_NONCE:])
+    except (ValueError, IndexError, crypto.CryptoError):  # malformed or edited: the same to us
+        raise ValueError("APN record fails authentication")
+    return apn, user or None, bytes(plain).decode() or None
+
+
+def forget_apn():
+    if atomic.exists(apn_path()):
+        atomic.remove(apn_path())
+
+
 def write_binding(record):
     atomic.ensure_dir(_state_dir())
     atomic.write_atomic(binding_path(), record)
@@ -281,6 +344,8 @@ def provision_sim(modem, factory_pin, unlocked=False, apn=None, apn_user=None, a
     it and is never returned or printed. Returns the public identities for the production record.
     A certification unit (unlocked=True) gets a binding that says so and its SIM is left as is.
     """
+    if apn:
+        check_apn_settings(apn, apn_user, apn_pwd)  # bad input refused before the SIM is touched
     imei = modem.imei()
     state = modem.sim_state()
     if state in ("ABSENT", "FAILURE"):
@@ -301,5 +366,8 @@ def provision_sim(modem, factory_pin, unlocked=False, apn=None, apn_user=None, a
     imsi = modem.imsi()
     if apn:
         modem.set_apn(apn, apn_user, apn_pwd)
+        store_apn(apn, apn_user, apn_pwd)  # every boot attaches with these (App)
+    else:
+        forget_apn()  # a re-provisioned unit's old record is sealed under its old root key
     write_binding(encode_binding(imei, iccid, imsi, keys.device_id(), keys.key_id(), unlocked))
     return {"imei": imei, "iccid": iccid, "imsi": imsi, "unlocked": unlocked}

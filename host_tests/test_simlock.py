@@ -207,7 +207,8 @@ def test_sim_swapped(unit, dialect):
         assert not emu.commands_matching("AT+CPIN=") and other.pin_left == 3
     assert booted["status"] == "SIM_MISMATCH" and booted["events"] == 1
     # What the field technician sees on the serial console:
-    assert booted["console"].split() == ["sim", "lock", "SIM_MISMATCH"]
+    assert booted["console"].split()[:3] == ["sim", "lock", "SIM_MISMATCH"]
+    assert booted["console"].split()[-1] == "SIM_MISMATCH" and "last event 20" in booted["console"]
 
 
 def test_same_iccid_other_imsi_is_a_mismatch(unit):
@@ -549,3 +550,65 @@ def test_bad_apn_settings_are_refused_before_the_sim_is_touched(unit):
             unit.provision(emu, apn="iot.test", apn_user="a\nb", apn_pwd="x")
         assert not emu.commands_matching("AT+CPWD") and not emu.commands_matching('AT+CLCK="SC",1')
     assert sim.pin == FACTORY_PIN
+
+
+# ---- the console shows the lock's history and a certification unit ------------------------------
+STATUS_PAGE = """
+from cellguard import console, simlock
+m.init()
+lock = simlock.SimLock(m)
+print('BEFORE', console.render_status(console.snapshot()).split(chr(10))[0])
+lock.check()
+print(console.render_status(console.snapshot()))
+print('JSON', json.dumps(console.snapshot()))
+"""
+
+
+def page(out: str) -> tuple[list[str], dict]:
+    lines = out.splitlines()
+    snap = json.loads([ln for ln in lines if ln.startswith("JSON ")][-1][5:])
+    return lines, snap
+
+
+def test_status_shows_the_last_tamper_event_after_a_reboot(unit):
+    sim, _ = provisioned(unit)
+    with emulated_modem("bg96") as emu:
+        emu.sim = None
+        assert unit.boot(emu)["outcome"] == "SIM_ABSENT"
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:  # next boot: the right SIM is back, all is well
+        out = unit.run(emu, "import json\n" + STATUS_PAGE)
+    lines, snap = page(out)
+    sim_line = [ln for ln in lines if ln.startswith("sim lock")][0]
+    # The state is OK now; the event from the earlier boot is still shown, with its time.
+    assert sim_line.split()[:3] == ["sim", "lock", "OK"], sim_line
+    assert " last event 20" in sim_line and sim_line.endswith(" UTC SIM_ABSENT"), sim_line
+    assert snap["sim"]["state"] == "OK" and snap["sim"]["last_event"] == "SIM_ABSENT"
+    assert snap["sim"]["last_event_t"] > 1_700_000_000
+    assert "warning" not in snap and UNLOCKED_BANNER not in out
+
+
+def test_fresh_unit_shows_no_last_event(unit):
+    sim, _ = provisioned(unit)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        out = unit.run(emu, "import json\n" + STATUS_PAGE)
+    lines, snap = page(out)
+    assert [ln for ln in lines if ln.startswith("sim lock")][0].split() == ["sim", "lock", "OK"]
+    assert "last_event" not in snap["sim"]
+
+
+UNLOCKED_BANNER = "UNLOCKED CERTIFICATION UNIT - MUST NOT SHIP"
+
+
+def test_certification_unit_status_carries_the_banner(unit):
+    sim, _ = provisioned(unit, unlocked=True)
+    with emulated_modem("bg96", sim=sim) as emu:
+        out = unit.run(emu, "import json\n" + STATUS_PAGE)
+    lines, snap = page(out)
+    # The banner is the page's first line, even before the lock has talked to the modem.
+    assert "BEFORE " + UNLOCKED_BANNER in out
+    page_start = lines.index(UNLOCKED_BANNER)
+    assert lines[page_start + 1].startswith("cellguard ")
+    assert snap["warning"] == UNLOCKED_BANNER and snap["sim"]["certification_unit"] is True
+    assert snap["sim"]["state"] == "UNLOCKED"

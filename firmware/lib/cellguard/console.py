@@ -138,6 +138,22 @@ def _localtime(t):
     return time.gmtime(t) if hasattr(time, "gmtime") else time.localtime(t)
 
 
+UNLOCKED_BANNER = "UNLOCKED CERTIFICATION UNIT - MUST NOT SHIP"
+
+
+def _certification_unit(snap):
+    sim = snap.get("sim", {})
+    return bool(sim.get("certification_unit")) or sim.get("state") == "UNLOCKED"
+
+
+def _last_sim_event(snap):
+    # The newest tamper event persisted in state/simlock, from this boot or an earlier one.
+    outcome = _get(snap, "sim", "last_event", None)
+    if outcome is None:
+        return ""
+    return "  last event %s %s" % (_when(_get(snap, "sim", "last_event_t", 0)), outcome)
+
+
 def render_status(snap):
     """The `status` page a technician reads (docs/field-guide.md explains every line)."""
     lines = []
@@ -147,7 +163,9 @@ def render_status(snap):
     add("device      id %s" % _get(snap, "device", "id", "not provisioned"))
     add("firmware    slot %s  state %s" % (_get(snap, "boot", "slot"), _get(snap, "boot", "state")))
     add("console     %s" % _get(snap, "console", "mode"))
-    add("sim lock    %s" % _get(snap, "sim", "state"))
+    if _certification_unit(snap):
+        lines.insert(0, UNLOCKED_BANNER)  # first thing anyone sees: such a unit must never ship
+    add("sim lock    %s%s" % (_get(snap, "sim", "state"), _last_sim_event(snap)))
     add("modem       %s  IMEI %s  ICCID %s" % (_get(snap, "modem", "model"), _get(snap, "modem", "imei", "-"),
                                               _get(snap, "modem", "iccid", "-")))
     reg = _get(snap, "modem", "registration")
@@ -319,6 +337,8 @@ _HELP = """commands:
 def snapshot():
     snap = status.snapshot()
     snap.setdefault("firmware", {})["version"] = VERSION
+    if _certification_unit(snap):
+        snap["warning"] = UNLOCKED_BANNER  # status --json: scripts and the hub's tools see it too
     return snap
 
 

@@ -271,6 +271,8 @@ class SimLock:
         self.outcome = None
         self.reason = ""
         self.events = self._load_events()
+        _publish_history(self.events)  # tamper events from earlier boots, on the status page at once
+        _publish_mode()
 
     def _load_events(self):
         try:
@@ -293,6 +295,7 @@ class SimLock:
             self.events.append("%d %s %s" % (runtime.time_s(), outcome, reason))
             self.events = self.events[-_EVENTS_KEPT:]
             self._persist()
+            _publish_history(self.events)
             if self.on_tamper:
                 self.on_tamper(outcome, reason)
         return outcome
@@ -323,12 +326,46 @@ class LockedOut(Exception):
         self.outcome = outcome
 
 
-def _status(outcome, reason):
+def _status_module():
     try:
         from cellguard import status
     except ImportError:  # the status registry is optional (minimal builds)
+        return None
+    return status
+
+
+def _publish_history(events):
+    # The newest persisted event ("<time> <outcome> <reason>"): the console's `last event`.
+    status = _status_module()
+    if status is None or not events:
+        return
+    stamp, _, rest = events[-1].partition(" ")
+    try:
+        status.set("sim", "last_event_t", int(stamp))
+    except ValueError:
+        status.set("sim", "last_event_t", None)
+    status.set("sim", "last_event", rest.partition(" ")[0])
+
+
+def _publish_mode():
+    # A certification unit says so from the first moment, before the modem has been asked anything.
+    status = _status_module()
+    if status is None or not keys.provisioned():
+        return
+    try:
+        unlocked = load_binding()["mode"] == "unlocked"
+    except BindingError:
+        return
+    status.set("sim", "certification_unit", unlocked)
+
+
+def _status(outcome, reason):
+    status = _status_module()
+    if status is None:
         return
     status.set("sim", "state", outcome)
+    if outcome == UNLOCKED:
+        status.set("sim", "certification_unit", True)
     status.set("sim", "reason", reason)
     if outcome not in DATA_ALLOWED:
         status.log("simlock: " + outcome + " (" + reason + ")", error=True)

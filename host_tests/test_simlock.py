@@ -175,6 +175,15 @@ def test_reprovision_refused_unless_asked(unit):
     ]
 
 
+def test_provisioning_never_spends_the_last_pin_retry(unit):
+    sim = Sim(pin=FACTORY_PIN, pin_enabled=True, pin_left=1)  # two wrong --factory-pin runs before
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(prov.ProvisionError, match="one PIN retry left"):
+            unit.provision(emu)
+        assert not emu.commands_matching("AT+CPIN=") and not emu.commands_matching("AT+CPWD")
+    assert sim.pin_left == 1 and sim.pin == FACTORY_PIN
+
+
 def test_cli_provisions_against_the_emulated_modem(tmp_path):
     sim = Sim(pin=FACTORY_PIN)
     with emulated_modem("sara-r4", sim=sim) as emu:

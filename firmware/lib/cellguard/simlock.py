@@ -374,6 +374,13 @@ def _status(outcome, reason):
 
 
 # ---- production: lock the SIM to this device ---------------------------------------------------
+def _refuse_last_retry(modem):
+    # A wrong --factory-pin spends an attempt per run: never let a re-run PUK-lock the SIM.
+    retries = modem.pin_retries()
+    if retries is not None and retries[0] <= 1:
+        raise BindingError("SIM has one PIN retry left: not trying (is --factory-pin right?)")
+
+
 def provision_sim(modem, factory_pin, unlocked=False, apn=None, apn_user=None, apn_pwd=None):
     """Read identities, lock the SIM with the device PIN, write the binding. Needs keys provisioned.
 
@@ -391,6 +398,8 @@ def provision_sim(modem, factory_pin, unlocked=False, apn=None, apn_user=None, a
         raise BindingError("SIM is PUK-locked")
     iccid = modem.iccid()
     device_pin = sim_pin()
+    if state == "SIM PIN" or not unlocked:
+        _refuse_last_retry(modem)
     if not unlocked:
         if state == "SIM PIN":
             modem.enter_pin(factory_pin)

@@ -89,3 +89,63 @@ def test_queued_time_is_delivered_once_and_done(tmp_path):
     assert abs(device_time - 1_900_000_000) < 60  # the hub's clock at sending, not at queueing
     assert [r["state"] for r in hub.store.commands(KEY_ID)] == ["done"]
     assert sent == 0  # never sealed into a command datagram that waits for a DACK
+
+
+# The application (app.App) with its real command path (outbox -> App._command); its modem is
+# bypassed: the outbox gets a host UDP socket, as the data session would give it one.
+APP_BOOT = """
+import sys
+import hostudp
+from cellguard import app, keys, runtime, status
+PORT, BOOT, FS = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+runtime.set_fs_root(FS)
+if BOOT == 0:
+    keys.provision(bytes.fromhex(ROOT_HEX), 'dev-1', KEY_ID)
+class Modem:
+    session = True
+a = app.App(Modem(), '127.0.0.1', PORT, interval_ms=3600000)
+a._open_outbox()
+print('BOOT INTERVAL', a.interval_ms)
+a.box.sock = hostudp.HostUdp()
+a.box.base_ms = 100
+t = runtime.ticks_ms()
+while a.box.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+    a.box.poll(50)
+a.box.poll(300)
+print('INTERVAL', a.interval_ms, runtime.ticks_diff(a._next_reading, runtime.ticks_ms()) <= a.interval_ms)
+print('STATE', a.state, keys.provisioned())
+for e in status.events():
+    print('EVENT', e[1])
+"""
+
+
+def app_boot(port: int, n: int, fs) -> list[str]:
+    script = APP_BOOT.replace("ROOT_HEX", repr(ROOT.hex())).replace("KEY_ID", str(KEY_ID))
+    return run_micropython(script, heapsize="4M", timeout=60, args=(port, n, fs)).splitlines()
+
+
+def test_config_interval_reaches_the_app_and_survives_a_reboot(tmp_path):
+    hub = make_hub(tmp_path)
+    hub.store.queue_command(KEY_ID, hp.config_record(1, 900))
+    hub.store.queue_command(KEY_ID, hp.config_record(99, 5))  # a key this firmware does not know
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    with HubServer(hub) as server:
+        first = app_boot(server.port, 0, fs)
+        second = app_boot(server.port, 1, fs)
+    assert "BOOT INTERVAL 3600000" in first and "INTERVAL 900000 True" in first, first
+    assert "EVENT config: unknown key 99 ignored" in first, first
+    assert "BOOT INTERVAL 900000" in second, second  # persisted like the other CONFIG settings
+    assert [r["state"] for r in hub.store.commands(KEY_ID)] == ["done", "done"]
+
+
+def test_decommission_from_the_hub_wipes_the_keys_through_the_app(tmp_path):
+    hub = make_hub(tmp_path)
+    hub.store.queue_command(KEY_ID, hp.decommission_record())
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    with HubServer(hub) as server:
+        out = app_boot(server.port, 0, fs)
+    assert "STATE unprovisioned False" in out, out
+    assert not (fs / "keys" / "root").exists()
+    assert [r["state"] for r in hub.store.commands(KEY_ID)] == ["done"]

@@ -2,7 +2,8 @@
 pty -> emulated modem -> real UDP -> lossy relay -> hub.
 
 Faults: 30 % loss both ways, duplicates and reordering in the relay, spontaneous modem resets during
-the run, and power cuts of the device's littlefs. Every reading whose enqueue completed reaches the
+the run, and power cuts of the device's littlefs aimed at a sequence reservation and at the middle of
+a send (test_e2e_udp's device loop), each asserted to have landed there. Every reading whose enqueue completed reaches the
 hub exactly once, none twice, and no sequence number ever carries two different datagrams.
 """
 
@@ -15,7 +16,7 @@ from harness import run_micropython
 from hub import HubServer
 from hubkit import make_hub
 from modem_fixtures import driver_script, emulated_modem
-from test_e2e_udp import check_exactly_once, device_script
+from test_e2e_udp import check_cuts_hit, check_exactly_once, device_script
 from udprelay import Faults, Relay
 
 MODEM_SOCK = """
@@ -55,5 +56,6 @@ def test_through_the_modem_with_faults(tmp_path, dialect, seed):
     lines = out.splitlines()
     check_exactly_once(lines, hub, relay)
     assert int(lines[-1].split()[1]) >= 4  # power cuts really happened
+    check_cuts_hit(lines, ("reserve", "seal", "transmit"))  # in a reservation, in the middle of a send
     assert len(resets) >= 2, "the modem was not reset during the run"
     assert emu.reboots >= 2

@@ -183,3 +183,41 @@ def test_accepted_records_are_bounded(tmp_path, monkeypatch):
     for _ in range(30):
         hub.handle(dev.seal(b"x"))
     assert hub.store.accepted_seqs(KEY_ID) == list(range(19, 30))
+
+
+def test_cli_help_runs_as_a_program():
+    import subprocess
+    import sys
+
+    from harness import TOOLS
+
+    for args in (["--help"], ["queue", "--db", "x", "--key-id", "1", "--help"]):
+        proc = subprocess.run(
+            [sys.executable, str(TOOLS / "hub.py"), *args], capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "usage:" in proc.stdout
+
+
+def test_queued_time_rides_the_next_ack_and_is_done(tmp_path):
+    hub = make_hub(tmp_path)
+    hub.clock = lambda: 1_900_000_000
+    dev = device_channel()
+    hub.store.queue_command(KEY_ID, hp.time_record(1_800_000_000))
+    (reply,) = hub.handle(dev.seal(b"r"))  # no command datagram: TIME waits for no DACK
+    recs = downlink.parse(dev.open(reply)[2])
+    assert recs[1] == ("time", 1_900_000_000)  # the clock when it is sent, not when it was queued
+    assert [r["state"] for r in hub.store.commands(KEY_ID)] == ["done"]
+    (reply,) = hub.handle(dev.seal(b"r2"))
+    assert [r[0] for r in downlink.parse(dev.open(reply)[2])] == ["ack"]
+
+
+def test_downlink_sequence_exhaustion_is_refused_not_wrapped(tmp_path):
+    hub = make_hub(tmp_path)
+    dev = device_channel()
+    with hub.store.db:
+        hub.store.db.execute("UPDATE devices SET down_seq=? WHERE key_id=?", (hp.MAX_SEQ, KEY_ID))
+    assert len(hub.handle(dev.seal(b"last"))) == 1  # the last downlink number, 2^32 - 1
+    assert hub.handle(dev.seal(b"beyond")) == []
+    assert hub.counters["rejected.downlink sequence exhausted"] == 1
+    assert hub.counters["internal_error"] == 0

@@ -194,3 +194,23 @@ def test_firmware_datagrams_equal_the_hub_implementation(runtime):
                         flags = (hp.FLAG_ENCRYPT if mode else 0) | (hp.FLAG_CONTROL if n == 15 else 0)
                         want.append(hp.seal(keys, flags, kid, seq, bytes(range(n))).hex())
     assert got == want
+
+
+def test_tag_lengths_outside_the_protocol_are_refused(runtime):
+    # protocol.md section 1: CCM tags 8, 12 or 16; HMAC tags 10..32. CCM itself would take a 4-byte
+    # tag, whose forgery bound (v / 2^32) the document's limits do not cover.
+    out = runtime.run(
+        PAIR
+        + """
+for kw in ({'ccm_tag': 4}, {'ccm_tag': 10}, {'ccm_tag': 14}, {'hmac_tag': 9}, {'hmac_tag': 33}):
+    try:
+        message.Channel(derive, Counter(), key_id=1, **kw)
+        print('accepted', kw)
+    except ValueError:
+        print('refused')
+for kw in ({'ccm_tag': 8}, {'ccm_tag': 12}, {'ccm_tag': 16}, {'hmac_tag': 10}, {'hmac_tag': 32}):
+    message.Channel(derive, Counter(), key_id=1, **kw)
+print('ok')
+"""
+    )
+    assert out.split() == ["refused"] * 5 + ["ok"]

@@ -199,3 +199,61 @@ print(ob3.budget)
 """,
     )
     assert out == ["200000 True", "200000"]
+
+
+def test_budget_is_not_renewed_by_a_reboot_only_by_a_new_day(runtime, tmp_path):
+    """A reboot (local clock restarted, the hub's TIME not yet heard again) or a TIME that sets the
+    clock back must not grant a fresh daily budget; the next day does."""
+    keys_down = hp.DirectionKeys.make(ROOT, "down")
+    day = 86400 * 100
+    time_dg = hp.seal(keys_down, hp.FLAG_ENCRYPT, None, 0, hp.time_record(day + 5 * 3600))
+    out = run(
+        runtime,
+        tmp_path,
+        """
+T = [DAY + 3600]
+runtime.time_s = lambda: T[0]
+s = FakeSock()
+ob, ch = make(s, budget=60)
+ob.handle_downlink(bytes.fromhex(TIME_DG))   # hub time: 4 h ahead of the local clock
+for i in range(3):
+    ob.enqueue(b'0123456789abcdef0123456789abcdef')
+ob.poll(0)
+print(len(s.sent), ob.time_offset)
+T[0] = 1000                                  # reboot; the local clock starts again near 0
+ob, ch = make(s, budget=60)
+ob.poll(0)
+print(len(s.sent), ob.time_offset)
+T[0] = DAY + 86400 - 4 * 3600 + 10           # with the persisted offset: the next UTC day
+ob.poll(0)
+print(len(s.sent))
+""".replace("TIME_DG", repr(time_dg.hex())).replace("DAY", str(day)),
+    )
+    assert out == ["1 14400", "1 14400", "2"]
+
+
+def test_backoff_doubles_to_the_ceiling_with_bounded_jitter(runtime, tmp_path):
+    out = run(
+        runtime,
+        tmp_path,
+        """
+s = FakeSock()
+ob, ch = make(s, budget=1 << 30)
+ob.base_ms = 1000
+ob.ceiling_ms = 8000
+ob.enqueue(b'x')
+e = ob._entries[0]
+seen = []
+for i in range(60):
+    t = runtime.ticks_ms()
+    ob.send_due()
+    d = runtime.ticks_diff(e.due, t)
+    ok = e.backoff * 3 // 4 <= d <= e.backoff * 5 // 4 + 20
+    seen.append((e.backoff, ok, d))
+    e.due = 0   # due again now: the next send_due() is the next retransmission
+print([b for b, ok, d in seen[:6]])
+print(all(ok for b, ok, d in seen), len(set(d for b, ok, d in seen[4:])) > 5, len(s.sent))
+""",
+    )
+    # 1 s, doubling, held at the 8 s ceiling; every delay within +-25 %; the jitter really varies
+    assert out == ["[1000, 2000, 4000, 8000, 8000, 8000]", "True True 60"]

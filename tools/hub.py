@@ -150,6 +150,9 @@ class Hub:
     def _seal_down(self, dev: sqlite3.Row, encrypt: bool, payload: bytes) -> tuple[int, bytes]:
         with self.store.db:  # the downlink sequence is committed before the datagram exists
             seq = self._next_down_seq(dev["key_id"])
+        if seq > hp.MAX_SEQ:  # protocol.md section 9: never wrap, never reuse; the key must rotate
+            log.error("key id %d: downlink sequence exhausted, rotate the key", dev["key_id"])
+            raise hp.ProtocolError("downlink sequence exhausted")
         flags = hp.FLAG_ENCRYPT if encrypt else 0
         return seq, hp.seal(self._dir_keys(dev, "down"), flags, None, seq, payload)
 
@@ -281,12 +284,23 @@ class Hub:
         if seq != top:
             also.add(seq)
         payload = hp.ack_record(top, also)
-        if ctrl == hp.CTRL_HELLO:
+        time_queued = self._take_time_requests(kid)
+        if ctrl == hp.CTRL_HELLO or time_queued:
             payload += hp.time_record(int(self.clock()))
         replies.append(self._seal_down(dev, header.encrypt, payload)[1])
         replies.extend(self._command_datagrams(dev, header.encrypt))
         self.counters["acks_sent"] += 1
         return replies
+
+    def _take_time_requests(self, key_id: int) -> bool:
+        """A queued TIME is not a command the device confirms (protocol.md section 4): it goes out
+        once, with the hub's clock at that moment, in the next ack datagram, and is then done."""
+        with self.store.db:
+            cur = self.store.db.execute(
+                "UPDATE commands SET state='done', sent=sent+1 WHERE key_id=? AND state!='done' AND hex(substr(record,1,1))=?",
+                (key_id, f"{hp.REC_TIME:02X}"),
+            )
+        return cur.rowcount > 0
 
     def _command_datagrams(self, dev: sqlite3.Row, encrypt: bool) -> list[bytes]:
         """Pending commands, sealed once and resent byte for byte until the device DACKs them."""
@@ -294,6 +308,7 @@ class Hub:
         rows = self.store.db.execute(
             "SELECT * FROM commands WHERE key_id=? AND state!='done' ORDER BY id", (kid,)
         ).fetchall()
+        rows = [r for r in rows if r["record"][:1] != bytes([hp.REC_TIME])]  # those ride on acks
         if not rows:
             return []
         down_now = self.store.device(kid)["down_seq"]

@@ -85,6 +85,7 @@ class App:
             state_dir=state,
         )
         self.box = outbox.Outbox(link, _NoCarrier(), self.hub[0], self.hub[1], on_command=self._command)
+        self._apply_interval()  # a report interval the hub set before a reboot
         self.box.hello(self.boot_reason, self.version)
         for outcome in self._pending_tamper:
             self.box.event(simlock.EVENT_CODE, outcome.encode())
@@ -179,8 +180,19 @@ class App:
         if payload is not None:
             self.box.enqueue(payload)
 
+    def _apply_interval(self):
+        # CONFIG 1 (the outbox validated and persisted it): a shorter interval takes effect now.
+        if self.box.interval_s is None:
+            return
+        self.interval_ms = self.box.interval_s * 1000
+        soonest = runtime.ticks_add(runtime.ticks_ms(), self.interval_ms)
+        if runtime.ticks_diff(self._next_reading, soonest) > 0:
+            self._next_reading = soonest
+
     def _command(self, record):
         kind = record[0]
+        if kind == "config" and record[1] == outbox.CONFIG_INTERVAL:
+            self._apply_interval()
         if kind == "decommission":
             _log("app: decommissioned by the hub: keys wiped")
             keys.wipe()

@@ -19,6 +19,7 @@ SIGN = const(0)
 NONCE_LEN = const(13)
 FLAG_CONTROL = const(0x10)
 DEFAULT_TAG = {ENCRYPT: 8, SIGN: 16}
+CCM_TAGS = (8, 12, 16)
 FAIL_PERSIST_EVERY = const(16)
 FAIL_LIMIT = const(4096)  # protocol.md section 9: failed downlink verifications before lock-out
 
@@ -105,6 +106,8 @@ class Channel:
     ):
         if hmac_tag < 10 or hmac_tag > 32:
             raise ValueError("HMAC tag must be 10..32 bytes")
+        if ccm_tag not in CCM_TAGS:  # protocol.md section 1; CCM itself would take 4..16
+            raise ValueError("CCM tag must be 8, 12 or 16 bytes")
         recv = "down" if send == "up" else "up"
         self._tx = _Keys(derive, send, ccm_tag, hmac_tag)
         self._rx = _Keys(derive, recv, ccm_tag, hmac_tag)

@@ -22,6 +22,7 @@ CONFIG_INTERVAL = const(1)
 CONFIG_BUDGET = const(2)
 CONFIG_MODE = const(3)
 CONFIG_RETRY_CEILING = const(4)
+MAX_INTERVAL_S = const(518400)  # 6 days: ticks_add() takes at most half the 2^30 ms ticks period
 SEQ_WARN = 0xFFFFFFFF - (1 << 20)  # protocol.md section 9: ask for a new key well before the end
 
 
@@ -83,6 +84,7 @@ class Outbox:
         self.span = span
         self.on_command = on_command
         self.time_offset = 0  # hub time - local time, from TIME records
+        self.interval_s = None  # report interval set by the hub (CONFIG 1), None: the app's own
         self.stats = {"sent": 0, "resent": 0, "acked": 0, "evicted": 0, "rejected_downlink": 0, "budget_stops": 0}
         self._buf = bytearray(512)
         self._events_sent = []
@@ -128,11 +130,26 @@ class Outbox:
         return self.folder + "/budget"
 
     def _load_budget(self):
+        # "day used [time offset]": the hub's clock offset is kept with the budget, so a reboot
+        # neither forgets what today has cost nor whose clock "today" is on.
         try:
-            day, used = atomic.read_bytes(self._budget_path()).split()
-            return int(day), int(used)
-        except (OSError, ValueError):
+            fields = atomic.read_bytes(self._budget_path()).split()
+            if len(fields) > 2:
+                self.time_offset = int(fields[2])
+            return int(fields[0]), int(fields[1])
+        except (OSError, ValueError, IndexError):
             return self._today(), 0
+
+    def _save_budget(self):
+        atomic.write_atomic(
+            self._budget_path(), b"%d %d %d" % (self._budget_day, self._budget_used, self.time_offset)
+        )
+
+    def _set_time(self, unix):
+        offset = unix - runtime.time_s()
+        if abs(offset - self.time_offset) > 2:  # a real correction, not the link's latency
+            self.time_offset = offset
+            self._save_budget()
 
     def _today(self):
         return (runtime.time_s() + self.time_offset) // 86400
@@ -178,7 +195,9 @@ class Outbox:
     # ---- sending ------------------------------------------------------------------------------------
     def _budget_allows(self, n):
         today = self._today()
-        if today != self._budget_day:
+        if today > self._budget_day:
+            # Only a day that moves forward opens a new budget: a clock that a reboot or a TIME
+            # set back (or a local clock without the hub's offset) must not grant a fresh one.
             self._budget_day, self._budget_used = today, 0
         if self._budget_used + n > self.budget:
             return False
@@ -186,7 +205,7 @@ class Outbox:
 
     def _spend(self, n):
         self._budget_used += n
-        atomic.write_atomic(self._budget_path(), b"%d %d" % (self._budget_day, self._budget_used))
+        self._save_budget()
 
     def _transmit(self, data):
         if not self._budget_allows(len(data)):
@@ -289,12 +308,13 @@ class Outbox:
             _log("downlink: %s" % e)
             return
         commands = False
+        reboot = None
         for rec in records:
             kind = rec[0]
             if kind == "ack":
                 self._acked(downlink.acked(rec[1], rec[2]))
             elif kind == "time":
-                self.time_offset = rec[1] - runtime.time_s()
+                self._set_time(rec[1])
             elif kind == "unknown":
                 _log("unknown downlink record %d" % rec[1])
             elif kind == "chunk":
@@ -302,6 +322,9 @@ class Outbox:
                     self.on_command(rec)
             else:
                 commands = True
+                if kind == "reboot":
+                    reboot = rec  # run last: a reset would lose the window and the DACK below
+                    continue
                 if kind == "config":
                     self._config(rec[1], rec[2])
                 if self.on_command is not None:
@@ -309,6 +332,10 @@ class Outbox:
         if commands:
             self.channel.persist_window()  # executed: never again, even after a reboot
             self._dack(seq)
+        if reboot is not None and self.on_command is not None:
+            # Only now: the window is on flash and the DACK has left, so the hub marks the command
+            # done and, should the DACK be lost, its resend is a replay answered with another DACK.
+            self.on_command(reboot)
 
     def _has_commands(self, payload):
         try:
@@ -345,13 +372,19 @@ class Outbox:
             pass
 
     def _config(self, key, value, persist=True):
-        if key == CONFIG_MODE:
+        if key == CONFIG_INTERVAL:
+            if not 1 <= value <= MAX_INTERVAL_S:
+                _log("config: report interval %d s out of range, ignored" % value)
+                return
+            self.interval_s = value  # the application reads it (App.interval_ms)
+        elif key == CONFIG_MODE:
             self.channel.set_mode(message.ENCRYPT if value else message.SIGN)
         elif key == CONFIG_BUDGET:
             self.budget = value
         elif key == CONFIG_RETRY_CEILING:
             self.ceiling_ms = value * 1000
         else:
+            _log("config: unknown key %d ignored" % key)
             return
         if persist:
             # The hub's settings outlive a reboot (a trial boot, a power cut): kept as "key value"

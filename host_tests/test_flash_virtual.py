@@ -129,3 +129,19 @@ def test_flash_provisions_the_unit_once(board, tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "skipped: already provisioned as device " + devices[0][0] in again.stdout
     assert len(sqlite3.connect(board.workdir / "hub.sqlite").execute("SELECT * FROM devices").fetchall()) == 1
+
+
+def test_the_image_is_signed_for_the_profiles_slot_size(board, tmp_path):
+    # flash.py signs slot A for the profile's slot_size: a profile whose slot is too small for the
+    # application is refused with a clear message before anything is written.
+    from harness import REPO
+
+    profile = json.loads((REPO / "boards" / "virtual" / "board.json").read_text())
+    boards = tmp_path / "boards"
+    (boards / "tiny").mkdir(parents=True)
+    (boards / "tiny" / "board.json").write_text(json.dumps({**profile, "name": "tiny", "slot_size": 32768}))
+    proc = flash(board, tmp_path / "k", "--board", "tiny", "--boards-dir", str(boards),
+                 "--signing-key", str(tmp_path / "dev-signing.pem"))
+    assert proc.returncode == 8, proc.stdout + proc.stderr
+    assert "flash: the application image cannot be signed for this board's 32768-byte slot" in proc.stderr
+    assert "boot.py" not in board.mpremote("fs", "ls").stdout

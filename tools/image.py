@@ -121,16 +121,22 @@ def stage_application(out_dir: Path, lib: Path = FIRMWARE_LIB, extra: list[Path]
 
 
 def release(
-    key: Path, version: str, out: Path, extra: list[Path] | None = None, march: str | None = None
+    key: Path,
+    version: str,
+    out: Path,
+    extra: list[Path] | None = None,
+    march: str | None = None,
+    slot_size: int = DEFAULT_SLOT_SIZE,
 ) -> Path:
-    """The whole application as one signed image: stage, precompile, build the ROMFS, sign."""
+    """The whole application as one signed image: stage, precompile, build the ROMFS, sign for a
+    slot of `slot_size` bytes (the board profile's; imgtool refuses an image that does not fit)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         app = stage_application(Path(tmp) / "app", extra=extra)
         precompile(app, march)
         payload = build(app, Path(tmp) / "app.romfs", compile_mpy=False)
-        return sign(key, payload, out, version)
+        return sign(key, payload, out, version, slot_size=slot_size)
 
 
 def install(img: Path, fs: Path) -> Path:
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "--add", type=Path, action="append", default=[], help="extra top-level file (e.g. app_main.py)"
     )
     p.add_argument("--march", help="the board's mpy-cross -march (armv6m, xtensawin, x64...) for native code")
+    p.add_argument("-S", "--slot-size", type=int, default=DEFAULT_SLOT_SIZE, help="the board profile's slot_size")
 
     p = sub.add_parser("install", help="factory provisioning: image into slot a of a device folder")
     p.add_argument("--fs", type=Path, required=True)
@@ -316,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             keygen(args.out, args.type)
             log.info("wrote %s (keep it secret; never commit it)", args.out)
         elif args.cmd == "release":
-            release(args.key, args.version, args.out, args.add, args.march)
+            release(args.key, args.version, args.out, args.add, args.march, args.slot_size)
             log.info("released %s (%d bytes)", args.out, args.out.stat().st_size)
         elif args.cmd == "install":
             if args.key:

@@ -310,7 +310,14 @@ def main(argv: list[str] | None = None) -> int:
             log.info("ok: %s version %s counter %d key %s", args.img, found.version_str(),
                      found.security_counter, found.key.name)  # fmt: skip
         elif args.cmd == "info":
-            data = info(args.img)
+            _firmware_on_path()
+            from cgboot.image import Rejected
+
+            try:
+                data = info(args.img)
+            except Rejected as e:
+                log.error("%s is not an image this tool can read: %s", args.img, e)
+                return 1
             if args.json:
                 print(json.dumps(data, indent=2))
             else:
@@ -343,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             log.info("wrote %s", args.out)
     except ImageToolError as e:
         log.error("%s", e)
+        return 1
+    except OSError as e:  # a missing or unreadable file: say which, no traceback
+        log.error("%s: %s", e.filename or args.cmd, e.strerror or e)
         return 1
     return 0
 

@@ -100,7 +100,7 @@ def decide(slots_, reset_cause=None, log=None):
             if info is not None and info.digest == st.digest:
                 _log(log, "trial boot of %s, attempt %d" % (info.version_str(), st.attempts))
                 return BootResult(slots_, st.candidate, info, True, buf)
-            why = "candidate invalid"
+            why = "invalid image"  # (the reason field holds 16 bytes)
         _log(log, "reverting trial image: " + why)
         st = slots_.write_state(st.copy(mode=_slots.REVERTED, attempts=0, reason=why))
 

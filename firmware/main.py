@@ -276,7 +276,8 @@ def run():
                 from cgboot import loader
 
                 loader.intend_reset("repl")
-                print("watchdog armed: the unit resets within %d s" % (guard.stall_ms // 1000))
+                within = guard.stall_ms if guard.timer is not None else guard.timeout_ms
+                print("watchdog armed: the unit resets within %d s" % (within // 1000))
             return
         except BaseException as e:  # noqa: B036
             if _resetting[0] or not consolelock.is_locked():

@@ -9,9 +9,6 @@
 import json
 import sys
 
-_DEFAULT_WATCHDOG_MS = 8000  # under the RP2040's 8388 ms cap
-_DEFAULT_STALL_MS = 300000  # the loop may block this long in one modem wait (attach: up to 180 s)
-_DEFAULT_CONFIRM_DEADLINE_S = 1800
 _resetting = [False]  # set just before a reset we mean: nothing may swallow it
 
 try:  # from the verified image; a broken one is handled by _main() below, never by the REPL
@@ -20,6 +17,12 @@ except BaseException as e:  # noqa: B036
     _import_failed = e
 else:
     _import_failed = None
+
+
+def _loader():
+    # The A/B loader as boot.py left it (None when boot.py did not run it: a CircuitPython board, a
+    # test running main.py alone). Never imported here: it would cost heap and know nothing.
+    return sys.modules.get("cgboot.loader")
 
 
 def describe():
@@ -46,10 +49,9 @@ def describe():
 
 
 def _describe_boot():
-    # The A/B loader's decision, when the loader is installed (cgboot); otherwise the page says unknown.
-    try:
-        from cgboot import loader
-    except ImportError:
+    # The A/B loader's decision, when boot.py ran the loader (cgboot); otherwise the page says unknown.
+    loader = _loader()
+    if loader is None:
         return
     try:
         for msg, bad in loader.messages():  # what the loader said at this boot, for `log`
@@ -109,9 +111,8 @@ def _no_sensor_reading():
 
 def _confirm_image():
     # The application proved itself (the hub acknowledged a message): keep this image.
-    try:
-        from cgboot import loader
-    except ImportError:
+    loader = _loader()
+    if loader is None:
         return
     r = loader.current()
     if r is not None and r.trial:
@@ -146,12 +147,11 @@ def hard_reset(intent=None):
     """Reset the board. intent (e.g. "reboot"): a reset we mean, recorded first so the next boot does
     not take it for a failed trial (machine.reset() reads back as a watchdog reset on the RP2040)."""
     _resetting[0] = True
-    if intent:
+    loader = _loader()
+    if intent and loader is not None:
         try:
-            from cgboot import loader
-
             loader.intend_reset(intent)
-        except (ImportError, OSError) as e:
+        except OSError as e:
             print("reset intent not recorded:", repr(e))
     try:
         import machine
@@ -166,70 +166,17 @@ def hard_reset(intent=None):
 def fail_trial(reason):
     """The image on trial failed (reason: crash, deadline): revert at the next boot, reset now.
     Returns False (and does nothing) when no image is on trial."""
-    try:
-        from cgboot import loader
-    except ImportError:
-        return False
-    if not loader.report_crash(reason):
+    loader = _loader()
+    if loader is None or not loader.report_crash(reason):
         return False
     print("cgboot: trial image failed (%s): reverting" % reason)
     hard_reset()
     return True
 
 
-class TrialGuard:
-    """While an image is on trial: the hardware watchdog, and a confirm deadline.
-
-    A modem wait may block for minutes, longer than a watchdog may be set (8.4 s on the RP2040), so
-    where the board has machine.Timer a timer feeds the watchdog for as long as the main loop has
-    beaten within stall_ms; a hung loop stops the feeding and the board resets (a watchdog reset,
-    which reverts the trial). Where there is no timer the loop feeds it itself."""
-
-    def __init__(self, profile, cfg):
-        wd = (profile.data.get("watchdog") if profile is not None else None) or {}
-        cfg = cfg or {}
-        self.runtime = runtime
-        self.deadline_ms = int(cfg.get("confirm_deadline_s", _DEFAULT_CONFIRM_DEADLINE_S) * 1000)
-        self.stall_ms = int(wd.get("stall_ms", _DEFAULT_STALL_MS))
-        self.start = self.last = runtime.ticks_ms()
-        self.timeout_ms = int(wd.get("timeout_ms", _DEFAULT_WATCHDOG_MS))
-        self.wdt = runtime.watchdog(self.timeout_ms) if self.timeout_ms > 0 else None
-        self.timer = None
-        if self.wdt is not None and not runtime.HOST:
-            self._start_timer(wd.get("timer_id", -1))
-
-    def _start_timer(self, timer_id):
-        try:
-            import machine
-
-            self.timer = machine.Timer(timer_id)
-            self.timer.init(period=max(self.timeout_ms // 2, 100), mode=machine.Timer.PERIODIC, callback=self._feed)
-        except (ImportError, AttributeError, ValueError, TypeError, OSError) as e:
-            self.timer = None  # the loop feeds it (a long modem wait may then trip it)
-            print("watchdog: no timer (%r): fed from the loop only" % (e,))
-
-    def _feed(self, _timer=None):
-        if self.runtime.ticks_diff(self.runtime.ticks_ms(), self.last) < self.stall_ms:
-            self.wdt.feed()
-
-    def beat(self, on_trial):
-        """Call from the main loop. Fails the trial when the deadline passed without a confirm."""
-        now = self.runtime.ticks_ms()
-        self.last = now
-        if self.wdt is not None and self.timer is None:
-            self.wdt.feed()
-        if on_trial and self.runtime.ticks_diff(now, self.start) >= self.deadline_ms:
-            status.log("boot: trial image not confirmed within %d s: reverting" % (self.deadline_ms // 1000),
-                       error=True)
-            fail_trial("deadline")
-
-
 def _on_trial():
-    try:
-        from cgboot import loader
-    except ImportError:
-        return False
-    r = loader.current()
+    loader = _loader()
+    r = loader.current() if loader is not None else None
     return r is not None and r.trial
 
 
@@ -260,7 +207,11 @@ def run():
         ms = modemstatus.attach(profile)
         refresh = ms.refresh if ms else None
         application = start_app(profile, ms)
-    guard = TrialGuard(profile, _app_config()) if _on_trial() else None
+    guard = None
+    if _on_trial():  # the guard's code is loaded only for a trial (main.py is compiled on the heap)
+        from cellguard import trial
+
+        guard = trial.TrialGuard(profile, _app_config(), lambda: fail_trial("deadline"))
     print("cellguard", VERSION, "on", runtime.NAME, "- type `help` for the console")
     idle = None
     if application is not None or guard is not None:
@@ -273,9 +224,7 @@ def run():
             console.main(refresh, idle)  # returns only to hand the port to the REPL
             if guard is not None and guard.wdt is not None:
                 # Nothing feeds the watchdog in the REPL: its reset is ours, not a failed trial.
-                from cgboot import loader
-
-                loader.intend_reset("repl")
+                _loader().intend_reset("repl")
                 within = guard.stall_ms if guard.timer is not None else guard.timeout_ms
                 print("watchdog armed: the unit resets within %d s" % (within // 1000))
             return

@@ -21,7 +21,7 @@ help:
 	@echo "make soak                                      the long sweeps (every power-cut point)"
 	@echo "make emulator DIALECT=bg96|nrf91|sim7080|sara-r4  a standalone emulated modem on a pty"
 	@echo "make virtual-board                             a standalone virtual board on a pty"
-	@echo "make status PORT=<serial port>                 a device's status, for a person"
+	@echo "make status PORT=<serial port> [JSON=1]        a device's status, for a person (JSON=1: for scripts)"
 	@echo "make demo                                      hub + modem + virtual board, end to end"
 	@echo "make bundle                                    pinned device libraries into build/app/lib"
 	@echo "make clean                                     remove build output (keeps .venv)"
@@ -58,7 +58,7 @@ flash: $(STAMP)
 	$(PY) tools/flash.py --board $(BOARD) $(if $(PORT),--port $(PORT),) $(FLASH_ARGS)
 
 status: $(STAMP)
-	$(PY) tools/run_or_explain.py tools/status.py $(if $(PORT),--port $(PORT),)
+	$(PY) tools/run_or_explain.py tools/status.py $(if $(PORT),--port $(PORT),) $(if $(JSON),--json,) $(ARGS)
 
 demo: $(STAMP)
 	$(PY) tools/run_or_explain.py tools/demo.py

@@ -52,10 +52,31 @@ def _boot():
 
 boot_result = _boot()
 
-from cellguard import runtime  # noqa: E402  (after the loader: from the verified image if one booted)
+
+def _interrupt_for_unlocked_unit(why):
+    # The application's console lock module did not load (no verified image on a unit without
+    # /lib, a broken image): the boot part reads the same record. Ctrl-C comes back only on an
+    # unlocked unit; a locked one stays locked, and main.py hands the port to cgboot.lockdown.
+    print("boot: console lock from the boot part (%r)" % (why,))
+    try:
+        from cgboot import lockdown
+
+        if not lockdown.is_locked():
+            import micropython
+
+            micropython.kbd_intr(3)
+    except BaseException as e:  # noqa: B036
+        print("boot: console lock state unknown, staying locked:", repr(e))
+
+
+try:
+    from cellguard import runtime  # from the verified image if one booted (else /lib)
+except BaseException as e:  # noqa: B036  (never let boot.py fail: a board then skips main.py)
+    runtime = None
+    print("boot: the application does not import:", repr(e))
 
 # CircuitPython: its flash is read-only to code unless boot.py remounts it (see docs/runtimes.md).
-if runtime.NAME == runtime.CIRCUITPYTHON:
+if runtime is not None and runtime.NAME == runtime.CIRCUITPYTHON:
     from cellguard import cpy_boot
 
     cpy_boot.prepare_storage()
@@ -67,4 +88,4 @@ try:
 
     consolelock.apply()
 except BaseException as e:  # noqa: B036  (an unreadable lock stays locked: Ctrl-C remains off)
-    print("boot: console lock state unknown, staying locked:", repr(e))
+    _interrupt_for_unlocked_unit(e)

@@ -2,10 +2,27 @@
 # over-the-air updates) and the serial console in one loop. In production the console never returns
 # to the Python REPL (docs/field-guide.md). Hardware comes from the board profile (board.json) and
 # the hub's address from app.json, both written by `make flash`.
+#
+# A trial image is watched (docs/boot.md, "Trial guard"): the watchdog is armed, an exception from
+# the application reverts it, and so does a missing confirm after the deadline. If anything here
+# fails on a locked unit, the boot part's lockdown loop holds the port instead of the REPL.
 import json
 import sys
 
-from cellguard import VERSION, board, console, consolelock, runtime, status
+_resetting = [False]  # set just before a reset we mean: nothing may swallow it
+
+try:  # from the verified image; a broken one is handled by _main() below, never by the REPL
+    from cellguard import VERSION, board, console, consolelock, runtime, status
+except BaseException as e:  # noqa: B036
+    _import_failed = e
+else:
+    _import_failed = None
+
+
+def _loader():
+    # The A/B loader as boot.py left it (None when boot.py did not run it: a CircuitPython board, a
+    # test running main.py alone). Never imported here: it would cost heap and know nothing.
+    return sys.modules.get("cgboot.loader")
 
 
 def describe():
@@ -32,22 +49,49 @@ def describe():
 
 
 def _describe_boot():
-    # The A/B loader's decision, when the loader is installed (cgboot); otherwise the page says unknown.
-    try:
-        from cgboot import loader, slots
-    except ImportError:
+    # The A/B loader's decision, when boot.py ran the loader (cgboot); otherwise the page says unknown.
+    loader = _loader()
+    if loader is None:
         return
     try:
+        for msg, bad in loader.messages():  # what the loader said at this boot, for `log`
+            status.log("boot: " + msg, error=bad)
         r = loader.current()
         if r is None:
             status.set("boot", "slot", "none")
             status.set("boot", "state", "unverified (development fallback to /lib)")
         else:
-            status.set("boot", "slot", slots.SLOT_NAMES[r.slot])
-            status.set("boot", "state", "testing" if r.trial else "confirmed")
             status.set("firmware", "image_version", r.info.version_str())
+            _publish_boot_state(r)
     except Exception as e:
         status.log("boot state: %r" % (e,), error=True)
+
+
+def boot_state_text(mode, attempts, max_attempts, reason, trial):
+    """The status page's `state`: confirmed | pending | testing (attempt n/N) | reverted (reason)."""
+    if trial:
+        return "testing (attempt %d/%d)" % (attempts, max_attempts)
+    if mode == "reverted":
+        return "reverted (%s)" % (reason or "unknown")
+    if mode == "pending":
+        return "pending"
+    return "confirmed"
+
+
+def _publish_boot_state(r):
+    from cgboot import slots
+
+    st = r.slots.read_state()
+    status.set("boot", "slot", slots.SLOT_NAMES[r.slot])
+    if st is None:  # cannot happen after a boot that ran a slot; say so rather than guess
+        status.set("boot", "state", "unknown")
+        return
+    mode = slots.MODE_NAMES[st.mode]
+    status.set("boot", "mode", mode)
+    status.set("boot", "attempts", st.attempts)
+    status.set("boot", "max_attempts", r.slots.max_attempts)
+    status.set("boot", "reason", st.reason or None)
+    status.set("boot", "state", boot_state_text(mode, st.attempts, r.slots.max_attempts, st.reason, r.trial))
 
 
 def _app_config():
@@ -67,14 +111,13 @@ def _no_sensor_reading():
 
 def _confirm_image():
     # The application proved itself (the hub acknowledged a message): keep this image.
-    try:
-        from cgboot import loader
-    except ImportError:
+    loader = _loader()
+    if loader is None:
         return
     r = loader.current()
     if r is not None and r.trial:
         loader.confirm()
-        status.set("boot", "state", "confirmed")
+        _publish_boot_state(r)
         status.log("boot: trial image confirmed")
 
 
@@ -95,8 +138,63 @@ def start_app(profile, modem_status):
         version=VERSION,
         on_healthy=_confirm_image,
     )
-    application.on_command = updates.handler(application)
+    application.on_command = updates.handler(application, reset=lambda: hard_reset("reboot"))
     return application
+
+
+# ---- resets and the trial guard --------------------------------------------------------------------
+def hard_reset(intent=None):
+    """Reset the board. intent (e.g. "reboot"): a reset we mean, recorded first so the next boot does
+    not take it for a failed trial (machine.reset() reads back as a watchdog reset on the RP2040)."""
+    _resetting[0] = True
+    loader = _loader()
+    if intent and loader is not None:
+        try:
+            loader.intend_reset(intent)
+        except OSError as e:
+            print("reset intent not recorded:", repr(e))
+    try:
+        import machine
+
+        machine.reset()  # a board; the virtual board restarts its VM
+    except (ImportError, AttributeError):
+        if _import_failed is not None:
+            raise SystemExit(75)  # the unix port without the image's runtime module
+        runtime.reset()  # CircuitPython: microcontroller.reset(); the unix port: SystemExit(75)
+
+
+def fail_trial(reason):
+    """The image on trial failed (reason: crash, deadline): revert at the next boot, reset now.
+    Returns False (and does nothing) when no image is on trial."""
+    loader = _loader()
+    if loader is None or not loader.report_crash(reason):
+        return False
+    print("cgboot: trial image failed (%s): reverting" % reason)
+    hard_reset()
+    return True
+
+
+def _on_trial():
+    loader = _loader()
+    r = loader.current() if loader is not None else None
+    return r is not None and r.trial
+
+
+def _idle(application, guard):
+    # One turn of the main loop between console bytes: the application, then the trial guard.
+    trial = _on_trial()
+    if application is not None:
+        from cellguard import updates
+
+        try:
+            application.step(100)
+            updates.poll(application)  # resume an interrupted download, re-ask lost chunks
+        except Exception as e:  # the application must never take the console down with it...
+            status.log("app: %r" % (e,), error=True)
+            if trial:  # ...but an image on trial that raises has failed its trial
+                fail_trial("crash")
+    if guard is not None:
+        guard.beat(trial)
 
 
 def run():
@@ -109,27 +207,56 @@ def run():
         ms = modemstatus.attach(profile)
         refresh = ms.refresh if ms else None
         application = start_app(profile, ms)
+    guard = None
+    if _on_trial():  # the guard's code is loaded only for a trial (main.py is compiled on the heap)
+        from cellguard import trial
+
+        guard = trial.TrialGuard(profile, _app_config(), lambda: fail_trial("deadline"))
     print("cellguard", VERSION, "on", runtime.NAME, "- type `help` for the console")
     idle = None
-    if application is not None:
-
-        from cellguard import updates
+    if application is not None or guard is not None:
 
         def idle():
-            try:
-                application.step(100)
-                updates.poll(application)  # resume an interrupted download, re-ask lost chunks
-            except Exception as e:  # the application must never take the console down with it
-                status.log("app: %r" % (e,), error=True)
+            _idle(application, guard)
 
     while True:
         try:
             console.main(refresh, idle)  # returns only to hand the port to the REPL
+            if guard is not None and guard.wdt is not None:
+                # Nothing feeds the watchdog in the REPL: its reset is ours, not a failed trial.
+                _loader().intend_reset("repl")
+                within = guard.stall_ms if guard.timer is not None else guard.timeout_ms
+                print("watchdog armed: the unit resets within %d s" % (within // 1000))
             return
         except BaseException as e:  # noqa: B036
-            if not consolelock.is_locked():
+            if _resetting[0] or not consolelock.is_locked():
                 raise
             status.log("console restarted after %r" % e, error=True)
 
 
-run()
+def _main():
+    try:
+        if _import_failed is not None:
+            raise _import_failed
+        run()
+    except BaseException as e:  # noqa: B036
+        if _resetting[0]:
+            raise
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):  # a developer's Ctrl-C is no crash
+            fail_trial("crash")  # an image on trial that cannot even start: revert it (resets)
+        _locked_fallback(e)
+
+
+def _locked_fallback(e):
+    # main.py failed outside the console's own guard (a broken image, a bad app.json). An unlocked
+    # unit shows the error and gets its REPL; a locked one must not: the boot part holds the port.
+    try:
+        from cgboot import lockdown
+    except ImportError:
+        raise e
+    if not lockdown.is_locked():
+        raise e
+    lockdown.hold("main.py failed: %r" % (e,))
+
+
+_main()

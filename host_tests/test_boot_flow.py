@@ -370,3 +370,27 @@ dev.reboot()
 dev.power_on(lambda v, st: None); dev.reboot()
 print(json.dumps({"boots": dev.boots[1:], "state": dev.check_state()[1].describe()}))
 """
+
+
+def test_boot_py_takes_the_slot_size_from_the_board_profile(kit, tmp_path):
+    # A 160 KiB image signed for a 256 KiB slot (esp32s3-bg95, feather) boots where board.json says
+    # 262144; the same image on a 128 KiB-slot profile is refused as oversized, never read whole.
+    import os
+
+    lib = tmp_path / "lib"
+    shutil.copytree(FIRMWARE_LIB / "cgboot", lib / "cgboot")
+    shutil.copy(kit.lib / "boot_trusted.py", lib / "cgboot" / "trusted_keys.py")
+    app = make_app(tmp_path / "big", "2.0.0", True, 160 * 1024)
+    payload = image_tool.build(app, tmp_path / "big.romfs")
+    fs = tmp_path / "fs"
+    image_tool.install(image_tool.sign(kit.keys["ed_a"], payload, tmp_path / "big.img", "2.0.0", slot_size=262144), fs)
+    env = {**os.environ, "CELLGUARD_FS": str(fs)}
+    script = "exec(open(%r).read())\n" % str(FIRMWARE / "boot.py")
+    (fs / "board.json").write_text(json.dumps({"name": "esp32s3-bg95", "slot_size": 262144}))
+    out = run_micropython(script, extra_paths=(lib,), env=env, heapsize="1M")
+    assert "cgboot: booted slot a version 2.0.0+0" in out, out
+    for f in (fs / "state").iterdir():
+        f.unlink()
+    (fs / "board.json").write_text(json.dumps({"name": "pico-w-sim7080", "slot_size": 131072}))
+    out = run_micropython(script, extra_paths=(lib,), env=env, heapsize="1M")
+    assert "slot a rejected: oversized" in out and "NO VERIFIED IMAGE" in out, out

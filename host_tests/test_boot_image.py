@@ -253,3 +253,18 @@ def test_cli_refuses_a_downgrade_and_a_missing_file(kit, tmp_path):
     args = ["verify", "-k", str(kit.keys["ed_a"]), "--min-counter", str(counter), str(kit.images["v1"])]
     assert image_tool.main(args) == 1  # v1 is older than the floor
     assert image_tool.main(["build", str(tmp_path / "nope"), "-o", str(tmp_path / "x.romfs")]) == 1
+
+
+def test_cli_info_on_a_missing_or_foreign_file_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    from harness import TOOLS
+
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"not an image at all" * 10)
+    for path, says in ((tmp_path / "missing.img", "No such file or directory"), (junk, "is not an image")):
+        proc = subprocess.run([sys.executable, str(TOOLS / "image.py"), "info", str(path)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1, proc.stderr
+        assert str(path) in proc.stderr and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

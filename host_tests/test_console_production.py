@@ -129,3 +129,33 @@ def test_ctrl_c_storm_during_power_on_does_not_open_the_repl(locked):
         console_answers(again.port)
     finally:
         again.stop()
+
+
+def test_locked_unit_whose_image_does_not_verify_keeps_the_repl_closed(locked):
+    # No slot verifies (slot a corrupted, no slot b) and a production unit has no /lib/cellguard:
+    # boot.py and main.py cannot import the application, and the boot part's lockdown holds the port.
+    board, key = locked
+    opened = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    board.mpremote("exec", "f = open('slots/a.img', 'r+b'); f.seek(200); f.write(b'rot'); f.close()\n"
+                   "import os\ntry:\n os.remove('slots/b.img')\nexcept OSError:\n pass")
+    board.stop()  # power off; power on with the corrupted flash
+    again = Board(board.workdir, board.image)
+    try:
+        with serial.Serial(again.port, timeout=10) as s:
+            banner = s.read_until(b"retrying in 300 s\r\n")
+            assert b"console locked; the firmware cannot run" in banner, banner
+            for probe in (b"\x03" * 20, b"\x04", b"\r\x01import os\x04", b"\x05A\x01print(1)\x04", b"\x02",
+                          b"\rstatus\r"):
+                s.write(probe)
+                out = s.read_until(b"(console locked)\r\n")
+                assert b"raw REPL" not in out and b">>> " not in out and b"Traceback" not in out, (probe, out)
+                assert out.endswith(b"error: input ignored (console locked)\r\n"), (probe, out)
+        t = SerialTransport(again.port, timeout=1)
+        try:
+            with pytest.raises(TransportError):
+                t.enter_raw_repl(soft_reset=True, timeout_overall=3)
+        finally:
+            t.close()
+    finally:
+        again.stop()

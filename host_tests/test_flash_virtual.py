@@ -103,6 +103,12 @@ def test_slot_a_gets_the_signed_image_when_the_bootloader_is_in_the_tree(board, 
         assert step4.startswith("skipped: the A/B bootloader is not in this tree yet")
         return
     assert step4.startswith("slot a: cellguard")
+    # What flash.py installed is an image imgtool itself accepts (read back from the device).
+    import image as image_tool
+
+    board.mpremote("fs", "cp", ":slots/a.img", str(tmp_path / "installed.img"))
+    assert "Image was correctly validated" in image_tool.imgtool_verify(tmp_path / "dev-signing.pem",
+                                                                        tmp_path / "installed.img")
     page = run_tool("status", "--port", board.port).stdout
     assert "firmware    slot a  state confirmed" in page
     again = flash(board, key, *signing)
@@ -171,3 +177,61 @@ def test_flash_never_puts_the_apn_password_on_a_command_line(monkeypatch, tmp_pa
     assert seen["env"]["CELLGUARD_APN_PASSWORD"] == "argv-secret"
     for flag in ("--unlocked", "--factory-pin", "4321", "--apn", "iot.test", "--apn-user", "meter"):
         assert flag in seen["cmd"]
+
+
+def test_the_image_is_signed_for_the_profiles_slot_size(board, tmp_path):
+    # flash.py signs slot A for the profile's slot_size: a profile whose slot is too small for the
+    # application is refused with a clear message before anything is written.
+    from harness import REPO
+
+    profile = json.loads((REPO / "boards" / "virtual" / "board.json").read_text())
+    boards = tmp_path / "boards"
+    (boards / "tiny").mkdir(parents=True)
+    (boards / "tiny" / "board.json").write_text(json.dumps({**profile, "name": "tiny", "slot_size": 32768}))
+    proc = flash(board, tmp_path / "k", "--board", "tiny", "--boards-dir", str(boards),
+                 "--signing-key", str(tmp_path / "dev-signing.pem"))
+    assert proc.returncode == 8, proc.stdout + proc.stderr
+    assert "flash: the application image cannot be signed for this board's 32768-byte slot" in proc.stderr
+    assert "boot.py" not in board.mpremote("fs", "ls").stdout
+
+
+def test_a_long_copy_shows_progress(board, tmp_path):
+    # On a terminal, files of 8 KiB and more get a progress bar redrawn as mpremote reports chunks.
+    import pty
+    import re
+    import subprocess
+    import sys
+    import threading
+
+    from harness import REPO
+
+    master, slave = pty.openpty()
+    cmd = [sys.executable, str(REPO / "tools" / "flash.py"), "--port", board.port, "--no-provision",
+           "--service-key", str(tmp_path / "k"), "--signing-key", str(tmp_path / "dev-signing.pem")]
+    proc = subprocess.Popen(cmd, stdout=slave, stderr=subprocess.PIPE, cwd=REPO)
+    os.close(slave)
+    seen = bytearray()
+
+    def drain():
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the tool exited and closed the terminal
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert proc.wait(timeout=100) == 0, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(timeout=5)
+        os.close(master)
+    text = seen.decode(errors="replace")
+    shown = [int(p) for p in re.findall(r"slots/a\.img \[[#.]+\]\s+(\d+)%", text)]
+    assert shown and shown[-1] == 100, text[-2000:]
+    assert any(0 < p < 100 for p in shown), shown  # it moved while the copy ran

@@ -335,7 +335,12 @@ def first_image(args) -> tuple[dict[str, bytes], str]:
                 "Sign with a release key (--signing-key) that `tools/image.py trust` put there.", 8
             )
     version = firmware_version()
-    out = _release_cached(image, key, version)
+    slot_size = int(getattr(args, "slot_size", None) or image.DEFAULT_SLOT_SIZE)
+    try:
+        out = _release_cached(image, key, version, slot_size)
+    except image.ImageToolError as e:
+        raise FlashError(f"the application image cannot be signed for this board's {slot_size}-byte slot "
+                         f"(slot_size in its board.json):\n{e}", 8) from e
     files = {"slots/a.img": out.read_bytes()}
     if not args.production or args.trust_signing_key:
         # A development unit trusts the key that signed its image. A production unit trusts only the
@@ -353,10 +358,10 @@ def _trusted_public_keys() -> set[bytes]:
     return {entry[1] for entry in scope.get("KEYS", ())}
 
 
-def _release_cached(image, key: Path, version: str) -> Path:
-    """The signed image, rebuilt only when the application sources, version or key changed: a
-    re-flash then finds slot a unchanged on the device and leaves the boot state alone."""
-    digest = hashlib.sha256(version.encode() + key.read_bytes())
+def _release_cached(image, key: Path, version: str, slot_size: int) -> Path:
+    """The signed image, rebuilt only when the application sources, version, key or slot size
+    changed: a re-flash then finds slot a unchanged on the device and leaves the boot state alone."""
+    digest = hashlib.sha256(version.encode() + key.read_bytes() + b"slot %d" % slot_size)
     for path, data in sorted(firmware_files().items()):
         if path.startswith("lib/") and not path.startswith("lib/cgboot/"):
             digest.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -366,7 +371,7 @@ def _release_cached(image, key: Path, version: str) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         for old in out_dir.glob(f"app-{version}-*.img"):
             old.unlink()
-        image.release(key, version, out)
+        image.release(key, version, out, slot_size=slot_size)
     return out
 
 
@@ -489,6 +494,7 @@ def flash(args) -> int:
         print(f"      {desc}: fits {profile['name']}")
 
         step(3, "copy the loader and the trusted boot part (skipping unchanged files)")
+        args.slot_size = profile.get("slot_size")  # the loader reads the same number from board.json
         image_files, image_outcome = first_image(args)
         if image_files and args.production:
             files = firmware_files(packages=("cgboot",))  # the application comes only from slot a

@@ -121,16 +121,22 @@ def stage_application(out_dir: Path, lib: Path = FIRMWARE_LIB, extra: list[Path]
 
 
 def release(
-    key: Path, version: str, out: Path, extra: list[Path] | None = None, march: str | None = None
+    key: Path,
+    version: str,
+    out: Path,
+    extra: list[Path] | None = None,
+    march: str | None = None,
+    slot_size: int = DEFAULT_SLOT_SIZE,
 ) -> Path:
-    """The whole application as one signed image: stage, precompile, build the ROMFS, sign."""
+    """The whole application as one signed image: stage, precompile, build the ROMFS, sign for a
+    slot of `slot_size` bytes (the board profile's; imgtool refuses an image that does not fit)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         app = stage_application(Path(tmp) / "app", extra=extra)
         precompile(app, march)
         payload = build(app, Path(tmp) / "app.romfs", compile_mpy=False)
-        return sign(key, payload, out, version)
+        return sign(key, payload, out, version, slot_size=slot_size)
 
 
 def install(img: Path, fs: Path) -> Path:
@@ -274,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "--add", type=Path, action="append", default=[], help="extra top-level file (e.g. app_main.py)"
     )
     p.add_argument("--march", help="the board's mpy-cross -march (armv6m, xtensawin, x64...) for native code")
+    p.add_argument("-S", "--slot-size", type=int, default=DEFAULT_SLOT_SIZE, help="the board profile's slot_size")
 
     p = sub.add_parser("install", help="factory provisioning: image into slot a of a device folder")
     p.add_argument("--fs", type=Path, required=True)
@@ -303,7 +310,14 @@ def main(argv: list[str] | None = None) -> int:
             log.info("ok: %s version %s counter %d key %s", args.img, found.version_str(),
                      found.security_counter, found.key.name)  # fmt: skip
         elif args.cmd == "info":
-            data = info(args.img)
+            _firmware_on_path()
+            from cgboot.image import Rejected
+
+            try:
+                data = info(args.img)
+            except Rejected as e:
+                log.error("%s is not an image this tool can read: %s", args.img, e)
+                return 1
             if args.json:
                 print(json.dumps(data, indent=2))
             else:
@@ -316,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             keygen(args.out, args.type)
             log.info("wrote %s (keep it secret; never commit it)", args.out)
         elif args.cmd == "release":
-            release(args.key, args.version, args.out, args.add, args.march)
+            release(args.key, args.version, args.out, args.add, args.march, args.slot_size)
             log.info("released %s (%d bytes)", args.out, args.out.stat().st_size)
         elif args.cmd == "install":
             if args.key:
@@ -336,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             log.info("wrote %s", args.out)
     except ImageToolError as e:
         log.error("%s", e)
+        return 1
+    except OSError as e:  # a missing or unreadable file: say which, no traceback
+        log.error("%s: %s", e.filename or args.cmd, e.strerror or e)
         return 1
     return 0
 

@@ -79,6 +79,8 @@ class Device:
         if result is None:
             self.bricked += 1
             return "bricked"
+        if not self.matches_state(result):
+            self.inconsistent += 1
         name = self.known.get(result.info.digest)
         if name is None or bytes(result.buf) != self.images[name]:
             self.unverified += 1
@@ -98,6 +100,16 @@ class Device:
             return "done"
         self.download(s, self.images[target])
         return "reset"
+
+    def matches_state(self, result):
+        """What booted is what the stored state says: a trial exactly when the state is testing,
+        from the candidate slot then, from the active slot otherwise."""
+        st = self.slots().read_state()
+        if st is None:
+            return False
+        if result.trial != (st.mode == slots.TESTING):
+            return False
+        return result.slot == (st.candidate if result.trial else st.active)
 
     def download(self, s, data):
         w = update.UpdateWriter(s)

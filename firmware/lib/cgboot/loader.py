@@ -12,8 +12,14 @@ from cgboot import slots as _slots
 
 # Reset causes that mean "the trial image failed": revert at once instead of trying again.
 FAILURE_RESETS = ("watchdog", "crash")
+# Written just before a reset the firmware means (a hub REBOOT, an update's reboot): on some boards
+# machine.reset() itself reads back as a watchdog reset (the RP2040 resets through its watchdog), so
+# the next boot must not take it for a failed trial. Consumed (removed) by the next boot.
+INTENT_FILE = "state/reset.intent"
 
 _current = None  # the BootResult of this boot, for confirm() / report_crash()
+_messages = []  # (text, is_failure) said while booting, for the application's log (status `log`)
+_MESSAGES_MAX = 8
 
 
 class BootResult:
@@ -35,10 +41,17 @@ class BootResult:
 
 
 def _log(log, msg):
+    if len(_messages) < _MESSAGES_MAX:
+        _messages.append((msg, "reject" in msg or "revert" in msg or "broken" in msg))
     if log is not None:
         log(msg)
     else:
         print("cgboot:", msg)
+
+
+def messages():
+    """What the loader reported at this boot, oldest first: [(text, is_failure)]."""
+    return list(_messages)
 
 
 def _try(slots_, slot, floor, log):
@@ -74,7 +87,9 @@ def decide(slots_, reset_cause=None, log=None):
     if st.mode == _slots.PENDING or st.mode == _slots.TESTING:
         why = None
         if st.mode == _slots.TESTING:
-            if reset_cause in FAILURE_RESETS:
+            if st.reason:  # the application reported its failure (report_crash) before resetting
+                why = st.reason
+            elif reset_cause in FAILURE_RESETS:
                 why = reset_cause
             elif st.attempts >= slots_.max_attempts:
                 why = "not confirmed"
@@ -85,7 +100,7 @@ def decide(slots_, reset_cause=None, log=None):
             if info is not None and info.digest == st.digest:
                 _log(log, "trial boot of %s, attempt %d" % (info.version_str(), st.attempts))
                 return BootResult(slots_, st.candidate, info, True, buf)
-            why = "candidate invalid"
+            why = "invalid image"  # (the reason field holds 16 bytes)
         _log(log, "reverting trial image: " + why)
         st = slots_.write_state(st.copy(mode=_slots.REVERTED, attempts=0, reason=why))
 
@@ -116,9 +131,45 @@ def mount(result, mount_point="/app"):
     sys.path.insert(0, mount_point)
 
 
+def _intent_path(root):
+    return root + INTENT_FILE if root.endswith("/") else root + "/" + INTENT_FILE
+
+
+def intend_reset(reason="reboot", root=None):
+    """Record that the next reset is wanted, not a failure. Call it right before machine.reset()."""
+    if root is None:
+        root = _current.slots.root if _current is not None else default_root()
+    _slots.Slots(root, ()).ensure_dirs()
+    with open(_intent_path(root), "w") as f:
+        f.write(reason[:16])
+
+
+def _take_intent(root):
+    # The intent record of the reset that started this boot (None if there is none); removed, so it
+    # excuses exactly one reset. Only a file that exists is touched: a normal boot writes nothing.
+    import os
+
+    path = _intent_path(root)
+    try:
+        with open(path) as f:
+            reason = f.read(16) or "reboot"
+    except OSError:
+        return None
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    return reason
+
+
 def boot(root, trusted_keys, reset_cause=None, mount_point="/app", log=None, **slot_options):
     """Decide, verify and mount. Returns the BootResult (also kept for confirm()) or None."""
     global _current
+    del _messages[:]
+    intended = _take_intent(root)
+    if intended is not None and reset_cause in FAILURE_RESETS:
+        _log(log, "reset cause %s was an intended reset (%s): not a failure" % (reset_cause, intended))
+        reset_cause = "reset"
     slots_ = _slots.Slots(root, trusted_keys, **slot_options)
     result = decide(slots_, reset_cause, log)
     if result is not None and mount_point:
@@ -168,12 +219,16 @@ def confirm():
 
 
 def report_crash(reason="crash"):
-    """The application failed during a trial: revert at the next boot without further attempts."""
+    """The application failed during a trial: revert at the next boot without further attempts.
+
+    The failure is recorded in the trial's own record (its reason); the next boot's decision does
+    the revert, so it is made, and logged, in one place. No confirm() is accepted after this."""
     if _current is None or not _current.trial:
         return False
     st = _current.slots.read_state()
     if st is not None and st.mode == _slots.TESTING:
-        _current.slots.write_state(st.copy(mode=_slots.REVERTED, attempts=0, reason=reason[:16]))
+        _current.slots.write_state(st.copy(reason=reason[:16] or "crash"))
+    _current.trial = False
     return True
 
 
@@ -198,11 +253,30 @@ def _reset_cause():
         return None
 
 
+def _profile_slot_size(root):
+    # The board profile (board.json, written by tools/flash.py) names the slot size; the loader reads
+    # only that one number, with the same small JSON reader the application uses.
+    import json
+
+    try:
+        with open(root + "board.json" if root.endswith("/") else root + "/board.json") as f:
+            size = json.load(f).get("slot_size")
+    except (OSError, ValueError, AttributeError):
+        return _slots.DEFAULT_SLOT_SIZE
+    if isinstance(size, int) and size > 0:
+        return size
+    return _slots.DEFAULT_SLOT_SIZE
+
+
 def boot_device(mount_point="/app"):
-    """What firmware/boot.py runs: the built-in trusted keys, the device's root and reset cause."""
+    """What firmware/boot.py runs: the built-in trusted keys, the device's root and reset cause,
+    and the slot size of the board profile."""
     from cgboot import trusted_keys
 
-    result = boot(default_root(), image.trusted(trusted_keys.KEYS), _reset_cause(), mount_point)
+    root = default_root()
+    result = boot(
+        root, image.trusted(trusted_keys.KEYS), _reset_cause(), mount_point, slot_size=_profile_slot_size(root)
+    )
     if result is None:
         print("cgboot: NO VERIFIED IMAGE IN EITHER SLOT - nothing signed will run")
     else:

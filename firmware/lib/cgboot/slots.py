@@ -46,7 +46,7 @@ class BootState:
         self.attempts = attempts  # trial boots so far (TESTING)
         self.floor = floor  # anti-rollback: lowest security counter allowed to boot
         self.digest = digest  # SHA-256 TLV of the candidate (PENDING/TESTING)
-        self.reason = reason  # why the last trial was reverted (REVERTED)
+        self.reason = reason  # why the last trial was reverted (REVERTED); a reported failure (TESTING)
 
     @property
     def candidate(self):

@@ -65,6 +65,22 @@ def _no_sensor_reading():
     return reading.encode(reading.Reading(reading.ABSENT, t=runtime.time_s()))
 
 
+def _monitors(profile):
+    """The profile's sensor and tamper monitors (None where none is fitted; the status page says so).
+    The tamper monitor comes up before the application, so an enclosure found open at boot counts."""
+    sensor = tamper = None
+    try:
+        sensor = profile.sensor_monitor()
+        tamper = profile.tamper_monitor()
+    except Exception as e:  # a bad sensor/tamper section is shown, never fatal to the console
+        status.log("board: %r" % (e,), error=True)
+    if sensor is None:
+        status.set("sensor", "fitted", "none")
+    if tamper is None:
+        status.set("tamper", "fitted", "none")
+    return sensor, tamper
+
+
 def _confirm_image():
     # The application proved itself (the hub acknowledged a message): keep this image.
     try:
@@ -85,12 +101,15 @@ def start_app(profile, modem_status):
         return None
     from cellguard import app, updates
 
+    sensor, tamper = _monitors(profile)
     application = app.App(
         modem_status.modem,
         cfg["hub_host"],
         cfg["hub_port"],
         apn=cfg.get("apn", "iot"),
-        read_sensor=_no_sensor_reading,
+        read_sensor=None if sensor else _no_sensor_reading,
+        sensor=sensor,
+        tamper=tamper,
         interval_ms=int(cfg.get("interval_s", 3600) * 1000),
         version=VERSION,
         on_healthy=_confirm_image,

@@ -187,3 +187,53 @@ def test_reading_encoding_known_answer():
     assert reading.encode(r).hex() == "0100fbff1f7201020304"
     back = reading.decode(bytes.fromhex("01048000ffff01020304"))
     assert (back.quality_name, back.temperature_c, back.humidity_rh, back.t) == ("absent", None, None, 0x01020304)
+
+
+PROFILE_SENSOR = """
+import sys, i2cemu, sht4xemu
+from cellguard import board, events
+if PATH == 'machine':
+    import machineemu
+    sys.modules['machine'] = machineemu
+    conf = {'type': 'sht4x', 'bus': 1, 'sda': 2, 'scl': 3, 'address': 68}
+else:
+    conf = {'type': 'sht4x', 'scl': 'SCL', 'sda': 'SDA', 'address': 68}
+i2cemu.default_bus().attach(0x44, sht4xemu.Sht4x(temperature_c=19.5, humidity_rh=55.0))
+mon = board.Profile({'name': 't', 'sensor': conf}).sensor_monitor()
+r = mon.read()
+print('reading', r.quality_name, '%.1f' % r.temperature_c, mon.reason)
+print('none', board.Profile({'name': 'n'}).sensor_monitor())
+"""
+
+
+@pytest.mark.parametrize("path", ["machine", "circuitpython"])
+def test_board_profile_builds_the_sensor(runtime, path, app_lib):
+    extra = (CPY_SHIM, app_lib) if path == "circuitpython" else (app_lib,)
+    out = runtime.run("PATH = %r\n" % path + PROFILE_SENSOR, extra_paths=extra, timeout=60)
+    assert out.strip().split("\n") == ["reading ok 19.5 None", "none None"]
+
+
+def test_missing_driver_is_absent_with_a_reason(runtime):
+    # No bundle on the path: the image was built without tools/bundle_libs.py.
+    out = runtime.run(
+        "import sys\nif sys.implementation.name == 'cpython':\n sys.modules['adafruit_sht4x'] = None  # in the venv\n"
+        "import i2cemu, sht4xemu\nfrom cellguard import events, sensors\nfrom cellguard.i2cbus import LockedI2C\n"
+        "bus = i2cemu.default_bus(); bus.attach(0x44, sht4xemu.Sht4x())\n"
+        "mon = sensors.SensorMonitor(sensors.sht4x_opener(LockedI2C(i2cemu.MachineI2C(bus))))\n"
+        "r = mon.read()\nprint(r.quality_name, r.temperature_c)\nprint(mon.reason)\nprint(events.recent()[-1])"
+    )
+    quality, reason, log = out.strip().split("\n")
+    assert quality == "absent None"
+    assert reason.startswith("driver missing: ") and "adafruit_sht4x" in reason
+    assert log.startswith("sensor sht4x: absent (driver missing: ")
+
+
+def test_unopenable_bus_is_absent_not_a_crash(mp):
+    # The unix port's machine has no I2C: the builder's failure is a reading of quality absent.
+    out = mp.run(
+        "from cellguard import board\n"
+        "mon = board.Profile({'name': 't', 'sensor': {'bus': 0, 'scl': 1, 'sda': 2}}).sensor_monitor()\n"
+        "r = mon.read(); print(r.quality_name); print(mon.reason)"
+    )
+    quality, reason = out.strip().split("\n")
+    assert quality == "absent" and reason.startswith("no answer: cannot open I2C bus 0")

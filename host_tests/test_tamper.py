@@ -267,3 +267,44 @@ def test_tamper_report_is_sealed_before_the_wipe(runtime, tmp_path):
         "wipe",
         "enqueue 01058000ffff00000005 False",  # a CRC fault goes as a fault, without values
     ]
+
+
+PROFILE_SWITCH = """
+import sys, gpioemu
+from cellguard import board, events
+if PATH == 'machine':
+    import machineemu
+    sys.modules['machine'] = machineemu
+    PIN = 15
+else:
+    PIN = 'D9'
+switch = gpioemu.line(PIN, 0)  # closed: the switch shorts the pin to ground
+profile = board.Profile({'name': 't', 'tamper': {'pin': PIN, 'open_level': 1, 'pull': 'up', 'wipe_keys': False}})
+mon = profile.tamper_monitor()
+if PATH == 'circuitpython':
+    print('pull', mon._pin._keys.pull_level)  # keypad's internal pull: 1 = up, as the profile asks
+print('closed', mon.poll())
+switch.drive(1)
+print('opened', mon.poll()['seq'])
+switch.drive(0); mon.poll()
+switch.drive(1); switch.drive(0)  # a brief opening between two polls
+print('brief', mon.poll()['seq'])
+print('none', board.Profile({'name': 'n'}).tamper_monitor(), board.Profile({'name': 'n', 'tamper': None}).tamper_monitor())
+"""
+
+
+@pytest.mark.parametrize("path", ["machine", "circuitpython"])
+def test_board_profile_builds_the_tamper_switch(runtime, path, tmp_path):
+    out = runtime.run(
+        "PATH = %r\n" % path + PROFILE_SWITCH,
+        extra_paths=(CPY_SHIM,) if path == "circuitpython" else (),
+        env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
+    )
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    if path == "circuitpython":
+        # a pull-down (value_when_pressed=True with pull=True) would leave an open lid reading 0
+        assert lines["pull"] == "1"
+    assert lines["closed"] == "None"
+    assert lines["opened"] == "1"
+    assert lines["brief"] == "2"  # Pin.irq on MicroPython, keypad's queue on CircuitPython
+    assert lines["none"] == "None None"

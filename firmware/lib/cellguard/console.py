@@ -159,11 +159,33 @@ def render_status(snap):
     add("outbox      %s waiting  last delivery %s" % (_get(snap, "outbox", "depth"),
                                                       _when(_get(snap, "outbox", "last_delivery", 0))))
     add("sequence    sent %s  received %s" % (_get(snap, "messaging", "tx_seq"), _get(snap, "messaging", "rx_seq")))
+    add("sensor      " + _sensor_line(snap.get("sensor", {})))
+    add("tamper      " + _tamper_line(snap.get("tamper", {})))
     errs = [e for e in snap.get("events", []) if e[1].startswith("ERROR ")]
     add("errors      %d%s" % (snap.get("error_count", 0), "" if errs else " (none recent)"))
     for t, e in errs[-5:]:
         add("  %s  %s" % (_when(t), e[6:]))
     return "\n".join(lines)
+
+
+def _sensor_line(sec):
+    if sec.get("fitted") == "none":
+        return "none fitted"  # the profile has no sensor: not a fault
+    q = sec.get("quality")
+    if q is None:
+        return "%s  no reading yet" % sec.get("type", "unknown")
+    line = "%s  quality %s  last reading %s" % (sec.get("type", "unknown"), q, _when(sec.get("last")))
+    return line + ("  (%s)" % sec["reason"] if q != "ok" and sec.get("reason") else "")
+
+
+def _tamper_line(sec):
+    if sec.get("fitted") == "none":
+        return "none fitted"
+    state = sec.get("state", "unknown")
+    if not sec.get("seq"):
+        return "%s  no events" % state
+    return "%s  last #%s %s  keys wiped %s" % (state, sec["seq"], _when(sec.get("last")),
+                                               "yes" if sec.get("wiped") else "no")
 
 
 # ---- the console --------------------------------------------------------------------------------

@@ -63,45 +63,20 @@ class Profile:
         return self._pulse("pwrkey")
 
     def sensor_monitor(self, on_event=None):
-        """A cellguard.sensors.SensorMonitor for the profile's sensor, or None if none is fitted.
-
-        The bus is opened at the first reading, inside the monitor: a bus that cannot be opened
-        (wrong pins, no such peripheral) is then a reading of quality `absent` with the reason,
-        never an exception out of the application loop.
-        """
-        c = self.sensor_conf
-        if not c:
+        """A cellguard.sensors.SensorMonitor for the profile's sensor, or None if none is fitted."""
+        if not self.sensor_conf:
             return None
-        kind = c.get("type", "sht4x")
-        if kind != "sht4x":
-            raise BoardError("sensor type %r is not supported (only sht4x)" % kind)
-        from cellguard import sensors
+        from cellguard import fitted  # only a board with a sensor pays for the builders
 
-        address = c.get("address", 0x44)
-        state = {}
-
-        def open_sensor():
-            i2c = state.get("i2c")
-            if i2c is None:
-                i2c = state["i2c"] = _open_i2c(c)
-            return sensors.sht4x_opener(i2c, address)()
-
-        return sensors.SensorMonitor(open_sensor, name=kind, on_event=on_event)
+        return fitted.sensor_monitor(self.sensor_conf, on_event)
 
     def tamper_monitor(self, on_tamper=()):
         """A cellguard.tamper.TamperMonitor on the profile's switch, or None if none is fitted."""
-        c = self.tamper_conf
-        if not c:
+        if not self.tamper_conf:
             return None
-        if c.get("pin") is None:
-            raise BoardError("the tamper section names no pin")
-        from cellguard import tamper
+        from cellguard import fitted
 
-        open_level = 1 if c.get("open_level", 1) else 0
-        return tamper.TamperMonitor(
-            _input_pin(c["pin"], open_level, c.get("pull", "up")), open_level=open_level,
-            source=c.get("source", "enclosure"), wipe_keys=bool(c.get("wipe_keys", False)), on_tamper=on_tamper,
-        )
+        return fitted.tamper_monitor(self.tamper_conf, on_tamper)
 
 
 def _make_pulse(pin, active_low, ms):
@@ -134,45 +109,6 @@ def _output_pin(pin):
     import machine
 
     return machine.Pin(pin, machine.Pin.OUT)
-
-
-def _open_i2c(c):
-    # The bus adafruit_bus_device expects: busio.I2C as it is, machine.I2C through LockedI2C. Any
-    # failure becomes OSError, which SensorMonitor reports as `absent` with this message.
-    try:
-        if runtime.NAME == runtime.CIRCUITPYTHON:
-            import board
-            import busio
-
-            return busio.I2C(getattr(board, c["scl"]), getattr(board, c["sda"]), frequency=c.get("freq", 100000))
-        import machine
-
-        from cellguard.i2cbus import LockedI2C
-
-        i2c = machine.I2C(c.get("bus", 0), scl=machine.Pin(c["scl"]), sda=machine.Pin(c["sda"]),
-                          freq=c.get("freq", 100000))
-        return LockedI2C(i2c)
-    except (ImportError, AttributeError, KeyError, TypeError, ValueError) as e:
-        raise OSError("cannot open I2C bus %r: %r" % (c.get("bus", c.get("scl")), e))
-
-
-def _input_pin(pin, open_level, pull):
-    if runtime.NAME == runtime.CIRCUITPYTHON:
-        # No pin interrupts on CircuitPython: keypad scans the pin in the background and queues
-        # edges, so an opening shorter than the poll interval is still seen (docs/runtimes.md).
-        import board
-        import keypad
-
-        from cellguard import tamper
-
-        # keypad's internal pull opposes value_when_pressed: with a pull-up, "pressed" is level 0.
-        pressed = 0 if pull == "up" else 1 if pull == "down" else open_level
-        keys = keypad.Keys((getattr(board, pin),), value_when_pressed=bool(pressed), pull=pull is not None)
-        return tamper.KeysInput(keys, open_level=open_level, pressed_level=pressed)
-    import machine
-
-    pulls = {"up": machine.Pin.PULL_UP, "down": getattr(machine.Pin, "PULL_DOWN", None), None: None}
-    return machine.Pin(pin, machine.Pin.IN, pulls.get(pull))
 
 
 def load(path=None):

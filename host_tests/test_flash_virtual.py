@@ -43,6 +43,9 @@ def test_flash_copies_every_firmware_module(board, tmp_path):
     listing = board.mpremote("fs", "ls", ":lib/cellguard").stdout
     for mod in FIRMWARE_LIB.joinpath("cellguard").glob("*.py"):
         assert mod.name in listing
+    # ... and the pinned drivers they import (tools/bundle_libs.py), compiled for MicroPython
+    assert "adafruit_sht4x.mpy" in board.mpremote("fs", "ls", ":lib").stdout
+    assert "i2c_device.mpy" in board.mpremote("fs", "ls", ":lib/adafruit_bus_device").stdout
 
 
 def test_runtime_mismatch_is_refused(board, tmp_path):

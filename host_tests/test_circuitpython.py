@@ -149,8 +149,9 @@ def test_boot_py_remounts_storage(runtime):
         "print(storage.getmount('/').readonly, storage.getmount('/').remounts, storage.usb_drive_enabled)"
         % str(FIRMWARE / "boot.py"),
     )
-    refused, state = out.strip().split("\n")
+    refused, warning, state = out.strip().split("\n")
     assert refused.startswith("refused: CIRCUITPY is read-only to code")
+    assert warning == "cgboot: no /manifest.img: RUNNING UNVERIFIED CODE FROM /lib (development fallback)"
     assert state == "False 1 True"
 
 
@@ -280,3 +281,85 @@ s.close()
         )
     assert "STREAM BusioUartStream" in out, out
     assert "ECHO True" in out, out
+
+
+# ---- boot.py on CircuitPython: the application's files against the signed manifest ----------------
+@pytest.fixture(scope="module")
+def cpy_flash(tmp_path_factory):
+    """What tools/flash.py writes to a CircuitPython unit (development: it trusts its signing key)."""
+    import argparse
+
+    import flash
+
+    tmp = tmp_path_factory.mktemp("cpy-flash")
+    args = argparse.Namespace(signing_key=tmp / "dev.pem", production=False, trust_signing_key=False)
+    files, outcome = flash.circuitpython_files(args)
+    other = argparse.Namespace(signing_key=tmp / "other.pem", production=False, trust_signing_key=False)
+    foreign = flash.circuitpython_files(other)[0]["manifest.img"]  # same files, a key the unit does not trust
+    return files, outcome, foreign
+
+
+def _unit(tmp_path, files):
+    dev = tmp_path / "dev"
+    for path, data in files.items():
+        (dev / path).parent.mkdir(parents=True, exist_ok=True)
+        (dev / path).write_bytes(data)
+    return dev
+
+
+def _boot(runtime, dev):
+    # The unit's own /lib first (its cgboot trusts the signing key), as on the board.
+    return run_cpy(
+        runtime, "exec(open(%r).read())\nprint('BOOTED', boot_result)" % str(dev / "boot.py"),
+        extra_paths=(CPY_SHIM, dev / "lib"), env={**os.environ, "CELLGUARD_FS": str(dev)}, heapsize="256K",
+    )
+
+
+def test_flash_gives_circuitpython_files_and_a_manifest_not_a_slot(cpy_flash):
+    files, outcome, _ = cpy_flash
+    assert "slots/a.img" not in files
+    assert outcome.startswith("slot image skipped: no VfsRom on CircuitPython")
+    assert {"lib/cellguard/app.py", "lib/adafruit_sht4x.py", "lib/cgboot/manifest.py", "manifest.img"} <= set(files)
+
+
+@pytest.mark.timeout(120)
+def test_boot_py_verifies_the_files_against_the_signed_manifest(runtime, tmp_path, cpy_flash):
+    files, _, _ = cpy_flash
+    dev = _unit(tmp_path, files)
+    out = _boot(runtime, dev)
+    assert "files verified against the signed manifest" in out, out
+    assert "UNVERIFIED" not in out
+    assert out.strip().splitlines()[-1].startswith("BOOTED ")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage, reason", [
+    ("changed", "differs: lib/cellguard/app.py"),
+    ("removed", "missing: lib/adafruit_sht4x.py"),
+    ("foreign", "unknown_key"),
+])
+def test_boot_py_refuses_a_mismatch_loudly(runtime, tmp_path, cpy_flash, damage, reason):
+    from harness import RuntimeFailed
+
+    files, _, foreign = cpy_flash
+    dev = _unit(tmp_path, files)
+    if damage == "changed":
+        (dev / "lib/cellguard/app.py").write_bytes(files["lib/cellguard/app.py"] + b"\nSTOLEN = True\n")
+    elif damage == "removed":
+        (dev / "lib/adafruit_sht4x.py").unlink()
+    else:
+        (dev / "manifest.img").write_bytes(foreign)
+    with pytest.raises(RuntimeFailed) as err:
+        _boot(runtime, dev)
+    text = str(err.value)
+    assert "exited 78" in text
+    assert "cgboot: REFUSING TO RUN: " in text and reason in text
+    assert "BOOTED" not in text  # nothing after the check ran: not the storage set-up, not the app
+
+
+def test_boot_py_without_a_manifest_says_unverified(runtime, tmp_path, cpy_flash):
+    files, _, _ = cpy_flash
+    dev = _unit(tmp_path, {p: d for p, d in files.items() if p != "manifest.img"})
+    out = _boot(runtime, dev)
+    assert "cgboot: no /manifest.img: RUNNING UNVERIFIED CODE FROM /lib" in out
+    assert "BOOTED None" in out

@@ -339,6 +339,15 @@ def first_image(args) -> tuple[dict[str, bytes], str]:
     missing = [n for n in ("release", "keygen", "trusted_module") if not hasattr(image, n)]
     if missing:
         return {}, f"skipped: tools/image.py has no {', '.join(missing)}"
+    key = _signing_key(args, image)
+    version = firmware_version()
+    out = _release_cached(image, key, version)
+    files = {"slots/a.img": out.read_bytes()}
+    files.update(_trust_files(args, image, key))
+    return files, f"slot a: cellguard {version} signed with {key.name} ({len(files['slots/a.img'])} bytes)"
+
+
+def _signing_key(args, image) -> Path:
     key = args.signing_key
     if not key.exists():
         image.keygen(key)
@@ -351,17 +360,47 @@ def first_image(args) -> tuple[dict[str, bytes], str]:
                 "(firmware/lib/cgboot/trusted_keys.py): a production unit would refuse its own image. "
                 "Sign with a release key (--signing-key) that `tools/image.py trust` put there.", 8
             )
+    return key
+
+
+def _trust_files(args, image, key: Path) -> dict[str, bytes]:
+    if args.production and not args.trust_signing_key:
+        return {}
+    # A development unit trusts the key that signed its image. A production unit trusts only the
+    # keys frozen into its firmware (or committed in cgboot/trusted_keys.py), never this one,
+    # unless --trust-signing-key says so (test rigs and the virtual board; frozen keys still win).
+    if args.production:
+        print(f"      WARNING: this production unit trusts {key.name} through /lib (--trust-signing-key)")
+    return {"lib/cgboot/trusted_keys.py": image.trusted_module([key]).encode()}
+
+
+# What CircuitPython's boot.py checks against the signed manifest: the application, not the boot
+# part (boot.py and lib/cgboot are what does the checking; docs/runtimes.md says what that costs).
+MANIFEST_COVERS = ("main.py", "lib/cellguard/", "lib/adafruit_", "lib/BUNDLE.json")
+
+
+def circuitpython_files(args) -> tuple[dict[str, bytes], str]:
+    """Every file a CircuitPython unit runs, development or production alike: CircuitPython has no
+    vfs.VfsRom, so there is no slot image; /lib holds the application, with the pinned drivers as
+    .py, and /manifest.img lists each file's SHA-256, signed like a slot image."""
+    import tempfile
+
+    import image  # tools/image.py
+
+    files = firmware_files()
+    files.update(device_lib_files("circuitpython"))
+    key = _signing_key(args, image)
     version = firmware_version()
-    out = _release_cached(image, key, version)
-    files = {"slots/a.img": out.read_bytes()}
-    if not args.production or args.trust_signing_key:
-        # A development unit trusts the key that signed its image. A production unit trusts only the
-        # keys frozen into its firmware (or committed in cgboot/trusted_keys.py), never this one,
-        # unless --trust-signing-key says so (test rigs and the virtual board; frozen keys still win).
-        files["lib/cgboot/trusted_keys.py"] = image.trusted_module([key]).encode()
-        if args.production:
-            print(f"      WARNING: this production unit trusts {key.name} through /lib (--trust-signing-key)")
-    return files, f"slot a: cellguard {version} signed with {key.name} ({len(files['slots/a.img'])} bytes)"
+    covered = {p: d for p, d in files.items() if p == "main.py" or p.startswith(MANIFEST_COVERS)}
+    body = "".join(f"{hashlib.sha256(d).hexdigest()} {p}\n" for p, d in sorted(covered.items()))
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = Path(tmp) / "manifest.txt"
+        payload.write_text(body)
+        signed = image.sign(key, payload, Path(tmp) / "manifest.img", version)
+        files["manifest.img"] = signed.read_bytes()
+    files.update(_trust_files(args, image, key))
+    return files, (f"slot image skipped: no VfsRom on CircuitPython; manifest.img lists {len(covered)} files, "
+                   f"signed with {key.name}")
 
 
 def _trusted_public_keys() -> set[bytes]:
@@ -484,13 +523,16 @@ def flash(args) -> int:
         print(f"      {desc}: fits {profile['name']}")
 
         step(3, "copy the loader and the trusted boot part (skipping unchanged files)")
-        image_files, image_outcome = first_image(args)
-        if image_files and args.production:
-            files = firmware_files(packages=("cgboot",))  # the application comes only from slot a
+        if profile["runtime"]["name"] == "circuitpython":
+            files, image_outcome = circuitpython_files(args)  # no slot image: files + signed manifest
         else:
-            files = firmware_files()  # a development unit keeps /lib as the loader's fallback
-            files.update(device_lib_files(profile["runtime"]["name"]))  # ... with the drivers it imports
-        files.update(image_files)
+            image_files, image_outcome = first_image(args)
+            if image_files and args.production:
+                files = firmware_files(packages=("cgboot",))  # the application comes only from slot a
+            else:
+                files = firmware_files()  # a development unit keeps /lib as the loader's fallback
+                files.update(device_lib_files(profile["runtime"]["name"]))  # ... with the drivers it imports
+            files.update(image_files)
         files["board.json"] = json.dumps(profile, indent=1).encode()
         files["app.json"] = json.dumps(app_config(args)).encode()
         device_id, record = service_record(dev, args.service_key)
@@ -506,7 +548,7 @@ def flash(args) -> int:
         step(4, "install the first signed image into slot A")
         if "slots/a.img" in report.sent:
             reset_boot_state(dev)
-        elif image_files:
+        elif "slots/a.img" in files or "manifest.img" in report.unchanged:
             image_outcome += " (unchanged on the device)"
         print("      " + image_outcome)
     except BaseException:

@@ -363,3 +363,56 @@ def test_boot_py_without_a_manifest_says_unverified(runtime, tmp_path, cpy_flash
     out = _boot(runtime, dev)
     assert "cgboot: no /manifest.img: RUNNING UNVERIFIED CODE FROM /lib" in out
     assert "BOOTED None" in out
+
+
+SHIPPED = """
+import json, os
+os.mkdir(%(fs)r + '/state')
+with open(%(fs)r + '/state/console.json', 'w') as f:
+    json.dump({'locked': True}, f)
+exec(open(%(boot)r).read())
+import storage, supervisor, usb_cdc
+print('USB', usb_cdc.console, usb_cdc.data is not None, storage.usb_drive_enabled, supervisor.runtime.autoreload)
+from cellguard import console
+read_byte, write = console._stdio(20)
+print('IDLE', read_byte())
+usb_cdc.data.host += b'version\\r'
+c = console.Console(write, True)
+for _ in range(8):
+    c.feed(read_byte())
+print('SENT', bytes(usb_cdc.data.sent).decode().split(chr(10))[1])
+"""
+
+
+def test_shipped_unit_takes_usb_from_the_lock_and_runs_the_console_on_the_data_cdc(runtime, tmp_path):
+    # 256K: boot.py and the console share one VM here, compiled from source (a board resets the VM
+    # between boot.py and main.py, and runs .mpy).
+    out = run_cpy(runtime, SHIPPED % {"fs": str(tmp_path), "boot": str(FIRMWARE / "boot.py")},
+                  env={**os.environ, "CELLGUARD_FS": str(tmp_path)}, heapsize="256K")
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if line.split(" ", 1)[0] in ("USB", "IDLE", "SENT"))
+    assert lines["USB"] == "None True False False"  # no REPL CDC, a data CDC, drive hidden, no auto-reload
+    assert lines["IDLE"] == "None"  # nothing waiting: the poll returns, the application gets its turn
+    assert lines["SENT"].startswith("cellguard ") and "  slot " in lines["SENT"]  # the `version` answer
+
+
+def test_unlocked_console_waits_on_supervisor_not_select(runtime, tmp_path):
+    script = (
+        "import supervisor\nfrom cellguard import console\n"
+        "turns = []\nconsole.main(idle=lambda: turns.append(1))\n"
+        "print('END', supervisor.runtime.polls > 0)\n"
+    )
+    from harness import cpython_env, micropython_cmd, micropython_env
+
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}
+    if runtime.name == "micropython":
+        cmd, env = [*micropython_cmd(), "-c", script], micropython_env((CPY_SHIM,), env)
+    else:
+        import sys
+
+        cmd, env = [sys.executable, "-c", script], cpython_env((CPY_SHIM,), env)
+    import subprocess
+
+    proc = subprocess.run(cmd, input="version\r", capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "cellguard " in proc.stdout and "  slot " in proc.stdout  # the `version` answer
+    assert proc.stdout.strip().endswith("END True")  # the end of input ended an unlocked console

@@ -413,6 +413,8 @@ def _mark_reprovision():
 def _stdio(poll_ms=None):
     """(read_byte, write) on the console port. With poll_ms, read_byte waits at most that long and
     returns None when nothing came (so the caller can do other work); otherwise it blocks."""
+    if runtime.NAME == runtime.CIRCUITPYTHON:
+        return _cpy_stdio(poll_ms)
     import sys
 
     buf = getattr(sys.stdin, "buffer", None)
@@ -440,6 +442,51 @@ def _stdio(poll_ms=None):
 
     def write(s):
         sys.stdout.write(s)
+
+    return read_byte, write
+
+
+def _cpy_stdio(poll_ms):
+    # CircuitPython: stdin cannot be polled with select; supervisor.runtime.serial_bytes_available
+    # says whether a read would wait. A shipped (locked) unit has no REPL CDC at all: boot.py turned
+    # it off, and the console runs on the data CDC instead (cpy_boot.status_port()).
+    from cellguard import cpy_boot
+
+    port = cpy_boot.status_port() if consolelock.is_locked() else None
+    if port is not None:
+        return _stream_stdio(port, poll_ms)
+    import sys
+
+    import supervisor
+
+    def read_byte():
+        if poll_ms is not None:
+            deadline = runtime.ticks_add(runtime.ticks_ms(), poll_ms)
+            while not supervisor.runtime.serial_bytes_available:
+                if runtime.ticks_diff(deadline, runtime.ticks_ms()) <= 0:
+                    return None
+                runtime.sleep_ms(1)
+        c = sys.stdin.read(1)
+        return ord(c) if c else -1
+
+    def write(s):
+        sys.stdout.write(s)
+
+    return read_byte, write
+
+
+def _stream_stdio(port, poll_ms):
+    # A runtime stream (write/readinto/wait_readable); it has no end of input, so never -1.
+    one = bytearray(1)
+
+    def read_byte():
+        while not port.wait_readable(1000 if poll_ms is None else poll_ms):
+            if poll_ms is not None:
+                return None
+        return one[0] if port.readinto(one) else None
+
+    def write(s):
+        port.write(s.encode())
 
     return read_byte, write
 

@@ -17,6 +17,9 @@ def describe():
         profile = board.load()
         status.set("device", "board", profile.name)
         status.set("modem", "dialect", profile.dialect)
+        for part in ("sensor", "tamper"):  # the status page says "none fitted", not a fault
+            if not profile.data.get(part):
+                status.set(part, "fitted", "none")
     except board.BoardError as e:
         status.log(str(e), error=True)
     _describe_boot()
@@ -74,10 +77,6 @@ def _monitors(profile):
         tamper = profile.tamper_monitor()
     except Exception as e:  # a bad sensor/tamper section is shown, never fatal to the console
         status.log("board: %r" % (e,), error=True)
-    if sensor is None:
-        status.set("sensor", "fitted", "none")
-    if tamper is None:
-        status.set("tamper", "fitted", "none")
     return sensor, tamper
 
 

@@ -308,3 +308,58 @@ def test_board_profile_builds_the_tamper_switch(runtime, path, tmp_path):
     assert lines["opened"] == "1"
     assert lines["brief"] == "2"  # Pin.irq on MicroPython, keypad's queue on CircuitPython
     assert lines["none"] == "None None"
+
+
+STATUS_AFTER_REBOOT = """
+import json, gpioemu
+from cellguard import console, tamper
+switch = gpioemu.line('D5', level=0)
+mon = tamper.TamperMonitor(gpioemu.Pin('D5'), wipe=lambda: None, wipe_keys=WIPE, clock=lambda: 1767225600)
+if FIRST:
+    switch.drive(1)
+    mon.poll()
+else:
+    out = []
+    c = console.Console(out.append, False)
+    c.command('status')
+    c.command('status --json')
+    text = ''.join(out)
+    print('PAGE', [l for l in text.split(chr(10)) if l.startswith(('tamper', 'sensor'))])
+    print('JSON', json.dumps(json.loads(text.strip().split(chr(10))[-1])['tamper']))
+"""
+
+
+@pytest.mark.parametrize("wipe", [False, True])
+def test_status_shows_the_persisted_tamper_event_after_a_reboot(runtime, tmp_path, wipe):
+    import json
+
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}
+    runtime.run("FIRST = True\nWIPE = %r\n" % wipe + STATUS_AFTER_REBOOT, env=env)
+    out = runtime.run("FIRST = False\nWIPE = %r\n" % wipe + STATUS_AFTER_REBOOT, env=env)  # a new boot
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    page = ast.literal_eval(lines["PAGE"])
+    # the monitor is fresh, the lid closed again; the last event and the wipe come from the log
+    assert page == [
+        "sensor      unknown  no reading yet",  # no sensor monitor in this script
+        "tamper      closed  last #1 2026-01-01 00:00:00 UTC  keys wiped %s" % ("yes" if wipe else "no"),
+    ]
+    snap = json.loads(lines["JSON"])
+    assert (snap["state"], snap["seq"], snap["last"], snap["wiped"]) == ("closed", 1, 1767225600, wipe)
+
+
+def test_status_says_none_fitted_not_a_fault(runtime):
+    out = runtime.run(
+        "from cellguard import console, status\n"
+        "status.set('sensor', 'fitted', 'none'); status.set('tamper', 'fitted', 'none')\n"
+        "for l in console.render_status(console.snapshot()).split(chr(10)):\n"
+        "    if l.startswith(('sensor', 'tamper')):\n        print(l)\n"
+        "status.clear()\n"
+        "status.set('sensor', 'type', 'sht4x'); status.set('sensor', 'quality', 'absent')\n"
+        "status.set('sensor', 'reason', 'driver missing: no module named adafruit_sht4x'); status.set('sensor', 'last', 0)\n"
+        "print(console.render_status(console.snapshot()).split(chr(10))[-3])\n"
+    )
+    assert out.strip().split("\n") == [
+        "sensor      none fitted",
+        "tamper      none fitted",
+        "sensor      sht4x  quality absent  last reading never  (driver missing: no module named adafruit_sht4x)",
+    ]

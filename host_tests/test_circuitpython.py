@@ -186,12 +186,22 @@ def test_nvm_cell_survives_resets_and_torn_writes(runtime, tmp_path):
     assert run_cpy(runtime, NVM_SCRIPT, env=env, args=("read",)).strip() == "b'second'"
 
 
-def test_main_py_reports_circuitpython(mp):
-    proc = spawn_micropython(
-        open(FIRMWARE / "main.py").read(), extra_paths=(CPY_SHIM,), stdout=-1, stderr=-1
-    )
+def test_main_py_reports_circuitpython(runtime, tmp_path):
+    import subprocess
+    import sys
+
+    from harness import cpython_env
+
+    source = open(FIRMWARE / "main.py").read()
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}  # a unit with nothing flashed but the code
+    if runtime.name == "micropython":
+        proc = spawn_micropython(source, extra_paths=(CPY_SHIM,), env=env, stdin=subprocess.DEVNULL,
+                                 stdout=-1, stderr=-1)
+    else:
+        proc = subprocess.Popen([sys.executable, "-c", source], env=cpython_env((CPY_SHIM,), env), text=True,
+                                stdin=subprocess.DEVNULL, stdout=-1, stderr=-1)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, out + err
     assert "on circuitpython" in out
 
 

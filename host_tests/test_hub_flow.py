@@ -94,13 +94,17 @@ APP_WIRED = """
 import sys
 sys.path.insert(0, %(lib)r)
 import i2cemu, sht4xemu, gpioemu, machineemu
-sys.modules['machine'] = machineemu  # the profile's builders open the emulated bus and pin
 emu_sensor = sht4xemu.Sht4x(temperature_c=23.25, humidity_rh=40.0)
 i2cemu.default_bus().attach(0x44, emu_sensor)
-switch = gpioemu.line(15, 0)  # the lid is on: the switch holds the pin low
+if runtime.NAME == 'circuitpython':  # busio.I2C, keypad and digitalio from the shim
+    SENSOR, PIN = {'type': 'sht4x', 'scl': 'SCL', 'sda': 'SDA', 'address': 68}, 'D9'
+else:
+    sys.modules['machine'] = machineemu  # the profile's builders open the emulated bus and pin
+    SENSOR, PIN = {'type': 'sht4x', 'bus': 1, 'sda': 2, 'scl': 3, 'address': 68}, 15
+switch = gpioemu.line(PIN, 0)  # the lid is on: the switch holds the pin low
 from cellguard import app, board, console, keys, status
-profile = board.Profile({'name': 'wired', 'sensor': {'type': 'sht4x', 'bus': 1, 'sda': 2, 'scl': 3, 'address': 68},
-                         'tamper': {'pin': 15, 'open_level': 1, 'pull': 'up', 'wipe_keys': %(wipe)r}})
+profile = board.Profile({'name': 'wired', 'sensor': SENSOR,
+                         'tamper': {'pin': PIN, 'open_level': 1, 'pull': 'up', 'wipe_keys': %(wipe)r}})
 a = app.App(m, '127.0.0.1', %(hub_port)d, apn='iot.test', sensor=profile.sensor_monitor(),
             tamper=profile.tamper_monitor(), interval_ms=300, version='t', retry_ms=200)
 
@@ -119,11 +123,19 @@ if %(wipe)r:
 else:
     print('TAMPER', run(lambda: status.get('tamper', 'seq') == 1 and a.box.pending() == 0))
 print('STATE', a.state, 'PROVISIONED', keys.provisioned())
+print('RUNTIME', runtime.NAME, type(a.tamper._pin).__name__)
 print('LOG', open(runtime.path_join(runtime.fs_root(), 'state/tamper.log')).read().strip())
 for line in console.render_status(console.snapshot()).split('\\n'):
     if line.startswith(('sensor', 'tamper')):
         print('PAGE', line)
 """
+
+
+def _py_lib(tmp_path):
+    # CircuitPython takes the drivers as .py (its .mpy is another format), as tools/flash.py sends them.
+    out = tmp_path / "cpy-lib"
+    bundle(out, read_names(DEVICE_LIBS, "circuitpython"), read_pins(REQUIREMENTS))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +146,25 @@ def mpy_lib(tmp_path_factory):
     return out
 
 
+def _run_unit(unit, emu, body, path):
+    # One boot of the unit on the unix port; on the CircuitPython path through the shim, its modem
+    # UART a busio.UART on the emulator's pty.
+    from harness import run_micropython
+    from modem_fixtures import driver_script
+    from test_simlock import MOUNT, SAVE
+
+    if path == "micropython":
+        return unit.run(emu, body)
+    script = driver_script(emu, MOUNT % {"image": unit.image} + body + SAVE % {"image": unit.image})
+    script = script.replace("runtime.open_uart(PTY)", "runtime.open_uart(PTY, tx='TX', rx='RX')")
+    return run_micropython(script, heapsize="512K", timeout=60, extra_paths=(CPY_SHIM,),
+                           env={**os.environ, "CELLGUARD_SHIM_UART": emu.path})
+
+
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("path", ["micropython", "circuitpython"])
 @pytest.mark.parametrize("wipe", [False, True])
-def test_app_polls_the_profiles_sensor_and_tamper_switch(tmp_path, mpy_lib, wipe):
+def test_app_polls_the_profiles_sensor_and_tamper_switch(tmp_path, mpy_lib, wipe, path):
     import io
     import json
 
@@ -144,6 +172,8 @@ def test_app_polls_the_profiles_sensor_and_tamper_switch(tmp_path, mpy_lib, wipe
     from modem_fixtures import emulated_modem
     from test_app import fresh_sim
     from test_simlock import Unit
+
+    lib = mpy_lib if path == "micropython" else _py_lib(tmp_path)
 
     unit = Unit(tmp_path)
     sim = fresh_sim()
@@ -153,11 +183,12 @@ def test_app_polls_the_profiles_sensor_and_tamper_switch(tmp_path, mpy_lib, wipe
     store = hubmod.HubStore(unit.hub_db)
     hub = hubmod.Hub(store, io.StringIO())
     with hubmod.HubServer(hub) as server, emulated_modem("bg96", sim=sim) as emu:
-        out = unit.run(emu, APP_WIRED % {"lib": str(mpy_lib), "wipe": wipe, "hub_port": server.port})
+        out = _run_unit(unit, emu, APP_WIRED % {"lib": str(lib), "wipe": wipe, "hub_port": server.port}, path)
     got = dict(line.split(" ", 1) for line in out.splitlines() if line.split(" ", 1)[0] in
-               ("READINGS", "CRC", "TAMPER", "STATE", "LOG"))
+               ("READINGS", "CRC", "TAMPER", "STATE", "LOG", "RUNTIME"))
     page = [line[5:] for line in out.splitlines() if line.startswith("PAGE ")]
     assert got["READINGS"] == "True" and got["CRC"] == "True" and got["TAMPER"] == "True", out
+    assert got["RUNTIME"] == ("micropython Pin" if path == "micropython" else "circuitpython KeysInput")
 
     from cellguard import reading
 

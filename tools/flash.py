@@ -574,6 +574,13 @@ def flash(args) -> int:
         dev.close()
 
     step(8, "read the status back through the console")
+    if args.production and profile["runtime"]["name"] == "circuitpython":
+        # A shipped CircuitPython unit has no REPL CDC any more: boot.py moved the console to the
+        # data CDC, which the host sees as a second serial port.
+        print(f"      skipped: the console is on the USB data CDC now (the second serial port, not {port}); "
+              "read it with `tools/status.py --port <that port>`")
+        print(f"flashed {profile['name']} on {port} in {time.monotonic() - t0:.1f} s")
+        return 0
     with status_tool.ConsoleClient(port, timeout=10) as client:
         client.attach()
         snap = client.status()

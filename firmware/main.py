@@ -80,6 +80,19 @@ def _monitors(profile):
     return sensor, tamper
 
 
+def _tamper_only(profile):
+    # No application (no app.json, no modem UART): the enclosure switch is still watched, and an
+    # opening is persisted, shown and wipes the keys if so configured; nothing can report it.
+    if profile is None:
+        return None
+    try:
+        tamper = profile.tamper_monitor()
+    except Exception as e:  # a bad tamper section is shown, never fatal to the console
+        status.log("board: %r" % (e,), error=True)
+        return None
+    return tamper.poll if tamper is not None else None
+
+
 def _confirm_image():
     # The application proved itself (the hub acknowledged a message): keep this image.
     try:
@@ -139,6 +152,9 @@ def run():
                 updates.poll(application)  # resume an interrupted download, re-ask lost chunks
             except Exception as e:  # the application must never take the console down with it
                 status.log("app: %r" % (e,), error=True)
+
+    else:
+        idle = _tamper_only(profile)
 
     while True:
         try:

@@ -363,3 +363,41 @@ def test_status_says_none_fitted_not_a_fault(runtime):
         "tamper      none fitted",
         "sensor      sht4x  quality absent  last reading never  (driver missing: no module named adafruit_sht4x)",
     ]
+
+
+MAIN_WITHOUT_APP = """
+import sys, gpioemu, machineemu
+sys.modules['machine'] = machineemu
+gpioemu.line(15, 1)  # the enclosure is open at boot
+exec(open(%r).read())
+"""
+
+
+@pytest.mark.timeout(60)
+def test_main_py_watches_the_switch_without_an_application(tmp_path):
+    # No app.json and no modem: nothing can be reported, but the opening is persisted and the keys
+    # wiped as configured (an attacker cannot disable the tamper response by unplugging the modem).
+    import json
+    import subprocess
+    import time
+
+    from harness import FIRMWARE, spawn_micropython
+
+    profile = {"name": "t", "modem": {"dialect": "bg96"}, "uart": {"id": "env:CELLGUARD_TEST_NO_MODEM"},
+               "tamper": {"pin": 15, "open_level": 1, "pull": "up", "wipe_keys": True}}
+    (tmp_path / "board.json").write_text(json.dumps(profile))
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}
+    env.pop("CELLGUARD_TEST_NO_MODEM", None)
+    # 512K: main.py and the modem driver it tries compile from source here (a board runs .mpy)
+    proc = spawn_micropython(MAIN_WITHOUT_APP % str(FIRMWARE / "main.py"), env=env, heapsize="512K", stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tmp_path / "state" / "tamper.log"
+    deadline = time.monotonic() + 30
+    while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the device's own file is the event; nothing to await but its appearance
+    found = log.exists()
+    out, err = proc.communicate(input="", timeout=20)  # end of input: an unlocked console returns
+    assert found, out + err
+    seq, _t, source, wiped = log.read_text().split()
+    assert (seq, source, wiped) == ("1", "enclosure", "1")
+    assert proc.returncode == 0, out + err

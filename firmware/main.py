@@ -68,28 +68,26 @@ def _no_sensor_reading():
     return reading.encode(reading.Reading(reading.ABSENT, t=runtime.time_s()))
 
 
+def _fitted(build):
+    # One of the profile's builders (sensor_monitor, tamper_monitor): a bad section is shown on the
+    # status page and leaves that part out, never the other part and never the console.
+    try:
+        return build()
+    except Exception as e:
+        status.log("board: %r" % (e,), error=True)
+        return None
+
+
 def _monitors(profile):
     """The profile's sensor and tamper monitors (None where none is fitted; the status page says so).
-    The tamper monitor comes up before the application, so an enclosure found open at boot counts."""
-    sensor = tamper = None
-    try:
-        sensor = profile.sensor_monitor()
-        tamper = profile.tamper_monitor()
-    except Exception as e:  # a bad sensor/tamper section is shown, never fatal to the console
-        status.log("board: %r" % (e,), error=True)
-    return sensor, tamper
+    An enclosure found open at boot counts: the first poll sees it."""
+    return _fitted(profile.sensor_monitor), _fitted(profile.tamper_monitor)
 
 
 def _tamper_only(profile):
     # No application (no app.json, no modem UART): the enclosure switch is still watched, and an
     # opening is persisted, shown and wipes the keys if so configured; nothing can report it.
-    if profile is None:
-        return None
-    try:
-        tamper = profile.tamper_monitor()
-    except Exception as e:  # a bad tamper section is shown, never fatal to the console
-        status.log("board: %r" % (e,), error=True)
-        return None
+    tamper = _fitted(profile.tamper_monitor) if profile is not None else None
     return tamper.poll if tamper is not None else None
 
 
@@ -119,7 +117,7 @@ def start_app(profile, modem_status):
         cfg["hub_host"],
         cfg["hub_port"],
         apn=cfg.get("apn", "iot"),
-        read_sensor=None if sensor else _no_sensor_reading,
+        read_sensor=None if sensor is not None else _no_sensor_reading,
         sensor=sensor,
         tamper=tamper,
         interval_ms=int(cfg.get("interval_s", 3600) * 1000),

@@ -1,8 +1,9 @@
 # First file a board runs: Ctrl-C off before anything can be interrupted; then the A/B loader
 # (cgboot) verifies the active slot, trial-boots a pending update or reverts a failed one, and
-# mounts the verified application image at /app, first on sys.path (docs/boot.md); then
-# CircuitPython's storage set-up and the console's production lock (Ctrl-C back on only for an
-# unlocked console).
+# mounts the verified application image at /app, first on sys.path (docs/boot.md). CircuitPython
+# has no VfsRom: there the application's files are checked against a signed manifest instead, and a
+# mismatch halts the boot. Then CircuitPython's storage set-up and the console's production lock
+# (Ctrl-C back on only for an unlocked console).
 #
 # The loader runs before anything imports `cellguard`, so the package comes from the signed image.
 # If no slot holds a verified image (a development board, a fresh flash) it says so loudly and falls
@@ -32,9 +33,28 @@ def _runtime_name():
     return name
 
 
+def _boot_circuitpython():
+    # No VfsRom, so no A/B loader: the application's files are checked against the signed manifest
+    # (/manifest.img, written by tools/flash.py) before anything imports them (docs/runtimes.md).
+    try:
+        from cgboot import manifest
+    except ImportError as e:
+        print("cgboot: boot part missing (%s): RUNNING UNVERIFIED CODE FROM /lib" % e)
+        return None
+    try:
+        count, version = manifest.boot_device()
+    except manifest.NoManifest as e:
+        print("cgboot: %s: RUNNING UNVERIFIED CODE FROM /lib (development fallback)" % e)
+        return None
+    except Exception as e:  # a bad signature, a changed or missing file, an unreadable manifest
+        manifest.refuse(e)
+    print("cgboot: %d files verified against the signed manifest (version %s)" % (count, version))
+    return count
+
+
 def _boot():
     if _runtime_name() != "micropython":
-        return None  # CircuitPython has no ROMFS: no A/B loader there (docs/boot.md, "Limits")
+        return _boot_circuitpython()
     try:
         from cgboot import loader
     except ImportError as e:
@@ -77,11 +97,14 @@ except BaseException as e:  # noqa: B036  (never let boot.py fail: a board then 
 
 # CircuitPython: its flash is read-only to code unless boot.py remounts it (see docs/runtimes.md).
 if runtime is not None and runtime.NAME == runtime.CIRCUITPYTHON:
+    from cellguard import consolelock as _lock
     from cellguard import cpy_boot
 
-    cpy_boot.prepare_storage()
-    # A shipped profile passes shipped=True (and disable_usb_drive=True above): no REPL on USB.
-    cpy_boot.prepare_usb(shipped=False)
+    # A production-locked unit is shipped: its drive is hidden from USB hosts and USB carries no REPL,
+    # only the data CDC the console runs on (cpy_boot.status_port()).
+    _shipped = _lock.is_locked()
+    cpy_boot.prepare_storage(disable_usb_drive=_shipped)
+    cpy_boot.prepare_usb(shipped=_shipped)
 
 try:
     from cellguard import consolelock

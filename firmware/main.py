@@ -34,6 +34,9 @@ def describe():
         profile = board.load()
         status.set("device", "board", profile.name)
         status.set("modem", "dialect", profile.dialect)
+        for part in ("sensor", "tamper"):  # the status page says "none fitted", not a fault
+            if not profile.data.get(part):
+                status.set(part, "fitted", "none")
     except board.BoardError as e:
         status.log(str(e), error=True)
     _describe_boot()
@@ -109,6 +112,29 @@ def _no_sensor_reading():
     return reading.encode(reading.Reading(reading.ABSENT, t=runtime.time_s()))
 
 
+def _fitted(build):
+    # One of the profile's builders (sensor_monitor, tamper_monitor): a bad section is shown on the
+    # status page and leaves that part out, never the other part and never the console.
+    try:
+        return build()
+    except Exception as e:
+        status.log("board: %r" % (e,), error=True)
+        return None
+
+
+def _monitors(profile):
+    """The profile's sensor and tamper monitors (None where none is fitted; the status page says so).
+    An enclosure found open at boot counts: the first poll sees it."""
+    return _fitted(profile.sensor_monitor), _fitted(profile.tamper_monitor)
+
+
+def _tamper_only(profile):
+    # No application (no app.json, no modem UART): the enclosure switch is still watched, and an
+    # opening is persisted, shown and wipes the keys if so configured; nothing can report it.
+    tamper = _fitted(profile.tamper_monitor) if profile is not None else None
+    return tamper.poll if tamper is not None else None
+
+
 def _confirm_image():
     # The application proved itself (the hub acknowledged a message): keep this image.
     loader = _loader()
@@ -128,12 +154,15 @@ def start_app(profile, modem_status):
         return None
     from cellguard import app, updates
 
+    sensor, tamper = _monitors(profile)
     application = app.App(
         modem_status.modem,
         cfg["hub_host"],
         cfg["hub_port"],
         apn=cfg.get("apn", "iot"),
-        read_sensor=_no_sensor_reading,
+        read_sensor=None if sensor is not None else _no_sensor_reading,
+        sensor=sensor,
+        tamper=tamper,
         interval_ms=int(cfg.get("interval_s", 3600) * 1000),
         version=VERSION,
         on_healthy=_confirm_image,
@@ -218,6 +247,9 @@ def run():
 
         def idle():
             _idle(application, guard)
+
+    else:
+        idle = _tamper_only(profile)
 
     while True:
         try:

@@ -149,8 +149,9 @@ def test_boot_py_remounts_storage(runtime):
         "print(storage.getmount('/').readonly, storage.getmount('/').remounts, storage.usb_drive_enabled)"
         % str(FIRMWARE / "boot.py"),
     )
-    refused, state = out.strip().split("\n")
+    refused, warning, state = out.strip().split("\n")
     assert refused.startswith("refused: CIRCUITPY is read-only to code")
+    assert warning == "cgboot: no /manifest.img: RUNNING UNVERIFIED CODE FROM /lib (development fallback)"
     assert state == "False 1 True"
 
 
@@ -185,12 +186,22 @@ def test_nvm_cell_survives_resets_and_torn_writes(runtime, tmp_path):
     assert run_cpy(runtime, NVM_SCRIPT, env=env, args=("read",)).strip() == "b'second'"
 
 
-def test_main_py_reports_circuitpython(mp):
-    proc = spawn_micropython(
-        open(FIRMWARE / "main.py").read(), extra_paths=(CPY_SHIM,), stdout=-1, stderr=-1
-    )
+def test_main_py_reports_circuitpython(runtime, tmp_path):
+    import subprocess
+    import sys
+
+    from harness import cpython_env
+
+    source = open(FIRMWARE / "main.py").read()
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}  # a unit with nothing flashed but the code
+    if runtime.name == "micropython":
+        proc = spawn_micropython(source, extra_paths=(CPY_SHIM,), env=env, stdin=subprocess.DEVNULL,
+                                 stdout=-1, stderr=-1)
+    else:
+        proc = subprocess.Popen([sys.executable, "-c", source], env=cpython_env((CPY_SHIM,), env), text=True,
+                                stdin=subprocess.DEVNULL, stdout=-1, stderr=-1)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, out + err
     assert "on circuitpython" in out
 
 
@@ -280,3 +291,138 @@ s.close()
         )
     assert "STREAM BusioUartStream" in out, out
     assert "ECHO True" in out, out
+
+
+# ---- boot.py on CircuitPython: the application's files against the signed manifest ----------------
+@pytest.fixture(scope="module")
+def cpy_flash(tmp_path_factory):
+    """What tools/flash.py writes to a CircuitPython unit (development: it trusts its signing key)."""
+    import argparse
+
+    import flash
+
+    tmp = tmp_path_factory.mktemp("cpy-flash")
+    args = argparse.Namespace(signing_key=tmp / "dev.pem", production=False, trust_signing_key=False)
+    files, outcome = flash.circuitpython_files(args)
+    other = argparse.Namespace(signing_key=tmp / "other.pem", production=False, trust_signing_key=False)
+    foreign = flash.circuitpython_files(other)[0]["manifest.img"]  # same files, a key the unit does not trust
+    return files, outcome, foreign
+
+
+def _unit(tmp_path, files):
+    dev = tmp_path / "dev"
+    for path, data in files.items():
+        (dev / path).parent.mkdir(parents=True, exist_ok=True)
+        (dev / path).write_bytes(data)
+    return dev
+
+
+def _boot(runtime, dev):
+    # The unit's own /lib first (its cgboot trusts the signing key), as on the board.
+    return run_cpy(
+        runtime, "exec(open(%r).read())\nprint('BOOTED', boot_result)" % str(dev / "boot.py"),
+        extra_paths=(CPY_SHIM, dev / "lib"), env={**os.environ, "CELLGUARD_FS": str(dev)}, heapsize="256K",
+    )
+
+
+def test_flash_gives_circuitpython_files_and_a_manifest_not_a_slot(cpy_flash):
+    files, outcome, _ = cpy_flash
+    assert "slots/a.img" not in files
+    assert outcome.startswith("slot image skipped: no VfsRom on CircuitPython")
+    assert {"lib/cellguard/app.py", "lib/adafruit_sht4x.py", "lib/cgboot/manifest.py", "manifest.img"} <= set(files)
+
+
+@pytest.mark.timeout(120)
+def test_boot_py_verifies_the_files_against_the_signed_manifest(runtime, tmp_path, cpy_flash):
+    files, _, _ = cpy_flash
+    dev = _unit(tmp_path, files)
+    out = _boot(runtime, dev)
+    assert "files verified against the signed manifest" in out, out
+    assert "UNVERIFIED" not in out
+    assert out.strip().splitlines()[-1].startswith("BOOTED ")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage, reason", [
+    ("changed", "differs: lib/cellguard/app.py"),
+    ("removed", "missing: lib/adafruit_sht4x.py"),
+    ("foreign", "unknown_key"),
+])
+def test_boot_py_refuses_a_mismatch_loudly(runtime, tmp_path, cpy_flash, damage, reason):
+    from harness import RuntimeFailed
+
+    files, _, foreign = cpy_flash
+    dev = _unit(tmp_path, files)
+    if damage == "changed":
+        (dev / "lib/cellguard/app.py").write_bytes(files["lib/cellguard/app.py"] + b"\nSTOLEN = True\n")
+    elif damage == "removed":
+        (dev / "lib/adafruit_sht4x.py").unlink()
+    else:
+        (dev / "manifest.img").write_bytes(foreign)
+    with pytest.raises(RuntimeFailed) as err:
+        _boot(runtime, dev)
+    text = str(err.value)
+    assert "exited 78" in text
+    assert "cgboot: REFUSING TO RUN: " in text and reason in text
+    assert "BOOTED" not in text  # nothing after the check ran: not the storage set-up, not the app
+
+
+def test_boot_py_without_a_manifest_says_unverified(runtime, tmp_path, cpy_flash):
+    files, _, _ = cpy_flash
+    dev = _unit(tmp_path, {p: d for p, d in files.items() if p != "manifest.img"})
+    out = _boot(runtime, dev)
+    assert "cgboot: no /manifest.img: RUNNING UNVERIFIED CODE FROM /lib" in out
+    assert "BOOTED None" in out
+
+
+SHIPPED = """
+import json, os
+os.mkdir(%(fs)r + '/state')
+with open(%(fs)r + '/state/console.json', 'w') as f:
+    json.dump({'locked': True}, f)
+exec(open(%(boot)r).read())
+import storage, supervisor, usb_cdc
+print('USB', usb_cdc.console, usb_cdc.data is not None, storage.usb_drive_enabled, supervisor.runtime.autoreload)
+from cellguard import console
+read_byte, write = console._stdio(20)
+print('IDLE', read_byte())
+usb_cdc.data.host += b'version\\r'
+c = console.Console(write, True)
+for _ in range(8):
+    c.feed(read_byte())
+print('SENT', bytes(usb_cdc.data.sent).decode().split(chr(10))[1])
+"""
+
+
+def test_shipped_unit_takes_usb_from_the_lock_and_runs_the_console_on_the_data_cdc(runtime, tmp_path):
+    # 256K: boot.py and the console share one VM here, compiled from source (a board resets the VM
+    # between boot.py and main.py, and runs .mpy).
+    out = run_cpy(runtime, SHIPPED % {"fs": str(tmp_path), "boot": str(FIRMWARE / "boot.py")},
+                  env={**os.environ, "CELLGUARD_FS": str(tmp_path)}, heapsize="256K")
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if line.split(" ", 1)[0] in ("USB", "IDLE", "SENT"))
+    assert lines["USB"] == "None True False False"  # no REPL CDC, a data CDC, drive hidden, no auto-reload
+    assert lines["IDLE"] == "None"  # nothing waiting: the poll returns, the application gets its turn
+    assert lines["SENT"].startswith("cellguard ") and "  slot " in lines["SENT"]  # the `version` answer
+
+
+def test_unlocked_console_waits_on_supervisor_not_select(runtime, tmp_path):
+    script = (
+        "import supervisor\nfrom cellguard import console\n"
+        "turns = []\nconsole.main(idle=lambda: turns.append(1))\n"
+        "print('END', supervisor.runtime.polls > 0)\n"
+    )
+    from harness import cpython_env, micropython_cmd, micropython_env
+
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}
+    if runtime.name == "micropython":
+        cmd, env = [*micropython_cmd(), "-c", script], micropython_env((CPY_SHIM,), env)
+    else:
+        import sys
+
+        cmd, env = [sys.executable, "-c", script], cpython_env((CPY_SHIM,), env)
+    import subprocess
+
+    proc = subprocess.run(cmd, input="version\r", capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "cellguard " in proc.stdout and "  slot " in proc.stdout  # the `version` answer
+    assert proc.stdout.strip().endswith("END True")  # the end of input ended an unlocked console

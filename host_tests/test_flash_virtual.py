@@ -28,6 +28,8 @@ def test_flash_boots_and_reflash_is_incremental(board, tmp_path):
     first = summary(flash(board, key, "--json"))
     assert "lib/cellguard/console.py" in first["sent"] and "boot.py" in first["sent"]
     assert first["status"]["firmware"]["version"] == first["status"]["firmware"]["version"]
+    # the virtual board's profile fits no sensor and no tamper switch: the page says so, not a fault
+    assert first["status"]["sensor"]["fitted"] == first["status"]["tamper"]["fitted"] == "none"
     # A stale module from an older firmware on the device is removed; nothing unchanged is sent.
     board.mpremote("exec", "with open('lib/cellguard/old_module.py','w') as f: f.write('x=1')")
     again = summary(flash(board, key, "--json"))
@@ -43,6 +45,9 @@ def test_flash_copies_every_firmware_module(board, tmp_path):
     listing = board.mpremote("fs", "ls", ":lib/cellguard").stdout
     for mod in FIRMWARE_LIB.joinpath("cellguard").glob("*.py"):
         assert mod.name in listing
+    # ... and the pinned drivers they import (tools/bundle_libs.py), compiled for MicroPython
+    assert "adafruit_sht4x.mpy" in board.mpremote("fs", "ls", ":lib").stdout
+    assert "i2c_device.mpy" in board.mpremote("fs", "ls", ":lib/adafruit_bus_device").stdout
 
 
 def test_runtime_mismatch_is_refused(board, tmp_path):

@@ -187,3 +187,91 @@ def test_reading_encoding_known_answer():
     assert reading.encode(r).hex() == "0100fbff1f7201020304"
     back = reading.decode(bytes.fromhex("01048000ffff01020304"))
     assert (back.quality_name, back.temperature_c, back.humidity_rh, back.t) == ("absent", None, None, 0x01020304)
+
+
+PROFILE_SENSOR = """
+import sys, i2cemu, sht4xemu
+from cellguard import board, events
+if PATH == 'machine':
+    import machineemu
+    sys.modules['machine'] = machineemu
+    conf = {'type': 'sht4x', 'bus': 1, 'sda': 2, 'scl': 3, 'address': 68}
+else:
+    conf = {'type': 'sht4x', 'scl': 'SCL', 'sda': 'SDA', 'address': 68}
+i2cemu.default_bus().attach(0x44, sht4xemu.Sht4x(temperature_c=19.5, humidity_rh=55.0))
+mon = board.Profile({'name': 't', 'sensor': conf}).sensor_monitor()
+r = mon.read()
+print('reading', r.quality_name, '%.1f' % r.temperature_c, mon.reason)
+print('none', board.Profile({'name': 'n'}).sensor_monitor())
+"""
+
+
+@pytest.mark.parametrize("path", ["machine", "circuitpython"])
+def test_board_profile_builds_the_sensor(runtime, path, app_lib):
+    extra = (CPY_SHIM, app_lib) if path == "circuitpython" else (app_lib,)
+    out = runtime.run("PATH = %r\n" % path + PROFILE_SENSOR, extra_paths=extra, timeout=60)
+    assert out.strip().split("\n") == ["reading ok 19.5 None", "none None"]
+
+
+def test_missing_driver_is_absent_with_a_reason(runtime):
+    # No bundle on the path: the image was built without tools/bundle_libs.py.
+    out = runtime.run(
+        "import sys\nif sys.implementation.name == 'cpython':\n sys.modules['adafruit_sht4x'] = None  # in the venv\n"
+        "import i2cemu, sht4xemu\nfrom cellguard import events, sensors\nfrom cellguard.i2cbus import LockedI2C\n"
+        "bus = i2cemu.default_bus(); bus.attach(0x44, sht4xemu.Sht4x())\n"
+        "mon = sensors.SensorMonitor(sensors.sht4x_opener(LockedI2C(i2cemu.MachineI2C(bus))))\n"
+        "r = mon.read()\nprint(r.quality_name, r.temperature_c)\nprint(mon.reason)\nprint(events.recent()[-1])"
+    )
+    quality, reason, log = out.strip().split("\n")
+    assert quality == "absent None"
+    assert reason.startswith("driver missing: ") and "adafruit_sht4x" in reason
+    assert log.startswith("sensor sht4x: absent (driver missing: ")
+
+
+def test_unopenable_bus_is_absent_not_a_crash(mp):
+    # The unix port's machine has no I2C: the builder's failure is a reading of quality absent.
+    out = mp.run(
+        "from cellguard import board\n"
+        "mon = board.Profile({'name': 't', 'sensor': {'bus': 0, 'scl': 1, 'sda': 2}}).sensor_monitor()\n"
+        "r = mon.read(); print(r.quality_name); print(mon.reason)"
+    )
+    quality, reason = out.strip().split("\n")
+    assert quality == "absent" and reason.startswith("no answer: cannot open I2C bus 0")
+
+
+@pytest.mark.timeout(240)
+def test_release_image_carries_the_device_libraries(tmp_path, mp):
+    # The signed application image (what slot a holds) mounts with the drivers inside it.
+    import image
+    from cgboot import image as cgimage
+
+    key = image.keygen(tmp_path / "dev.pem")
+    img = image.release(key, "9.9.9", tmp_path / "app.img", march="x64")
+    buf = img.read_bytes()
+    hdr_size, img_size = cgimage.parse(buf)[:2]
+    romfs = tmp_path / "app.romfs"
+    romfs.write_bytes(buf[hdr_size : hdr_size + img_size])
+    out = mp.run(
+        "import os, sys, vfs\n"
+        "vfs.mount(vfs.VfsRom(open(%r, 'rb').read()), '/app')\n"
+        "print(' '.join(sorted(os.listdir('/app'))))\n"
+        "print(' '.join(sorted(os.listdir('/app/adafruit_bus_device'))))\n"
+        "sys.path.insert(0, '/app')\n"
+        "import adafruit_sht4x\nprint(adafruit_sht4x.__version__)" % str(romfs),
+        heapsize="512K",
+    )
+    top, busdevice, version = out.strip().split("\n")
+    assert {"adafruit_sht4x.mpy", "BUNDLE.json", "cellguard"} <= set(top.split())
+    assert "adafruit_hashlib" not in top  # MicroPython has hashlib built in: not bundled for it
+    assert "i2c_device.mpy" in busdevice.split()
+    assert version == "1.0.27"
+
+
+def test_flash_sends_the_device_libraries_for_the_runtime():
+    import flash
+
+    mp_files = flash.device_lib_files("micropython")
+    assert {"lib/adafruit_sht4x.mpy", "lib/adafruit_bus_device/i2c_device.mpy", "lib/BUNDLE.json"} <= set(mp_files)
+    assert not any(p.startswith("lib/adafruit_hashlib") for p in mp_files)
+    cp_files = flash.device_lib_files("circuitpython")  # CircuitPython's .mpy is another format: source
+    assert {"lib/adafruit_sht4x.py", "lib/adafruit_hashlib/__init__.py"} <= set(cp_files)

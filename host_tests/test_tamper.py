@@ -267,3 +267,137 @@ def test_tamper_report_is_sealed_before_the_wipe(runtime, tmp_path):
         "wipe",
         "enqueue 01058000ffff00000005 False",  # a CRC fault goes as a fault, without values
     ]
+
+
+PROFILE_SWITCH = """
+import sys, gpioemu
+from cellguard import board, events
+if PATH == 'machine':
+    import machineemu
+    sys.modules['machine'] = machineemu
+    PIN = 15
+else:
+    PIN = 'D9'
+switch = gpioemu.line(PIN, 0)  # closed: the switch shorts the pin to ground
+profile = board.Profile({'name': 't', 'tamper': {'pin': PIN, 'open_level': 1, 'pull': 'up', 'wipe_keys': False}})
+mon = profile.tamper_monitor()
+if PATH == 'circuitpython':
+    print('pull', mon._pin._keys.pull_level)  # keypad's internal pull: 1 = up, as the profile asks
+print('closed', mon.poll())
+switch.drive(1)
+print('opened', mon.poll()['seq'])
+switch.drive(0); mon.poll()
+switch.drive(1); switch.drive(0)  # a brief opening between two polls
+print('brief', mon.poll()['seq'])
+print('none', board.Profile({'name': 'n'}).tamper_monitor(), board.Profile({'name': 'n', 'tamper': None}).tamper_monitor())
+"""
+
+
+@pytest.mark.parametrize("path", ["machine", "circuitpython"])
+def test_board_profile_builds_the_tamper_switch(runtime, path, tmp_path):
+    out = runtime.run(
+        "PATH = %r\n" % path + PROFILE_SWITCH,
+        extra_paths=(CPY_SHIM,) if path == "circuitpython" else (),
+        env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
+    )
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    if path == "circuitpython":
+        # a pull-down (value_when_pressed=True with pull=True) would leave an open lid reading 0
+        assert lines["pull"] == "1"
+    assert lines["closed"] == "None"
+    assert lines["opened"] == "1"
+    assert lines["brief"] == "2"  # Pin.irq on MicroPython, keypad's queue on CircuitPython
+    assert lines["none"] == "None None"
+
+
+STATUS_AFTER_REBOOT = """
+import json, gpioemu
+from cellguard import console, tamper
+switch = gpioemu.line('D5', level=0)
+mon = tamper.TamperMonitor(gpioemu.Pin('D5'), wipe=lambda: None, wipe_keys=WIPE, clock=lambda: 1767225600)
+if FIRST:
+    switch.drive(1)
+    mon.poll()
+else:
+    out = []
+    c = console.Console(out.append, False)
+    c.command('status')
+    c.command('status --json')
+    text = ''.join(out)
+    print('PAGE', [l for l in text.split(chr(10)) if l.startswith(('tamper', 'sensor'))])
+    print('JSON', json.dumps(json.loads(text.strip().split(chr(10))[-1])['tamper']))
+"""
+
+
+@pytest.mark.parametrize("wipe", [False, True])
+def test_status_shows_the_persisted_tamper_event_after_a_reboot(runtime, tmp_path, wipe):
+    import json
+
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}
+    runtime.run("FIRST = True\nWIPE = %r\n" % wipe + STATUS_AFTER_REBOOT, env=env)
+    out = runtime.run("FIRST = False\nWIPE = %r\n" % wipe + STATUS_AFTER_REBOOT, env=env)  # a new boot
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    page = ast.literal_eval(lines["PAGE"])
+    # the monitor is fresh, the lid closed again; the last event and the wipe come from the log
+    assert page == [
+        "sensor      unknown  no reading yet",  # no sensor monitor in this script
+        "tamper      closed  last #1 2026-01-01 00:00:00 UTC  keys wiped %s" % ("yes" if wipe else "no"),
+    ]
+    snap = json.loads(lines["JSON"])
+    assert (snap["state"], snap["seq"], snap["last"], snap["wiped"]) == ("closed", 1, 1767225600, wipe)
+
+
+def test_status_says_none_fitted_not_a_fault(runtime):
+    out = runtime.run(
+        "from cellguard import console, status\n"
+        "status.set('sensor', 'fitted', 'none'); status.set('tamper', 'fitted', 'none')\n"
+        "for l in console.render_status(console.snapshot()).split(chr(10)):\n"
+        "    if l.startswith(('sensor', 'tamper')):\n        print(l)\n"
+        "status.clear()\n"
+        "status.set('sensor', 'type', 'sht4x'); status.set('sensor', 'quality', 'absent')\n"
+        "status.set('sensor', 'reason', 'driver missing: no module named adafruit_sht4x'); status.set('sensor', 'last', 0)\n"
+        "print(console.render_status(console.snapshot()).split(chr(10))[-3])\n"
+    )
+    assert out.strip().split("\n") == [
+        "sensor      none fitted",
+        "tamper      none fitted",
+        "sensor      sht4x  quality absent  last reading never  (driver missing: no module named adafruit_sht4x)",
+    ]
+
+
+MAIN_WITHOUT_APP = """
+import sys, gpioemu, machineemu
+sys.modules['machine'] = machineemu
+gpioemu.line(15, 1)  # the enclosure is open at boot
+exec(open(%r).read())
+"""
+
+
+@pytest.mark.timeout(60)
+def test_main_py_watches_the_switch_without_an_application(tmp_path):
+    # No app.json and no modem: nothing can be reported, but the opening is persisted and the keys
+    # wiped as configured (an attacker cannot disable the tamper response by unplugging the modem).
+    import json
+    import subprocess
+    import time
+
+    from harness import FIRMWARE, spawn_micropython
+
+    profile = {"name": "t", "modem": {"dialect": "bg96"}, "uart": {"id": "env:CELLGUARD_TEST_NO_MODEM"},
+               "tamper": {"pin": 15, "open_level": 1, "pull": "up", "wipe_keys": True}}
+    (tmp_path / "board.json").write_text(json.dumps(profile))
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}
+    env.pop("CELLGUARD_TEST_NO_MODEM", None)
+    # 512K: main.py and the modem driver it tries compile from source here (a board runs .mpy)
+    proc = spawn_micropython(MAIN_WITHOUT_APP % str(FIRMWARE / "main.py"), env=env, heapsize="512K", stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = tmp_path / "state" / "tamper.log"
+    deadline = time.monotonic() + 30
+    while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the device's own file is the event; nothing to await but its appearance
+    found = log.exists()
+    out, err = proc.communicate(input="", timeout=20)  # end of input: an unlocked console returns
+    assert found, out + err
+    seq, _t, source, wiped = log.read_text().split()
+    assert (seq, source, wiped) == ("1", "enclosure", "1")
+    assert proc.returncode == 0, out + err

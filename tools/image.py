@@ -6,7 +6,7 @@
     python tools/image.py info app.img [--json]                # header, TLVs, version, counter
     python tools/image.py keygen -t ed25519 -o key.pem         # imgtool keygen (tests, dev keys)
     python tools/image.py trust a.pem b.pem -o trusted_keys.py # the boot part's trusted-key module
-    python tools/image.py release -k key.pem -v 1.2.3 -o app.img  # firmware/lib minus cgboot, signed
+    python tools/image.py release -k key.pem -v 1.2.3 -o app.img  # firmware/lib minus cgboot + device libs, signed
     python tools/image.py install --fs DIR app.img [-k key.pem]   # factory: put it in slot a of DIR
 
 Signing is imgtool's job: this tool only calls its command line (docs/image-format.md).
@@ -110,14 +110,38 @@ def sign(
     return out
 
 
-def stage_application(out_dir: Path, lib: Path = FIRMWARE_LIB, extra: list[Path] | None = None) -> Path:
-    """Copy the application (firmware/lib without the trusted boot part) into `out_dir`."""
+def stage_application(
+    out_dir: Path, lib: Path = FIRMWARE_LIB, extra: list[Path] | None = None, device_libs: str | None = "micropython"
+) -> Path:
+    """Copy the application (firmware/lib without the trusted boot part) into `out_dir`, with the
+    pinned device libraries for runtime `device_libs` beside it (None: without them)."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(lib, out_dir, ignore=shutil.ignore_patterns("cgboot", "__pycache__", "*.pyc"))
+    if device_libs:
+        stage_device_libs(out_dir, device_libs)
     for path in extra or []:
         shutil.copy(path, out_dir / path.name)
     return out_dir
+
+
+def stage_device_libs(app_dir: Path, runtime: str = "micropython") -> list[dict]:
+    """The pinned Adafruit libraries (tools/bundle_libs.py) at the top of `app_dir`, which is first
+    on the device's sys.path once mounted: `import adafruit_sht4x` finds them in the verified image."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bundle_libs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        lib = Path(tmp) / "lib"
+        try:
+            manifest = bundle_libs.bundle(lib, bundle_libs.read_names(bundle_libs.DEVICE_LIBS, runtime),
+                                          bundle_libs.read_pins(bundle_libs.REQUIREMENTS))
+        except bundle_libs.BundleError as e:
+            raise ImageToolError(f"device libraries: {e}") from e
+        shutil.copytree(lib, app_dir, dirs_exist_ok=True)
+    return manifest
 
 
 def release(
@@ -128,8 +152,9 @@ def release(
     march: str | None = None,
     slot_size: int = DEFAULT_SLOT_SIZE,
 ) -> Path:
-    """The whole application as one signed image: stage, precompile, build the ROMFS, sign for a
-    slot of `slot_size` bytes (the board profile's; imgtool refuses an image that does not fit)."""
+    """The whole application as one signed image: stage (with the pinned device libraries),
+    precompile, build the ROMFS, sign for a slot of `slot_size` bytes (the board profile's; imgtool
+    refuses an image that does not fit)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

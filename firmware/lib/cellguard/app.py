@@ -25,6 +25,10 @@ def _log(msg, error=False):
 
 class App:
     """modem: a cellguard.modem.Modem. read_sensor() -> payload bytes (or None to skip a reading).
+    sensor: a cellguard.sensors.SensorMonitor (instead of read_sensor): each reading goes with its
+    quality flag. tamper: a cellguard.tamper.TamperMonitor, polled every step; each event is sealed
+    for the hub (cellguard.report) before the monitor wipes the keys, and after a wipe the unit
+    only delivers what it had already sealed, then stops (unprovisioned).
 
     on_healthy(): called once, after the first acknowledgement from the hub (the bootloader's
     confirm(): a trial image proves itself by getting a message through). on_command(record): the
@@ -47,6 +51,8 @@ class App:
         on_healthy=None,
         on_command=None,
         retry_ms=30000,
+        sensor=None,
+        tamper=None,
     ):
         self.modem = modem
         self.hub = (hub_host, hub_port)
@@ -68,6 +74,12 @@ class App:
         self._next_attempt = runtime.ticks_ms()
         self._pending_tamper = []
         self._acked_seen = 0
+        self._wiped = False
+        if sensor is not None and read_sensor is None:
+            self.read_sensor = _encoder(sensor)
+        self.tamper = tamper
+        if tamper is not None:
+            tamper.on_tamper(self._tamper_switch)
         self._publish()
 
     # ---- set-up ---------------------------------------------------------------------------------
@@ -96,6 +108,17 @@ class App:
             self._pending_tamper.append(outcome)
         else:
             self.box.event(simlock.EVENT_CODE, outcome.encode())
+
+    def _tamper_switch(self, event):
+        # TamperMonitor's hook: runs before its wipe, so the report is sealed while the keys exist.
+        from cellguard import report
+
+        if self.box is None and keys.provisioned():
+            self._open_outbox()  # offline: sealed now, sent once the data session is up
+        if self.box is not None:
+            report.tamper_reporter(self.box)(event)
+        if event.get("wipe"):
+            self._wiped = True
 
     def _attach(self):
         if not self.modem.session:  # echo off, error codes, URCs, the dialect's data formats
@@ -142,6 +165,11 @@ class App:
     def step(self, timeout_ms=200):
         """Do what is due now; wait for downlinks at most timeout_ms. Returns the state."""
         now = runtime.ticks_ms()
+        if self.tamper is not None:
+            self.tamper.poll()
+        if self._wiped and self.state == STATE_ONLINE and self.box.pending() == 0:
+            self.state = STATE_UNPROVISIONED  # the tamper report is delivered; nothing more to say
+            _log("app: keys wiped after tamper: report delivered, unit stopped")
         if self.state != STATE_ONLINE:
             if runtime.ticks_diff(now, self._next_attempt) >= 0:
                 try:
@@ -171,7 +199,7 @@ class App:
         return self.state
 
     def _take_reading(self, now):
-        if self.read_sensor is None or self.box is None:
+        if self.read_sensor is None or self.box is None or self._wiped:
             return
         if runtime.ticks_diff(now, self._next_reading) < 0:
             return
@@ -211,6 +239,15 @@ class App:
                 status.set("outbox", "last_delivery", runtime.time_s())
             status.set("messaging", "tx_seq", self.box.channel.counter.peek())
             status.set("messaging", "rx_seq", self.box.channel.last_seq)
+
+
+def _encoder(monitor):
+    from cellguard import reading
+
+    def read():
+        return reading.encode(monitor.read())
+
+    return read
 
 
 class _NoCarrier:

@@ -1,8 +1,11 @@
 # The board profile on the device: boards/<name>/board.json, copied to /board.json by tools/flash.py.
 #
 # It names the runtime, the modem's UART and pins, the dialect, power/reset pins, console and slot
-# size. This module reads it and builds the hardware objects the drivers are handed (a UART stream,
-# the reset and power-key pulses); nothing here imports machine or board at import time.
+# size, and the optional sensor (I2C bus, pins, address, type) and tamper switch (pin, open level,
+# whether an opening wipes the keys); a profile without them has none fitted. This module reads it
+# and builds the hardware objects the drivers are handed (a UART stream, the reset and power-key
+# pulses, the sensor and tamper monitors); nothing here imports machine or board at import time,
+# and the I2C bus is only opened at the sensor's first reading.
 import json
 
 from cellguard import runtime
@@ -23,6 +26,8 @@ class Profile:
         self.power_conf = data.get("power", {})
         self.slot_size = data.get("slot_size")
         self.runtime = data.get("runtime", {})
+        self.sensor_conf = data.get("sensor")  # None or absent: no sensor fitted
+        self.tamper_conf = data.get("tamper")  # None or absent: no tamper switch fitted
 
     def uart_port(self):
         port = self.uart_conf.get("id")
@@ -56,6 +61,22 @@ class Profile:
 
     def power_key(self):
         return self._pulse("pwrkey")
+
+    def sensor_monitor(self, on_event=None):
+        """A cellguard.sensors.SensorMonitor for the profile's sensor, or None if none is fitted."""
+        if not self.sensor_conf:
+            return None
+        from cellguard import fitted  # only a board with a sensor pays for the builders
+
+        return fitted.sensor_monitor(self.sensor_conf, on_event)
+
+    def tamper_monitor(self, on_tamper=()):
+        """A cellguard.tamper.TamperMonitor on the profile's switch, or None if none is fitted."""
+        if not self.tamper_conf:
+            return None
+        from cellguard import fitted
+
+        return fitted.tamper_monitor(self.tamper_conf, on_tamper)
 
 
 def _make_pulse(pin, active_low, ms):

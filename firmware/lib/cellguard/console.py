@@ -177,11 +177,33 @@ def render_status(snap):
     add("outbox      %s waiting  last delivery %s" % (_get(snap, "outbox", "depth"),
                                                       _when(_get(snap, "outbox", "last_delivery", 0))))
     add("sequence    sent %s  received %s" % (_get(snap, "messaging", "tx_seq"), _get(snap, "messaging", "rx_seq")))
+    add("sensor      " + _sensor_line(snap.get("sensor", {})))
+    add("tamper      " + _tamper_line(snap.get("tamper", {})))
     errs = [e for e in snap.get("events", []) if e[1].startswith("ERROR ")]
     add("errors      %d%s" % (snap.get("error_count", 0), "" if errs else " (none recent)"))
     for t, e in errs[-5:]:
         add("  %s  %s" % (_when(t), e[6:]))
     return "\n".join(lines)
+
+
+def _sensor_line(sec):
+    if sec.get("fitted") == "none":
+        return "none fitted"  # the profile has no sensor: not a fault
+    q = sec.get("quality")
+    if q is None:
+        return "%s  no reading yet" % sec.get("type", "unknown")
+    line = "%s  quality %s  last reading %s" % (sec.get("type", "unknown"), q, _when(sec.get("last")))
+    return line + ("  (%s)" % sec["reason"] if q != "ok" and sec.get("reason") else "")
+
+
+def _tamper_line(sec):
+    if sec.get("fitted") == "none":
+        return "none fitted"
+    state = sec.get("state", "unknown")
+    if not sec.get("seq"):
+        return "%s  no events" % state
+    return "%s  last #%s %s  keys wiped %s" % (state, sec["seq"], _when(sec.get("last")),
+                                               "yes" if sec.get("wiped") else "no")
 
 
 # ---- the console --------------------------------------------------------------------------------
@@ -411,6 +433,8 @@ def _mark_reprovision():
 def _stdio(poll_ms=None):
     """(read_byte, write) on the console port. With poll_ms, read_byte waits at most that long and
     returns None when nothing came (so the caller can do other work); otherwise it blocks."""
+    if runtime.NAME == runtime.CIRCUITPYTHON:
+        return _cpy_stdio(poll_ms)
     import sys
 
     buf = getattr(sys.stdin, "buffer", None)
@@ -438,6 +462,51 @@ def _stdio(poll_ms=None):
 
     def write(s):
         sys.stdout.write(s)
+
+    return read_byte, write
+
+
+def _cpy_stdio(poll_ms):
+    # CircuitPython: stdin cannot be polled with select; supervisor.runtime.serial_bytes_available
+    # says whether a read would wait. A shipped (locked) unit has no REPL CDC at all: boot.py turned
+    # it off, and the console runs on the data CDC instead (cpy_boot.status_port()).
+    from cellguard import cpy_boot
+
+    port = cpy_boot.status_port() if consolelock.is_locked() else None
+    if port is not None:
+        return _stream_stdio(port, poll_ms)
+    import sys
+
+    import supervisor
+
+    def read_byte():
+        if poll_ms is not None:
+            deadline = runtime.ticks_add(runtime.ticks_ms(), poll_ms)
+            while not supervisor.runtime.serial_bytes_available:
+                if runtime.ticks_diff(deadline, runtime.ticks_ms()) <= 0:
+                    return None
+                runtime.sleep_ms(1)
+        c = sys.stdin.read(1)
+        return ord(c) if c else -1
+
+    def write(s):
+        sys.stdout.write(s)
+
+    return read_byte, write
+
+
+def _stream_stdio(port, poll_ms):
+    # A runtime stream (write/readinto/wait_readable); it has no end of input, so never -1.
+    one = bytearray(1)
+
+    def read_byte():
+        while not port.wait_readable(1000 if poll_ms is None else poll_ms):
+            if poll_ms is not None:
+                return None
+        return one[0] if port.readinto(one) else None
+
+    def write(s):
+        port.write(s.encode())
 
     return read_byte, write
 

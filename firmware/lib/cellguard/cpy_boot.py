@@ -114,28 +114,6 @@ class NvmCell:
         self._nvm[target : target + self._slot] = rec
 
 
-class ImageMismatch(Exception):
-    """A file of the application image is missing or differs from the signed manifest."""
-
-
-def verify_files(entries, root="/"):
-    """Check files against a manifest before anything imports them: CircuitPython's stand-in for
-    mounting a verified image with vfs.VfsRom, which it lacks (docs/runtimes.md says what it costs).
-
-    entries: (path relative to root, SHA-256 hex) pairs from a manifest whose signature the caller
-    has already checked. Raises ImageMismatch naming the first file that is missing or differs.
-    """
-    buf = bytearray(512)
-    for rel, digest in entries:
-        h = runtime.sha256()
-        try:
-            with open(runtime.path_join(root, rel), "rb") as f:
-                while True:
-                    n = f.readinto(buf)
-                    if not n:
-                        break
-                    h.update(memoryview(buf)[:n])
-        except OSError:
-            raise ImageMismatch("missing: " + rel)
-        if h.digest().hex() != digest:
-            raise ImageMismatch("differs: " + rel)
+# The file check itself lives in the boot part (cgboot.manifest), which boot.py runs before anything
+# imports cellguard; here for the application's own use (one copy of the code).
+from cgboot.manifest import ImageMismatch, verify_files  # noqa: E402, F401

@@ -44,7 +44,9 @@ class SensorMonitor:
         self._baseline = None  # the last accepted (t, rh)
         self._candidate = None
         self._confirmed = 0
+        self.reason = None  # why the last reading had no values, when the monitor knows
         self.counts = [0] * len(NAMES)
+        events.set("sensor", "type", name)
 
     def read(self):
         now = self._clock()
@@ -56,10 +58,17 @@ class SensorMonitor:
         return self._finish(Reading(quality, t, rh, now))
 
     def _measure(self):
+        self.reason = None
         if self._sensor is None:
             try:
                 self._sensor = self._open()
-            except (ValueError, OSError):  # busdevice's probe raises ValueError("No I2C device ...")
+            except ImportError as e:
+                # The driver is not in the image (tools/bundle_libs.py did not run): a fault to
+                # report, not a crash, and not to be mistaken for an unplugged sensor.
+                self.reason = "driver missing: %s" % (e,)
+                return None, ABSENT
+            except (ValueError, OSError) as e:  # busdevice's probe raises ValueError("No I2C device ...")
+                self.reason = "no answer: %s" % (e,)
                 return None, ABSENT
         try:
             return self._sensor.measurements, OK
@@ -72,7 +81,8 @@ class SensorMonitor:
             self._sensor = None
             try:
                 self._sensor = self._open()
-            except (ValueError, OSError):
+            except (ImportError, ValueError, OSError) as e:
+                self.reason = "no answer: %s" % (e,)
                 return None, ABSENT
             return None, BUS
 
@@ -106,11 +116,14 @@ class SensorMonitor:
     def _finish(self, reading):
         q = reading.quality
         self.counts[q] += 1
+        events.set("sensor", "last", reading.t)  # the status page's "last reading" time
         if q != self._quality:
             self._quality = q
             name = NAMES[q]
-            events.log("sensor %s: %s" % (self.name, name if q != OK else "ok"))
+            why = " (%s)" % self.reason if self.reason else ""
+            events.log("sensor %s: %s%s" % (self.name, name, why))
             events.set("sensor", "quality", name)
+            events.set("sensor", "reason", self.reason)
             if self._on_event is not None:
                 self._on_event(self.name, name)
         if q != OK:

@@ -75,17 +75,22 @@ class KeysInput:
     """CircuitPython: the tamper pin scanned in the background by keypad.Keys, presented like a
     machine.Pin (value, irq) so TamperMonitor latches an opening shorter than its poll interval.
 
-    keys: keypad.Keys((board.<pin>,), value_when_pressed=<open level>, pull=True), one pin.
+    keys: keypad.Keys((board.<pin>,), value_when_pressed=<pressed_level>, pull=...), one pin.
+    pressed_level: the pin level keypad calls "pressed" (default: the open level). keypad's internal
+    pull is the opposite of value_when_pressed, so a switch to ground that opens to a pull-up
+    (open_level=1) needs value_when_pressed=False, pull=True and pressed_level=0: "pressed" is then
+    the closed enclosure (board.Profile.tamper_monitor builds it so).
     A queue overflow loses edges, so it counts as an opening: a tamper input errs towards alarm.
     """
 
     IRQ_FALLING = 4
     IRQ_RISING = 8
 
-    def __init__(self, keys, open_level=1):
+    def __init__(self, keys, open_level=1, pressed_level=None):
         self._keys = keys
         self._open_level = 1 if open_level else 0
-        self._level = 1 - self._open_level
+        self._pressed = self._open_level if pressed_level is None else (1 if pressed_level else 0)
+        self._level = 1 - self._pressed  # keypad starts with every key released
         self._handler = None
         self._trigger = 0
 
@@ -107,11 +112,11 @@ class KeysInput:
             # state (after reset() a switch that is open now gives a fresh "pressed" event).
             queue.clear()
             self._edge(self._open_level)
-            self._level = 1 - self._open_level
+            self._level = 1 - self._pressed  # reset() reports what is pressed now, from released
             self._keys.reset()
         event = queue.get()
         while event is not None:
-            self._edge(self._open_level if event.pressed else 1 - self._open_level)
+            self._edge(self._pressed if event.pressed else 1 - self._pressed)
             event = queue.get()
         return self._level
 
@@ -135,8 +140,12 @@ class TamperMonitor:
             edge = pin_cls.IRQ_RISING if self._open_level else pin_cls.IRQ_FALLING
             irq(handler=self._irq, trigger=edge)
         events.set("tamper", "state", "closed")
+        # The last persisted event, so the status page shows it after a reboot too.
         old = self.log.load()
-        events.set("tamper", "seq", old[-1]["seq"] if old else 0)
+        last = old[-1] if old else None
+        events.set("tamper", "seq", last["seq"] if last else 0)
+        events.set("tamper", "last", last["t"] if last else None)
+        events.set("tamper", "wiped", last["wiped"] if last else False)
 
     def _irq(self, pin):
         self._latched = True  # no allocation in an IRQ handler: poll() does the work
@@ -176,6 +185,7 @@ class TamperMonitor:
                 hook(event)
             except Exception as exc:  # a failed report must not stop the wipe
                 events.log("tamper: report hook failed: %r" % (exc,))
+        events.set("tamper", "wiped", False)
         if self.wipe_keys:
             self._do_wipe(event)
         events.set("tamper", "seq", event["seq"])

@@ -6,8 +6,18 @@
 # rejection raises Rejected with one of the REASONS below, checked in a fixed order: structure first
 # (nothing is hashed until every offset is known to lie inside the buffer), then the hash, the key,
 # the signature, and last the security counter (so "downgrade" is only said of an authentic image).
-import hashlib
 import struct
+
+try:
+    from hashlib import sha256 as _sha256
+except ImportError:  # CircuitPython (cgboot.manifest): hashlib.new only, or the bundled adafruit_hashlib
+
+    def _sha256(data=b""):
+        try:
+            import hashlib
+        except ImportError:
+            import adafruit_hashlib as hashlib
+        return hashlib.new("sha256", bytes(data))
 
 try:
     from micropython import const
@@ -77,7 +87,7 @@ class TrustedKey:
         self.alg = alg
         self.raw = bytes(raw)
         self.name = name
-        self.key_hash = hashlib.sha256(der).digest()
+        self.key_hash = _sha256(der).digest()
 
 
 def trusted(table):
@@ -181,7 +191,7 @@ def verify(buf, trusted_keys, min_counter=0, max_size=None):
     if TLV_KEYHASH not in tlvs or tlvs[TLV_KEYHASH][1] != 32:
         raise Rejected(MALFORMED, "no key-hash TLV")
     off, _ = tlvs[TLV_SHA256]
-    digest = hashlib.sha256(mv[:prot_end]).digest()
+    digest = _sha256(mv[:prot_end]).digest()
     if digest != bytes(mv[off : off + 32]):
         raise Rejected(HASH_MISMATCH)
     off, _ = tlvs[TLV_KEYHASH]

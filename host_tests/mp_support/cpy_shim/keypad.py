@@ -39,6 +39,8 @@ class Keys:
     def __init__(self, pins, *, value_when_pressed, pull=True, interval=0.02, max_events=64):
         self.events = EventQueue(max_events)
         self._pressed_level = 1 if value_when_pressed else 0
+        # CircuitPython's internal pull opposes value_when_pressed; tests check what was asked for.
+        self.pull_level = (0 if value_when_pressed else 1) if pull else None
         self._lines = [gpioemu.line(pin.name) for pin in pins]
         both = gpioemu.Pin.IRQ_RISING | gpioemu.Pin.IRQ_FALLING
         for number, line in enumerate(self._lines):

@@ -165,6 +165,7 @@ def start_app(profile, modem_status):
         tamper=tamper,
         interval_ms=int(cfg.get("interval_s", 3600) * 1000),
         version=VERSION,
+        boot_reason=app.BOOT_TRIAL if _on_trial() else app.BOOT_POWER_ON,  # the hub sees a trial in HELLO
         on_healthy=_confirm_image,
     )
     application.on_command = updates.handler(application, reset=lambda: hard_reset("reboot"))

@@ -140,6 +140,9 @@ class Demo:
                     and boot.get("state") == "confirmed")
 
         self.wait_for("the update to trial-boot and confirm", confirmed, timeout=180)
+        # The trial image said so in its HELLO (boot reason 1, protocol.md section 5).
+        self.wait_for("the trial image's HELLO", lambda: any(
+            m["type"] == "hello" and m["payload_hex"].startswith("01") for m in self.accepted()))
         self.record("signed update downloaded, trial-booted and confirmed", "running 0.2.0, confirmed")
 
     def show_status(self) -> None:

@@ -51,11 +51,33 @@ _FINAL_ERROR = (b"ERROR", b"SEND FAIL", b"NO CARRIER", b"ABORTED")
 _CME = b"+CME ERROR:"
 _CMS = b"+CMS ERROR:"
 
+# Commands whose arguments are secrets: the SIM PIN/PUK (+CPIN=, +CLCK=, +CPWD=) and the APN
+# password (+CGAUTH=, Quectel +QICSGP=, SIMCom +CNCFG=). Wherever a command goes into an exception
+# message, a log line or the status page, redact() keeps only its name (the console is not
+# authenticated). The exception's .command attribute is redacted too, so logging it is safe.
+SECRET_COMMANDS = (b"AT+CPIN=", b"AT+CLCK=", b"AT+CPWD=", b"AT+CGAUTH=", b"AT+QICSGP=", b"AT+CNCFG=")
+_REDACTED = b"<redacted>"
+
+# A reply holds at most this many lines / bytes (the engine's max_reply_lines/_bytes): a modem
+# flooding lines into one reply must not be able to exhaust the heap.
+MAX_REPLY_LINES = 32
+
 # What a running command ended with.
 _PENDING = const(0)
 _DONE_OK = const(1)
 _DONE_ERROR = const(2)
 _DONE_REBOOT = const(3)
+
+
+def redact(cmd):
+    """cmd as it may be shown: a secret-carrying command keeps its name, b"AT+CPIN=<redacted>"."""
+    if isinstance(cmd, str):
+        cmd = cmd.encode()
+    head = bytes(cmd[:12]).upper()
+    for prefix in SECRET_COMMANDS:
+        if head.startswith(prefix):
+            return prefix + _REDACTED
+    return cmd
 
 
 # ---- errors ----------------------------------------------------------------------------------
@@ -67,6 +89,7 @@ class AtTimeout(ModemError):
     """No final result before the deadline. .command, .lines (the partial response)."""
 
     def __init__(self, command, lines):
+        command = redact(command)
         super().__init__("timeout: %s" % _text(command))
         self.command = command
         self.lines = lines
@@ -76,6 +99,7 @@ class AtCommandError(ModemError):
     """The modem answered with an error result. .code is None for a bare ERROR, .result the line."""
 
     def __init__(self, command, lines, result, code=None):
+        command = redact(command)
         super().__init__("%s -> %s" % (_text(command), _text(result)))
         self.command = command
         self.lines = lines
@@ -95,6 +119,7 @@ class ModemRebooted(ModemError):
     """The modem restarted (RDY / Ready / echo back on) while a command was running."""
 
     def __init__(self, command, lines):
+        command = redact(command)
         super().__init__("modem rebooted during %s" % _text(command))
         self.command = command
         self.lines = lines

@@ -177,6 +177,60 @@ def test_field_helpers():
     assert at.fields(bytes(line)) == ["recv", "11", "a,b", "7"]
 
 
+# ---- the engine fed the same script in any chunks ------------------------------------------------
+class ChunkedStream(ScriptedStream):
+    """Hands out the queued reply in the given chunk sizes, in turn (a UART's reads never line
+    up with the modem's writes)."""
+
+    def __init__(self, responder, sizes):
+        super().__init__(responder, 1 << 20)
+        self.sizes = sizes or [1 << 20]
+        self.reads = 0
+
+    def readinto(self, buf):
+        self.chunk = self.sizes[self.reads % len(self.sizes)]
+        self.reads += 1
+        return super().readinto(buf)
+
+
+ENDINGS = st.sampled_from([b"\r\n", b"\r", b"\n", b"\r\n\r\n"])
+REPLY_PART = st.one_of(
+    st.integers(0, 99).map(lambda i: b"+R: %d" % i),  # the command's reply
+    st.integers(0, 99).map(lambda i: b"+U: %d" % i),  # a URC
+    st.sampled_from([b'+CEREG: 5,"0A1B","01A2D001",7', b'+CEREG: 2,1,"0A1B","01A2D001",7']),
+    st.just(b"   "),  # all-space: skipped
+)
+FINAL = st.sampled_from([b"OK", b"ERROR", b"+CME ERROR: 16", b"+CMS ERROR: 304", b"SEND FAIL"])
+REPLY = st.tuples(st.lists(st.tuples(REPLY_PART, ENDINGS), max_size=6), FINAL, ENDINGS).map(
+    lambda r: b"".join(b"\r\n" + line + end for line, end in r[0]) + b"\r\n" + r[1] + r[2]
+)
+
+
+def run_script(replies, sizes):
+    """Runs one AT+Cn command per reply; returns each command's outcome and the URCs seen."""
+    stream = ChunkedStream(lambda cmd: replies[int(cmd[4:-1])], sizes)
+    engine = at.AtEngine(stream)
+    engine.default_timeout_ms = 1000
+    urcs = []
+    engine.add_urc(b"+U:", lambda b, n: urcs.append(bytes(b[:n])))
+    engine.add_urc(
+        b"+CEREG:", lambda b, n: urcs.append(bytes(b[:n])), lambda b, n: not 48 <= b[b.find(b",") + 1] <= 57
+    )
+    outcomes = []
+    for i in range(len(replies)):
+        try:
+            outcomes.append(("ok", engine.command(b"AT+C%d" % i, prefix=b"+CEREG:")))
+        except at.AtCommandError as e:
+            outcomes.append((type(e).__name__, e.code, e.lines, e.result))
+    return outcomes, urcs
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(REPLY, min_size=1, max_size=6), st.lists(st.integers(1, 24), min_size=1, max_size=12))
+def test_engine_results_do_not_depend_on_chunking(replies, sizes):
+    assert run_script(replies, sizes) == run_script(replies, [])
+
+
 ENGINE_SCRIPT = """
 from cellguard import at
 from atstream import ScriptedStream

@@ -59,8 +59,9 @@ _CMS = b"+CMS ERROR:"
 SECRET_COMMANDS = (b"AT+CPIN=", b"AT+CLCK=", b"AT+CPWD=", b"AT+CGAUTH=", b"AT+QICSGP=", b"AT+CNCFG=")
 _REDACTED = b"<redacted>"
 
-# A reply holds at most this many lines / bytes (the engine's max_reply_lines/_bytes): a modem
-# flooding lines into one reply must not be able to exhaust the heap.
+# A reply keeps at most this many lines (engine.max_reply_lines) and 2 x max_line bytes
+# (engine.max_reply_bytes: a datagram's hex line plus its header fits): a modem flooding lines
+# into one reply must not be able to exhaust the heap. The rest is dropped: ReplyTooLong.
 MAX_REPLY_LINES = 32
 
 # What a running command ended with.
@@ -143,6 +144,21 @@ def parses_reply(fn):
     return wrapper
 
 
+class ReplyTooLong(ModemError):
+    """The reply went past engine.max_reply_lines / max_reply_bytes; the rest was dropped (the
+    command still ran to its final result, so the engine stays in step). .command, .lines."""
+
+    def __init__(self, command, lines):
+        command = redact(command)
+        super().__init__("reply to %s too long: kept %d lines, dropped the rest" % (_text(command), len(lines)))
+        self.command = command
+        self.lines = lines
+
+
+class ModemBusy(ModemError):
+    """A command was started while another one is waiting (e.g. from the engine's idle callback)."""
+
+
 class ModemUnresponsive(ModemError):
     """Recovery failed: no answer to AT after resync, AT+CFUN reset and the reset pin."""
 
@@ -176,6 +192,8 @@ class AtEngine:
         self.resync_timeout_ms = 500
         self.reset_cmd = b"AT+CFUN=1,1"  # the dialect sets its own (AT+CFUN=15, AT#XRESET)
         self.echo_off = False  # set by the driver after ATE0: an echo after that means a reboot
+        self.max_reply_lines = MAX_REPLY_LINES
+        self.max_reply_bytes = 2 * max_line
         # Command state.
         self._cmd = None
         self._prefix = None
@@ -183,11 +201,15 @@ class AtEngine:
         self._state = _PENDING
         self._result = None
         self._prompted = False
+        self._reply_bytes = 0
+        self._dropped = 0
+        self._in_idle = False
         # Counters (status / tests).
         self.rebooted = False
         self.reboots = 0
         self.unsolicited = 0
         self.recoveries = 0
+        self.idle_errors = 0
 
     # -- URC registry
     def add_urc(self, prefix, handler, is_urc=None):
@@ -209,6 +231,23 @@ class AtEngine:
                 return
             self.reader.feed(rx, 0, n)
 
+    def _idle(self):
+        # Lets the rest of the firmware (the console) run while the engine waits: called once per
+        # wait step, and a wait step is at most 50 ms. Never re-entered; its errors are counted,
+        # never allowed to break the command that is waiting.
+        idle = self.idle
+        if idle is None or self._in_idle:
+            return
+        self._in_idle = True
+        try:
+            idle()
+        except Exception as e:  # noqa: BLE001
+            self.idle_errors += 1
+            if self.idle_errors == 1:
+                self._note("idle callback failed: %r" % (e,))
+        finally:
+            self._in_idle = False
+
     def poll(self, timeout_ms=0):
         """Process what has arrived (URCs), waiting up to timeout_ms for the first byte."""
         if self._stream.wait_readable(timeout_ms):
@@ -223,6 +262,7 @@ class AtEngine:
                 return False
             if self._stream.wait_readable(left if left < 50 else 50):
                 self._pump()
+            self._idle()
         return True
 
     def drain(self, quiet_ms=30, max_ms=500):
@@ -232,6 +272,7 @@ class AtEngine:
             if not self._stream.wait_readable(quiet_ms):
                 return
             self._pump()
+            self._idle()
 
     # -- line routing
     def _on_prompt(self):
@@ -262,7 +303,11 @@ class AtEngine:
                 self._reboot_seen()
                 return
         if cmd is not None:
-            self._lines.append(bytes(buf[:n]))
+            self._reply_bytes += n
+            if len(self._lines) < self.max_reply_lines and self._reply_bytes <= self.max_reply_bytes:
+                self._lines.append(bytes(buf[:n]))
+            else:
+                self._dropped += 1
         else:
             self.unsolicited += 1
 
@@ -308,6 +353,8 @@ class AtEngine:
         """
         if isinstance(cmd, str):
             cmd = cmd.encode()
+        if self._cmd is not None:
+            raise ModemBusy("%s while %s waits" % (_text(redact(cmd)), _text(redact(self._cmd))))
         if timeout_ms is None:
             timeout_ms = self.timeout_for(cmd)
         self._pump()  # URCs that arrived before this command are not its reply
@@ -317,6 +364,8 @@ class AtEngine:
         self._state = _PENDING
         self._result = None
         self._prompted = False
+        self._reply_bytes = 0
+        self._dropped = 0
         reader = self.reader
         reader.raw_prefix = raw_prefix
         reader.prompt = prompt[0] if payload is not None else 0
@@ -337,6 +386,8 @@ class AtEngine:
                     self._stream.write(payload)
             self._wait(deadline, False)
             lines = self._lines
+            if self._dropped and self._state != _DONE_REBOOT:
+                raise ReplyTooLong(cmd, lines)
             if self._state == _DONE_OK:
                 return lines
             if self._state == _DONE_REBOOT:
@@ -361,6 +412,8 @@ class AtEngine:
                 raise AtTimeout(self._cmd, self._lines)
             if stream.wait_readable(left if left < 50 else 50):
                 self._pump()
+            if self._state == _PENDING:  # (idle may look at busy(): only while still waiting)
+                self._idle()
 
     # -- recovery
     def resync(self, attempts=0, timeout_ms=0):

@@ -34,6 +34,8 @@ class ModemStatus:
 
     def refresh(self):
         m = self.modem
+        if m.at.busy():  # asked from the engine's idle callback while a command waits: keep the
+            return  # last values rather than fail with ModemBusy
         try:
             if not self._ready:
                 m.power_up()  # switches it on if it is off; init; radio on

@@ -98,3 +98,27 @@ print('ECHO', s.recvfrom(4000)[0])
         )
         assert len(emu.commands_matching("ATE0")) == 2  # re-initialised
     assert "REBOOTED True 1" in out and "ECHO b'again'" in out
+
+
+@pytest.mark.timeout(60)
+def test_cfun_1_shortly_after_rdy_is_the_same_restart():
+    # A real BG96 prints "+CFUN: 1" a while after RDY; the driver may have re-initialised between.
+    with emulated_modem("bg96") as emu:
+
+        def reboot_slowly():
+            emu._reboot(["RDY"])
+            emu._after(0.5, lambda: emu._urc("+CFUN: 1"))
+
+        emu.on_command("AT+CSQ", lambda: emu._after(0.1, reboot_slowly))
+        out = run_driver(
+            emu,
+            """
+m.init()
+engine.command(b'AT+CSQ')
+engine.wait_for(lambda: engine.rebooted, 2000)
+m.init()
+engine.wait_for(lambda: m.cfun_events, 2000)
+print('CFUN', m.cfun_events, 'REBOOTS', engine.reboots, engine.rebooted)
+""",
+        )
+    assert "CFUN 1 REBOOTS 1 False" in out

@@ -206,6 +206,7 @@ class AtEngine:
         self._in_idle = False
         # Counters (status / tests).
         self.rebooted = False
+        self.restarted_ms = None  # ticks_ms of the last restart seen (boot line or reset)
         self.reboots = 0
         self.unsolicited = 0
         self.recoveries = 0
@@ -311,8 +312,14 @@ class AtEngine:
         else:
             self.unsolicited += 1
 
+    def restarted_within(self, ms):
+        """True if a restart was seen less than ms ago."""
+        t = self.restarted_ms
+        return t is not None and runtime.ticks_diff(runtime.ticks_ms(), t) < ms
+
     def _reboot_seen(self):
         self.rebooted = True
+        self.restarted_ms = runtime.ticks_ms()
         self.reboots += 1
         self.echo_off = False
         if self._log:
@@ -471,6 +478,7 @@ class AtEngine:
         while runtime.ticks_diff(deadline, runtime.ticks_ms()) > 0:
             if self.resync(1):
                 self.rebooted = True  # after a reset the driver must re-initialise
+                self.restarted_ms = runtime.ticks_ms()
                 return True
         return False
 

@@ -110,6 +110,7 @@ class Modem:
         self.reg_stat = NOT_REGISTERED
         self.sim_event = False  # a +CPIN: URC arrived (SIM removed/inserted)
         self.cfun_events = 0
+        self.boot_line_window_ms = 10000  # boot lines this soon after a restart belong to it
         self.session = 0  # incremented by each init(): sockets opened before are gone
         self.attach_timeout_ms = 180000
         self.pdp_timeout_ms = 150000
@@ -137,7 +138,10 @@ class Modem:
     def _cfun(self, buf, n):
         self.cfun_events += 1
         at = self.at
-        if not at.busy() and not at.rebooted and field_int(buf, n, 0) == 1:
+        if at.busy() or at.rebooted or field_int(buf, n, 0) != 1:
+            return
+        # A real BG96 prints it seconds after RDY, maybe after we re-initialised: the same boot.
+        if not at.restarted_within(self.boot_line_window_ms):
             at._reboot_seen()  # the next command or socket call re-initialises
 
     # -- errors the dialects raise through the driver

@@ -160,7 +160,7 @@ class ModemBusy(ModemError):
 
 
 class ModemUnresponsive(ModemError):
-    """Recovery failed: no answer to AT after resync, AT+CFUN reset and the reset pin."""
+    """Recovery failed: no answer to AT after resync, AT+CFUN reset, the reset pin and power key."""
 
 
 # ---- the engine --------------------------------------------------------------------------------

@@ -235,6 +235,8 @@ def run():
         from cellguard import modemstatus
 
         ms = modemstatus.attach(profile)
+        if ms is not None:  # the console keeps answering while a long attach waits on the modem
+            ms.modem.at.idle = console.service
         refresh = ms.refresh if ms else None
         application = start_app(profile, ms)
     guard = None

@@ -2,6 +2,7 @@
 
 import sys
 
+import harness
 import pytest
 from harness import CPYTHON_RT, FIRMWARE_LIB, MICROPYTHON, MICROPYTHON_RT, MP_SUPPORT, RUNTIMES, TOOLS
 
@@ -30,3 +31,32 @@ def mp():
 @pytest.fixture
 def cpy():
     return CPYTHON_RT
+
+
+# ---- which runtime a test ran on (issue 2: "tests say which runtime they ran on") -----------------
+# The harness records every interpreter a test starts (harness.RAN); the -v line then reads
+# "test_x[bg96] PASSED [micropython]". Tests parametrised with the `runtime` fixture already
+# carry it in their id.
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    harness.RAN.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and harness.RAN and "runtime" not in item.fixturenames:
+        report.user_properties.append(("runtime", ",".join(sorted(harness.RAN))))
+
+
+_LETTERS = {"passed": ".", "failed": "F", "skipped": "s"}
+
+
+def pytest_report_teststatus(report, config):
+    if report.when != "call" or hasattr(report, "wasxfail") or report.outcome not in _LETTERS:
+        return None
+    ran = dict(report.user_properties).get("runtime")
+    if not ran:
+        return None
+    return report.outcome, _LETTERS[report.outcome], "%s [%s]" % (report.outcome.upper(), ran)

@@ -33,7 +33,13 @@ def script_path(extra_paths=()) -> list[str]:
     return [str(p) for p in (*extra_paths, FIRMWARE_LIB, MP_SUPPORT)]
 
 
+# The runtimes the current test ran firmware code on (conftest clears it per test and shows it
+# in the -v output, e.g. "PASSED [micropython]").
+RAN: set[str] = set()
+
+
 def micropython_cmd(heapsize: str = DEFAULT_HEAP) -> list[str]:
+    RAN.add("micropython")
     return [str(MICROPYTHON), "-X", f"heapsize={heapsize}"]
 
 
@@ -91,6 +97,7 @@ def run_cpython(
     **_ignored,
 ) -> str:
     """The same for CPython (heapsize and other unix-port options are ignored)."""
+    RAN.add("cpython")
     return _run("cpython", [sys.executable], script, cpython_env(extra_paths, env), timeout, args, cwd)
 
 

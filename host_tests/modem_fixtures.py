@@ -19,7 +19,7 @@ How to use (messaging, SIM-lock and other tests reuse these):
             assert not emu.commands_matching("AT+CGACT=0")   # every command is recorded
 
 The script body runs after DRIVER_PRELUDE, which defines: `engine` (cellguard.at.AtEngine on the
-pty, with short test timeouts and a reset pin wired to the emulator's reset port), `m`
+pty, with short test timeouts, and a reset pin and a power key wired to the emulator's reset port), `m`
 (cellguard.modem.Modem), `attach()`, and the constants PTY, DIALECT, ECHO_PORT. Emulator faults are
 injected from the test (CPython) side with the ModemEmulator methods, either before run_driver or,
 for faults that must land mid-run, with spawn_driver and the emulator's command record.
@@ -45,16 +45,23 @@ DIALECT = %(dialect)r
 RESET_PORT = %(reset_port)d
 ECHO_PORT = %(echo_port)d
 
-def reset_pin():
-    # The board's reset line, wired to the emulator's reset port.
+def _wire(what):
     import socket
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.sendto(b'reset', socket.getaddrinfo('127.0.0.1', RESET_PORT)[0][-1])
+    s.sendto(what, socket.getaddrinfo('127.0.0.1', RESET_PORT)[0][-1])
     s.close()
+
+def reset_pin():
+    # The board's reset line, wired to the emulator's reset port.
+    _wire(b'reset')
+
+def power_key():
+    # The board's PWRKEY line (toggles the modem's power), on the same wire.
+    _wire(b'pwrkey')
 
 d = dialects.get(DIALECT)
 engine = at.AtEngine(runtime.open_uart(PTY), d.line_buffer(), reset_pin=reset_pin, boot_urcs=d.boot_urcs,
-                     log=lambda s: print('LOG', s))
+                     log=lambda s: print('LOG', s), power_key=power_key)
 engine.default_timeout_ms = %(at_timeout_ms)d
 engine.timeouts = ()
 engine.reset_wait_ms = 3000
@@ -66,7 +73,7 @@ m.pdp_timeout_ms = 5000
 m.socket_open_timeout_ms = 5000
 
 def attach(apn='iot.test'):
-    m.init()
+    m.power_up()
     m.wait_registered(5000)
     m.set_apn(apn)
     m.activate_pdp()

@@ -177,6 +177,60 @@ def test_field_helpers():
     assert at.fields(bytes(line)) == ["recv", "11", "a,b", "7"]
 
 
+# ---- the engine fed the same script in any chunks ------------------------------------------------
+class ChunkedStream(ScriptedStream):
+    """Hands out the queued reply in the given chunk sizes, in turn (a UART's reads never line
+    up with the modem's writes)."""
+
+    def __init__(self, responder, sizes):
+        super().__init__(responder, 1 << 20)
+        self.sizes = sizes or [1 << 20]
+        self.reads = 0
+
+    def readinto(self, buf):
+        self.chunk = self.sizes[self.reads % len(self.sizes)]
+        self.reads += 1
+        return super().readinto(buf)
+
+
+ENDINGS = st.sampled_from([b"\r\n", b"\r", b"\n", b"\r\n\r\n"])
+REPLY_PART = st.one_of(
+    st.integers(0, 99).map(lambda i: b"+R: %d" % i),  # the command's reply
+    st.integers(0, 99).map(lambda i: b"+U: %d" % i),  # a URC
+    st.sampled_from([b'+CEREG: 5,"0A1B","01A2D001",7', b'+CEREG: 2,1,"0A1B","01A2D001",7']),
+    st.just(b"   "),  # all-space: skipped
+)
+FINAL = st.sampled_from([b"OK", b"ERROR", b"+CME ERROR: 16", b"+CMS ERROR: 304", b"SEND FAIL"])
+REPLY = st.tuples(st.lists(st.tuples(REPLY_PART, ENDINGS), max_size=6), FINAL, ENDINGS).map(
+    lambda r: b"".join(b"\r\n" + line + end for line, end in r[0]) + b"\r\n" + r[1] + r[2]
+)
+
+
+def run_script(replies, sizes):
+    """Runs one AT+Cn command per reply; returns each command's outcome and the URCs seen."""
+    stream = ChunkedStream(lambda cmd: replies[int(cmd[4:-1])], sizes)
+    engine = at.AtEngine(stream)
+    engine.default_timeout_ms = 1000
+    urcs = []
+    engine.add_urc(b"+U:", lambda b, n: urcs.append(bytes(b[:n])))
+    engine.add_urc(
+        b"+CEREG:", lambda b, n: urcs.append(bytes(b[:n])), lambda b, n: not 48 <= b[b.find(b",") + 1] <= 57
+    )
+    outcomes = []
+    for i in range(len(replies)):
+        try:
+            outcomes.append(("ok", engine.command(b"AT+C%d" % i, prefix=b"+CEREG:")))
+        except at.AtCommandError as e:
+            outcomes.append((type(e).__name__, e.code, e.lines, e.result))
+    return outcomes, urcs
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(REPLY, min_size=1, max_size=6), st.lists(st.integers(1, 24), min_size=1, max_size=12))
+def test_engine_results_do_not_depend_on_chunking(replies, sizes):
+    assert run_script(replies, sizes) == run_script(replies, [])
+
+
 ENGINE_SCRIPT = """
 from cellguard import at
 from atstream import ScriptedStream
@@ -202,3 +256,139 @@ def test_engine_same_on_both_runtimes(runtime):
     assert out[0] == "[b'+CEREG: 2,5'] [1]"
     assert out[1] == "CME 10 b'AT+CIMI'"
     assert out[2] == "[1, 3] 1"
+
+
+# ---- bounded replies, the idle callback, no re-entry (on the MicroPython unix port) ------------
+FLOOD_SCRIPT = """
+from cellguard import at
+from atstream import ScriptedStream
+
+class Flood(ScriptedStream):
+    # AT+FLOOD is answered with 2000 lines of ~100 bytes, made as they are read.
+    left = 0
+    def write(self, buf):
+        if buf.startswith(b'AT+FLOOD'):
+            self.left = 2000
+            return len(buf)
+        return super().write(buf)
+    def readinto(self, buf):
+        if self.left and self._pos >= len(self._rx):
+            self.left -= 1
+            self.feed(b'\\r\\n+FLOOD: %d ' % self.left + b'x' * 90 + (b'' if self.left else b'\\r\\nOK\\r\\n'))
+        return super().readinto(buf)
+    def wait_readable(self, timeout_ms):
+        return bool(self.left) or super().wait_readable(timeout_ms)
+
+s = Flood(lambda c: b'\\r\\n+R: 1\\r\\n\\r\\nOK\\r\\n', 64)
+e = at.AtEngine(s)
+try:
+    e.command(b'AT+FLOOD')
+except at.ReplyTooLong as x:
+    print('TOO LONG', len(x.lines), x.lines[0][:10], str(x)[:40])
+print('NEXT', e.command(b'AT+R'))
+"""
+
+
+def test_a_flooded_reply_is_capped_with_a_clear_error(mp):
+    # 2000 lines of ~100 bytes (200 KB) would not fit the 128 KB heap if the engine kept them all.
+    out = mp.run(FLOOD_SCRIPT).split("\n")
+    # The byte cap (2 x the 256-byte line buffer) stops it first: 4 lines of ~100 bytes kept.
+    assert out[0] == "TOO LONG 4 b'+FLOOD: 19' reply to AT+FLOOD too long: kept 4 lines"
+    assert out[1] == "NEXT [b'+R: 1']"  # still in step with the modem
+
+
+def test_reply_line_cap():
+    many = b"".join(b"\r\n+M: %d" % i for i in range(50)) + b"\r\nOK\r\n"
+    engine, _ = engine_with([(b"AT+MANY", many), (b"AT", b"\r\nOK\r\n")])
+    with pytest.raises(at.ReplyTooLong) as info:
+        engine.command(b"AT+MANY")
+    assert len(info.value.lines) == at.MAX_REPLY_LINES == 32 and info.value.lines[-1] == b"+M: 31"
+    assert engine.command(b"AT") == []  # the engine is still in step
+
+
+def test_reply_byte_cap():
+    engine, _ = engine_with([(b"AT+BIG", b"".join(b"\r\n" + b"y" * 30 for _ in range(5)) + b"\r\nOK\r\n")])
+    engine.max_reply_bytes = 100
+    with pytest.raises(at.ReplyTooLong) as info:
+        engine.command(b"AT+BIG")
+    assert len(info.value.lines) == 3
+
+
+IDLE_SCRIPT = """
+from cellguard import at, runtime
+from atstream import ScriptedStream
+
+class SlowModem(ScriptedStream):
+    # Answers 400 ms after the command, like a modem searching for a network.
+    def write(self, buf):
+        self.due = runtime.ticks_add(runtime.ticks_ms(), 400)
+        return super().write(buf)
+    def wait_readable(self, timeout_ms):
+        left = runtime.ticks_diff(self.due, runtime.ticks_ms())
+        if left > 0:
+            runtime.sleep_ms(min(left, timeout_ms))
+            return False
+        return super().wait_readable(timeout_ms)
+
+s = SlowModem(lambda c: b'\\r\\n+COPS: 0\\r\\n\\r\\nOK\\r\\n')
+e = at.AtEngine(s)
+calls = []
+def idle():
+    calls.append(runtime.ticks_ms())
+    if len(calls) == 2:
+        try:
+            e.command(b'AT+CSQ')  # e.g. the console asking for status while the attach waits
+        except at.ModemBusy as x:
+            print('BUSY', x)
+    if len(calls) == 3:
+        raise ValueError('a console bug')
+e.idle = idle
+print(e.command(b'AT+COPS=0'))
+gaps = [runtime.ticks_diff(b, a) for a, b in zip(calls, calls[1:])]
+print('CALLS', len(calls) >= 7, 'MAXGAP', max(gaps) <= 70, 'ERRORS', e.idle_errors)
+"""
+
+
+def test_idle_callback_runs_while_a_command_waits(mp):
+    out = mp.run(IDLE_SCRIPT).split("\n")
+    assert out[0] == "BUSY AT+CSQ while AT+COPS=0 waits"
+    assert out[1] == "[b'+COPS: 0']"  # neither the nested call nor the idle error broke it
+    assert out[2] == "CALLS True MAXGAP True ERRORS 1"
+
+
+CONSOLE_IDLE_SCRIPT = """
+from cellguard import at, console, runtime
+from atstream import ScriptedStream
+
+typed = []
+class SlowModem(ScriptedStream):
+    def write(self, buf):
+        self.due = runtime.ticks_add(runtime.ticks_ms(), 300)
+        typed.extend(b'version\\rrepl\\r')  # someone types while the attach waits
+        return super().write(buf)
+    def wait_readable(self, timeout_ms):
+        if runtime.ticks_diff(self.due, runtime.ticks_ms()) > 0:
+            runtime.sleep_ms(10)
+            return False
+        return super().wait_readable(timeout_ms)
+
+def read_byte():
+    return typed.pop(0) if typed else None
+
+out = []
+c = console.Console(out.append, locked=False)
+engine = at.AtEngine(SlowModem(lambda cmd: b'\\r\\nOK\\r\\n'), idle=console.service)
+state = []
+def idle():  # the application's step: a long attach
+    if not state:
+        state.append(engine.command(b'AT+CGACT=1,1'))
+        state.append(any('cellguard' in s for s in out))  # answered before the attach ended
+print(console.serve(c, read_byte, idle), state)
+"""
+
+
+def test_console_answers_from_the_engine_idle_callback(mp):
+    # main.py hands console.service to the engine: the console answers during the attach, and a
+    # line that ends the console there ("repl") ends serve() as it would outside.
+    out = mp.run(CONSOLE_IDLE_SCRIPT).split("\n")
+    assert out[0] == "repl [[], True]"

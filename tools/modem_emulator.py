@@ -15,7 +15,9 @@ As a library (tests run it in a thread of the test process and drive it directly
 The emulator models a SIM (ICCID, IMSI, PIN/PUK with retry counters, +CLCK/+CPWD, absent or
 swapped), an IMEI, a network (registration delay, denial, roaming, signal) and UDP sockets that are
 bridged to real UDP sockets on 127.0.0.1. A "reset wire" (a UDP port, `reset_port`) stands in for
-the modem's reset pin: any datagram sent to it power-cycles the modem.
+the modem's reset pin: any datagram sent to it power-cycles the modem, except b"pwrkey", which is a
+pulse on its power key (it toggles: switches an off modem on, an on one off, hung or not).
+Like a real nRF9160 SLM, the nrf91 modem starts with its radio off (AT+CFUN? is 0).
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ CME_SIM_PIN_REQUIRED = 11
 CME_SIM_PUK_REQUIRED = 12
 CME_INCORRECT_PASSWORD = 16
 CME_NO_NETWORK = 30
+CME_PDP_AUTH_FAILURE = 149
+
+_DEFAULT_SIM = object()  # ModemEmulator(sim=None) means no SIM; leaving it out means Sim()
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Network:
     rsrp: int = 60  # +CESQ index: dBm = rsrp - 141
     rsrq: int = 20  # +CESQ index: dB = rsrq / 2 - 20
     rssi: int = 20  # +CSQ index: dBm = -113 + 2 * rssi
+    # (user, password) the network requires on the PDP context; None accepts anything
+    credentials: tuple[str, str] | None = None
 
 
 @dataclass
@@ -148,16 +155,21 @@ class ModemEmulator:
     def __init__(
         self,
         dialect: str,
-        sim: Sim | None = None,
+        sim: Sim | None = _DEFAULT_SIM,  # type: ignore[assignment]
         network: Network | None = None,
         delays: Delays | None = None,
         imei: str = "350457790123458",
         seed: int = 0,
+        powered: bool = True,
     ):
+        """sim=None: no SIM inserted. powered=False: the modem is off until its power key is
+        pulsed (a datagram b"pwrkey" on the reset wire)."""
         if dialect not in DIALECTS:
             raise ValueError(f"unknown dialect {dialect!r}; one of {', '.join(DIALECTS)}")
         self.dialect = dialect
-        self.sim: Sim | None = sim if sim is not None else Sim()
+        self.sim: Sim | None = Sim() if sim is _DEFAULT_SIM else sim
+        self.powered = powered
+        self.power_key_pulses = 0
         self.network = network or Network()
         self.delays = delays or Delays()
         self.imei = imei
@@ -176,7 +188,8 @@ class ModemEmulator:
         self._delay: list[list] = []
         self._cme: list[list] = []
         self._burst: list[list] = []
-        self._reboot_during: list[str] = []
+        self._reboot_during: list[list] = []
+        self._reboot_after: int | None = None
         self._hooks: list[list] = []
         self._drop_prompt: list[list] = []
         self._booting_until = 0.0
@@ -197,7 +210,8 @@ class ModemEmulator:
         self._running = True
         self._thread = threading.Thread(target=self._loop, name=f"modem-{self.dialect}", daemon=True)
         self._thread.start()
-        self.call(self._boot)
+        if self.powered:
+            self.call(self._boot)
         return self.path
 
     def stop(self) -> None:
@@ -250,9 +264,10 @@ class ModemEmulator:
         """Put these URC lines between the lines of the next response to a prefix command."""
         self._burst.append([prefix.upper(), 1, lines])
 
-    def reboot_during(self, prefix: str) -> None:
-        """The modem restarts in the middle of the next command starting with prefix."""
-        self._reboot_during.append(prefix.upper())
+    def reboot_during(self, prefix: str, after_lines: int = 0) -> None:
+        """The modem restarts in the middle of the next command starting with prefix: before it
+        answers, or (after_lines=n) after the first n lines of its reply."""
+        self._reboot_during.append([prefix.upper(), after_lines])
 
     def drop_prompt(self, prefix: str, count: int = 1) -> None:
         """The prompt for the next payload command is lost; the modem still waits for the payload."""
@@ -267,9 +282,10 @@ class ModemEmulator:
         u-blox, AT#XRESET on the nRF SLM) still resets it; "pin": only the reset wire does."""
         self._hang = until
 
-    def reboot(self) -> None:
-        """A spontaneous restart (brown-out, watchdog)."""
-        self.call(self._reboot)
+    def reboot(self, boot_urcs: list[str] | None = None) -> None:
+        """A spontaneous restart (brown-out, watchdog). boot_urcs: what it prints when it is back
+        instead of the dialect's usual lines (e.g. ["+CFUN: 1"]: the RDY was lost)."""
+        self.call(lambda: self._reboot(boot_urcs))
 
     def remove_sim(self) -> None:
         self.call(self.remove_sim_now)
@@ -326,7 +342,7 @@ class ModemEmulator:
         self.cmee = 0
         self.cereg_mode = 0
         self.stat = 0
-        self.cfun = 1
+        self.cfun = 0 if self.dialect == "nrf91" else 1  # the SLM starts with the radio off
         self.pdp: dict[int, dict] = {}
         self.pdp_active: set[int] = set()
         self.psm = "0"
@@ -347,19 +363,39 @@ class ModemEmulator:
             self.sim is not None and (not self.sim.pin_enabled or self.sim.unlocked) and self.sim.puk_left > 0
         )
 
-    def _boot(self) -> None:
-        for line in self.BOOT_URCS[self.dialect]:
+    def _boot(self, boot_urcs: list[str] | None = None) -> None:
+        if not self.powered:
+            return  # switched off again before it had booted
+        for line in self.BOOT_URCS[self.dialect] if boot_urcs is None else boot_urcs:
             self._urc(line)
         if self.dialect in ("bg96", "sim7080"):
             self._urc("+CPIN: " + self._cpin_word() if self.sim else "+CPIN: NOT READY")
         self._start_registration()
 
-    def _reboot(self) -> None:
+    def _reboot(self, boot_urcs: list[str] | None = None) -> None:
         self.reboots += 1
+        self._power_up(boot_urcs)
+
+    def _power_up(self, boot_urcs: list[str] | None = None) -> None:
         self._hang = None
         self._power_on_state()
         self._booting_until = time.monotonic() + self.delays.boot_s  # deaf until it has booted
-        self._after(self.delays.boot_s, self._boot)
+        self._after(self.delays.boot_s, lambda: self._boot(boot_urcs))
+
+    def _power_key(self) -> None:
+        # A pulse on PWRKEY toggles the power: an off modem boots, an on one (hung or not) goes off.
+        self.power_key_pulses += 1
+        if self.powered:
+            log.info("power key: off")
+            self.powered = False
+            self.reboots += 1  # answers still pending are never sent
+            self._hang = None
+            self._power_on_state()
+            self.stat = 0
+        else:
+            log.info("power key: on")
+            self.powered = True
+            self._power_up()
 
     def _start_registration(self) -> None:
         if self.cfun != 1 or not self._sim_ready() or self.stat in (1, 5):
@@ -368,7 +404,7 @@ class ModemEmulator:
         self._after(self.network.registration_delay_s, self._registered)
 
     def _registered(self) -> None:
-        if not self._sim_ready() or self.cfun != 1:
+        if not self.powered or not self._sim_ready() or self.cfun != 1:
             return
         self._set_stat(3 if self.network.deny else 5 if self.network.roaming else 1)
 
@@ -446,9 +482,12 @@ class ModemEmulator:
             _, _, fn = heapq.heappop(self._timers)
             fn()
         if self._reset in ready:
-            self._reset.recv(64)
-            log.info("reset wire pulled")
-            self._reboot()
+            wire = self._reset.recv(64)
+            if wire == b"pwrkey":
+                self._power_key()
+            elif self.powered:  # a reset line does not switch an off modem on
+                log.info("reset wire pulled")
+                self._reboot()
         for s in list(self.sockets.values()):
             if s.sock in ready:
                 self._udp_in(s)
@@ -460,6 +499,9 @@ class ModemEmulator:
         self._process_input()
 
     def _process_input(self) -> None:
+        if not self.powered:
+            self._inbuf.clear()  # an off modem hears nothing
+            return
         while not self._busy:
             if self._payload is not None:
                 if len(self._inbuf) < self._payload.size:
@@ -505,11 +547,14 @@ class ModemEmulator:
             if self._hang == "cfun" and upper.startswith(self.RESET_COMMANDS[self.dialect]):
                 self._reboot()
             return
-        for prefix in self._reboot_during:
-            if upper.startswith(prefix):
-                self._reboot_during.remove(prefix)
-                self._reboot()
-                return
+        for item in self._reboot_during:
+            if upper.startswith(item[0]):
+                self._reboot_during.remove(item)
+                if not item[1]:
+                    self._reboot()
+                    return
+                self._reboot_after = item[1]  # _respond sends that many lines, then restarts
+                break
         cme = self._take(self._cme, line)
         if cme:
             self._respond(line, [], f"+CME ERROR: {cme[2]}")
@@ -551,6 +596,9 @@ class ModemEmulator:
             out = out[:1] + urcs + out[1:]
         if final:
             out.append(b"\r\n" + final.encode() + b"\r\n")
+        reboot_after, self._reboot_after = self._reboot_after, None
+        if reboot_after is not None:
+            out, after = out[:reboot_after], self._reboot  # cut off by a restart
         self._busy = True
         epoch = self.reboots
 
@@ -805,13 +853,22 @@ class ModemEmulator:
         return [], "OK"
 
     def _h_cgauth(self, sep, args):
-        self.pdp.setdefault(int(args[0]), {}).update(auth=args[1:])
+        self._set_auth(int(args[0]), args[2:4])
         return [], "OK"
+
+    def _set_auth(self, cid: int, creds: list[str]) -> None:
+        # Recorded for tests as pdp[cid]["user"] / ["password"], whatever the vendor's syntax.
+        user, password = (creds + ["", ""])[:2]
+        self.pdp.setdefault(cid, {}).update(user=user, password=password)
 
     def _activate(self, cid: int):
         self._need_sim()
         if self.stat not in (1, 5):
             raise _AtError(CME_NO_NETWORK)
+        wanted = self.network.credentials
+        ctx = self.pdp.get(cid, {})
+        if wanted is not None and (ctx.get("user", ""), ctx.get("password", "")) != tuple(wanted):
+            raise _AtError(CME_PDP_AUTH_FAILURE)
         self.pdp_active.add(cid)
 
     def _h_cgact(self, sep, args):
@@ -908,7 +965,8 @@ class ModemEmulator:
             return [], "OK"
 
         def qicsgp(sep, args):
-            self.pdp.setdefault(int(args[0]), {}).update(apn=args[2], auth=args[3:])
+            self.pdp.setdefault(int(args[0]), {})["apn"] = args[2]
+            self._set_auth(int(args[0]), args[3:5])
             return [], "OK"
 
         def qiact(sep, args):
@@ -982,7 +1040,8 @@ class ModemEmulator:
             return [f"+SPIC: {pin},{puk},3,10"], "OK"
 
         def cncfg(sep, args):
-            self.pdp.setdefault(int(args[0]), {}).update(apn=args[2], auth=args[3:])
+            self.pdp.setdefault(int(args[0]), {})["apn"] = args[2]
+            self._set_auth(int(args[0]), args[3:5])
             return [], "OK"
 
         def cnact(sep, args):

@@ -121,8 +121,8 @@ class App:
             self._wiped = True
 
     def _attach(self):
-        if not self.modem.session:  # echo off, error codes, URCs, the dialect's data formats
-            self.modem.init()
+        if not self.modem.session:  # power on, echo off, error codes, URCs, data formats, radio on
+            self.modem.power_up()
         if not keys.provisioned():
             self.state = STATE_UNPROVISIONED
             self.lock.check()  # reports UNPROVISIONED on the console

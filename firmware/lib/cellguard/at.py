@@ -20,13 +20,14 @@ except ImportError:  # CPython
 
 
 from cellguard import runtime
-
-_CR = const(13)
-_LF = const(10)
-_SPACE = const(32)
-_COMMA = const(44)
-_ZERO = const(48)
-_NINE = const(57)
+from cellguard.atline import (  # noqa: F401  (re-exported: at.LineReader, at.field_int, ...)
+    LineReader,
+    _text,
+    field_count,
+    field_int,
+    field_start,
+    fields,
+)
 
 DEFAULT_TIMEOUT_MS = 5000
 # Commands that take long on a real modem (3GPP and vendor manuals give these maxima).
@@ -51,11 +52,34 @@ _FINAL_ERROR = (b"ERROR", b"SEND FAIL", b"NO CARRIER", b"ABORTED")
 _CME = b"+CME ERROR:"
 _CMS = b"+CMS ERROR:"
 
+# Commands whose arguments are secrets: the SIM PIN/PUK (+CPIN=, +CLCK=, +CPWD=) and the APN
+# password (+CGAUTH=, Quectel +QICSGP=, SIMCom +CNCFG=). Wherever a command goes into an exception
+# message, a log line or the status page, redact() keeps only its name (the console is not
+# authenticated). The exception's .command attribute is redacted too, so logging it is safe.
+SECRET_COMMANDS = (b"AT+CPIN=", b"AT+CLCK=", b"AT+CPWD=", b"AT+CGAUTH=", b"AT+QICSGP=", b"AT+CNCFG=")
+_REDACTED = b"<redacted>"
+
+# A reply keeps at most this many lines (engine.max_reply_lines) and 2 x max_line bytes
+# (engine.max_reply_bytes: a datagram's hex line plus its header fits): a modem flooding lines
+# into one reply must not be able to exhaust the heap. The rest is dropped: ReplyTooLong.
+MAX_REPLY_LINES = 32
+
 # What a running command ended with.
 _PENDING = const(0)
 _DONE_OK = const(1)
 _DONE_ERROR = const(2)
 _DONE_REBOOT = const(3)
+
+
+def redact(cmd):
+    """cmd as it may be shown: a secret-carrying command keeps its name, b"AT+CPIN=<redacted>"."""
+    if isinstance(cmd, str):
+        cmd = cmd.encode()
+    head = bytes(cmd[:12]).upper()
+    for prefix in SECRET_COMMANDS:
+        if head.startswith(prefix):
+            return prefix + _REDACTED
+    return cmd
 
 
 # ---- errors ----------------------------------------------------------------------------------
@@ -67,6 +91,7 @@ class AtTimeout(ModemError):
     """No final result before the deadline. .command, .lines (the partial response)."""
 
     def __init__(self, command, lines):
+        command = redact(command)
         super().__init__("timeout: %s" % _text(command))
         self.command = command
         self.lines = lines
@@ -76,6 +101,7 @@ class AtCommandError(ModemError):
     """The modem answered with an error result. .code is None for a bare ERROR, .result the line."""
 
     def __init__(self, command, lines, result, code=None):
+        command = redact(command)
         super().__init__("%s -> %s" % (_text(command), _text(result)))
         self.command = command
         self.lines = lines
@@ -95,6 +121,7 @@ class ModemRebooted(ModemError):
     """The modem restarted (RDY / Ready / echo back on) while a command was running."""
 
     def __init__(self, command, lines):
+        command = redact(command)
         super().__init__("modem rebooted during %s" % _text(command))
         self.command = command
         self.lines = lines
@@ -117,204 +144,23 @@ def parses_reply(fn):
     return wrapper
 
 
+class ReplyTooLong(ModemError):
+    """The reply went past engine.max_reply_lines / max_reply_bytes; the rest was dropped (the
+    command still ran to its final result, so the engine stays in step). .command, .lines."""
+
+    def __init__(self, command, lines):
+        command = redact(command)
+        super().__init__("reply to %s too long: kept %d lines, dropped the rest" % (_text(command), len(lines)))
+        self.command = command
+        self.lines = lines
+
+
+class ModemBusy(ModemError):
+    """A command was started while another one is waiting (e.g. from the engine's idle callback)."""
+
+
 class ModemUnresponsive(ModemError):
-    """Recovery failed: no answer to AT after resync, AT+CFUN reset and the reset pin."""
-
-
-def _text(b):
-    # Modem output may hold any byte (noise): never let decoding raise.
-    if isinstance(b, (bytes, bytearray)):
-        try:
-            return bytes(b).decode()
-        except UnicodeError:
-            return "".join(chr(c) if 32 <= c < 127 else "?" for c in b)
-    return str(b)
-
-
-# ---- line assembly ---------------------------------------------------------------------------
-class LineReader:
-    """Splits a byte stream into lines in one preallocated buffer; never raises on any input.
-
-    on_line(buf, n) gets each non-blank line (buf[:n], no terminator); the buffer is reused, so a
-    consumer that keeps a line copies it. \\r, \\n and \\r\\n all end a line, and blank or
-    all-space lines are skipped, so the result does not depend on how the bytes were chopped.
-    A line longer than the buffer is discarded up to its end and counted in .overflows.
-
-    Two modes the engine arms for one command:
-    - prompt: a byte value ('>' or '@'); seen at the start of a line it calls on_prompt().
-    - raw_prefix: e.g. b"+CARECV: " - a line starting with it carries "<len>," then <len> raw
-      bytes that may contain anything, CR and LF included; they become part of the line.
-    """
-
-    def __init__(self, on_line, max_line=256, on_prompt=None):
-        self.buf = bytearray(max_line)
-        self.max_line = max_line
-        self.n = 0
-        self.overflows = 0
-        self.prompt = 0
-        self.raw_prefix = None
-        self._on_line = on_line
-        self._on_prompt = on_prompt
-        self._discarding = False
-        self._raw_left = 0
-        self._raw_overflow = False
-
-    def reset(self):
-        self.n = 0
-        self._discarding = False
-        self._raw_left = 0
-        self._raw_overflow = False
-
-    def feed(self, data, start=0, end=-1):
-        if end < 0:
-            end = len(data)
-        buf = self.buf
-        limit = self.max_line
-        i = start
-        while i < end:
-            c = data[i]
-            i += 1
-            if self._raw_left:
-                if self.n < limit:
-                    buf[self.n] = c
-                    self.n += 1
-                else:
-                    self._raw_overflow = True
-                self._raw_left -= 1
-                if not self._raw_left:
-                    if self._raw_overflow:
-                        self.overflows += 1
-                    else:
-                        self._on_line(buf, self.n)
-                    self.n = 0
-                    self._raw_overflow = False
-                continue
-            if c == _CR or c == _LF:
-                if self._discarding:
-                    self._discarding = False
-                elif self.n:
-                    n = self.n
-                    self.n = 0
-                    if not self._blank(n):
-                        self._on_line(buf, n)
-                continue
-            if self._discarding:
-                continue
-            if self.n == 0 and c == self.prompt:
-                self.prompt = 0
-                if self._on_prompt is not None:
-                    self._on_prompt()
-                continue
-            if self.n >= limit:
-                self.overflows += 1
-                self._discarding = True
-                self.n = 0
-                continue
-            buf[self.n] = c
-            self.n += 1
-            if c == _COMMA and self.raw_prefix is not None:
-                self._check_raw()
-
-    def _blank(self, n):
-        buf = self.buf
-        for k in range(n):
-            if buf[k] != _SPACE:
-                return False
-        return True
-
-    def _check_raw(self):
-        # "<raw_prefix><digits>," just completed: the next <digits> bytes are payload.
-        p = self.raw_prefix
-        start = len(p)
-        comma = self.n - 1
-        if comma <= start or not self.buf.startswith(p):
-            return
-        length = 0
-        buf = self.buf
-        for k in range(start, comma):
-            d = buf[k]
-            if d < _ZERO or d > _NINE:
-                return
-            length = length * 10 + d - _ZERO
-        if buf.find(b",", start, comma) >= 0:
-            return
-        self._raw_left = length
-        if not length:
-            self._on_line(buf, self.n)
-            self.n = 0
-
-
-# ---- small allocation-free field helpers (URC handlers use these on the shared buffer) ----------
-def field_start(buf, n, index):
-    """Offset of comma-separated field `index` after the "<prefix>: " part, or -1."""
-    pos = buf.find(b":", 0, n)
-    pos = 0 if pos < 0 else pos + 1
-    while pos < n and buf[pos] == _SPACE:
-        pos += 1
-    while index:
-        pos = buf.find(b",", pos, n)
-        if pos < 0:
-            return -1
-        pos += 1
-        index -= 1
-    return pos
-
-
-def field_int(buf, n, index, default=-1):
-    """Integer value of field `index` (see field_start), or default if absent or not a number."""
-    pos = field_start(buf, n, index)
-    if pos < 0 or pos >= n:
-        return default
-    if buf[pos] == 34:  # a quoted number: "0"
-        pos += 1
-    value = 0
-    digits = 0
-    while pos < n:
-        d = buf[pos]
-        if d < _ZERO or d > _NINE:
-            break
-        value = value * 10 + d - _ZERO
-        digits += 1
-        pos += 1
-    return value if digits else default
-
-
-def field_count(buf, n):
-    """Number of comma-separated fields after the ': ' (commas inside quotes not counted)."""
-    pos = field_start(buf, n, 0)
-    if pos < 0 or pos >= n:
-        return 0
-    count = 1
-    quoted = False
-    while pos < n:
-        c = buf[pos]
-        if c == 34:
-            quoted = not quoted
-        elif c == _COMMA and not quoted:
-            count += 1
-        pos += 1
-    return count
-
-
-def fields(line):
-    """All fields of a response line as a list of str, quotes removed (for command replies)."""
-    text = _text(line)
-    colon = text.find(":")
-    if colon >= 0:
-        text = text[colon + 1 :]
-    out = []
-    cur = ""
-    quoted = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        elif ch == "," and not quoted:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    out.append(cur.strip())
-    return out
+    """Recovery failed: no answer to AT after resync, AT+CFUN reset, the reset pin and power key."""
 
 
 # ---- the engine --------------------------------------------------------------------------------
@@ -322,17 +168,22 @@ class AtEngine:
     """Runs AT commands over a byte stream and dispatches URCs.
 
     stream: the four-call platform stream. reset_pin: optional callable from the board that pulses
-    the modem's reset/power line (last step of recovery). boot_urcs: lines a modem prints when it
-    (re)starts. log: optional callable(str) for recovery events.
+    the modem's reset line (a late step of recovery). power_key: optional callable that pulses the
+    modem's power key (PWRKEY; Modem.power_up, and the last step of recovery). boot_urcs: lines a
+    modem prints when it (re)starts. log: optional callable(str) for recovery events. idle:
+    optional callable run at least every ~50 ms while the engine waits (see docs/modem.md).
     """
 
-    def __init__(self, stream, max_line=256, reset_pin=None, boot_urcs=(b"RDY", b"Ready"), log=None):
+    def __init__(self, stream, max_line=256, reset_pin=None, boot_urcs=(b"RDY", b"Ready"), log=None,
+                 power_key=None, idle=None):
         self._stream = stream
         self._rx = bytearray(64)
         self.reader = LineReader(self._on_line, max_line, self._on_prompt)
         self._urcs = []
         self._boot_urcs = boot_urcs
         self._reset_pin = reset_pin
+        self.power_key = power_key
+        self.idle = idle
         self._log = log
         self.default_timeout_ms = DEFAULT_TIMEOUT_MS
         self.timeouts = SLOW_COMMANDS
@@ -341,6 +192,8 @@ class AtEngine:
         self.resync_timeout_ms = 500
         self.reset_cmd = b"AT+CFUN=1,1"  # the dialect sets its own (AT+CFUN=15, AT#XRESET)
         self.echo_off = False  # set by the driver after ATE0: an echo after that means a reboot
+        self.max_reply_lines = MAX_REPLY_LINES
+        self.max_reply_bytes = 2 * max_line
         # Command state.
         self._cmd = None
         self._prefix = None
@@ -348,17 +201,26 @@ class AtEngine:
         self._state = _PENDING
         self._result = None
         self._prompted = False
+        self._reply_bytes = 0
+        self._dropped = 0
+        self._in_idle = False
         # Counters (status / tests).
         self.rebooted = False
+        self.restarted_ms = None  # ticks_ms of the last restart seen (boot line or reset)
         self.reboots = 0
         self.unsolicited = 0
         self.recoveries = 0
+        self.idle_errors = 0
 
     # -- URC registry
     def add_urc(self, prefix, handler, is_urc=None):
         """handler(buf, n) for lines starting with prefix. is_urc(buf, n) -> bool decides, for a
         line that is also the running command's reply prefix (+CEREG:), whether it is the URC."""
         self._urcs.append((prefix, handler, is_urc))
+
+    def busy(self):
+        """True while a command waits for its result (URC handlers use it to tell idle lines)."""
+        return self._cmd is not None and self._state == _PENDING
 
     # -- stream pumping
     def _pump(self):
@@ -369,6 +231,23 @@ class AtEngine:
             if not n:
                 return
             self.reader.feed(rx, 0, n)
+
+    def _idle(self):
+        # Lets the rest of the firmware (the console) run while the engine waits: called once per
+        # wait step, and a wait step is at most 50 ms. Never re-entered; its errors are counted,
+        # never allowed to break the command that is waiting.
+        idle = self.idle
+        if idle is None or self._in_idle:
+            return
+        self._in_idle = True
+        try:
+            idle()
+        except Exception as e:  # noqa: BLE001
+            self.idle_errors += 1
+            if self.idle_errors == 1:
+                self._note("idle callback failed: %r" % (e,))
+        finally:
+            self._in_idle = False
 
     def poll(self, timeout_ms=0):
         """Process what has arrived (URCs), waiting up to timeout_ms for the first byte."""
@@ -384,6 +263,7 @@ class AtEngine:
                 return False
             if self._stream.wait_readable(left if left < 50 else 50):
                 self._pump()
+            self._idle()
         return True
 
     def drain(self, quiet_ms=30, max_ms=500):
@@ -393,6 +273,7 @@ class AtEngine:
             if not self._stream.wait_readable(quiet_ms):
                 return
             self._pump()
+            self._idle()
 
     # -- line routing
     def _on_prompt(self):
@@ -423,12 +304,22 @@ class AtEngine:
                 self._reboot_seen()
                 return
         if cmd is not None:
-            self._lines.append(bytes(buf[:n]))
+            self._reply_bytes += n
+            if len(self._lines) < self.max_reply_lines and self._reply_bytes <= self.max_reply_bytes:
+                self._lines.append(bytes(buf[:n]))
+            else:
+                self._dropped += 1
         else:
             self.unsolicited += 1
 
+    def restarted_within(self, ms):
+        """True if a restart was seen less than ms ago."""
+        t = self.restarted_ms
+        return t is not None and runtime.ticks_diff(runtime.ticks_ms(), t) < ms
+
     def _reboot_seen(self):
         self.rebooted = True
+        self.restarted_ms = runtime.ticks_ms()
         self.reboots += 1
         self.echo_off = False
         if self._log:
@@ -469,6 +360,8 @@ class AtEngine:
         """
         if isinstance(cmd, str):
             cmd = cmd.encode()
+        if self._cmd is not None:
+            raise ModemBusy("%s while %s waits" % (_text(redact(cmd)), _text(redact(self._cmd))))
         if timeout_ms is None:
             timeout_ms = self.timeout_for(cmd)
         self._pump()  # URCs that arrived before this command are not its reply
@@ -478,6 +371,8 @@ class AtEngine:
         self._state = _PENDING
         self._result = None
         self._prompted = False
+        self._reply_bytes = 0
+        self._dropped = 0
         reader = self.reader
         reader.raw_prefix = raw_prefix
         reader.prompt = prompt[0] if payload is not None else 0
@@ -498,6 +393,8 @@ class AtEngine:
                     self._stream.write(payload)
             self._wait(deadline, False)
             lines = self._lines
+            if self._dropped and self._state != _DONE_REBOOT:
+                raise ReplyTooLong(cmd, lines)
             if self._state == _DONE_OK:
                 return lines
             if self._state == _DONE_REBOOT:
@@ -522,6 +419,8 @@ class AtEngine:
                 raise AtTimeout(self._cmd, self._lines)
             if stream.wait_readable(left if left < 50 else 50):
                 self._pump()
+            if self._state == _PENDING:  # (idle may look at busy(): only while still waiting)
+                self._idle()
 
     # -- recovery
     def resync(self, attempts=0, timeout_ms=0):
@@ -542,7 +441,8 @@ class AtEngine:
 
     def recover(self):
         """Resync; else the modem's reset command (reset_cmd, AT+CFUN=1,1 by default); else the
-        board's reset pin. Returns which step worked: "resync", "cfun" or "pin"."""
+        board's reset pin; else its power key. Returns which step worked: "resync", "cfun",
+        "pin" or "pwrkey"."""
         self.recoveries += 1
         if self.resync():
             return "resync"
@@ -558,13 +458,27 @@ class AtEngine:
             self._reset_pin()
             if self._wait_alive():
                 return "pin"
-        raise ModemUnresponsive("no answer after resync, AT+CFUN reset and reset pin")
+        if self.power_key is not None and self.power_cycle():
+            return "pwrkey"
+        raise ModemUnresponsive("no answer after resync, AT+CFUN reset, reset pin and power key")
+
+    def power_cycle(self):
+        """Pulse the power key until the modem answers AT; True if it does. A power key toggles:
+        on a modem that is on but hung the first pulse switches it off, so a second one may be
+        needed to switch it on again."""
+        for attempt in range(2):
+            self._note("no answer to AT: power key pulse")
+            self.power_key()
+            if self._wait_alive():
+                return True
+        return False
 
     def _wait_alive(self):
         deadline = runtime.ticks_add(runtime.ticks_ms(), self.reset_wait_ms)
         while runtime.ticks_diff(deadline, runtime.ticks_ms()) > 0:
             if self.resync(1):
                 self.rebooted = True  # after a reset the driver must re-initialise
+                self.restarted_ms = runtime.ticks_ms()
                 return True
         return False
 

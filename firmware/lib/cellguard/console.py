@@ -518,7 +518,11 @@ def serve(console, read_byte, idle=None):
     idle() runs (the application's step), so the console and the application share one loop.
     """
     console.prompt()
+    del _serving[:]
     while True:
+        if len(_serving) > 2:  # service() saw the line that ends the console
+            return _serving.pop()
+        _serving[:] = [console, read_byte]  # service() may answer while idle() waits...
         try:
             b = read_byte()
             if b is None:
@@ -530,6 +534,7 @@ def serve(console, read_byte, idle=None):
                     runtime.sleep_ms(100)
                     continue
                 return "eof"
+            del _serving[:]  # ...but not while the console handles a line itself
             result = console.feed(b)
             if result:
                 return result
@@ -542,6 +547,27 @@ def serve(console, read_byte, idle=None):
             status.log("console: %s" % e, error=True)
             console.write("\nerror: %s\n" % e)
             console.prompt()
+
+
+# The console serve() is running, for service(): [console, read_byte(, a result for serve)].
+_serving = []
+
+
+def service(max_bytes=64):
+    """Answer what has arrived on the console port, from inside a long wait elsewhere (the AT
+    engine's idle callback while an attach waits), so the console never goes silent. A result
+    that ends serve() ("repl") is kept for serve() to return."""
+    if len(_serving) != 2:
+        return
+    console, read_byte = _serving
+    for _ in range(max_bytes):
+        b = read_byte()
+        if b is None or b < 0:
+            return
+        result = console.feed(b)
+        if result:
+            _serving.append(result)
+            return
 
 
 def main(refresh=None, idle=None, idle_poll_ms=20):

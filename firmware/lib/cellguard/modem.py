@@ -110,6 +110,7 @@ class Modem:
         self.reg_stat = NOT_REGISTERED
         self.sim_event = False  # a +CPIN: URC arrived (SIM removed/inserted)
         self.cfun_events = 0
+        self.boot_line_window_ms = 10000  # boot lines this soon after a restart belong to it
         self.session = 0  # incremented by each init(): sockets opened before are gone
         self.attach_timeout_ms = 180000
         self.pdp_timeout_ms = 150000
@@ -120,8 +121,9 @@ class Modem:
         self.socket_op = False
         engine.add_urc(b"+CEREG:", self._cereg, _is_cereg_urc)
         engine.add_urc(b"+CPIN:", self._cpin)
-        # "+CFUN: 1" follows RDY on Quectel/SIMCom boots; RDY already marks the restart, so this
-        # only keeps the line out of replies (AT+CFUN? still gets its reply: prefix routing).
+        # "+CFUN: 1" follows RDY on Quectel/SIMCom boots. RDY already marks the restart; if RDY was
+        # lost (noise, a boot while the UART was down) an unsolicited "+CFUN: 1" while no command
+        # runs marks it instead (AT+CFUN? still gets its reply: prefix routing).
         engine.add_urc(b"+CFUN:", self._cfun)
         for prefix, handler in dialect.urcs():
             engine.add_urc(prefix, handler)
@@ -135,6 +137,12 @@ class Modem:
 
     def _cfun(self, buf, n):
         self.cfun_events += 1
+        at = self.at
+        if at.busy() or at.rebooted or field_int(buf, n, 0) != 1:
+            return
+        # A real BG96 prints it seconds after RDY, maybe after we re-initialised: the same boot.
+        if not at.restarted_within(self.boot_line_window_ms):
+            at._reboot_seen()  # the next command or socket call re-initialises
 
     # -- errors the dialects raise through the driver
     def socket_error(self, msg):
@@ -192,22 +200,36 @@ class Modem:
         self._publish()
         return step
 
-    def init(self):
-        """Echo off, numeric +CME errors, registration URCs, dialect setup. Idempotent.
-        A restart or a lost reply in the middle is recovered from once."""
+    def power_up(self):
+        """Switch the modem on and initialise it: if nothing answers AT, pulse the board's power
+        key (the engine's power_key) until it does; then init(), which turns the radio on. Never
+        pulses a modem that answers (a power key toggles: that would switch it off)."""
+        at = self.at
+        synced = False
+        if at.power_key is not None:
+            synced = at.resync()
+            if not synced:
+                self._note("no answer to AT: switching the modem on")
+                synced = at.power_cycle()  # if that fails too, init() runs the recovery ladder
+        self.init(synced)
+
+    def init(self, synced=False):
+        """Echo off, numeric +CME errors, registration URCs, dialect setup, radio on. Idempotent.
+        A restart or a lost reply in the middle is recovered from once. synced: the modem has just
+        answered AT (power_up), so the first resync is skipped."""
         try:
-            self._init()
+            self._init(synced)
         except (AtTimeout, ModemRebooted) as e:
             self._note("init: %s; recovering" % e)
             if not self.at.rebooted:
                 self.at.recover()
             self._init()
 
-    def _init(self):
+    def _init(self, synced=False):
         at = self.at
         at.echo_off = False
         at.rebooted = False
-        if not at.resync():
+        if not synced and not at.resync():
             at.recover()
             at.rebooted = False
         at.command(b"ATE0")
@@ -216,9 +238,18 @@ class Modem:
         at.command(b"AT+CEREG=2")
         for c in self.dialect.setup:
             at.command(c)
+        self._radio_on(at)
         self.dialect.rx_ready[:] = bytes(len(self.dialect.rx_ready))
         self._handles = []
         self.session += 1
+
+    def _radio_on(self, at):
+        # The nRF SLM starts (and restarts) with the radio off (CFUN=0); so does any modem left in
+        # flight mode. Without CFUN=1 it would never register.
+        for line in at.command(b"AT+CFUN?", prefix=b"+CFUN:"):
+            if line.startswith(b"+CFUN:") and field_int(line, len(line), 0) == 1:
+                return
+        at.command(b"AT+CFUN=1")
 
     # -- identity
     @parses_reply

@@ -7,12 +7,13 @@ REGISTRATION = {0: "not registered", 1: "home", 2: "searching", 3: "denied", 4: 
 
 
 def open_modem(profile):
-    """The modem driver for the board profile: its UART, dialect and reset wire (hardware handed in)."""
+    """The modem driver for the board profile: its UART, dialect, reset and power-key wires
+    (hardware handed in). ModemStatus.refresh powers it up."""
     from cellguard import at, dialects, modem
 
     d = dialects.get(profile.dialect)
     engine = at.AtEngine(profile.open_uart(), d.line_buffer(), reset_pin=profile.reset_modem(),
-                         boot_urcs=d.boot_urcs)
+                         boot_urcs=d.boot_urcs, power_key=profile.power_key())
     return modem.Modem(engine, d)
 
 
@@ -33,9 +34,11 @@ class ModemStatus:
 
     def refresh(self):
         m = self.modem
+        if m.at.busy():  # asked from the engine's idle callback while a command waits: keep the
+            return  # last values rather than fail with ModemBusy
         try:
             if not self._ready:
-                m.init()
+                m.power_up()  # switches it on if it is off; init; radio on
                 status.set("modem", "imei", m.imei())
                 status.set("modem", "iccid", m.iccid())
                 self._ready = True

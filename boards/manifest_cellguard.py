@@ -1,9 +1,9 @@
 # Shared by every board's manifest.py: freeze cellguard's trusted boot part into the firmware image,
 # so the code that verifies the application cannot be changed through the filesystem.
 #
-# When the bootloader part provides boards/manifest_trusted.py, it decides exactly what is trusted
-# (the loader, the verifier, the slot manager and the trusted keys). Until then the whole firmware
-# library is frozen: larger, but nothing that boots is left on the filesystem alone.
+# boards/manifest_trusted.py decides exactly what is trusted (the cgboot package: loader, verifier,
+# slot manager, trusted keys; docs/boot.md, "Freezing the trusted part"). Were it missing, the whole
+# firmware library would be frozen instead: larger, but nothing that boots left on the filesystem.
 try:
     include("manifest_trusted.py")  # noqa: F821  (manifest functions are globals of makemanifest)
 except Exception:  # makemanifest raises ManifestFileError for a missing file

@@ -1,4 +1,4 @@
-# A datagram socket (interfaces.md) that records what is sent and replays a queue of answers.
+# A datagram socket (docs/modem.md, "Datagram sockets") that records what is sent and replays answers.
 class FakeSock:
     def __init__(self):
         self.sent = []

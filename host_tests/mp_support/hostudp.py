@@ -1,4 +1,4 @@
-# The datagram-socket interface of /work/notes/interfaces.md over the host's real UDP stack:
+# The datagram-socket interface (docs/modem.md, "Datagram sockets") over the host's real UDP stack:
 #   sendto(data, host, port); recvfrom(timeout_ms) -> (bytes, host, port) or None; close()
 # so the messaging layer runs end to end on the MicroPython unix port (or CPython) without a modem.
 import select

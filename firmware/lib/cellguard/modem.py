@@ -2,10 +2,12 @@
 # in cellguard.dialects. Every step is its own method (identity, SIM state, PIN, lock, APN, PDP,
 # registration, sockets) so the SIM-lock logic can inspect and order them.
 #
-#   from cellguard import at, dialects, modem, runtime
-#   engine = at.AtEngine(runtime.open_uart(port), reset_pin=board.modem_reset)
-#   m = modem.Modem(engine, dialects.get("bg96"))
-#   m.init(); m.wait_registered(180000); m.set_apn("iot.example"); m.activate_pdp()
+#   from cellguard import at, board, dialects, modem      (as modemstatus.open_modem does)
+#   profile = board.load(); d = dialects.get(profile.dialect)
+#   engine = at.AtEngine(profile.open_uart(), d.line_buffer(), reset_pin=profile.reset_modem(),
+#                        power_key=profile.power_key(), boot_urcs=d.boot_urcs)
+#   m = modem.Modem(engine, d)
+#   m.power_up(); m.wait_registered(180000); m.set_apn("iot.example"); m.activate_pdp()
 #   sock = m.open_udp(); sock.sendto(b"hi", "192.0.2.1", 5683); sock.recvfrom(5000)
 from cellguard import runtime
 
@@ -447,7 +449,7 @@ class Modem:
 
 
 class UdpSocket:
-    """A datagram socket on the modem (interface agreed in notes/interfaces.md).
+    """A datagram socket on the modem (the interface of docs/modem.md, "Datagram sockets").
 
     If the modem restarts underneath it, the next call re-registers, re-activates the PDP context
     and reopens the socket (bounded by the modem's attach timeout) instead of failing forever.

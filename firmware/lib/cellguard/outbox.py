@@ -54,7 +54,7 @@ def _log(msg):
 
 
 class Outbox:
-    """sock: the datagram socket of interfaces.md; channel: a message.Channel (device side)."""
+    """sock: a datagram socket (docs/modem.md, "Datagram sockets"); channel: the device's message.Channel."""
 
     def __init__(
         self,

@@ -504,3 +504,18 @@ def test_status_page_shows_the_manifest_check_after_the_vm_restart(runtime, tmp_
 def test_status_page_without_a_recorded_check_says_unknown(runtime, tmp_path):
     out = run_cpy(runtime, PUBLISH, env={**os.environ, "CELLGUARD_FS": str(tmp_path)})
     assert out.strip().splitlines()[-1] == "PAGE manifest | unknown (boot.py recorded no manifest check) | None"
+
+
+UPDATE_OFFER = """
+from cellguard import status, updates
+on_command = updates.handler(None, reset=lambda: None)
+on_command(('update_offer',))
+print('LOG', status.events()[-2][1])
+"""
+
+
+def test_an_update_offer_on_circuitpython_says_there_is_no_ota(runtime, tmp_path):
+    # No VfsRom, no slots: the refusal names the reason, not "unverified development code".
+    out = run_cpy(runtime, UPDATE_OFFER, env={**os.environ, "CELLGUARD_FS": str(tmp_path)})
+    assert out.strip().splitlines()[-1] == (
+        "LOG ERROR update: refused, CircuitPython has no over-the-air updates (re-flash with tools/flash.py)")

@@ -63,3 +63,79 @@ def test_circuitpython_reset_is_microcontroller_reset():
     dev = _FakeDevice()
     dev.hard_reset()
     assert dev.t.sent == ["import microcontroller\nmicrocontroller.reset()"]
+
+
+class _MemoryBoard(flash.Device):
+    """A CircuitPython board as flash.py sees it, in memory: its files, and what was asked of it."""
+
+    def __init__(self, port, baud=115200):
+        self.port = port
+        self.calls = []
+        self.t = _FakeTransport()
+
+    fs: dict = {}  # the test sets the board's files (class-wide: flash.py opens several Devices)
+    log: list = []
+
+    def enter(self, timeout=5):
+        self.log.append("enter")
+
+    def runtime_info(self):
+        return {"name": "circuitpython", "version": (9, 2, 1), "machine": "Adafruit Feather RP2040 with rp2040"}
+
+    def eval_repr(self, code):
+        if "getmount" in code:
+            return False  # boot.py has run: writable by code
+        if "os.remove" in code:
+            gone = [p for p in flash.CPY_SHADOWS_MAIN if self.fs.pop(p, None) is not None]
+            return gone
+        raise AssertionError(code)
+
+    def hashes(self, paths):
+        import hashlib
+
+        return {p: hashlib.sha256(self.fs[p]).hexdigest() if p in self.fs else None for p in paths}
+
+    def tree(self, top):
+        return [p for p in self.fs if p.startswith(top + "/")]
+
+    def mkdirs(self, dirs):
+        pass
+
+    def write(self, path, data, progress=None):
+        self.fs[path] = data
+
+    def remove(self, path):
+        del self.fs[path]
+
+    def read_text(self, path):
+        return self.fs[path].decode() if path in self.fs else None
+
+    def exec(self, code):
+        raise AssertionError("no slot state on CircuitPython: " + code)
+
+    def reset_to_main(self):
+        self.log.append("soft reset")
+
+    def hard_reset(self):
+        self.log.append("hard reset")
+
+    def close(self):
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_production_flash_of_a_circuitpython_board_removes_code_py_and_hard_resets(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(flash, "Device", _MemoryBoard)
+    # A board as CircuitPython ships it (its code.py), after cellguard's boot.py made it writable.
+    monkeypatch.setattr(_MemoryBoard, "fs", {"code.py": b"print('Hello World!')\n", "boot.py": b"# cellguard's\n"})
+    monkeypatch.setattr(_MemoryBoard, "log", [])
+    code = flash.main(["--board", "feather-rp2040-nrf9160", "--port", "/dev/ttyACM9", "--production",
+                       "--trust-signing-key", "--no-provision", "--signing-key", str(tmp_path / "dev.pem"),
+                       "--service-key", str(tmp_path / "master.key")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    fs = _MemoryBoard.fs
+    assert "code.py" not in fs and "main.py" in fs and "manifest.img" in fs
+    assert "removed code.py (CircuitPython would run it instead of main.py)" in out
+    assert _MemoryBoard.log[-1] == "hard reset" and "soft reset" not in _MemoryBoard.log
+    assert "hard reset (microcontroller.reset())" in out and "the console is on the USB data CDC now" in out

@@ -7,8 +7,9 @@
 Steps (docs/flashing.md): connect (mpremote's raw REPL) -> check the runtime and version against the
 board profile (refuse on mismatch) -> copy the loader and the trusted boot part, skipping files whose
 SHA-256 on the device already matches -> install the first signed image into slot A -> provision
-(SIM lock) -> write the board profile, service key and console mode -> soft reset -> read the status
-back through the console to prove it booted. A step whose tool has not landed yet prints
+(SIM lock) -> write the board profile, service key and console mode -> soft reset (CircuitPython: a
+hard reset, microcontroller.reset(), since only that runs its boot.py) -> read the status back
+through the console to prove it booted. A step whose tool has not landed yet prints
 `skipped: <why>`; nothing is reported done that was not done.
 """
 

@@ -7,7 +7,9 @@
 #
 # The loader runs before anything imports `cellguard`, so the package comes from the signed image.
 # If no slot holds a verified image (a development board, a fresh flash) it says so loudly and falls
-# back to the unsigned library in /lib, so firmware/main.py still runs for development.
+# back to the unsigned library in /lib, so firmware/main.py still runs for development. A locked
+# (production) unit never does: with nothing verified it refuses (cgboot.lockdown, or a halt on
+# CircuitPython, whose USB is not up yet while boot.py runs).
 try:
     import micropython
 
@@ -44,12 +46,32 @@ def _boot_circuitpython():
     try:
         count, version = manifest.boot_device()
     except manifest.NoManifest as e:
+        if _locked():
+            manifest.refuse("%s on a locked unit: nothing unverified runs" % e)
         print("cgboot: %s: RUNNING UNVERIFIED CODE FROM /lib (development fallback)" % e)
+        manifest.RESULT = ("unverified", str(e))
         return None
     except Exception as e:  # a bad signature, a changed or missing file, an unreadable manifest
         manifest.refuse(e)
     print("cgboot: %d files verified against the signed manifest (version %s)" % (count, version))
     return count
+
+
+def _locked():
+    # The console's production lock, read by the boot part (an unreadable record counts as locked).
+    from cgboot import lockdown
+
+    return lockdown.is_locked()
+
+
+def _refuse_unverified(why):
+    # MicroPython: a locked unit with no verified image must not run /lib; the boot part holds the
+    # console (the REPL stays shut) and resets later to try again. An unlocked one falls back.
+    if _locked():
+        from cgboot import lockdown
+
+        lockdown.hold(why)
+    print("cgboot: RUNNING UNVERIFIED CODE FROM /lib (development fallback)")
 
 
 def _boot():
@@ -63,10 +85,11 @@ def _boot():
     try:
         result = loader.boot_device()
     except Exception as e:  # a broken filesystem must not stop the development fallback
-        print("cgboot: boot failed (%r): RUNNING UNVERIFIED CODE FROM /lib" % e)
+        print("cgboot: boot failed (%r)" % e)
+        _refuse_unverified("boot failed: %r" % (e,))
         return None
     if result is None:
-        print("cgboot: RUNNING UNVERIFIED CODE FROM /lib (development fallback)")
+        _refuse_unverified("no verified image in either slot")
     return result
 
 
@@ -105,6 +128,20 @@ if runtime is not None and runtime.NAME == runtime.CIRCUITPYTHON:
     _shipped = _lock.is_locked()
     cpy_boot.prepare_storage(disable_usb_drive=_shipped)
     cpy_boot.prepare_usb(shipped=_shipped)
+    cpy_boot.save_manifest_result()  # for the status page: CircuitPython restarts the VM before main.py
+elif runtime is None and _runtime_name() == "circuitpython":
+    # A fresh board: only this boot.py, copied onto CIRCUITPY by hand (docs/flashing.md). Make the
+    # drive writable by code so tools/flash.py can send the rest through the REPL; never on a locked
+    # unit (without the boot part there is no lock record to read: nothing was flashed yet).
+    try:
+        _fresh_locked = _locked()
+    except ImportError:
+        _fresh_locked = False
+    if not _fresh_locked:
+        import storage
+
+        storage.remount("/", readonly=False)
+        print("boot: CIRCUITPY writable by code (no application yet): flash it with tools/flash.py")
 
 try:
     from cellguard import consolelock

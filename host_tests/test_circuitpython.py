@@ -139,7 +139,7 @@ def test_busio_uart_stream_on_a_pty(runtime):
     assert got == "b'OK\\r\\n'"
 
 
-def test_boot_py_remounts_storage(runtime):
+def test_boot_py_remounts_storage(runtime, tmp_path):
     out = run_cpy(
         runtime,
         "from cellguard import cpy_boot\nimport storage\n"
@@ -147,7 +147,7 @@ def test_boot_py_remounts_storage(runtime):
         "exec(open(%r).read())\n"
         "cpy_boot.check_writable()\n"
         "print(storage.getmount('/').readonly, storage.getmount('/').remounts, storage.usb_drive_enabled)"
-        % str(FIRMWARE / "boot.py"),
+        % str(FIRMWARE / "boot.py"), env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
     )
     refused, warning, state = out.strip().split("\n")
     assert refused.startswith("refused: CIRCUITPY is read-only to code")
@@ -377,7 +377,6 @@ def test_boot_py_without_a_manifest_says_unverified(runtime, tmp_path, cpy_flash
 
 SHIPPED = """
 import json, os
-os.mkdir(%(fs)r + '/state')
 with open(%(fs)r + '/state/console.json', 'w') as f:
     json.dump({'locked': True}, f)
 exec(open(%(boot)r).read())
@@ -394,11 +393,15 @@ print('SENT', bytes(usb_cdc.data.sent).decode().split(chr(10))[1])
 """
 
 
-def test_shipped_unit_takes_usb_from_the_lock_and_runs_the_console_on_the_data_cdc(runtime, tmp_path):
+@pytest.mark.timeout(120)
+def test_shipped_unit_takes_usb_from_the_lock_and_runs_the_console_on_the_data_cdc(runtime, tmp_path, cpy_flash):
+    # A shipped unit as tools/flash.py leaves it (a locked unit runs only what its manifest lists).
     # 256K: boot.py and the console share one VM here, compiled from source (a board resets the VM
     # between boot.py and main.py, and runs .mpy).
-    out = run_cpy(runtime, SHIPPED % {"fs": str(tmp_path), "boot": str(FIRMWARE / "boot.py")},
-                  env={**os.environ, "CELLGUARD_FS": str(tmp_path)}, heapsize="256K")
+    dev = _unit(tmp_path, cpy_flash[0])
+    (dev / "state").mkdir()
+    out = run_cpy(runtime, SHIPPED % {"fs": str(dev), "boot": str(dev / "boot.py")},
+                  extra_paths=(CPY_SHIM, dev / "lib"), env={**os.environ, "CELLGUARD_FS": str(dev)}, heapsize="256K")
     lines = dict(line.split(" ", 1) for line in out.strip().splitlines() if line.split(" ", 1)[0] in ("USB", "IDLE", "SENT"))
     assert lines["USB"] == "None True False False"  # no REPL CDC, a data CDC, drive hidden, no auto-reload
     assert lines["IDLE"] == "None"  # nothing waiting: the poll returns, the application gets its turn
@@ -426,3 +429,93 @@ def test_unlocked_console_waits_on_supervisor_not_select(runtime, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "cellguard " in proc.stdout and "  slot " in proc.stdout  # the `version` answer
     assert proc.stdout.strip().endswith("END True")  # the end of input ended an unlocked console
+
+
+# ---- a locked unit runs nothing unverified; what CircuitPython would run instead of main.py ------
+@pytest.mark.timeout(120)
+def test_locked_unit_without_a_manifest_is_refused(runtime, tmp_path, cpy_flash):
+    # An unlocked unit without /manifest.img warns and runs /lib (above); a locked one must not.
+    from harness import RuntimeFailed
+
+    files, _, _ = cpy_flash
+    dev = _unit(tmp_path, {p: d for p, d in files.items() if p != "manifest.img"})
+    (dev / "state").mkdir()
+    (dev / "state" / "console.json").write_text('{"locked": true}')
+    with pytest.raises(RuntimeFailed) as err:
+        _boot(runtime, dev)
+    text = str(err.value)
+    assert "exited 78" in text and "cgboot: REFUSING TO RUN: no /manifest.img on a locked unit" in text
+    assert "UNVERIFIED" not in text and "BOOTED" not in text
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", ["code.py", "code.txt"])
+def test_boot_py_refuses_a_start_up_file_that_would_run_instead_of_main_py(runtime, tmp_path, cpy_flash, name):
+    # CircuitPython runs code.txt or code.py before main.py (a fresh CIRCUITPY ships a code.py).
+    from harness import RuntimeFailed
+
+    dev = _unit(tmp_path, cpy_flash[0])
+    (dev / name).write_text("print('hello world')\n")
+    with pytest.raises(RuntimeFailed) as err:
+        _boot(runtime, dev)
+    assert "cgboot: REFUSING TO RUN: unsigned %s would run instead of main.py" % name in str(err.value)
+
+
+def test_fresh_board_with_only_boot_py_becomes_writable_for_flash(runtime, tmp_path):
+    # Only boot.py on CIRCUITPY (copied by hand, docs/flashing.md): the application does not import
+    # (here a stand-in package that fails), and boot.py still remounts so flash.py can write.
+    dev = tmp_path / "dev"
+    (dev / "lib" / "cellguard").mkdir(parents=True)
+    (dev / "lib" / "cellguard" / "__init__.py").write_text("raise ImportError('not flashed yet')\n")
+    (dev / "boot.py").write_bytes((FIRMWARE / "boot.py").read_bytes())
+    out = run_cpy(runtime, "exec(open(%r).read())\nimport storage\nprint('RO', storage.getmount('/').readonly)"
+                  % str(dev / "boot.py"), extra_paths=(CPY_SHIM, dev / "lib"),
+                  env={**os.environ, "CELLGUARD_FS": str(dev)}, heapsize="256K")
+    assert "boot: CIRCUITPY writable by code (no application yet)" in out, out
+    assert out.strip().splitlines()[-1] == "RO False"
+
+
+# ---- the manifest check on the status page ---------------------------------------------------------
+PUBLISH = """
+from cellguard import cpy_boot, status
+cpy_boot.publish_manifest_result(status)
+print('PAGE', status.get('boot', 'slot'), '|', status.get('boot', 'state'), '|', status.get('firmware', 'image_version'))
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_status_page_shows_the_manifest_check_after_the_vm_restart(runtime, tmp_path, cpy_flash, with_manifest):
+    # boot.py saves the result (CircuitPython restarts the VM before main.py); a new process reads it.
+    files, _, _ = cpy_flash
+    dev = _unit(tmp_path, files if with_manifest else {p: d for p, d in files.items() if p != "manifest.img"})
+    _boot(runtime, dev)
+    out = run_cpy(runtime, PUBLISH, extra_paths=(CPY_SHIM, dev / "lib"), env={**os.environ, "CELLGUARD_FS": str(dev)})
+    page = out.strip().splitlines()[-1]
+    if with_manifest:
+        # the image's version as imgtool writes it (major.minor.revision+build), as for a slot image
+        version = (FIRMWARE / "lib" / "cellguard" / "__init__.py").read_text().split('VERSION = "')[1].split('"')[0] + "+0"
+        count = sum(1 for p in files if p == "main.py" or p.startswith(("lib/cellguard/", "lib/adafruit_", "lib/BUNDLE")))
+        assert page == "PAGE manifest | verified (manifest v%s, %d files) | %s" % (version, count, version)
+    else:
+        assert page == "PAGE manifest | unverified (no /manifest.img; development fallback to /lib) | None"
+
+
+def test_status_page_without_a_recorded_check_says_unknown(runtime, tmp_path):
+    out = run_cpy(runtime, PUBLISH, env={**os.environ, "CELLGUARD_FS": str(tmp_path)})
+    assert out.strip().splitlines()[-1] == "PAGE manifest | unknown (boot.py recorded no manifest check) | None"
+
+
+UPDATE_OFFER = """
+from cellguard import status, updates
+on_command = updates.handler(None, reset=lambda: None)
+on_command(('update_offer',))
+print('LOG', status.events()[-2][1])
+"""
+
+
+def test_an_update_offer_on_circuitpython_says_there_is_no_ota(runtime, tmp_path):
+    # No VfsRom, no slots: the refusal names the reason, not "unverified development code".
+    out = run_cpy(runtime, UPDATE_OFFER, env={**os.environ, "CELLGUARD_FS": str(tmp_path)})
+    assert out.strip().splitlines()[-1] == (
+        "LOG ERROR update: refused, CircuitPython has no over-the-air updates (re-flash with tools/flash.py)")

@@ -7,8 +7,9 @@
 Steps (docs/flashing.md): connect (mpremote's raw REPL) -> check the runtime and version against the
 board profile (refuse on mismatch) -> copy the loader and the trusted boot part, skipping files whose
 SHA-256 on the device already matches -> install the first signed image into slot A -> provision
-(SIM lock) -> write the board profile, service key and console mode -> soft reset -> read the status
-back through the console to prove it booted. A step whose tool has not landed yet prints
+(SIM lock) -> write the board profile, service key and console mode -> soft reset (CircuitPython: a
+hard reset, microcontroller.reset(), since only that runs its boot.py) -> read the status back
+through the console to prove it booted. A step whose tool has not landed yet prints
 `skipped: <why>`; nothing is reported done that was not done.
 """
 
@@ -246,6 +247,13 @@ class Device:
         self.t.exit_raw_repl()
         self.t.serial.write(b"\x04")
 
+    def hard_reset(self) -> None:
+        """CircuitPython: microcontroller.reset() from the raw REPL. CircuitPython runs boot.py only
+        after a hard reset (a soft reset runs code.py/main.py alone), and boot.py is what remounts
+        the drive and, on a locked unit, moves the console to the data CDC. The board drops off
+        USB at once, so nothing answers: the command is sent without waiting for its output."""
+        self.t.exec_raw_no_follow("import microcontroller\nmicrocontroller.reset()")
+
     def close(self) -> None:
         self.t.close()
 
@@ -384,6 +392,48 @@ def _trust_files(args, image, key: Path) -> dict[str, bytes]:
 MANIFEST_COVERS = ("main.py", "lib/cellguard/", "lib/adafruit_", "lib/BUNDLE.json")
 
 
+# CircuitPython runs the first of code.txt, code.py, main.py, main.txt that exists (its main.c,
+# `supported_filenames`), and a fresh CIRCUITPY drive ships a code.py: either of the first two
+# would run instead of cellguard's main.py (and outside the signed manifest).
+CPY_SHADOWS_MAIN = ("code.txt", "code.py")
+
+_DEVICE_REMOVE = """
+import os
+_cg_gone = []
+for p in %r:
+    try:
+        os.remove(p)
+        _cg_gone.append(p)
+    except OSError:
+        pass
+print(repr(_cg_gone))
+"""
+
+_DEVICE_READONLY = """
+try:
+    import storage
+    print(repr(bool(storage.getmount('/').readonly)))
+except ImportError:
+    print('False')
+"""
+
+
+def remove_shadowing(dev: Device) -> list[str]:
+    """Remove the start-up files CircuitPython would run instead of main.py; returns the removed."""
+    return dev.eval_repr(_DEVICE_REMOVE % (list(CPY_SHADOWS_MAIN),))
+
+
+def check_cpy_writable(dev: Device) -> None:
+    """Refuse, with the fix, a CircuitPython board whose drive is still read-only to code: a fresh
+    board, before cellguard's boot.py has run once (mpremote writes through code, not the drive)."""
+    if dev.eval_repr(_DEVICE_READONLY):
+        raise FlashError(
+            "CIRCUITPY is read-only to code (a fresh board: CircuitPython lets only the USB host write "
+            "it until boot.py remounts it). Copy firmware/boot.py onto the CIRCUITPY drive, press "
+            "reset, then flash again (docs/flashing.md, 'A fresh CircuitPython board').", 9
+        )
+
+
 def circuitpython_files(args) -> tuple[dict[str, bytes], str]:
     """Every file a CircuitPython unit runs, development or production alike: CircuitPython has no
     vfs.VfsRom, so there is no slot image; /lib holds the application, with the pinned drivers as
@@ -510,6 +560,16 @@ def service_record(dev: Device, master_key_path: Path) -> tuple[str, bytes]:
     return device_id, json.dumps(record).encode()
 
 
+def wait_for_port(port: str, timeout: float = 20) -> None:
+    """After a hard reset the board leaves USB and comes back: wait for its port to reappear."""
+    time.sleep(0.5)  # the port is still there until the board has dropped off USB
+    deadline = time.monotonic() + timeout
+    while not Path(port).exists():
+        if time.monotonic() > deadline:
+            raise FlashError(f"{port} did not come back within {timeout:.0f} s of the hard reset", 7)
+        time.sleep(0.2)
+
+
 def open_console(port: str, master_key_path: Path) -> None:
     with status_tool.ConsoleClient(port, timeout=5) as client:
         client.attach(reset_repl=False)
@@ -571,7 +631,14 @@ def flash(args) -> int:
         files["state/console.json"] = json.dumps(lock).encode()
         owned = sorted({"lib/" + p.split("/")[1] for p in firmware_files() if p.startswith("lib/")}
                        | {p.rsplit("/", 1)[0] for p in files if p.startswith("lib/adafruit_") and p.count("/") > 1})
+        cpy = profile["runtime"]["name"] == "circuitpython"
+        if cpy:
+            check_cpy_writable(dev)
         report = sync_files(dev, files, owned, force=args.force)
+        if cpy:
+            for p in remove_shadowing(dev):
+                print(f"      removed {p} (CircuitPython would run it instead of main.py)")
+                report.removed.append(p)
         print(f"      {len(report.sent)} sent ({report.bytes_sent} bytes), {len(report.unchanged)} unchanged, "
               f"{len(report.removed)} stale removed")
 
@@ -595,22 +662,29 @@ def flash(args) -> int:
     print("      " + provision(port, profile, args))
 
     step(6, f"console mode: {'production (locked)' if args.production else 'development (unlocked)'}")
-    step(7, "soft reset: boot.py then main.py")
+    cpy = profile["runtime"]["name"] == "circuitpython"
+    step(7, "hard reset (microcontroller.reset()): boot.py then main.py" if cpy
+         else "soft reset: boot.py then main.py")
     dev = Device(port)
     try:
         dev.enter()
-        dev.reset_to_main()
+        if cpy:
+            dev.hard_reset()
+        else:
+            dev.reset_to_main()
     finally:
         dev.close()
 
     step(8, "read the status back through the console")
-    if args.production and profile["runtime"]["name"] == "circuitpython":
-        # A shipped CircuitPython unit has no REPL CDC any more: boot.py moved the console to the
-        # data CDC, which the host sees as a second serial port.
+    if args.production and cpy:
+        # A shipped CircuitPython unit has no REPL CDC any more: the hard reset ran boot.py, which
+        # moved the console to the data CDC, a second serial port on the host.
         print(f"      skipped: the console is on the USB data CDC now (the second serial port, not {port}); "
               "read it with `tools/status.py --port <that port>`")
         print(f"flashed {profile['name']} on {port} in {time.monotonic() - t0:.1f} s")
         return 0
+    if cpy:
+        wait_for_port(port)
     with status_tool.ConsoleClient(port, timeout=10) as client:
         client.attach()
         snap = client.status()

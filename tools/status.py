@@ -6,7 +6,8 @@
     python tools/status.py --port P --service open-repl   a service action (challenge-response)
 
 Without --port it reads the virtual board that `make flash` started. Exit codes: 0 ok, 2 the port
-cannot be opened, 3 the device does not answer, 4 the device refused (e.g. a service action).
+cannot be opened, 3 the device does not answer, 4 the device refused (e.g. a service action),
+6 the unit is in lockdown (its firmware cannot run; the boot part holds the port and says why).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,6 +33,9 @@ VIRTUAL_PORT_FILE = REPO / "build" / "virtual-board" / "port"
 SERVICE_CONTEXT = b"cellguard-service-v1"
 DEVICE_KEY_LABEL = b"cellguard-service-device-key|"
 SERVICE_ACTIONS = ("open-repl", "reprovision", "wipe")
+# The boot part's lockdown answers every line with this (firmware/lib/cgboot/lockdown.py, REFUSAL).
+LOCKDOWN_RE = re.compile(rb"lockdown \((.*)\): error: input ignored \(console locked\)\r?\n")
+EXIT_LOCKDOWN = 6
 
 log = logging.getLogger("status")
 
@@ -105,6 +110,7 @@ class ConsoleClient:
         nudged = False
         while time.monotonic() < deadline:
             data = self._read_until((PROMPT, REPL_PROMPT), min(deadline - time.monotonic(), self.timeout / 3))
+            self._check_lockdown(data)
             if not data and not nudged:
                 # Silence: perhaps a raw REPL left by a tool; Ctrl-B leaves it (a console ignores it).
                 self.ser.write(b"\x02")
@@ -120,6 +126,17 @@ class ConsoleClient:
             f"the device on {self.port} does not answer with the cellguard console "
             f"(got {data[-60:]!r}); is it a flashed cellguard unit, powered, on this port and baud?", 3
         )
+
+    @staticmethod
+    def _check_lockdown(data: bytes) -> None:
+        found = LOCKDOWN_RE.search(data)
+        if found:
+            reason = found.group(1).decode(errors="replace")
+            raise StatusToolError(
+                f"the unit is in lockdown: {reason}. Its firmware cannot run and the boot part holds the "
+                "console (no REPL, no service actions); it retries every 5 minutes. Re-flash it "
+                "(docs/field-guide.md, 'Lockdown').", EXIT_LOCKDOWN
+            )
 
     def command(self, line: str, ends: tuple[bytes, ...] = (PROMPT,)) -> str:
         """Run one console command and return what it printed (without the echo and the prompt)."""

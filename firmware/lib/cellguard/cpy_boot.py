@@ -114,6 +114,64 @@ class NvmCell:
         self._nvm[target : target + self._slot] = rec
 
 
+# ---- the manifest check's result, from boot.py to the status page ---------------------------------
+# CircuitPython restarts the VM between boot.py and main.py, so cgboot.manifest.RESULT is gone by
+# the time the application runs: boot.py saves it here (code can write only after boot.py's remount,
+# and the drive is read-only to USB from then on), main.py's describe step publishes it.
+MANIFEST_STATE = "state/manifest.json"
+
+
+def save_manifest_result():
+    """boot.py, after prepare_storage(): write what the manifest check decided (or nothing)."""
+    import json
+    import sys
+
+    m = sys.modules.get("cgboot.manifest")
+    result = getattr(m, "RESULT", None)
+    path = runtime.path_join(runtime.fs_root(), MANIFEST_STATE)
+    import os
+
+    try:
+        try:
+            os.mkdir(runtime.path_join(runtime.fs_root(), "state"))
+        except OSError:
+            pass  # already there
+        with open(path, "w") as f:
+            json.dump(list(result) if result else None, f)
+    except OSError as e:  # the page then says "unknown"; the boot itself is not affected
+        print("boot: could not record the manifest result:", repr(e))
+
+
+def manifest_result():
+    """("verified", version, count), ("unverified", reason), or None: this boot's, if in memory,
+    else what boot.py saved."""
+    import json
+    import sys
+
+    m = sys.modules.get("cgboot.manifest")
+    if getattr(m, "RESULT", None):
+        return tuple(m.RESULT)
+    try:
+        with open(runtime.path_join(runtime.fs_root(), MANIFEST_STATE)) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return tuple(saved) if isinstance(saved, list) and saved else None
+
+
+def publish_manifest_result(status):
+    """The status page's boot section on CircuitPython: slot `manifest` and what its check said."""
+    r = manifest_result()
+    status.set("boot", "slot", "manifest")
+    if r is None:
+        status.set("boot", "state", "unknown (boot.py recorded no manifest check)")
+    elif r[0] == "verified" and len(r) == 3:
+        status.set("firmware", "image_version", r[1])
+        status.set("boot", "state", "verified (manifest v%s, %d files)" % (r[1], r[2]))
+    else:
+        status.set("boot", "state", "unverified (%s; development fallback to /lib)" % (r[-1],))
+
+
 # The file check itself lives in the boot part (cgboot.manifest), which boot.py runs before anything
 # imports cellguard; here for the application's own use (one copy of the code).
 from cgboot.manifest import ImageMismatch, verify_files  # noqa: E402, F401

@@ -70,6 +70,14 @@ def poll(application):
 
 
 def _make_session(application, reset):
+    from cellguard import runtime
+
+    if runtime.NAME == runtime.CIRCUITPYTHON:
+        # No VfsRom, so no slot images and no A/B loader (docs/runtimes.md): a CircuitPython unit
+        # is updated by re-flashing its files and signed manifest, never over the air.
+        status.log("update: refused, CircuitPython has no over-the-air updates (re-flash with tools/flash.py)",
+                   error=True)
+        return None
     try:
         from cgboot import loader, update
 

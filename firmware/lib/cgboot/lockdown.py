@@ -7,18 +7,41 @@
 # and resets the board after retry_s to try booting again (a transient fault clears; a corrupt
 # image stays refused and the unit keeps holding the port). There is no service action here: a unit
 # that cannot boot a signed image is re-flashed with its runtime (docs/boot.md, "Lockdown").
+#
+# Every refusal carries the reason (REFUSAL below), so a technician's tools/status.py can say "the
+# unit is in lockdown: <reason>" instead of "does not answer". Reasons are the boot part's own
+# words or an exception's repr, cut to REASON_MAX characters; no key or identifier is ever in one.
 import sys
 
 CONSOLE_FILE = "state/console.json"
 RETRY_S = 300
 _POLL_MS = 200
+REASON_MAX = 100
+# One line per refusal; tools/status.py matches it (LOCKDOWN_RE there). It ends as the old burst
+# answer did, so a reader that waits for "(console locked)" still finds it.
+REFUSAL = "lockdown (%s): error: input ignored (console locked)\n"
 
 
 def _root():
-    # Same rule as cellguard.runtime.fs_root() (and cgboot.loader.default_root()).
-    from cgboot import loader
+    # Same rule as cellguard.runtime.fs_root() and cgboot.loader.default_root(), repeated so that
+    # CircuitPython (which has no slot manager) never imports the loader.
+    if sys.platform in ("linux", "darwin"):
+        import os
 
-    return loader.default_root()
+        return os.getenv("CELLGUARD_FS") or "."
+    return "/"
+
+
+def is_circuitpython():
+    # As cellguard.runtime decides it (not imported: the application may be what is broken); on a
+    # host the CircuitPython tests' shim names the runtime, a board never looks.
+    name = sys.implementation.name
+    if sys.platform in ("linux", "darwin", "win32"):
+        try:
+            from cellguard_runtime_name import NAME as name
+        except ImportError:
+            pass
+    return name == "circuitpython"
 
 
 def is_locked(root=None):
@@ -40,6 +63,12 @@ def is_locked(root=None):
         return True
 
 
+def refusal(reason):
+    """The one line every input line gets: the reason on one line, cut short."""
+    text = str(reason).replace("\r", " ").replace("\n", " ")
+    return REFUSAL % text[:REASON_MAX]
+
+
 def _interrupt_off():
     try:
         import micropython
@@ -55,51 +84,88 @@ def _reset():
 
         machine.reset()
     except (ImportError, AttributeError):
-        raise SystemExit(75)  # the unix port: the harness restarts the "chip"
+        pass
+    try:
+        import microcontroller  # CircuitPython
+
+        microcontroller.reset()
+    except (ImportError, AttributeError):
+        pass
+    raise SystemExit(75)  # the unix port: the harness restarts the "chip"
 
 
-def hold(reason, retry_s=RETRY_S, read_byte=None, write=None, reset=_reset, clock=None):
-    """Never returns: refuse every byte on the console until it is time to reset and retry.
+def _clock():
+    # (ticks_ms, diff): MicroPython's time.ticks_*, or CircuitPython's supervisor.ticks_ms, which
+    # wraps at 2**29 and has no ticks_diff in the core; CPython (host tests) counts monotonic ms.
+    import time
 
-    read_byte(timeout_ms) -> int or None, write(str), clock() -> ms: injectable for tests."""
+    if hasattr(time, "ticks_ms"):
+        return time.ticks_ms, time.ticks_diff
+    try:
+        import supervisor
+    except ImportError:
+        return (lambda: int(time.monotonic() * 1000)), (lambda a, b: a - b)
+
+    half = 1 << 28
+
+    def diff(a, b):
+        return ((a - b + half) & ((1 << 29) - 1)) - half
+
+    return supervisor.ticks_ms, diff
+
+
+def hold(reason, retry_s=None, read_byte=None, write=None, reset=_reset, clock=None):
+    """Never returns: refuse every input line on the console until it is time to reset and retry.
+
+    retry_s defaults to RETRY_S (read at the call, so a test can shorten it); read_byte(timeout_ms)
+    -> int or None, write(str), clock() -> ms: injectable for tests."""
     _interrupt_off()
+    if retry_s is None:
+        retry_s = RETRY_S
     if read_byte is None or write is None:
         read_byte, write = _stdio()
     if clock is None:
-        import time
-
-        clock = time.ticks_ms
-        diff = time.ticks_diff
+        clock, diff = _clock()
     else:
 
         def diff(a, b):
             return a - b
 
-    write("cgboot: console locked; the firmware cannot run (%s); retrying in %d s\n" % (reason[:120], retry_s))
+    write("cgboot: console locked; the firmware cannot run (%s); retrying in %d s\n" % (str(reason)[:120], retry_s))
+    line = refusal(reason)
     start = clock()
     while True:
         try:
-            _refuse_until(start, retry_s * 1000, read_byte, write, clock, diff)
+            _refuse_until(start, retry_s * 1000, read_byte, write, clock, diff, line)
             break
         except KeyboardInterrupt:  # kbd_intr(-1) failed on this port: still nothing reaches the REPL
             pass
     reset()
 
 
-def _refuse_until(start, limit_ms, read_byte, write, clock, diff):
-    # A burst of input (a line, a Ctrl-C storm, mpremote's raw-REPL bytes) gets one refusal.
+def _refuse_until(start, limit_ms, read_byte, write, clock, diff, line):
+    # Each input line (CR, LF or CR LF) gets the refusal at once; bytes without a line end (a Ctrl-C
+    # storm, mpremote's raw-REPL bytes) get one when the port falls quiet.
     pending = False
+    last = None
     while diff(clock(), start) < limit_ms:
         b = read_byte(_POLL_MS)
         if b is None:
             if pending:
-                write("error: input ignored (console locked)\n")
+                write(line)
                 pending = False
             continue
-        pending = True
+        if b == 13 or (b == 10 and last != 13):
+            write(line)
+            pending = False
+        elif b != 10:
+            pending = True
+        last = b
 
 
 def _stdio():
+    if is_circuitpython():
+        return _cpy_stdio()
     import select
 
     buf = getattr(sys.stdin, "buffer", sys.stdin)
@@ -121,3 +187,53 @@ def _stdio():
         sys.stdout.write(s)
 
     return read_byte, write
+
+
+def _cpy_stdio():
+    # CircuitPython's stdin cannot be polled with select (docs/runtimes.md, "serial console"): as the
+    # application's console does, a shipped unit answers on the data CDC (usb_cdc.data, which its
+    # boot.py enabled) and an unlocked one waits on supervisor.runtime.serial_bytes_available.
+    import time
+
+    import usb_cdc
+
+    port = usb_cdc.data
+    if port is not None:
+        return _stream_stdio(port, time)
+    import supervisor
+
+    def ready():
+        return supervisor.runtime.serial_bytes_available
+
+    def read_one():
+        c = sys.stdin.read(1)
+        return ord(c) if c else None
+
+    def write(s):
+        sys.stdout.write(s)
+
+    return _waiting(ready, read_one, time), write
+
+
+def _stream_stdio(port, time):
+    one = bytearray(1)
+
+    def read_one():
+        return one[0] if port.readinto(one) else None
+
+    def write(s):
+        port.write(s.encode())
+
+    return _waiting(lambda: port.in_waiting, read_one, time), write
+
+
+def _waiting(ready, read_one, time):
+    # read_byte(timeout_ms) over a port that can only say whether a byte waits: check every 1 ms.
+    def read_byte(timeout_ms):
+        for _ in range(timeout_ms):
+            if ready():
+                return read_one()
+            time.sleep(0.001)
+        return None
+
+    return read_byte

@@ -12,6 +12,13 @@ import sys
 
 MANIFEST = "manifest.img"
 EXIT_REFUSED = 78  # a host (the tests) ends the process with this status instead of halting
+# CircuitPython runs the first of code.txt, code.py, main.py, main.txt: the first two would run
+# instead of the checked main.py, unverified (tools/flash.py removes them; a unit that has one is
+# refused, since nothing put it there through flash.py).
+SHADOWS_MAIN = ("code.txt", "code.py")
+# What this boot decided, for the status page (cellguard.cpy_boot.publish_manifest_result):
+# ("verified", version, file count) or ("unverified", reason); None before boot.py ran.
+RESULT = None
 
 
 class ImageMismatch(Exception):
@@ -103,10 +110,25 @@ def boot_device(root=None):
     file checks; raises NoManifest, cgboot.image.Rejected or ImageMismatch otherwise."""
     from cgboot import image, trusted_keys
 
+    global RESULT
     root = root or default_root()
     entries, info = load(root, image.trusted(trusted_keys.KEYS))
     verify_files(entries, root)
+    check_not_shadowed(root)
+    RESULT = ("verified", info.version_str(), len(entries))
     return len(entries), info.version_str()
+
+
+def check_not_shadowed(root):
+    """ImageMismatch if a start-up file CircuitPython prefers over main.py exists (it is unsigned)."""
+    import os
+
+    for name in SHADOWS_MAIN:
+        try:
+            os.stat(_join(root, name))
+        except OSError:
+            continue
+        raise ImageMismatch("unsigned %s would run instead of main.py" % name)
 
 
 def refuse(reason):

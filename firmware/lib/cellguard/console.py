@@ -116,94 +116,12 @@ class ServiceAuth:
         return True
 
 
-# ---- rendering ----------------------------------------------------------------------------------
-def _get(snap, section, key, default="unknown"):
-    v = snap.get(section, {}).get(key)
-    return default if v is None else v
-
-
-def _when(t):
-    if not t:
-        return "never"
-    try:
-        y, mo, d, h, mi, s = _localtime(t)[:6]
-        return "%04d-%02d-%02d %02d:%02d:%02d UTC" % (y, mo, d, h, mi, s)
-    except (OverflowError, ValueError, TypeError):
-        return str(t)
-
-
-def _localtime(t):
-    import time
-
-    return time.gmtime(t) if hasattr(time, "gmtime") else time.localtime(t)
-
-
-UNLOCKED_BANNER = "UNLOCKED CERTIFICATION UNIT - MUST NOT SHIP"
-
-
-def _certification_unit(snap):
-    sim = snap.get("sim", {})
-    return bool(sim.get("certification_unit")) or sim.get("state") == "UNLOCKED"
-
-
-def _last_sim_event(snap):
-    # The newest tamper event persisted in state/simlock, from this boot or an earlier one.
-    outcome = _get(snap, "sim", "last_event", None)
-    if outcome is None:
-        return ""
-    return "  last event %s %s" % (_when(_get(snap, "sim", "last_event_t", 0)), outcome)
-
-
+# ---- rendering (cellguard/statuspage.py, loaded on first use) -----------------------------------
 def render_status(snap):
     """The `status` page a technician reads (docs/field-guide.md explains every line)."""
-    lines = []
-    add = lines.append
-    add("cellguard %s  board %s  runtime %s" % (_get(snap, "firmware", "version"), _get(snap, "device", "board"),
-                                                _get(snap, "device", "runtime")))
-    add("device      id %s" % _get(snap, "device", "id", "not provisioned"))
-    add("firmware    slot %s  state %s" % (_get(snap, "boot", "slot"), _get(snap, "boot", "state")))
-    add("console     %s" % _get(snap, "console", "mode"))
-    if _certification_unit(snap):
-        lines.insert(0, UNLOCKED_BANNER)  # first thing anyone sees: such a unit must never ship
-    add("sim lock    %s%s" % (_get(snap, "sim", "state"), _last_sim_event(snap)))
-    add("modem       %s  IMEI %s  ICCID %s" % (_get(snap, "modem", "model"), _get(snap, "modem", "imei", "-"),
-                                              _get(snap, "modem", "iccid", "-")))
-    reg = _get(snap, "modem", "registration")
-    if isinstance(reg, int):  # the modem driver publishes the +CEREG stat number
-        from cellguard.modemstatus import REGISTRATION
+    from cellguard import statuspage
 
-        reg = REGISTRATION.get(reg, "unknown (%d)" % reg)
-    add("network     %s  signal %s" % (reg, _get(snap, "modem", "signal")))
-    add("outbox      %s waiting  last delivery %s" % (_get(snap, "outbox", "depth"),
-                                                      _when(_get(snap, "outbox", "last_delivery", 0))))
-    add("sequence    sent %s  received %s" % (_get(snap, "messaging", "tx_seq"), _get(snap, "messaging", "rx_seq")))
-    add("sensor      " + _sensor_line(snap.get("sensor", {})))
-    add("tamper      " + _tamper_line(snap.get("tamper", {})))
-    errs = [e for e in snap.get("events", []) if e[1].startswith("ERROR ")]
-    add("errors      %d%s" % (snap.get("error_count", 0), "" if errs else " (none recent)"))
-    for t, e in errs[-5:]:
-        add("  %s  %s" % (_when(t), e[6:]))
-    return "\n".join(lines)
-
-
-def _sensor_line(sec):
-    if sec.get("fitted") == "none":
-        return "none fitted"  # the profile has no sensor: not a fault
-    q = sec.get("quality")
-    if q is None:
-        return "%s  no reading yet" % sec.get("type", "unknown")
-    line = "%s  quality %s  last reading %s" % (sec.get("type", "unknown"), q, _when(sec.get("last")))
-    return line + ("  (%s)" % sec["reason"] if q != "ok" and sec.get("reason") else "")
-
-
-def _tamper_line(sec):
-    if sec.get("fitted") == "none":
-        return "none fitted"
-    state = sec.get("state", "unknown")
-    if not sec.get("seq"):
-        return "%s  no events" % state
-    return "%s  last #%s %s  keys wiped %s" % (state, sec["seq"], _when(sec.get("last")),
-                                               "yes" if sec.get("wiped") else "no")
+    return statuspage.render(snap)
 
 
 # ---- the console --------------------------------------------------------------------------------
@@ -300,12 +218,16 @@ class Console:
                 else:
                     raise ConsoleError("usage: status [--json]")
             elif cmd == "version":
+                from cellguard.statuspage import field
+
                 snap = snapshot()
                 self.write("cellguard %s  slot %s  %s  board %s\n" % (
-                    VERSION, _get(snap, "boot", "slot"), _get(snap, "device", "runtime"), _get(snap, "device", "board")))
+                    VERSION, field(snap, "boot", "slot"), field(snap, "device", "runtime"), field(snap, "device", "board")))
             elif cmd == "log":
+                from cellguard.statuspage import when
+
                 for t, e in status.events():
-                    self.write("%s  %s\n" % (_when(t), e))
+                    self.write("%s  %s\n" % (when(t), e))
             elif cmd == "service":
                 return self._service(args)
             elif cmd == "repl" and not self.locked:
@@ -359,8 +281,10 @@ _HELP = """commands:
 def snapshot():
     snap = status.snapshot()
     snap.setdefault("firmware", {})["version"] = VERSION
-    if _certification_unit(snap):
-        snap["warning"] = UNLOCKED_BANNER  # status --json: scripts and the hub's tools see it too
+    from cellguard import statuspage
+
+    if statuspage.certification_unit(snap):
+        snap["warning"] = statuspage.UNLOCKED_BANNER  # status --json: scripts and the hub's tools see it too
     return snap
 
 

@@ -24,6 +24,7 @@ IMAGES = {
     "rogue": ("1.1.0", "rogue", True, 2048),
     "old": ("0.9.0", "ed_a", True, 2048),
     "big64k": ("1.3.0", "ed_a", True, 64 * 1024),
+    "big64k_next": ("1.4.0", "ed_a", True, 64 * 1024),  # an update of big64k (the OTA heap test)
 }
 
 

@@ -21,6 +21,23 @@ def trusted_keys(kit):
     return [image.TrustedKey(*image_tool.public_key(kit.keys[k])) for k in ("ed_a", "ed_b", "ec")]
 
 
+# The device verifies an image from a buffer (what the loader mounts) or streamed from its slot file
+# (an update's candidate): one parser and verifier, so every rejection must be the same for both.
+SOURCES = ("buffer", "file")
+
+
+def verify_as(source: str, data: bytes, keys, **kw):
+    if source == "buffer":
+        return image.verify(data, keys, **kw)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/slot.img"
+        with open(path, "wb") as f:
+            f.write(data)
+        return image.verify_file(path, keys, chunk=100, **kw)  # 100: chunks end off every boundary
+
+
 def test_imgtool_verify_accepts_every_image(kit):
     for name, path in kit.images.items():
         key = kit.keys[{"v2": "ed_b", "v2_ec": "ec", "rogue": "rogue"}.get(name, "ed_a")]
@@ -78,7 +95,8 @@ def flipped(buf: bytes, pos: int, bit: int = 0) -> bytes:
     return bytes(out)
 
 
-def test_every_header_and_tlv_bit_flip_is_rejected(kit):
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_header_and_tlv_bit_flip_is_rejected(kit, source):
     # One flipped bit anywhere in the header or in any TLV (header or value) must be refused.
     keys = trusted_keys(kit)
     buf = kit.images["v1"].read_bytes()
@@ -87,7 +105,7 @@ def test_every_header_and_tlv_bit_flip_is_rejected(kit):
         for bit in (0, 7):
             bad = flipped(buf, pos, bit)
             with pytest.raises(image.Rejected):
-                image.verify(bad, keys)
+                verify_as(source, bad, keys)
 
 
 @settings(max_examples=60, deadline=None)
@@ -101,10 +119,11 @@ def test_any_body_bit_flip_is_a_hash_mismatch(kit, data):
     assert err.value.reason == image.HASH_MISMATCH
 
 
-def test_oversized_for_the_slot(kit):
+@pytest.mark.parametrize("source", SOURCES)
+def test_oversized_for_the_slot(kit, source):
     buf = kit.images["v1"].read_bytes()
     with pytest.raises(image.Rejected) as err:
-        image.verify(buf, trusted_keys(kit), max_size=len(buf) - 1)
+        verify_as(source, buf, trusted_keys(kit), max_size=len(buf) - 1)
     assert err.value.reason == image.OVERSIZED
 
 
@@ -134,6 +153,63 @@ def rejection_cases(buf: bytes) -> dict[str, tuple[bytes, str]]:
         "protected_tlv_len_out_of_bounds": (tlv_len_set(image.TLV_SEC_CNT, 0x100), image.TLV_OUT_OF_BOUNDS),
         "trailing_bytes": (buf + b"\x00", image.MALFORMED),
     }
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_each_rejection_reason_from_a_buffer_and_from_a_file(kit, source):
+    keys = trusted_keys(kit)
+    cases = rejection_cases(kit.images["v2"].read_bytes())
+    cases["unknown_key"] = (kit.images["rogue"].read_bytes(), image.UNKNOWN_KEY)
+    got = {}
+    for name, (data, _) in cases.items():
+        try:
+            verify_as(source, data, keys)
+            got[name] = "ACCEPTED"
+        except image.Rejected as e:
+            got[name] = e.reason
+    old = kit.images["old"].read_bytes()
+    counter = image.verify(kit.images["v2"].read_bytes(), keys).security_counter
+    with pytest.raises(image.Rejected) as err:
+        verify_as(source, old, keys, min_counter=counter)
+    got["downgrade"] = err.value.reason
+    assert got == {**{name: reason for name, (_, reason) in cases.items()}, "downgrade": image.DOWNGRADE}
+    assert verify_as(source, kit.images["v2"].read_bytes(), keys).digest == image.verify(
+        kit.images["v2"].read_bytes(), keys).digest
+
+
+def test_a_missing_or_shrinking_file_is_truncated(kit, tmp_path):
+    keys = trusted_keys(kit)
+    with pytest.raises(image.Rejected) as err:
+        image.verify_file(str(tmp_path / "none.img"), keys)
+    assert err.value.reason == image.TRUNCATED
+    # The size is taken at open; a file cut while it is hashed is refused, never read past its end.
+    path = tmp_path / "slot.img"
+    data = kit.images["v1"].read_bytes()
+    path.write_bytes(data)
+
+    class Cut:
+        rewinds = 0
+
+        def __init__(self):
+            self.f = open(path, "rb")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def seek(self, *a):
+            if a == (0,):
+                self.rewinds += 1
+                if self.rewinds == 2:  # the parser read the header; now the hash starts: cut the file
+                    self.f.close()
+                    path.write_bytes(data[: len(data) // 2])
+                    self.f = open(path, "rb")
+            return self.f.seek(*a)
+
+    cut = Cut()
+    with pytest.raises(image.Rejected) as err:
+        image._verify(image._File(cut, 100), keys, 0, None)
+    cut.f.close()
+    assert (err.value.reason, err.value.detail) == (image.TRUNCATED, "file shrank while hashed")
 
 
 _REJECT = """
@@ -193,9 +269,10 @@ def test_each_rejection_has_its_reason_and_v1_keeps_running(kit, tmp_path, mp):
     assert lines[-1] == "bricked 0 unverified 0"
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
-def test_parser_never_fails_other_than_rejected(kit, data):
+def test_parser_never_fails_other_than_rejected(kit, source, data):
     # Arbitrary damage (overwrites, cuts, insertions) anywhere: the verifier raises Rejected, never
     # an IndexError/struct.error, and never accepts a changed image.
     buf = bytearray(kit.images["v1"].read_bytes())
@@ -214,7 +291,7 @@ def test_parser_never_fails_other_than_rejected(kit, data):
     if bytes(buf) == original:
         return
     with pytest.raises(image.Rejected):
-        image.verify(bytes(buf), trusted_keys(kit))
+        verify_as(source, bytes(buf), trusted_keys(kit))
 
 
 def test_release_packs_the_application_and_boots_it(kit, tmp_path):

@@ -1,4 +1,4 @@
-"""The trial guard of firmware/main.py on the real MicroPython unix port: every power-on is a new
+"""The trial guard of the main loop (cellguard/mainloop.py, started by firmware/main.py) on the real MicroPython unix port: every power-on is a new
 interpreter running firmware/boot.py then firmware/main.py over the same device folder, with the
 whole application (firmware/lib without cgboot) coming from signed images.
 
@@ -47,6 +47,8 @@ def attach(profile):
     return _Stub()
 '''
 
+BROKEN_MAINLOOP = 'raise RuntimeError("main loop bug")\n'
+
 
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory):
@@ -73,6 +75,8 @@ def images(kit, tmp_path_factory):
         "crash": _app_image(
             kit, d / "crash.img", "1.1.0", {"cellguard/app.py": CRASHING_APP, "cellguard/modemstatus.py": STUB_MODEMSTATUS}
         ),
+        # The main loop itself is in the image: a broken one is a trial that fails, not a REPL.
+        "broken_loop": _app_image(kit, d / "broken_loop.img", "1.1.0", {"cellguard/mainloop.py": BROKEN_MAINLOOP}),
     }
 
 
@@ -150,6 +154,33 @@ def test_trial_image_whose_application_raises_is_reverted(kit, tmp_path, images)
     assert snap["boot"]["slot"] == "a" and snap["firmware"]["image_version"] == "1.0.0+0"
     assert snap["boot"]["state"] == "reverted (crash)" and snap["boot"]["mode"] == "reverted"
     assert any("boot: reverting trial image: crash" in e for _, e in snap["events"]), snap["events"]
+
+
+def test_trial_image_whose_main_loop_is_broken_is_reverted(kit, tmp_path, images):
+    # firmware/main.py only imports cellguard.mainloop from the verified image; when that fails the
+    # boot part's fallback reports the crash and resets, and the next boot runs the old image.
+    u = _unit(kit, tmp_path, images)
+    u.stage_trial(images["broken_loop"])
+    code, out = u.power_on()
+    assert "booted slot b version 1.1.0+0 (trial)" in out, out
+    assert code == RESET_EXIT and "trial image failed (crash)" in out, out
+    snap = u.status()
+    assert snap["boot"]["slot"] == "a" and snap["firmware"]["image_version"] == "1.0.0+0"
+    assert snap["boot"]["state"] == "reverted (crash)", snap["boot"]
+
+
+def test_main_py_is_a_small_trusted_stub():
+    # The logic a board runs is in the signed image; main.py (flashed as a plain file, like boot.py)
+    # imports only the image's main loop and the boot part's fallback.
+    import ast
+
+    tree = ast.parse((FIRMWARE / "main.py").read_text())
+    imported = sorted(n.module + "." + a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names)
+    assert imported == ["cellguard.mainloop", "cgboot.fallback"]
+    assert not any(isinstance(n, (ast.Import, ast.FunctionDef, ast.ClassDef)) for n in ast.walk(tree))
+    staged = image_tool.stage_application(Path(tempfile.mkdtemp()) / "app", device_libs=None)
+    assert (staged / "cellguard" / "mainloop.py").is_file() and not (staged / "cgboot").exists()
+    shutil.rmtree(staged.parent)
 
 
 def test_trial_image_that_never_confirms_is_reverted_at_the_deadline(kit, tmp_path, images):

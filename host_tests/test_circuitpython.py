@@ -195,14 +195,16 @@ def test_main_py_reports_circuitpython(runtime, tmp_path):
     source = open(FIRMWARE / "main.py").read()
     env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}  # a unit with nothing flashed but the code
     if runtime.name == "micropython":
-        proc = spawn_micropython(source, extra_paths=(CPY_SHIM,), env=env, stdin=subprocess.DEVNULL,
+        proc = spawn_micropython(source, extra_paths=(CPY_SHIM,), env=env, stdin=subprocess.PIPE,
                                  stdout=-1, stderr=-1)
     else:
         proc = subprocess.Popen([sys.executable, "-c", source], env=cpython_env((CPY_SHIM,), env), text=True,
-                                stdin=subprocess.DEVNULL, stdout=-1, stderr=-1)
-    out, err = proc.communicate(timeout=30)
+                                stdin=subprocess.PIPE, stdout=-1, stderr=-1)
+    out, err = proc.communicate("status\r", timeout=30)
     assert proc.returncode == 0, out + err
     assert "on circuitpython" in out
+    # No A/B loader on CircuitPython: the page shows the manifest check boot.py recorded (none here).
+    assert "firmware    slot manifest  state unknown (boot.py recorded no manifest check)" in out, out
 
 
 def test_sha256_without_builtin_hashlib_uses_bundled_adafruit_hashlib(runtime, tmp_path):

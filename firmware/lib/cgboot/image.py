@@ -6,6 +6,9 @@
 # rejection raises Rejected with one of the REASONS below, checked in a fixed order: structure first
 # (nothing is hashed until every offset is known to lie inside the buffer), then the hash, the key,
 # the signature, and last the security counter (so "downgrade" is only said of an authentic image).
+# One parser and one verifier serve both sources: an image in RAM (verify: what the loader mounts)
+# and an image in a file, streamed in small chunks (verify_file: an update's candidate, which must
+# not need a second image's worth of RAM beside the one that runs; docs/boot.md, "Memory").
 import struct
 
 try:
@@ -115,11 +118,57 @@ class ImageInfo:
         return memoryview(buf)[self.hdr_size : self.hdr_size + self.img_size]
 
 
-def _walk_tlvs(buf, start, total, magic, found, allowed):
+CHUNK = const(1024)  # bytes of a slot file hashed at a time (verify_file's whole buffer)
+
+
+class _Buffer:
+    # An image held in RAM (what the loader mounts): reads are zero-copy views of it.
+    def __init__(self, buf):
+        self.mv = memoryview(buf)
+        self.size = len(buf)
+
+    def read(self, off, n):
+        return self.mv[off : off + n]
+
+    def sha256(self, end):
+        return _sha256(self.mv[:end]).digest()
+
+
+class _File:
+    # An image in a slot file, read in CHUNK-byte pieces: verifying it needs no copy of it in RAM.
+    # Every offset is bounds-checked against the size (taken once, at open) before it is read; a
+    # file that is shorter than that when read has changed underneath and is TRUNCATED.
+    def __init__(self, f, chunk):
+        self.f = f
+        self.chunk = chunk
+        self.size = f.seek(0, 2)
+
+    def read(self, off, n):
+        self.f.seek(off)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise Rejected(TRUNCATED, "file shrank while read")
+        return data
+
+    def sha256(self, end):
+        h = _sha256()
+        buf = memoryview(bytearray(min(self.chunk, end) or 1))
+        self.f.seek(0)
+        left = end
+        while left:
+            k = self.f.readinto(buf[: min(left, len(buf))])
+            if not k:
+                raise Rejected(TRUNCATED, "file shrank while hashed")
+            h.update(buf[:k])
+            left -= k
+        return h.digest()
+
+
+def _walk_tlvs(src, start, total, magic, found, allowed):
     # One TLV area: info (magic u16, total u16 incl. itself) then u16 type, u16 len, value.
-    if start + 4 > len(buf):
+    if start + 4 > src.size:
         raise Rejected(TRUNCATED, "TLV info")
-    m, tot = struct.unpack_from("<HH", buf, start)
+    m, tot = struct.unpack("<HH", src.read(start, 4))
     if m != magic:
         raise Rejected(TLV_OUT_OF_BOUNDS, "TLV info magic 0x%04x" % m)
     if total is not None and tot != total:
@@ -127,13 +176,13 @@ def _walk_tlvs(buf, start, total, magic, found, allowed):
     if tot < 4:
         raise Rejected(TLV_OUT_OF_BOUNDS, "TLV area size")
     end = start + tot
-    if end > len(buf):
+    if end > src.size:
         raise Rejected(TRUNCATED, "TLV area past end of image")
     off = start + 4
     while off < end:
         if off + 4 > end:
             raise Rejected(TLV_OUT_OF_BOUNDS, "TLV header past area")
-        t, n = struct.unpack_from("<HH", buf, off)
+        t, n = struct.unpack("<HH", src.read(off, 4))
         off += 4
         if off + n > end:
             raise Rejected(TLV_OUT_OF_BOUNDS, "TLV 0x%02x length %d" % (t, n))
@@ -147,13 +196,19 @@ def _walk_tlvs(buf, start, total, magic, found, allowed):
 
 def parse(buf, max_size=None):
     """Check structure only; returns (hdr_size, img_size, version, prot_end, tlvs) or raises."""
-    n = len(buf)
+    return _parse(_Buffer(buf), max_size)
+
+
+def _parse(src, max_size):
+    # The one parser, over a buffer or a file (src.size, src.read(off, n)): nothing is read before
+    # its offset is known to lie inside the image.
+    n = src.size
     if max_size is not None and n > max_size:
         raise Rejected(OVERSIZED, "%d > slot %d" % (n, max_size))
     if n < HEADER_SIZE:
         raise Rejected(TRUNCATED, "header")
-    magic, _load, hdr_size, prot_size, img_size, flags, vmaj, vmin, vrev, vbuild = struct.unpack_from(
-        "<IIHHIIBBHI", buf, 0
+    magic, _load, hdr_size, prot_size, img_size, flags, vmaj, vmin, vrev, vbuild = struct.unpack(
+        "<IIHHIIBBHI", src.read(0, 28)
     )
     if magic != IMAGE_MAGIC:
         raise Rejected(BAD_MAGIC, "0x%08x" % magic)
@@ -169,9 +224,9 @@ def parse(buf, max_size=None):
     found = {}
     prot_end = body_end
     if prot_size:
-        prot_end = _walk_tlvs(buf, body_end, prot_size, TLV_PROT_INFO_MAGIC, found, (TLV_SEC_CNT,))
+        prot_end = _walk_tlvs(src, body_end, prot_size, TLV_PROT_INFO_MAGIC, found, (TLV_SEC_CNT,))
     end = _walk_tlvs(
-        buf, prot_end, None, TLV_INFO_MAGIC, found, (TLV_SHA256, TLV_KEYHASH, TLV_ED25519, TLV_ECDSA_SIG)
+        src, prot_end, None, TLV_INFO_MAGIC, found, (TLV_SHA256, TLV_KEYHASH, TLV_ED25519, TLV_ECDSA_SIG)
     )
     if end != n:
         raise Rejected(MALFORMED, "%d bytes after the TLVs" % (n - end))
@@ -184,18 +239,40 @@ def verify(buf, trusted_keys, min_counter=0, max_size=None):
     trusted_keys: TrustedKey objects built into the boot part. min_counter: the device's
     anti-rollback floor (images with a lower security counter are a downgrade). max_size: the slot.
     """
-    hdr_size, img_size, version, prot_end, tlvs = parse(buf, max_size)
-    mv = memoryview(buf)
+    return _verify(_Buffer(buf), trusted_keys, min_counter, max_size)
+
+
+def verify_file(path, trusted_keys, min_counter=0, max_size=None, chunk=CHUNK):
+    """verify() of the image in file `path`, streamed: RAM for `chunk` bytes, never the image.
+    Same checks in the same order, so the same rejection reasons. For an image that is not run
+    from this check (an update's candidate); what boots is verified again in the buffer it runs from."""
+    try:
+        f = open(path, "rb")
+    except OSError:
+        raise Rejected(TRUNCATED, "no image file")
+    try:
+        return _verify(_File(f, chunk), trusted_keys, min_counter, max_size)
+    finally:
+        f.close()
+
+
+def file_sha256(path, chunk=CHUNK):
+    """SHA-256 of a whole file, read `chunk` bytes at a time."""
+    with open(path, "rb") as f:
+        src = _File(f, chunk)
+        return src.sha256(src.size)
+
+
+def _verify(src, trusted_keys, min_counter, max_size):
+    hdr_size, img_size, version, prot_end, tlvs = _parse(src, max_size)
     if TLV_SHA256 not in tlvs or tlvs[TLV_SHA256][1] != 32:
         raise Rejected(MALFORMED, "no SHA-256 TLV")
     if TLV_KEYHASH not in tlvs or tlvs[TLV_KEYHASH][1] != 32:
         raise Rejected(MALFORMED, "no key-hash TLV")
-    off, _ = tlvs[TLV_SHA256]
-    digest = _sha256(mv[:prot_end]).digest()
-    if digest != bytes(mv[off : off + 32]):
+    digest = src.sha256(prot_end)
+    if digest != bytes(src.read(*tlvs[TLV_SHA256])):
         raise Rejected(HASH_MISMATCH)
-    off, _ = tlvs[TLV_KEYHASH]
-    key_hash = bytes(mv[off : off + 32])
+    key_hash = bytes(src.read(*tlvs[TLV_KEYHASH]))
     key = None
     for k in trusted_keys:
         if k.key_hash == key_hash:
@@ -206,8 +283,7 @@ def verify(buf, trusted_keys, min_counter=0, max_size=None):
     sig_tlv = TLV_ED25519 if key.alg == ED25519 else TLV_ECDSA_SIG
     if sig_tlv not in tlvs:
         raise Rejected(BAD_SIGNATURE, "no %s signature" % key.alg)
-    off, n = tlvs[sig_tlv]
-    sig = bytes(mv[off : off + n])
+    sig = bytes(src.read(*tlvs[sig_tlv]))
     if key.alg == ED25519:
         from cgboot import ed25519 as alg
     else:
@@ -221,7 +297,7 @@ def verify(buf, trusted_keys, min_counter=0, max_size=None):
         off, n = tlvs[TLV_SEC_CNT]
         if n != 4:
             raise Rejected(MALFORMED, "security counter length")
-        counter = struct.unpack_from("<I", buf, off)[0]
+        counter = struct.unpack("<I", src.read(off, 4))[0]
     if counter < min_counter:
         raise Rejected(DOWNGRADE, "security counter %d < %d" % (counter, min_counter))
     return ImageInfo(version, counter, hdr_size, img_size, digest, key)

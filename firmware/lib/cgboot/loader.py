@@ -63,21 +63,32 @@ def _try(slots_, slot, floor, log):
         return None, None
 
 
+def _check(slots_, slot, floor, log):
+    # ImageInfo of a slot that verifies, streamed from flash (no buffer kept); None if rejected.
+    try:
+        return slots_.check_slot(slot, floor)
+    except image.Rejected as e:
+        _log(log, "slot %s rejected: %s" % (_slots.SLOT_NAMES[slot], e))
+        return None
+
+
 def decide(slots_, reset_cause=None, log=None):
     """Choose, persist and verify what boots; returns BootResult or None if nothing can boot."""
     st = slots_.read_state()
     if st is None:
         # First boot after provisioning: adopt the best verified slot as confirmed.
-        # Only one slot's bytes are held at a time (the winner is read again): RAM is the limit.
+        # The slots are compared streamed from flash; only the winner is read into RAM (and
+        # verified again there: the bytes that run are the bytes verified).
         best = None
         best_counter = -1
         for slot in (0, 1):
-            info = _try(slots_, slot, 0, log)[1]
+            info = _check(slots_, slot, 0, log)
             if info is not None and info.security_counter > best_counter:
                 best, best_counter = slot, info.security_counter
         if best is None:
             return None
         slot = best
+        _release_verifier()  # its tables sit amid the heap: the image's buffer needs one free block
         buf, info = _try(slots_, slot, 0, log)
         if info is None:
             return None

@@ -6,8 +6,8 @@
 # so after a power cut the slot file's size IS the number of bytes safely written. The offer
 # itself is kept in state/update (write tmp, rename) and written only after the slot has been
 # emptied, so a stale slot is never mistaken for progress. At the end the whole image is hashed
-# and verified exactly as the boot part will, and only then marked for a trial boot.
-import hashlib
+# and verified exactly as the boot part will (streamed from the file), and only then marked for a
+# trial boot.
 import os
 
 from cgboot import image
@@ -113,12 +113,14 @@ class UpdateWriter:
         have = self.slots.slot_bytes(self.slot)
         if have != self.size:
             raise UpdateError("incomplete", "%d of %d bytes" % (have, self.size))
-        buf = self.slots.read_slot(self.slot)
+        # Streamed from the slot file: the running image is in RAM already, a second copy of an
+        # image would not fit beside it on a board (docs/boot.md, "Memory").
+        path = self.slots.slot_path(self.slot)
         try:
-            if hashlib.sha256(buf).digest() != self.digest:
+            if image.file_sha256(path) != self.digest:
                 raise image.Rejected(image.HASH_MISMATCH, "image differs from the offer")
             st = self.slots.read_state()
-            info = image.verify(buf, self.slots.keys, st.floor, self.slots.slot_size)
+            info = image.verify_file(path, self.slots.keys, st.floor, self.slots.slot_size)
             if st.mode == _slots.REVERTED and info.digest == st.digest:
                 # The image that just failed its trial: installing it again would loop for ever.
                 raise image.Rejected(REVERTED_BEFORE, "this image was reverted: " + st.reason)

@@ -224,7 +224,7 @@ def _verify(modem):
         return SIM_PUK_LOCKED, "SIM needs its PUK: PIN retries exhausted"
 
     if state == "SIM PIN":
-        refused = _unlock(modem)
+        refused = _unlock(modem, binding)
         if refused:
             return refused
     elif not modem.pin_lock_enabled():
@@ -241,8 +241,11 @@ def _verify(modem):
     return OK, "SIM and modem match the binding"
 
 
-def _unlock(modem):
+def _unlock(modem, binding):
     """Enter the device PIN unless that risks the SIM. -> None, or a refusal (outcome, reason)."""
+    if pin_refused(binding):
+        # This SIM said no to this very PIN before: asking again only spends its attempts.
+        return SIM_PIN_WRONG, "SIM rejected the device PIN before: not trying it again"
     retries = modem.pin_retries()
     # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good.
     if retries is not None and retries[0] <= 1:
@@ -251,9 +254,50 @@ def _unlock(modem):
         modem.enter_pin(sim_pin())
     except CmeError as e:
         if e.code == _CME_INCORRECT_PASSWORD:
+            _remember_refusal(binding)
             return SIM_PIN_WRONG, "SIM rejected the device PIN"
         raise  # 10/13 (SIM gone) and 12 (PUK) are mapped by verify()
     return None
+
+
+# A SIM that rejected the device PIN keeps rejecting it: the derived PIN only changes with the root
+# key. state/pin_refused holds "<iccid> <key id>" of such a refusal, so a reboot or the next check
+# does not spend the SIM's next attempt on the same PIN. Only the provisioned SIM's ICCID gets here
+# (a foreign ICCID is refused before the PIN), and a new binding (re-provisioning) clears it.
+def pin_refused_path():
+    return runtime.path_join(_state_dir(), "pin_refused")
+
+
+def _refusal_tag(binding):
+    return ("%s %s\n" % (binding["iccid"], binding["kid"])).encode()
+
+
+def pin_refused(binding):
+    try:
+        return atomic.read_bytes(pin_refused_path()) == _refusal_tag(binding)
+    except OSError:
+        return False
+
+
+def _remember_refusal(binding):
+    atomic.ensure_dir(_state_dir())
+    atomic.write_atomic(pin_refused_path(), _refusal_tag(binding))
+
+
+def _forget_refusal():
+    if atomic.exists(pin_refused_path()):
+        atomic.remove(pin_refused_path())
+
+
+def certification_unit():
+    """True if the binding says this is an unlocked certification unit (False without a valid one).
+    Read from the binding, not from a check's outcome: known before the modem is asked anything."""
+    if not keys.provisioned():
+        return False
+    try:
+        return load_binding()["mode"] == "unlocked"
+    except BindingError:
+        return False
 
 
 class SimLock:
@@ -270,6 +314,7 @@ class SimLock:
         self.on_tamper = on_tamper
         self.outcome = None
         self.reason = ""
+        self._passed_session = None  # the modem session in which the lock last let data through
         self.events = self._load_events()
         _publish_history(self.events)  # tamper events from earlier boots, on the status page at once
         _publish_mode()
@@ -287,7 +332,11 @@ class SimLock:
 
     def check(self):
         """Run the verification; returns the outcome. Safe to call again and again."""
+        session = self.modem.session
+        self._passed_session = None
         outcome, reason = verify(self.modem)
+        if outcome in DATA_ALLOWED and self.modem.session == session:
+            self._passed_session = session  # a restart during the check does not count as passed
         changed = outcome != self.outcome
         self.outcome, self.reason = outcome, reason
         _status(outcome, reason)
@@ -307,6 +356,16 @@ class SimLock:
     @property
     def unlocked_unit(self):
         return self.outcome == UNLOCKED
+
+    def require(self):
+        """The modem's data gate (Modem.data_gate): returns if the lock passed since the modem
+        last (re)started, else checks again; raises LockedOut unless data is allowed. After a
+        restart this is what re-enters the PIN of a PIN-locked SIM, and what stops a foreign SIM
+        put in while the unit was online."""
+        if self._passed_session == self.modem.session:
+            return
+        if self.check() not in DATA_ALLOWED:
+            raise LockedOut(self.outcome, self.reason)
 
     def attach(self, apn, user=None, pwd=None, registration_timeout_ms=None):
         """Check the lock, then (only if it allows data) register and open the PDP context."""
@@ -353,10 +412,10 @@ def _publish_mode():
     if status is None or not keys.provisioned():
         return
     try:
-        unlocked = load_binding()["mode"] == "unlocked"
+        load_binding()
     except BindingError:
         return
-    status.set("sim", "certification_unit", unlocked)
+    status.set("sim", "certification_unit", certification_unit())
 
 
 def _status(outcome, reason):
@@ -416,4 +475,5 @@ def provision_sim(modem, factory_pin, unlocked=False, apn=None, apn_user=None, a
     else:
         forget_apn()  # a re-provisioned unit's old record is sealed under its old root key
     write_binding(encode_binding(imei, iccid, imsi, keys.device_id(), keys.key_id(), unlocked))
+    _forget_refusal()  # a refusal of the old binding's PIN says nothing about the new one
     return {"imei": imei, "iccid": iccid, "imsi": imsi, "unlocked": unlocked}

@@ -76,8 +76,10 @@ def open_modem():
 QUERY_SCRIPT = """
 import json
 from cellguard import keys
-p = keys.provisioned()
-print(%(marker)r + json.dumps({"ok": True, "provisioned": p, "device_id": keys.device_id() if p else None}))
+from cellguard import simlock
+k = keys.provisioned()
+print(%(marker)r + json.dumps({"ok": True, "provisioned": simlock.bound(), "has_keys": k,
+                               "device_id": keys.device_id() if k else None}))
 """
 
 DEVICE_SCRIPT = """
@@ -86,15 +88,14 @@ from cellguard import keys, simlock
 def _result(**kw):
     print(%(marker)r + json.dumps(kw))
 def _provision():
-    if keys.provisioned() and not %(reprovision)r:
+    # Provisioned means a binding that verifies: a key a failed run left behind does not count.
+    if simlock.bound() and not %(reprovision)r:
         return _result(ok=False, reason="already provisioned as device " + keys.device_id())
-    # Re-provisioning: the SIM holds the PIN derived from the old root key; change from that one.
-    current_pin = simlock.sim_pin() if keys.provisioned() else %(factory_pin)r
     m = open_modem()
     m.init()
-    keys.provision(bytes.fromhex(%(root_hex)r), %(device_id)r, %(key_id)d)
-    ids = simlock.provision_sim(m, current_pin, unlocked=%(unlocked)r, apn=%(apn)r,
-                                apn_user=%(apn_user)r, apn_pwd=%(apn_pwd)r)
+    # The key is stored only once the SIM has its PIN (provision_sim commits last).
+    ids = simlock.provision_sim(m, %(factory_pin)r, bytes.fromhex(%(root_hex)r), %(device_id)r, %(key_id)d,
+                                unlocked=%(unlocked)r, apn=%(apn)r, apn_user=%(apn_user)r, apn_pwd=%(apn_pwd)r)
     outcome, reason = simlock.verify(m)
     _result(ok=True, outcome=outcome, reason=reason, **ids)
 def _failure(e):
@@ -177,7 +178,8 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         # a registered key id that a failed run never used (key ids are never reused anyway).
         store = HubStore(hub_db)
         try:
-            store.register_device(key_id, device_id, bytes(root_key), replace=state["provisioned"])
+            # Whatever key the unit holds (a binding's, or one a failed run left) is replaced.
+            store.register_device(key_id, device_id, bytes(root_key), replace=state.get("has_keys", state["provisioned"]))
         except (ValueError, sqlite3.Error) as e:
             raise ProvisionError(f"hub refused the device: {e}") from None
         finally:

@@ -225,6 +225,30 @@ def test_cli_provisions_against_the_emulated_modem(tmp_path):
     assert sim.pin_enabled and sim.pin != FACTORY_PIN
 
 
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_cli_takes_the_factory_pin_from_a_file_or_the_environment(tmp_path, monkeypatch, capsys, source):
+    sim = Sim(pin="8642", pin_enabled=True)
+    flags = []
+    if source == "file":
+        (tmp_path / "pin").write_text("8642\n")
+        flags = ["--factory-pin-file", str(tmp_path / "pin")]
+    else:
+        monkeypatch.setenv(prov.FACTORY_PIN_ENV, "8642")
+    with emulated_modem("bg96", sim=sim) as emu:
+        rc = prov.main(
+            ["--hub-db", str(tmp_path / "hub.db"), "--modem", emu.path, "--fs", str(tmp_path / "unit"), *flags]
+        )
+    assert rc == 0 and sim.pin != "8642" and sim.pin_left == 3
+    assert "8642" not in capsys.readouterr().out
+
+
+def test_cli_refuses_a_malformed_factory_pin_without_quoting_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(prov.FACTORY_PIN_ENV, '12"34')
+    with pytest.raises(SystemExit, match="not 4 to 8 digits") as e:
+        prov.main(["--hub-db", str(tmp_path / "hub.db"), "--modem", "/dev/null", "--fs", str(tmp_path / "unit")])
+    assert '12"34' not in str(e.value)
+
+
 # ---- one scenario per outcome -------------------------------------------------------------------
 def test_unprovisioned(unit):
     with emulated_modem("bg96") as emu:

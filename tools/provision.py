@@ -264,6 +264,35 @@ def apn_password(args) -> str | None:
     return os.environ.get(PASSWORD_ENV) or args.apn_password
 
 
+# The SIM's delivery PIN likewise: this variable or --factory-pin-file (the command line shows in
+# any process listing). It is never printed.
+FACTORY_PIN_ENV = "CELLGUARD_FACTORY_PIN"
+DEFAULT_FACTORY_PIN = "1234"
+
+
+def factory_pin(args) -> str:
+    """--factory-pin-file, else $CELLGUARD_FACTORY_PIN, else --factory-pin, else 1234. A PIN that is
+    not 4 to 8 digits is refused before the unit is touched (the message never quotes it)."""
+    import os
+
+    if args.factory_pin_file is not None:
+        try:
+            text = args.factory_pin_file.read_text()
+        except OSError as e:
+            raise SystemExit(f"provisioning refused: cannot read --factory-pin-file: {e.strerror}") from None
+        pin = text.splitlines()[0].strip() if text.strip() else ""
+        source = "--factory-pin-file"
+    elif os.environ.get(FACTORY_PIN_ENV):
+        pin, source = os.environ[FACTORY_PIN_ENV].strip(), "$" + FACTORY_PIN_ENV
+    elif args.factory_pin is not None:
+        pin, source = args.factory_pin, "--factory-pin"
+    else:
+        return DEFAULT_FACTORY_PIN
+    if not (pin.isdigit() and 4 <= len(pin) <= 8):
+        raise SystemExit(f"provisioning refused: the factory PIN from {source} is not 4 to 8 digits")
+    return pin
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hub-db", default="build/hub.sqlite", help="the hub's SQLite key store")
@@ -273,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dialect", default="bg96", help="with --modem: nrf91, bg96, sim7080, sara-r4")
     parser.add_argument("--fs", type=Path, default=Path("build/unit"), help="with --modem: the unit's storage")
     parser.add_argument("--device-id", help="default: a random one")
-    parser.add_argument("--factory-pin", default="1234", help="the PIN the SIMs are delivered with")
+    parser.add_argument(
+        "--factory-pin-file", type=Path, help="a file holding the PIN the SIMs are delivered with (its first line)"
+    )
+    parser.add_argument(
+        "--factory-pin",
+        help=f"the SIMs' delivery PIN on the command line (visible to ps: prefer ${FACTORY_PIN_ENV}; default 1234)",
+    )
     parser.add_argument("--unlocked", action="store_true", help="certification unit: no SIM/IMEI lock")
     parser.add_argument(
         "--reprovision", "--force", action="store_true", help="replace the keys of a provisioned unit"
@@ -293,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
     req = Request(
         device_id=args.device_id,
-        factory_pin=args.factory_pin,
+        factory_pin=factory_pin(args),
         unlocked=args.unlocked,
         reprovision=args.reprovision,
         apn=args.apn,

@@ -193,6 +193,22 @@ def test_failed_provisioning_leaves_the_unit_as_it_was(unit):
     assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 1), (2, 0)]
 
 
+def test_failed_reprovisioning_changes_nothing(unit):
+    """A re-provisioning that fails on the unit (here: no SIM in) leaves the unit on its old key and
+    the hub with that key live again; the new key id is retired, never used."""
+    sim, _ = provisioned(unit)
+    sim.unlocked = False
+    old_pin = sim.pin
+    with emulated_modem("bg96", sim=None) as emu:
+        with pytest.raises(prov.ProvisionError, match="no SIM"):
+            unit.provision(emu, reprovision=True)
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 0), (2, 1)]
+    with emulated_modem("bg96", sim=sim) as emu:
+        booted = unit.boot(emu)
+    assert booted["outcome"] == "OK" and sim.pin == old_pin
+
+
 def test_a_key_without_a_binding_is_not_provisioned(unit):
     """A unit an older, failed run left with a key but no binding: not 'already provisioned', and
     its SIM is changed from its delivery PIN, not from the leftover key's PIN it never got."""

@@ -172,6 +172,7 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         )
     device_id = req.device_id or state["device_id"] or "cg-" + secrets.token_hex(6)
     key_id = next_key_id(hub_db)
+    previous = _live_keys(hub_db, device_id)
     root_key = bytearray(secrets.token_bytes(32))
     try:
         # The hub learns the key first: a device holding keys its hub does not know is worse than
@@ -190,9 +191,30 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
     result = parse_result(output)
     if not result.get("ok"):
         _retire(hub_db, key_id)
+        # The unit stores nothing before the SIM step has succeeded: it still holds the key it
+        # had, so the hub takes that one back (a re-provisioning that failed changes nothing).
+        _revive(hub_db, previous)
         raise ProvisionError(result.get("reason", "device refused"))
     result.update(device_id=device_id, key_id=key_id)
     return result
+
+
+def _live_keys(hub_db: str | Path, device_id: str) -> list[int]:
+    db = sqlite3.connect(str(hub_db))
+    try:
+        rows = db.execute("SELECT key_id FROM devices WHERE device_id=? AND retired=0", (device_id,)).fetchall()
+    except sqlite3.Error:  # a new key store: its tables come with the first registration
+        rows = []
+    db.close()
+    return [r[0] for r in rows]
+
+
+def _revive(hub_db: str | Path, key_ids: list[int]) -> None:
+    db = sqlite3.connect(str(hub_db))
+    with db:
+        for kid in key_ids:
+            db.execute("UPDATE devices SET retired=0 WHERE key_id=?", (kid,))
+    db.close()
 
 
 def _retire(hub_db: str | Path, key_id: int) -> None:

@@ -72,11 +72,19 @@ def test_foreign_sim_swapped_in_while_online_gets_no_data_session(unit, hub_serv
             if not wait_for(lambda: hub.counters["accepted"] >= 3):
                 return
             marks["swap"] = len(emu.commands)
-            marks["accepted"] = hub.counters["accepted"]
             emu.insert_sim(FOREIGN)  # the modem restarts, as on a real SIM swap
-            # Refused twice (the first check and a retry): the unit is locked, and stays so.
             iccid_reads = lambda: len([c for c in emu.commands[marks["swap"]:] if c.startswith("AT+QCCID")])  # noqa: E731
-            if not wait_for(lambda: iccid_reads() >= 2):
+            # The unit has noticed the restart (the lock's check reads the ICCID): whatever it sent
+            # before went through the right SIM, and may still be on its way to the hub.
+            if not wait_for(lambda: iccid_reads() >= 1):
+                return
+            # Every datagram handed to the modem before the swap has arrived (one cut short by the
+            # restart never does: hence the short bound).
+            sent = len([c for c in emu.commands[: marks["swap"]] if c.startswith("AT+QISEND")])
+            wait_for(lambda: hub.counters["received"] >= sent, timeout_s=2.0)
+            marks["accepted"] = hub.counters["accepted"]
+            # Refused again by the next checks: the unit is locked, and stays so.
+            if not wait_for(lambda: iccid_reads() >= 4):
                 return
             marks["locked"] = len(emu.commands)
             marks["accepted_locked"] = hub.counters["accepted"]

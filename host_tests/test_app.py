@@ -33,6 +33,7 @@ while runtime.ticks_diff(runtime.ticks_ms(), t) < %(run_ms)d:
         break
 print('STATS', a.box.stats if a.box else None, status.snapshot().get('events'))
 print('STATE', a.state, 'PENDING', a.box.pending() if a.box else -1, 'READINGS', n)
+print('BUDGET', a.box._budget_used if a.box else -1)
 """
 
 

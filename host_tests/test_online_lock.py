@@ -137,3 +137,38 @@ def test_pin_locked_sim_is_unlocked_again_after_a_restart_while_online(unit, hub
     got = readings(hub)
     assert len(got) == taken >= 5 and in_order_once(got), got  # every one delivered, once, in order
     assert sim.pin_left == 3
+
+
+def test_restart_without_network_goes_offline_reattaches_and_drains_no_budget(unit, hub_server):
+    """The restarted modem finds no network for a while (attach timeouts): the failure reaches the
+    app, which goes offline and attaches again (lock, PIN, PDP) instead of failing send after send;
+    the budget pays only for what the modem was handed, and every reading arrives once."""
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        marks = {}
+
+        def restart_without_network():
+            if wait_for(lambda: hub.counters["accepted"] >= 3):
+                marks["restart"] = len(emu.commands)
+                emu.network.registration_delay_s = 1.5  # 5 attach timeouts of 300 ms
+                emu.reboot()
+
+        threading.Thread(target=restart_without_network, daemon=True).start()
+        until = "(a.modem.session > 1 and not mark and mark.append(n)) or (mark and n >= mark[0] + 3 " \
+            "and a.box.pending() == 0)"
+        out = run_app(
+            unit, emu, server.port, run_ms=40000, before="mark = []\nm.attach_timeout_ms = 300", until=until
+        )
+        assert "restart" in marks, out
+        handed = [c for c in emu.commands if c.startswith("AT+QISEND=")]
+    assert "STATE online PENDING 0" in out, out
+    assert "app: link lost" in out or "link lost" in out, out
+    budget = int(out.split("BUDGET ")[1].split()[0])
+    assert 0 < budget <= sum(int(c.split(",")[1]) for c in handed)
+    taken = int(out.split("READINGS ")[1].split()[0])
+    got = readings(hub)
+    assert len(got) == taken and in_order_once(got), got

@@ -217,10 +217,7 @@ class App:
 
     def _drop_socket(self):
         if self.sock is not None:
-            try:
-                self.sock.close()
-            except ModemError:
-                pass  # the modem may not know the socket any more
+            self.sock.close()  # never raises: a modem that lost the socket may refuse, that is all
         self.sock = None
         self.box.sock = _NoCarrier()
 

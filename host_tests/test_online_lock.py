@@ -172,3 +172,38 @@ def test_restart_without_network_goes_offline_reattaches_and_drains_no_budget(un
     taken = int(out.split("READINGS ")[1].split()[0])
     got = readings(hub)
     assert len(got) == taken and in_order_once(got), got
+
+
+def test_sim_pulled_while_online_locks_and_the_same_sim_back_recovers(unit, hub_server):
+    """The SIM pulled out of a running unit (no restart: the sends fail): the unit goes back
+    through the lock, finds SIM_ABSENT, opens nothing, and recovers when the SIM is back."""
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        marks = {}
+
+        def pull_then_reinsert():
+            if not wait_for(lambda: hub.counters["accepted"] >= 3):
+                return
+            marks["pull"] = len(emu.commands)
+            emu.remove_sim()
+            sim_reads = lambda: len([c for c in emu.commands[marks["pull"]:] if c == "AT+CPIN?"])  # noqa: E731
+            if not wait_for(lambda: sim_reads() >= 3):  # checked (and refused) again and again
+                return
+            marks["back"] = len(emu.commands)
+            emu.insert_sim(sim)  # the modem restarts; the SIM asks for its PIN
+
+        threading.Thread(target=pull_then_reinsert, daemon=True).start()
+        out = run_app(unit, emu, server.port, run_ms=40000, before="seen = []", until=SEEN_LOCKED_THEN_ONLINE)
+        assert "back" in marks, out
+        while_out = emu.commands[marks["pull"] : marks["back"]]
+        assert not [c for c in while_out if c.startswith((PDP_COMMANDS["bg96"], "AT+QIOPEN"))], while_out
+    assert "STATE online PENDING 0" in out, out
+    tamper = [bytes.fromhex(m["payload_hex"]) for m in accepted(hub) if m["type"] == "tamper"]
+    assert tamper == [b"\x01SIM_ABSENT"]
+    taken = int(out.split("READINGS ")[1].split()[0])
+    got = readings(hub)
+    assert len(got) == taken and in_order_once(got), got

@@ -462,8 +462,9 @@ class Modem:
 class UdpSocket:
     """A datagram socket on the modem (interface agreed in notes/interfaces.md).
 
-    If the modem restarts underneath it, the next call re-registers, re-activates the PDP context
-    and reopens the socket (bounded by the modem's attach timeout) instead of failing forever.
+    If the modem restarts underneath it, the next call passes the modem's data gate (the SIM lock,
+    when the application set one), re-registers, re-activates the PDP context and reopens the
+    socket (bounded by the modem's attach timeout) instead of failing forever.
     """
 
     def __init__(self, modem, local_port=0):

@@ -209,6 +209,21 @@ def test_failed_reprovisioning_changes_nothing(unit):
     assert booted["outcome"] == "OK" and sim.pin == old_pin
 
 
+def test_a_failing_check_after_the_commit_keeps_the_run(unit):
+    """Once the SIM has the new PIN and the unit the new key, the run has succeeded: a modem error in
+    the check after it is reported, and the hub keeps the key the unit now depends on."""
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        emu.on_command("AT+CPWD", lambda: emu.cme_error("AT+GSN", 100))  # the check's IMEI read
+        record = unit.provision(emu)
+    assert record["outcome"] == "UNKNOWN" and "CmeError (error code 100)" in record["reason"]
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices").fetchall() == [(1, 0)]
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "OK"
+
+
 def test_a_key_without_a_binding_is_not_provisioned(unit):
     """A unit an older, failed run left with a key but no binding: not 'already provisioned', and
     its SIM is changed from its delivery PIN, not from the leftover key's PIN it never got."""

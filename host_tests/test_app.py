@@ -33,6 +33,7 @@ while runtime.ticks_diff(runtime.ticks_ms(), t) < %(run_ms)d:
         break
 print('STATS', a.box.stats if a.box else None, status.snapshot().get('events'))
 print('STATE', a.state, 'PENDING', a.box.pending() if a.box else -1, 'READINGS', n)
+print('BUDGET', a.box._budget_used if a.box else -1)
 """
 
 
@@ -126,3 +127,24 @@ def test_certification_unit_marks_every_message_unlocked(unit, hub_server):
     assert "STATE online" in out
     msgs = accepted(hub)
     assert msgs and all(m["unlocked"] for m in msgs)
+
+
+def test_certification_unit_marks_messages_sealed_before_the_first_check(unit, hub_server):
+    """The tamper switch can fire before the lock has run (offline, just booted): what it seals
+    then carries the U flag too, taken from the binding, not from a check not yet made."""
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu, unlocked=True)
+    with emulated_modem("bg96", sim=sim) as emu:
+        out = run_app(
+            unit,
+            emu,
+            server.port,
+            before="a._tamper_switch({'seq': 1, 't': 0, 'wipe': False})",
+            until="a.healthy and a.box.pending() == 0",
+        )
+    assert "STATE online" in out, out
+    msgs = accepted(hub)
+    assert "tamper" in [m["type"] for m in msgs] and "hello" in [m["type"] for m in msgs]
+    assert all(m["unlocked"] for m in msgs), msgs

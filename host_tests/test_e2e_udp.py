@@ -105,7 +105,10 @@ while True:
                 i += 1
                 raise
             i += 1
-        ob.poll(15)
+        try:
+            ob.poll(15)
+        except outbox.LinkDown:
+            pass  # the modem restarted under the send: its socket reopens itself at the next one
         if i >= N and ob.pending() == 0:
             break
     except PowerCut:

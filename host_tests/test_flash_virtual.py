@@ -180,8 +180,31 @@ def test_flash_never_puts_the_apn_password_on_a_command_line(monkeypatch, tmp_pa
     flash_tool.provision("/dev/null", {"name": "virtual"}, args)
     assert "argv-secret" not in " ".join(seen["cmd"])
     assert seen["env"]["CELLGUARD_APN_PASSWORD"] == "argv-secret"
-    for flag in ("--unlocked", "--factory-pin", "4321", "--apn", "iot.test", "--apn-user", "meter"):
+    for flag in ("--unlocked", "--apn", "iot.test", "--apn-user", "meter"):
         assert flag in seen["cmd"]
+
+
+def test_flash_never_puts_the_factory_pin_on_a_command_line(monkeypatch, tmp_path):
+    import argparse
+
+    import flash as flash_tool
+
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(cmd=cmd, env=kw.get("env"))
+        return argparse.Namespace(returncode=5, stdout="", stderr="provisioning refused: already provisioned as device x")
+
+    monkeypatch.setattr(flash_tool.subprocess, "run", fake_run)
+    monkeypatch.delenv("CELLGUARD_FACTORY_PIN", raising=False)
+    args = argparse.Namespace(
+        no_provision=False, reprovision=False, hub_db=tmp_path / "hub.db", unlocked=False, factory_pin="4321",
+        factory_pin_file=tmp_path / "pin", apn="iot", apn_user=None, apn_password=None, apn_password_file=None,
+    )
+    flash_tool.provision("/dev/null", {"name": "virtual"}, args)
+    assert "4321" not in " ".join(seen["cmd"]) and "--factory-pin" not in seen["cmd"]
+    assert seen["env"]["CELLGUARD_FACTORY_PIN"] == "4321"
+    assert seen["cmd"][seen["cmd"].index("--factory-pin-file") + 1] == str(tmp_path / "pin")
 
 
 def test_the_image_is_signed_for_the_profiles_slot_size(board, tmp_path):

@@ -67,6 +67,33 @@ print(len(s.sent), sum(len(d) for d in s.sent) <= 60, ob.stats['budget_stops'] >
     assert out == ["1 True True"]
 
 
+def test_failed_send_reports_link_down_and_gives_its_budget_back(runtime, tmp_path):
+    """A carrier that fails (the modem restarting, the SIM lock refusing) is reported to the caller
+    as LinkDown, costs no budget, and loses nothing: the same sealed bytes go once it is back."""
+    out = run(
+        runtime,
+        tmp_path,
+        """
+s = FakeSock(); s.fail = True
+ob, ch = make(s, budget=100)
+ob.enqueue(b'0123456789abcdef0123456789abcdef')
+for i in range(10):
+    try:
+        ob.poll(0)
+        print('no error')
+    except outbox.LinkDown as e:
+        cause = e.cause
+print(type(cause).__name__, ob._budget_used, ob.pending())
+ob, ch = make(s, budget=100)                  # a reboot: the budget on flash is unspent too
+print(ob._budget_used)
+s.fail = False
+ob.poll(0)
+print(len(s.sent), ob._budget_used == len(s.sent[0]), ob.stats['budget_stops'])
+""",
+    )
+    assert out == ["RuntimeError 0 1", "0", "1 True 0"]
+
+
 def test_reboot_keeps_entries_and_resends_identical_bytes(runtime, tmp_path):
     out = run(
         runtime,

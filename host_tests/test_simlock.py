@@ -175,6 +175,66 @@ def test_reprovision_refused_unless_asked(unit):
     ]
 
 
+def test_failed_provisioning_leaves_the_unit_as_it_was(unit):
+    """A wrong --factory-pin fails the run: the unit stores no key (the hub retires it), so the next
+    run, with the right PIN and without --reprovision, starts from the delivery PIN again."""
+    sim = Sim(pin=FACTORY_PIN, pin_enabled=False)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(prov.ProvisionError, match="error code 16"):
+            unit.provision(emu, factory_pin="9999")
+        assert sim.pin == FACTORY_PIN and sim.pin_left == 2
+        assert "HAS_KEYS False" in unit.run(emu, "from cellguard import keys\nprint('HAS_KEYS', keys.provisioned())")
+        record = unit.provision(emu, factory_pin=FACTORY_PIN)
+    assert record["outcome"] == "OK" and sim.pin != FACTORY_PIN and sim.pin_left == 3
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "OK"
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 1), (2, 0)]
+
+
+def test_failed_reprovisioning_changes_nothing(unit):
+    """A re-provisioning that fails on the unit (here: no SIM in) leaves the unit on its old key and
+    the hub with that key live again; the new key id is retired, never used."""
+    sim, _ = provisioned(unit)
+    sim.unlocked = False
+    old_pin = sim.pin
+    with emulated_modem("bg96", sim=None) as emu:
+        with pytest.raises(prov.ProvisionError, match="no SIM"):
+            unit.provision(emu, reprovision=True)
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 0), (2, 1)]
+    with emulated_modem("bg96", sim=sim) as emu:
+        booted = unit.boot(emu)
+    assert booted["outcome"] == "OK" and sim.pin == old_pin
+
+
+def test_a_failing_check_after_the_commit_keeps_the_run(unit):
+    """Once the SIM has the new PIN and the unit the new key, the run has succeeded: a modem error in
+    the check after it is reported, and the hub keeps the key the unit now depends on."""
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        emu.on_command("AT+CPWD", lambda: emu.cme_error("AT+GSN", 100))  # the check's IMEI read
+        record = unit.provision(emu)
+    assert record["outcome"] == "UNKNOWN" and "CmeError (error code 100)" in record["reason"]
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices").fetchall() == [(1, 0)]
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "OK"
+
+
+def test_a_key_without_a_binding_is_not_provisioned(unit):
+    """A unit an older, failed run left with a key but no binding: not 'already provisioned', and
+    its SIM is changed from its delivery PIN, not from the leftover key's PIN it never got."""
+    sim = Sim(pin=FACTORY_PIN, pin_enabled=True)
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.run(emu, "from cellguard import keys\nkeys.provision(bytes(range(1, 33)), 'cg-left', 7)")
+        record = unit.provision(emu)
+    assert record["outcome"] == "OK" and record["device_id"] == "cg-left"
+    assert sim.pin != FACTORY_PIN and sim.pin_left == 3
+
+
 def test_provisioning_never_spends_the_last_pin_retry(unit):
     sim = Sim(pin=FACTORY_PIN, pin_enabled=True, pin_left=1)  # two wrong --factory-pin runs before
     with emulated_modem("bg96", sim=sim) as emu:
@@ -194,6 +254,30 @@ def test_cli_provisions_against_the_emulated_modem(tmp_path):
     assert rc == 0
     assert (tmp_path / "unit" / "state" / "binding").exists()
     assert sim.pin_enabled and sim.pin != FACTORY_PIN
+
+
+@pytest.mark.parametrize("source", ["file", "env"])
+def test_cli_takes_the_factory_pin_from_a_file_or_the_environment(tmp_path, monkeypatch, capsys, source):
+    sim = Sim(pin="8642", pin_enabled=True)
+    flags = []
+    if source == "file":
+        (tmp_path / "pin").write_text("8642\n")
+        flags = ["--factory-pin-file", str(tmp_path / "pin")]
+    else:
+        monkeypatch.setenv(prov.FACTORY_PIN_ENV, "8642")
+    with emulated_modem("bg96", sim=sim) as emu:
+        rc = prov.main(
+            ["--hub-db", str(tmp_path / "hub.db"), "--modem", emu.path, "--fs", str(tmp_path / "unit"), *flags]
+        )
+    assert rc == 0 and sim.pin != "8642" and sim.pin_left == 3
+    assert "8642" not in capsys.readouterr().out
+
+
+def test_cli_refuses_a_malformed_factory_pin_without_quoting_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(prov.FACTORY_PIN_ENV, '12"34')
+    with pytest.raises(SystemExit, match="not 4 to 8 digits") as e:
+        prov.main(["--hub-db", str(tmp_path / "hub.db"), "--modem", "/dev/null", "--fs", str(tmp_path / "unit")])
+    assert '12"34' not in str(e.value)
 
 
 # ---- one scenario per outcome -------------------------------------------------------------------
@@ -266,6 +350,33 @@ def test_wrong_pin(unit):
         assert booted["outcome"] == "SIM_PIN_WRONG"
         assert no_data_session(emu)
     assert sim.pin_left == 2  # exactly one attempt spent
+
+
+def test_a_refused_pin_is_not_tried_again_on_that_sim(unit):
+    """After SIM_PIN_WRONG the unit remembers (on flash) that this SIM refused this PIN: the next
+    checks - the app's retries, the next boots - spend none of the SIM's remaining attempts."""
+    sim, _ = provisioned(unit)
+    sim.pin, sim.unlocked = "11112222", False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "SIM_PIN_WRONG"
+    for _ in range(2):
+        with emulated_modem("bg96", sim=sim) as emu:
+            booted = unit.boot(emu)
+            assert booted["outcome"] == "SIM_PIN_WRONG" and "before" in booted["reason"]
+            assert not emu.commands_matching("AT+CPIN=")
+            assert no_data_session(emu)
+    assert sim.pin_left == 2  # one attempt spent in all
+
+
+def test_a_pin_refusal_is_forgotten_by_reprovisioning(unit):
+    sim, _ = provisioned(unit)
+    sim.pin, sim.unlocked = "11112222", False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "SIM_PIN_WRONG"
+        unit.provision(emu, factory_pin="11112222", reprovision=True)  # the service desk
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "OK"
 
 
 def test_one_pin_retry_left_is_not_spent(unit):

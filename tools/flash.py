@@ -500,12 +500,13 @@ def app_config(args) -> dict:
 
 
 def provision_flags(args) -> list[str]:
-    """The provisioning options flash.py passes on to tools/provision.py (never the password)."""
+    """The provisioning options flash.py passes on to tools/provision.py (never the APN password,
+    never the factory PIN: those go through the environment, provision_env)."""
     flags = []
     if args.unlocked:
         flags.append("--unlocked")
-    if args.factory_pin is not None:
-        flags += ["--factory-pin", args.factory_pin]
+    if getattr(args, "factory_pin_file", None) is not None:
+        flags += ["--factory-pin-file", str(args.factory_pin_file)]
     if args.apn_user:  # credentials belong to the APN the unit attaches with (app.json's)
         flags += ["--apn", args.apn, "--apn-user", args.apn_user]
     if args.apn_password_file is not None:
@@ -519,6 +520,8 @@ def provision_env(args) -> dict:
     env = dict(os.environ)
     if args.apn_password:
         env["CELLGUARD_APN_PASSWORD"] = args.apn_password
+    if args.factory_pin is not None:  # $CELLGUARD_FACTORY_PIN set for flash.py is inherited too
+        env["CELLGUARD_FACTORY_PIN"] = args.factory_pin
     return env
 
 
@@ -717,7 +720,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apn-password", help=argparse.SUPPRESS)  # visible to ps: the two above instead
     parser.add_argument("--unlocked", action="store_true",
                         help="provisioning: certification unit without SIM/IMEI lock (must never ship)")
-    parser.add_argument("--factory-pin", help="provisioning: the PIN the SIMs are delivered with (default 1234)")
+    parser.add_argument("--factory-pin-file", type=Path,
+                        help="provisioning: a file holding the SIMs' delivery PIN (or set $CELLGUARD_FACTORY_PIN;"
+                             " default 1234)")
+    parser.add_argument("--factory-pin", help=argparse.SUPPRESS)  # visible to ps: the two above instead
     parser.add_argument("--report-interval", type=float, default=3600, help="seconds between readings")
     parser.add_argument("--hub-db", type=Path, default=REPO / "build" / "hub.sqlite",
                         help="the hub's key store that provisioning registers the unit in")

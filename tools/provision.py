@@ -76,8 +76,10 @@ def open_modem():
 QUERY_SCRIPT = """
 import json
 from cellguard import keys
-p = keys.provisioned()
-print(%(marker)r + json.dumps({"ok": True, "provisioned": p, "device_id": keys.device_id() if p else None}))
+from cellguard import simlock
+k = keys.provisioned()
+print(%(marker)r + json.dumps({"ok": True, "provisioned": simlock.bound(), "has_keys": k,
+                               "device_id": keys.device_id() if k else None}))
 """
 
 DEVICE_SCRIPT = """
@@ -86,16 +88,20 @@ from cellguard import keys, simlock
 def _result(**kw):
     print(%(marker)r + json.dumps(kw))
 def _provision():
-    if keys.provisioned() and not %(reprovision)r:
+    # Provisioned means a binding that verifies: a key a failed run left behind does not count.
+    if simlock.bound() and not %(reprovision)r:
         return _result(ok=False, reason="already provisioned as device " + keys.device_id())
-    # Re-provisioning: the SIM holds the PIN derived from the old root key; change from that one.
-    current_pin = simlock.sim_pin() if keys.provisioned() else %(factory_pin)r
     m = open_modem()
     m.init()
-    keys.provision(bytes.fromhex(%(root_hex)r), %(device_id)r, %(key_id)d)
-    ids = simlock.provision_sim(m, current_pin, unlocked=%(unlocked)r, apn=%(apn)r,
-                                apn_user=%(apn_user)r, apn_pwd=%(apn_pwd)r)
-    outcome, reason = simlock.verify(m)
+    # The key is stored only once the SIM has its PIN (provision_sim commits last).
+    ids = simlock.provision_sim(m, %(factory_pin)r, bytes.fromhex(%(root_hex)r), %(device_id)r, %(key_id)d,
+                                unlocked=%(unlocked)r, apn=%(apn)r, apn_user=%(apn_user)r, apn_pwd=%(apn_pwd)r)
+    # Committed: the unit holds the new key now, so the run has succeeded whatever the check says
+    # (a failed run would make the host retire the key the unit and its SIM now depend on).
+    try:
+        outcome, reason = simlock.verify(m)
+    except Exception as e:
+        outcome, reason = "UNKNOWN", "the check after provisioning failed: " + _failure(e)
     _result(ok=True, outcome=outcome, reason=reason, **ids)
 def _failure(e):
     # Never the exception's text: a modem error quotes its command, and +CLCK/+CPWD/+CPIN carry
@@ -171,13 +177,15 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         )
     device_id = req.device_id or state["device_id"] or "cg-" + secrets.token_hex(6)
     key_id = next_key_id(hub_db)
+    previous = _live_keys(hub_db, device_id)
     root_key = bytearray(secrets.token_bytes(32))
     try:
         # The hub learns the key first: a device holding keys its hub does not know is worse than
         # a registered key id that a failed run never used (key ids are never reused anyway).
         store = HubStore(hub_db)
         try:
-            store.register_device(key_id, device_id, bytes(root_key), replace=state["provisioned"])
+            # Whatever key the unit holds (a binding's, or one a failed run left) is replaced.
+            store.register_device(key_id, device_id, bytes(root_key), replace=state.get("has_keys", state["provisioned"]))
         except (ValueError, sqlite3.Error) as e:
             raise ProvisionError(f"hub refused the device: {e}") from None
         finally:
@@ -188,9 +196,30 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
     result = parse_result(output)
     if not result.get("ok"):
         _retire(hub_db, key_id)
+        # The unit stores nothing before the SIM step has succeeded: it still holds the key it
+        # had, so the hub takes that one back (a re-provisioning that failed changes nothing).
+        _revive(hub_db, previous)
         raise ProvisionError(result.get("reason", "device refused"))
     result.update(device_id=device_id, key_id=key_id)
     return result
+
+
+def _live_keys(hub_db: str | Path, device_id: str) -> list[int]:
+    db = sqlite3.connect(str(hub_db))
+    try:
+        rows = db.execute("SELECT key_id FROM devices WHERE device_id=? AND retired=0", (device_id,)).fetchall()
+    except sqlite3.Error:  # a new key store: its tables come with the first registration
+        rows = []
+    db.close()
+    return [r[0] for r in rows]
+
+
+def _revive(hub_db: str | Path, key_ids: list[int]) -> None:
+    db = sqlite3.connect(str(hub_db))
+    with db:
+        for kid in key_ids:
+            db.execute("UPDATE devices SET retired=0 WHERE key_id=?", (kid,))
+    db.close()
 
 
 def _retire(hub_db: str | Path, key_id: int) -> None:
@@ -262,6 +291,35 @@ def apn_password(args) -> str | None:
     return os.environ.get(PASSWORD_ENV) or args.apn_password
 
 
+# The SIM's delivery PIN likewise: this variable or --factory-pin-file (the command line shows in
+# any process listing). It is never printed.
+FACTORY_PIN_ENV = "CELLGUARD_FACTORY_PIN"
+DEFAULT_FACTORY_PIN = "1234"
+
+
+def factory_pin(args) -> str:
+    """--factory-pin-file, else $CELLGUARD_FACTORY_PIN, else --factory-pin, else 1234. A PIN that is
+    not 4 to 8 digits is refused before the unit is touched (the message never quotes it)."""
+    import os
+
+    if args.factory_pin_file is not None:
+        try:
+            text = args.factory_pin_file.read_text()
+        except OSError as e:
+            raise SystemExit(f"provisioning refused: cannot read --factory-pin-file: {e.strerror}") from None
+        pin = text.splitlines()[0].strip() if text.strip() else ""
+        source = "--factory-pin-file"
+    elif os.environ.get(FACTORY_PIN_ENV):
+        pin, source = os.environ[FACTORY_PIN_ENV].strip(), "$" + FACTORY_PIN_ENV
+    elif args.factory_pin is not None:
+        pin, source = args.factory_pin, "--factory-pin"
+    else:
+        return DEFAULT_FACTORY_PIN
+    if not (pin.isdigit() and 4 <= len(pin) <= 8):
+        raise SystemExit(f"provisioning refused: the factory PIN from {source} is not 4 to 8 digits")
+    return pin
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hub-db", default="build/hub.sqlite", help="the hub's SQLite key store")
@@ -271,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dialect", default="bg96", help="with --modem: nrf91, bg96, sim7080, sara-r4")
     parser.add_argument("--fs", type=Path, default=Path("build/unit"), help="with --modem: the unit's storage")
     parser.add_argument("--device-id", help="default: a random one")
-    parser.add_argument("--factory-pin", default="1234", help="the PIN the SIMs are delivered with")
+    parser.add_argument(
+        "--factory-pin-file", type=Path, help="a file holding the PIN the SIMs are delivered with (its first line)"
+    )
+    parser.add_argument(
+        "--factory-pin",
+        help=f"the SIMs' delivery PIN on the command line (visible to ps: prefer ${FACTORY_PIN_ENV}; default 1234)",
+    )
     parser.add_argument("--unlocked", action="store_true", help="certification unit: no SIM/IMEI lock")
     parser.add_argument(
         "--reprovision", "--force", action="store_true", help="replace the keys of a provisioned unit"
@@ -291,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     req = Request(
         device_id=args.device_id,
-        factory_pin=args.factory_pin,
+        factory_pin=factory_pin(args),
         unlocked=args.unlocked,
         reprovision=args.reprovision,
         apn=args.apn,

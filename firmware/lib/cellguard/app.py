@@ -66,6 +66,9 @@ class App:
         self.on_command = on_command
         self.retry_ms = retry_ms
         self.lock = simlock.SimLock(modem, on_tamper=self._tamper)
+        # Every data session the driver opens or reopens (its own recovery after a modem restart
+        # included) passes the lock first (docs/provisioning.md, "Online: a modem restart").
+        modem.data_gate = self.lock.require
         self.state = STATE_OFFLINE
         self.box = None
         self.sock = None
@@ -93,7 +96,7 @@ class App:
             counter,
             key_id=keys.key_id(),
             mode=self.mode,
-            unlocked=self.lock.unlocked_unit,
+            unlocked=simlock.certification_unit(),  # from the binding: known before any check
             state_dir=state,
         )
         self.box = outbox.Outbox(link, _NoCarrier(), self.hub[0], self.hub[1], on_command=self._command)
@@ -129,6 +132,7 @@ class App:
             return
         try:
             self.lock.attach(*self._apn_settings())
+            sock = self.modem.open_udp()  # passes the lock's gate again if the modem restarted
         except simlock.LockedOut as e:
             self.state = STATE_LOCKED
             if self.box is None:
@@ -137,8 +141,8 @@ class App:
             return
         if self.box is None:
             self._open_outbox()
-        self.box.channel.set_mode(self.mode, unlocked=self.lock.unlocked_unit)
-        self.sock = self.modem.open_udp()
+        self.box.channel.set_mode(self.mode, unlocked=simlock.certification_unit())
+        self.sock = sock
         self.box.sock = self.sock
         self.state = STATE_ONLINE
         _log("app: online")
@@ -187,9 +191,8 @@ class App:
         self._take_reading(now)
         try:
             self.box.poll(timeout_ms)
-        except ModemError as e:
-            _log("app: link lost: %s" % e, error=True)
-            self.state = STATE_OFFLINE
+        except outbox.LinkDown as e:
+            self._link_lost(e.cause)
         if not self.healthy and self.box.stats["acked"] > 0:
             self.healthy = True
             _log("app: hub acknowledged: healthy")
@@ -197,6 +200,26 @@ class App:
                 self.on_healthy()
         self._publish()
         return self.state
+
+    def _link_lost(self, cause):
+        # The carrier failed under the outbox: a modem that stopped answering, a restart the
+        # driver could not recover from, or the SIM lock refusing the session after a restart
+        # (a foreign SIM put in, the PIN refused). Back through _attach(): lock, PIN, PDP.
+        self._drop_socket()
+        if isinstance(cause, simlock.LockedOut):
+            self.state = STATE_LOCKED
+            self._next_attempt = runtime.ticks_add(runtime.ticks_ms(), self.retry_ms)
+            _log("app: data session refused after a modem restart: %s" % cause, error=True)
+        else:
+            self.state = STATE_OFFLINE
+            self._next_attempt = runtime.ticks_ms()  # attach again at the next step
+            _log("app: link lost: %s" % cause, error=True)
+
+    def _drop_socket(self):
+        if self.sock is not None:
+            self.sock.close()  # never raises: a modem that lost the socket may refuse, that is all
+        self.sock = None
+        self.box.sock = _NoCarrier()
 
     def _take_reading(self, now):
         if self.read_sensor is None or self.box is None or self._wiped:

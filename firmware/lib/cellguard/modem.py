@@ -121,6 +121,11 @@ class Modem:
         self._want_pdp = False
         self._handles = []
         self.socket_op = False
+        # Called before every data session is opened or reopened (activate_pdp, and restore()
+        # after a restart); it raises to refuse one. The application sets the SIM lock's gate
+        # here (SimLock.require), so no path - not even the driver's own recovery - opens a PDP
+        # context without the lock passing since the modem last (re)started.
+        self.data_gate = None
         engine.add_urc(b"+CEREG:", self._cereg, _is_cereg_urc)
         engine.add_urc(b"+CPIN:", self._cpin)
         # "+CFUN: 1" follows RDY on Quectel/SIMCom boots. RDY already marks the restart; if RDY was
@@ -373,7 +378,12 @@ class Modem:
         self.dialect.set_apn(self, apn, user, pwd)
         self._apn = (apn, user, pwd)
 
+    def _pass_gate(self):
+        if self.data_gate is not None:
+            self.data_gate()
+
     def activate_pdp(self):
+        self._pass_gate()
         self.dialect.activate_pdp(self)
         self._want_pdp = True
 
@@ -386,7 +396,10 @@ class Modem:
         return self.dialect.pdp_active(self)
 
     def restore(self):
-        """After a modem restart: register again and bring back the APN and PDP context."""
+        """After a modem restart: pass the data gate, register again, bring back the APN and PDP
+        context. The gate runs first: whatever the gate raises (the SIM lock's LockedOut) leaves
+        the modem without a data session and reaches the socket's caller."""
+        self._pass_gate()
         if not self._want_pdp:
             return
         self.wait_registered(self.attach_timeout_ms)
@@ -451,8 +464,9 @@ class Modem:
 class UdpSocket:
     """A datagram socket on the modem (the interface of docs/modem.md, "Datagram sockets").
 
-    If the modem restarts underneath it, the next call re-registers, re-activates the PDP context
-    and reopens the socket (bounded by the modem's attach timeout) instead of failing forever.
+    If the modem restarts underneath it, the next call passes the modem's data gate (the SIM lock,
+    when the application set one), re-registers, re-activates the PDP context and reopens the
+    socket (bounded by the modem's attach timeout) instead of failing forever.
     """
 
     def __init__(self, modem, local_port=0):
@@ -476,8 +490,13 @@ class UdpSocket:
             self._release()
             m.session += 1
         if self._session != m.session:
+            # Reopened after a restart: restore() passes the data gate, registers and brings the
+            # PDP context back. The first open passes the gate too: a modem that restarted since
+            # the context was opened must not get a socket before the lock has run again.
             if self._session >= 0:
                 m.restore()
+            else:
+                m._pass_gate()
             try:
                 self._h = m.dialect.sock_open(m, self._local_port)
             except (ValueError, IndexError, TypeError, AttributeError) as e:

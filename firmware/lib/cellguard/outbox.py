@@ -34,6 +34,16 @@ class OutboxFull(OutboxError):
     """Only control entries (HELLO, TAMPER) left and no room: the new reading is refused."""
 
 
+class LinkDown(OutboxError):
+    """The carrier failed a send or a receive (poll() raises it; .cause is the socket's exception).
+    Nothing is lost: the datagram stays queued, its budget bytes are given back, and the caller
+    (the application) brings the data session back before polling again."""
+
+    def __init__(self, cause):
+        super().__init__("link down: %s" % (cause,))
+        self.cause = cause
+
+
 class _Entry:
     def __init__(self, eid, control, seq, size):
         self.id = eid
@@ -88,6 +98,7 @@ class Outbox:
         self.stats = {"sent": 0, "resent": 0, "acked": 0, "evicted": 0, "rejected_downlink": 0, "budget_stops": 0}
         self._buf = bytearray(512)
         self._events_sent = []
+        self._link_error = None  # the carrier's failure in this round, raised by poll()
         atomic.ensure_dir(self.folder)
         self._entries = []
         self._load()
@@ -204,19 +215,32 @@ class Outbox:
         return True
 
     def _spend(self, n):
-        self._budget_used += n
+        self._budget_used = max(0, self._budget_used + n)
         self._save_budget()
 
     def _transmit(self, data):
         if not self._budget_allows(len(data)):
             self.stats["budget_stops"] += 1
             return False
+        # Charged before the datagram leaves: a power cut after the send cannot give it back.
         self._spend(len(data))
         try:
             self.sock.sendto(data, self.host, self.port)
-        except Exception as e:  # the carrier failed (modem error, no network): retry later
-            _log("outbox: send failed: %s" % e)
+        except Exception as e:  # the carrier failed (modem error, no network, the SIM lock)
+            self._spend(-len(data))  # it never left: the budget pays for what goes on the air
+            self._link_failed("send", e)
+            return False
         return True
+
+    def _link_failed(self, what, e):
+        _log("outbox: %s failed: %s" % (what, e))
+        self._link_error = e
+
+    def _raise_link_error(self):
+        e = self._link_error
+        if e is not None:
+            self._link_error = None
+            raise LinkDown(e)
 
     def _seal(self, e):
         data = atomic.read_bytes(self._path(e.id))
@@ -234,6 +258,8 @@ class Outbox:
         return [e for e in self._entries if e.seq is not None]
 
     def send_due(self):
+        """Send what is due; stops at the first failed send (poll() then raises LinkDown)."""
+        self._link_error = None  # a failure of an earlier round or socket is not this one's
         now = runtime.ticks_ms()
         inflight = self._inflight()
         oldest = min([e.seq for e in inflight]) if inflight else None
@@ -268,21 +294,25 @@ class Outbox:
 
     # ---- receiving ----------------------------------------------------------------------------------
     def poll(self, timeout_ms=0):
-        """Send what is due, then handle downlinks for up to timeout_ms. Returns pending()."""
+        """Send what is due, then handle downlinks for up to timeout_ms. Returns pending().
+        LinkDown if the carrier failed: the caller re-establishes it (nothing queued is lost)."""
         self.send_due()
+        self._raise_link_error()
         deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
         while True:
             left = runtime.ticks_diff(deadline, runtime.ticks_ms())
             try:
                 got = self.sock.recvfrom(max(0, left))
-            except Exception as e:  # the carrier failed (modem reset, no network): try again later
-                _log("outbox: receive failed: %s" % e)
+            except Exception as e:  # the carrier failed (modem reset, no network, the SIM lock)
+                self._link_failed("receive", e)
                 break
             if got is None:
                 break
             self.handle_downlink(got[0])
+            self._raise_link_error()  # a DACK that could not leave
             if not self._entries:
                 break
+        self._raise_link_error()
         return len(self._entries)
 
     def handle_downlink(self, data):

@@ -62,9 +62,14 @@ def lock_path():
 
 
 # ---- secrets derived from the root key --------------------------------------------------------
-def sim_pin():
-    """The device's SIM PIN: 8 decimal digits derived from the root key (never stored)."""
-    n = int.from_bytes(keys.derive(_PIN_LABEL, 8), "big") % 100000000
+def sim_pin(root_key=None):
+    """The device's SIM PIN: 8 decimal digits derived from the root key (never stored). root_key:
+    a key not stored yet (provisioning derives the new PIN before it commits the new key)."""
+    if root_key is None:
+        raw = keys.derive(_PIN_LABEL, 8)
+    else:
+        raw = crypto.hkdf(bytes(root_key), keys.SALT, _PIN_LABEL, 8)
+    n = int.from_bytes(raw, "big") % 100000000
     return "%08d" % n
 
 
@@ -224,7 +229,7 @@ def _verify(modem):
         return SIM_PUK_LOCKED, "SIM needs its PUK: PIN retries exhausted"
 
     if state == "SIM PIN":
-        refused = _unlock(modem)
+        refused = _unlock(modem, binding)
         if refused:
             return refused
     elif not modem.pin_lock_enabled():
@@ -241,8 +246,11 @@ def _verify(modem):
     return OK, "SIM and modem match the binding"
 
 
-def _unlock(modem):
+def _unlock(modem, binding):
     """Enter the device PIN unless that risks the SIM. -> None, or a refusal (outcome, reason)."""
+    if pin_refused(binding):
+        # This SIM said no to this very PIN before: asking again only spends its attempts.
+        return SIM_PIN_WRONG, "SIM rejected the device PIN before: not trying it again"
     retries = modem.pin_retries()
     # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good.
     if retries is not None and retries[0] <= 1:
@@ -251,9 +259,50 @@ def _unlock(modem):
         modem.enter_pin(sim_pin())
     except CmeError as e:
         if e.code == _CME_INCORRECT_PASSWORD:
+            _remember_refusal(binding)
             return SIM_PIN_WRONG, "SIM rejected the device PIN"
         raise  # 10/13 (SIM gone) and 12 (PUK) are mapped by verify()
     return None
+
+
+# A SIM that rejected the device PIN keeps rejecting it: the derived PIN only changes with the root
+# key. state/pin_refused holds "<iccid> <key id>" of such a refusal, so a reboot or the next check
+# does not spend the SIM's next attempt on the same PIN. Only the provisioned SIM's ICCID gets here
+# (a foreign ICCID is refused before the PIN), and a new binding (re-provisioning) clears it.
+def pin_refused_path():
+    return runtime.path_join(_state_dir(), "pin_refused")
+
+
+def _refusal_tag(binding):
+    return ("%s %s\n" % (binding["iccid"], binding["kid"])).encode()
+
+
+def pin_refused(binding):
+    try:
+        return atomic.read_bytes(pin_refused_path()) == _refusal_tag(binding)
+    except OSError:
+        return False
+
+
+def _remember_refusal(binding):
+    atomic.ensure_dir(_state_dir())
+    atomic.write_atomic(pin_refused_path(), _refusal_tag(binding))
+
+
+def _forget_refusal():
+    if atomic.exists(pin_refused_path()):
+        atomic.remove(pin_refused_path())
+
+
+def certification_unit():
+    """True if the binding says this is an unlocked certification unit (False without a valid one).
+    Read from the binding, not from a check's outcome: known before the modem is asked anything."""
+    if not keys.provisioned():
+        return False
+    try:
+        return load_binding()["mode"] == "unlocked"
+    except BindingError:
+        return False
 
 
 class SimLock:
@@ -270,6 +319,7 @@ class SimLock:
         self.on_tamper = on_tamper
         self.outcome = None
         self.reason = ""
+        self._passed_session = None  # the modem session in which the lock last let data through
         self.events = self._load_events()
         _publish_history(self.events)  # tamper events from earlier boots, on the status page at once
         _publish_mode()
@@ -287,7 +337,11 @@ class SimLock:
 
     def check(self):
         """Run the verification; returns the outcome. Safe to call again and again."""
+        session = self.modem.session
+        self._passed_session = None
         outcome, reason = verify(self.modem)
+        if outcome in DATA_ALLOWED and self.modem.session == session:
+            self._passed_session = session  # a restart during the check does not count as passed
         changed = outcome != self.outcome
         self.outcome, self.reason = outcome, reason
         _status(outcome, reason)
@@ -307,6 +361,16 @@ class SimLock:
     @property
     def unlocked_unit(self):
         return self.outcome == UNLOCKED
+
+    def require(self):
+        """The modem's data gate (Modem.data_gate): returns if the lock passed since the modem
+        last (re)started, else checks again; raises LockedOut unless data is allowed. After a
+        restart this is what re-enters the PIN of a PIN-locked SIM, and what stops a foreign SIM
+        put in while the unit was online."""
+        if self._passed_session == self.modem.session:
+            return
+        if self.check() not in DATA_ALLOWED:
+            raise LockedOut(self.outcome, self.reason)
 
     def attach(self, apn, user=None, pwd=None, registration_timeout_ms=None):
         """Check the lock, then (only if it allows data) register and open the PDP context."""
@@ -353,10 +417,10 @@ def _publish_mode():
     if status is None or not keys.provisioned():
         return
     try:
-        unlocked = load_binding()["mode"] == "unlocked"
+        load_binding()
     except BindingError:
         return
-    status.set("sim", "certification_unit", unlocked)
+    status.set("sim", "certification_unit", certification_unit())
 
 
 def _status(outcome, reason):
@@ -381,12 +445,42 @@ def _refuse_last_retry(modem):
         raise BindingError("SIM has one PIN retry left: not trying (is --factory-pin right?)")
 
 
-def provision_sim(modem, factory_pin, unlocked=False, apn=None, apn_user=None, apn_pwd=None):
-    """Read identities, lock the SIM with the device PIN, write the binding. Needs keys provisioned.
+def bound():
+    """Provisioned: a root key and a binding record that verifies under it. A unit a failed run
+    left with a key but no binding is not: its SIM never got that key's PIN."""
+    if not keys.provisioned():
+        return False
+    try:
+        load_binding()
+    except BindingError:
+        return False
+    return True
 
-    factory_pin: the SIM's PIN as delivered (SIM vendors ship a known one). The device PIN replaces
-    it and is never returned or printed. Returns the public identities for the production record.
-    A certification unit (unlocked=True) gets a binding that says so and its SIM is left as is.
+
+def _pin_on_sim(iccid, factory_pin):
+    # The device PIN only where the SIM is known to hold it: a verifying locked binding for this
+    # very SIM whose PIN it has not refused. Anything else (a fresh unit, a failed run's leftover
+    # key, a certification unit, a new SIM put in by the service desk) still has factory_pin.
+    if not bound():
+        return factory_pin
+    binding = load_binding()
+    if binding["mode"] != "locked" or binding["iccid"] != iccid or pin_refused(binding):
+        return factory_pin
+    return sim_pin()
+
+
+def provision_sim(modem, factory_pin, root_key, device_id, key_id, unlocked=False, apn=None, apn_user=None,
+                  apn_pwd=None):
+    """Read identities, lock the SIM with the new device PIN, then commit: store the root key and
+    identity (keys.provision), the APN record and the binding.
+
+    factory_pin: the SIM's PIN as delivered (SIM vendors ship a known one); a re-provisioned SIM
+    that holds the old device PIN is changed from that one. The new device PIN (derived from
+    root_key) replaces it and is never returned or printed. The PIN change is the last step that
+    can fail on the modem: nothing is stored before it, so a failed run (a wrong factory PIN)
+    leaves the unit as it was, and the next run starts from the same PIN. Returns the public
+    identities for the production record. A certification unit (unlocked=True) gets a binding
+    that says so and its SIM is left as is.
     """
     if apn:
         check_apn_settings(apn, apn_user, apn_pwd)  # bad input refused before the SIM is touched
@@ -397,23 +491,29 @@ def provision_sim(modem, factory_pin, unlocked=False, apn=None, apn_user=None, a
     if state == "SIM PUK":
         raise BindingError("SIM is PUK-locked")
     iccid = modem.iccid()
-    device_pin = sim_pin()
+    current_pin = _pin_on_sim(iccid, factory_pin)
     if state == "SIM PIN" or not unlocked:
         _refuse_last_retry(modem)
-    if not unlocked:
-        if state == "SIM PIN":
-            modem.enter_pin(factory_pin)
-        # Lock first (with the PIN the SIM has now), then change it: CPWD needs the lock on.
-        if not modem.pin_lock_enabled():
-            modem.set_pin_lock(True, factory_pin)
-        modem.change_pin(factory_pin, device_pin)
-    elif state == "SIM PIN":
-        modem.enter_pin(factory_pin)
+    if state == "SIM PIN":
+        modem.enter_pin(current_pin)
+    # Lock first (with the PIN the SIM has now): CPWD needs the lock on.
+    if not unlocked and not modem.pin_lock_enabled():
+        modem.set_pin_lock(True, current_pin)
     imsi = modem.imsi()
     if apn:
         modem.set_apn(apn, apn_user, apn_pwd)
-        store_apn(apn, apn_user, apn_pwd)  # every boot attaches with these (App)
+    if not unlocked:
+        modem.change_pin(current_pin, sim_pin(root_key))  # the point of no return: commit now
+    _commit(root_key, device_id, key_id, (imei, iccid, imsi), unlocked, (apn, apn_user, apn_pwd))
+    return {"imei": imei, "iccid": iccid, "imsi": imsi, "unlocked": unlocked}
+
+
+def _commit(root_key, device_id, key_id, ids, unlocked, apn):
+    # Flash writes only, the binding right after the key: the SIM holds the new key's PIN now.
+    keys.provision(root_key, device_id, key_id)
+    write_binding(encode_binding(ids[0], ids[1], ids[2], device_id, key_id, unlocked))
+    _forget_refusal()  # a refusal of the old binding's PIN says nothing about the new one
+    if apn[0]:
+        store_apn(*apn)  # every boot attaches with these (App)
     else:
         forget_apn()  # a re-provisioned unit's old record is sealed under its old root key
-    write_binding(encode_binding(imei, iccid, imsi, keys.device_id(), keys.key_id(), unlocked))
-    return {"imei": imei, "iccid": iccid, "imsi": imsi, "unlocked": unlocked}

@@ -1,0 +1,209 @@
+"""The SIM lock while the unit is online: a modem restart reopens no data session before the lock has
+passed again. A foreign SIM swapped in (the modem restarts on a swap) stops the unit until the right
+SIM is back; the right SIM with its PIN lock asks for the device PIN after a restart, and gets it.
+
+The firmware runs on the MicroPython unix port against the emulated modem on a pty; the hub is the
+real one on 127.0.0.1. The swap or restart is done from a host thread once the hub has accepted
+the first readings.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import hub as hubmod
+import pytest
+from modem_fixtures import Sim, emulated_modem
+from test_app import accepted, fresh_sim, run_app
+from test_simlock import PDP_COMMANDS, Unit
+
+pytestmark = pytest.mark.timeout(120)
+
+@pytest.fixture
+def unit(tmp_path):
+    return Unit(tmp_path)
+
+
+@pytest.fixture
+def hub_server(unit):
+    hub = hubmod.Hub(hubmod.HubStore(unit.hub_db), io.StringIO())
+    with hubmod.HubServer(hub) as server:
+        yield hub, server
+
+
+FOREIGN = Sim(iccid="89882806660000011111", imsi="901280000011111")
+
+
+def wait_for(predicate, timeout_s=30.0) -> bool:
+    """Poll a host-side condition (the hub's counters, the emulator's record) until it holds."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def readings(hub) -> list[bytes]:
+    return [bytes.fromhex(m["payload_hex"]) for m in accepted(hub) if m["type"] == "reading"]
+
+
+def in_order_once(got: list[bytes]) -> bool:
+    return got == [b"reading-%d" % i for i in range(1, len(got) + 1)]
+
+
+# The loop stops once the unit has been seen locked and is online again with nothing left to send.
+SEEN_LOCKED_THEN_ONLINE = "(seen.append(a.state) or True) and 'locked' in seen and a.state == 'online' and " \
+    "a.box.pending() == 0 and a.lock.outcome == 'OK'"
+
+
+def test_foreign_sim_swapped_in_while_online_gets_no_data_session(unit, hub_server):
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        marks = {}
+
+        def swap_then_restore():
+            if not wait_for(lambda: hub.counters["accepted"] >= 3):
+                return
+            marks["swap"] = len(emu.commands)
+            emu.insert_sim(FOREIGN)  # the modem restarts, as on a real SIM swap
+            iccid_reads = lambda: len([c for c in emu.commands[marks["swap"]:] if c.startswith("AT+QCCID")])  # noqa: E731
+            # The unit has noticed the restart (the lock's check reads the ICCID): whatever it sent
+            # before went through the right SIM, and may still be on its way to the hub.
+            if not wait_for(lambda: iccid_reads() >= 1):
+                return
+            # Every datagram handed to the modem before the swap has arrived (one cut short by the
+            # restart never does: hence the short bound).
+            sent = len([c for c in emu.commands[: marks["swap"]] if c.startswith("AT+QISEND")])
+            wait_for(lambda: hub.counters["received"] >= sent, timeout_s=2.0)
+            marks["accepted"] = hub.counters["accepted"]
+            # Refused again by the next checks: the unit is locked, and stays so.
+            if not wait_for(lambda: iccid_reads() >= 4):
+                return
+            marks["locked"] = len(emu.commands)
+            marks["accepted_locked"] = hub.counters["accepted"]
+            emu.insert_sim(sim)
+
+        worker = threading.Thread(target=swap_then_restore, daemon=True)
+        worker.start()
+        out = run_app(unit, emu, server.port, run_ms=40000, before="seen = []", until=SEEN_LOCKED_THEN_ONLINE)
+        worker.join(5)
+        assert "locked" in marks, out
+        while_foreign = emu.commands[marks["swap"] : marks["locked"]]
+        assert not [c for c in while_foreign if c.startswith(PDP_COMMANDS["bg96"])], while_foreign
+        assert not [c for c in while_foreign if c.startswith("AT+QIOPEN")], while_foreign
+        assert not [c for c in while_foreign if c.startswith("AT+QISEND")], while_foreign
+    assert marks["accepted_locked"] == marks["accepted"]  # nothing reached the hub through it
+    assert "STATE online PENDING 0" in out, out
+    msgs = accepted(hub)
+    tamper = [bytes.fromhex(m["payload_hex"]) for m in msgs if m["type"] == "tamper"]
+    assert tamper == [b"\x01SIM_MISMATCH"]  # reported once, delivered with the right SIM back
+    taken = int(out.split("READINGS ")[1].split()[0])
+    got = readings(hub)
+    assert len(got) == taken and in_order_once(got), got  # taken while locked, delivered after: none lost, none twice
+
+
+def test_pin_locked_sim_is_unlocked_again_after_a_restart_while_online(unit, hub_server):
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    assert sim.pin_enabled
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        marks = {}
+
+        def restart():
+            if wait_for(lambda: hub.counters["accepted"] >= 3):
+                marks["restart"] = len(emu.commands)
+                emu.reboot()  # the SIM asks for its PIN again
+
+        threading.Thread(target=restart, daemon=True).start()
+        # Online with the restarted modem, and three more readings delivered after it.
+        until = "(a.modem.session > 1 and not mark and mark.append(n)) or (mark and n >= mark[0] + 3 " \
+            "and a.box.pending() == 0)"
+        out = run_app(unit, emu, server.port, run_ms=40000, before="mark = []", until=until)
+        assert "restart" in marks, out
+        after = emu.commands[marks["restart"] :]
+        assert len([c for c in after if c.startswith("AT+CPIN=")]) == 1  # the PIN entered, once
+    assert "STATE online PENDING 0" in out, out
+    taken = int(out.split("READINGS ")[1].split()[0])
+    got = readings(hub)
+    assert len(got) == taken >= 5 and in_order_once(got), got  # every one delivered, once, in order
+    assert sim.pin_left == 3
+
+
+def test_restart_without_network_goes_offline_reattaches_and_drains_no_budget(unit, hub_server):
+    """The restarted modem finds no network for a while (attach timeouts): the failure reaches the
+    app, which goes offline and attaches again (lock, PIN, PDP) instead of failing send after send;
+    the budget pays only for what the modem was handed, and every reading arrives once."""
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        marks = {}
+
+        def restart_without_network():
+            if wait_for(lambda: hub.counters["accepted"] >= 3):
+                marks["restart"] = len(emu.commands)
+                emu.network.registration_delay_s = 1.5  # 5 attach timeouts of 300 ms
+                emu.reboot()
+
+        threading.Thread(target=restart_without_network, daemon=True).start()
+        until = "(a.modem.session > 1 and not mark and mark.append(n)) or (mark and n >= mark[0] + 3 " \
+            "and a.box.pending() == 0)"
+        out = run_app(
+            unit, emu, server.port, run_ms=40000, before="mark = []\nm.attach_timeout_ms = 300", until=until
+        )
+        assert "restart" in marks, out
+        handed = [c for c in emu.commands if c.startswith("AT+QISEND=")]
+    assert "STATE online PENDING 0" in out, out
+    assert "app: link lost" in out or "link lost" in out, out
+    budget = int(out.split("BUDGET ")[1].split()[0])
+    assert 0 < budget <= sum(int(c.split(",")[1]) for c in handed)
+    taken = int(out.split("READINGS ")[1].split()[0])
+    got = readings(hub)
+    assert len(got) == taken and in_order_once(got), got
+
+
+def test_sim_pulled_while_online_locks_and_the_same_sim_back_recovers(unit, hub_server):
+    """The SIM pulled out of a running unit (no restart: the sends fail): the unit goes back
+    through the lock, finds SIM_ABSENT, opens nothing, and recovers when the SIM is back."""
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        marks = {}
+
+        def pull_then_reinsert():
+            if not wait_for(lambda: hub.counters["accepted"] >= 3):
+                return
+            marks["pull"] = len(emu.commands)
+            emu.remove_sim()
+            sim_reads = lambda: len([c for c in emu.commands[marks["pull"]:] if c == "AT+CPIN?"])  # noqa: E731
+            if not wait_for(lambda: sim_reads() >= 3):  # checked (and refused) again and again
+                return
+            marks["back"] = len(emu.commands)
+            emu.insert_sim(sim)  # the modem restarts; the SIM asks for its PIN
+
+        threading.Thread(target=pull_then_reinsert, daemon=True).start()
+        out = run_app(unit, emu, server.port, run_ms=40000, before="seen = []", until=SEEN_LOCKED_THEN_ONLINE)
+        assert "back" in marks, out
+        while_out = emu.commands[marks["pull"] : marks["back"]]
+        assert not [c for c in while_out if c.startswith((PDP_COMMANDS["bg96"], "AT+QIOPEN"))], while_out
+    assert "STATE online PENDING 0" in out, out
+    tamper = [bytes.fromhex(m["payload_hex"]) for m in accepted(hub) if m["type"] == "tamper"]
+    assert tamper == [b"\x01SIM_ABSENT"]
+    taken = int(out.split("READINGS ")[1].split()[0])
+    got = readings(hub)
+    assert len(got) == taken and in_order_once(got), got

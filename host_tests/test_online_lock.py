@@ -207,3 +207,53 @@ def test_sim_pulled_while_online_locks_and_the_same_sim_back_recovers(unit, hub_
     taken = int(out.split("READINGS ")[1].split()[0])
     got = readings(hub)
     assert len(got) == taken and in_order_once(got), got
+
+
+def test_readings_are_stored_while_the_modem_is_dead_and_delivered_once_it_answers(unit, hub_server):
+    """A modem that does not answer at boot (off, its power key not wired yet): the unit still takes
+    its readings and keeps them; once the modem can be powered, every one reaches the hub, in order."""
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim, powered=False) as emu:
+        # The power key comes back (a technician fixes the wiring) once three readings were taken
+        # with the modem dead; the loop ends when three more are delivered after it.
+        until = "(n >= 3 and not fixed and (fixed.append(a.state) or setattr(engine, 'power_key', power_key))) " \
+            "or (fixed and n >= 6 and a.box.pending() == 0)"
+        out = run_app(unit, emu, server.port, run_ms=40000,
+                      before="fixed = []\nengine.power_key = None\nengine.resync_attempts = 1", until=until)
+    assert "STATE online PENDING 0" in out, out
+    got = readings(hub)
+    taken = int(out.split("READINGS ")[1].split()[0])
+    assert taken >= 6 and len(got) == taken and in_order_once(got), got
+
+
+def test_the_hubs_mode_survives_a_reattach(unit, hub_server):
+    """CONFIG 3 (mode: sign) from the hub holds through a modem restart and the re-attach after it."""
+    import hubproto
+
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        record = unit.provision(emu)
+    hub.store.queue_command(record["key_id"], hubproto.config_record(3, 0))
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+
+        def restart_once_signed():
+            if wait_for(lambda: any(m["mode"] == "sign" for m in accepted(hub) if m["type"] == "reading")):
+                emu.network.registration_delay_s = 1.5  # attach timeouts: the link goes down, the app re-attaches
+                emu.reboot()
+
+        threading.Thread(target=restart_once_signed, daemon=True).start()
+        until = "(a.modem.session > 1 and not mark and mark.append(n)) or (mark and n >= mark[0] + 3 " \
+            "and a.box.pending() == 0)"
+        out = run_app(unit, emu, server.port, run_ms=40000, before="mark = []\nm.attach_timeout_ms = 300",
+                      until=until)
+    assert "STATE online PENDING 0" in out, out
+    assert "link lost" in out, out  # through App._attach again, not only the socket's own restore
+    modes = [m["mode"] for m in accepted(hub) if m["type"] == "reading"]
+    first_signed = modes.index("sign")
+    assert modes[first_signed:] == ["sign"] * (len(modes) - first_signed) and len(modes) - first_signed >= 4, modes

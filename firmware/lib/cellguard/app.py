@@ -124,6 +124,8 @@ class App:
             self._wiped = True
 
     def _attach(self):
+        if self.box is None and keys.provisioned():
+            self._open_outbox()  # readings are stored from the first attempt on, whatever the modem does
         if not self.modem.session:  # power on, echo off, error codes, URCs, data formats, radio on
             self.modem.power_up()
         if not keys.provisioned():
@@ -134,14 +136,11 @@ class App:
             self.lock.attach(*self._apn_settings())
             sock = self.modem.open_udp()  # passes the lock's gate again if the modem restarted
         except simlock.LockedOut as e:
-            self.state = STATE_LOCKED
-            if self.box is None:
-                self._open_outbox()  # the tamper event waits in it for the right SIM
+            self.state = STATE_LOCKED  # the tamper event waits in the outbox for the right SIM
             _log("app: data session refused: %s" % e)
             return
-        if self.box is None:
-            self._open_outbox()
-        self.box.channel.set_mode(self.mode, unlocked=simlock.certification_unit())
+        # The mode is the channel's own: the hub may have changed it (CONFIG 3, persisted by the outbox).
+        self.box.channel.set_mode(self.box.channel.mode, unlocked=simlock.certification_unit())
         self.sock = sock
         self.box.sock = self.sock
         self.state = STATE_ONLINE

@@ -38,8 +38,16 @@ class App:
         raise RuntimeError("trial image bug")
 '''
 STUB_MODEMSTATUS = '''
+class _At:
+    idle = None
+
+
+class _Modem:
+    at = _At()
+
+
 class _Stub:
-    modem = None
+    modem = _Modem()
     refresh = None
 
 
@@ -75,6 +83,7 @@ def images(kit, tmp_path_factory):
         "crash": _app_image(
             kit, d / "crash.img", "1.1.0", {"cellguard/app.py": CRASHING_APP, "cellguard/modemstatus.py": STUB_MODEMSTATUS}
         ),
+        "stub_modem": _app_image(kit, d / "stub_modem.img", "1.0.0", {"cellguard/modemstatus.py": STUB_MODEMSTATUS}),
         # The main loop itself is in the image: a broken one is a trial that fails, not a REPL.
         "broken_loop": _app_image(kit, d / "broken_loop.img", "1.1.0", {"cellguard/mainloop.py": BROKEN_MAINLOOP}),
     }
@@ -167,6 +176,19 @@ def test_trial_image_whose_main_loop_is_broken_is_reverted(kit, tmp_path, images
     snap = u.status()
     assert snap["boot"]["slot"] == "a" and snap["firmware"]["image_version"] == "1.0.0+0"
     assert snap["boot"]["state"] == "reverted (crash)", snap["boot"]
+
+
+def test_a_broken_app_json_on_a_confirmed_image_leaves_the_console_running(kit, tmp_path, images):
+    # A configuration fault is not the image's: no revert, no lockdown, no REPL; the console answers
+    # and its page says why the application is not running.
+    u = Unit(kit, tmp_path)
+    u.install(images["stub_modem"])
+    (u.fs / "board.json").write_text(json.dumps({"name": "test", "modem": {"dialect": "bg96"}, "uart": {"id": "x"}}))
+    (u.fs / "app.json").write_text(json.dumps({"hub_port": 9}))
+    code, out = u.power_on(b"\rstatus\r")
+    assert code == 0, out
+    assert "firmware    slot a  state confirmed" in out, out
+    assert "app: not started (app.json has no hub_host)" in out, out
 
 
 def test_main_py_is_a_small_trusted_stub():

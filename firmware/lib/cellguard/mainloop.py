@@ -164,6 +164,10 @@ def start_app(profile, modem_status):
     if cfg is None or modem_status is None:
         status.log("app: not started (%s)" % ("no app.json" if cfg is None else "no modem"))
         return None
+    missing = [k for k in ("hub_host", "hub_port") if k not in cfg]
+    if missing:  # a configuration fault, not the image's: the console still runs and says so
+        status.log("app: not started (app.json has no %s)" % ", ".join(missing), error=True)
+        return None
     from cellguard import app, updates
 
     sensor, tamper = _monitors(profile)
@@ -248,7 +252,12 @@ def run():
         if ms is not None:  # the console keeps answering while a long attach waits on the modem
             ms.modem.at.idle = console.service
         refresh = ms.refresh if ms else None
-        application = start_app(profile, ms)
+        try:
+            application = start_app(profile, ms)
+        except Exception as e:
+            if _on_trial():
+                raise  # an image on trial that cannot start its application has failed its trial
+            status.log("app: not started: %r" % (e,), error=True)  # the console still answers
     guard = None
     if _on_trial():  # the guard's code is loaded only for a trial (it costs heap)
         from cellguard import trial

@@ -195,8 +195,10 @@ def test_main_py_reports_circuitpython(runtime, tmp_path):
     source = open(FIRMWARE / "main.py").read()
     env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}  # a unit with nothing flashed but the code
     if runtime.name == "micropython":
+        # An RP2040's heap (the Feather's): CircuitPython compiles the firmware from .py source on
+        # the board, as here, and the status page is compiled when it is first asked for.
         proc = spawn_micropython(source, extra_paths=(CPY_SHIM,), env=env, stdin=subprocess.PIPE,
-                                 stdout=-1, stderr=-1)
+                                 stdout=-1, stderr=-1, heapsize="192K")
     else:
         proc = subprocess.Popen([sys.executable, "-c", source], env=cpython_env((CPY_SHIM,), env), text=True,
                                 stdin=subprocess.PIPE, stdout=-1, stderr=-1)

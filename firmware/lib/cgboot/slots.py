@@ -190,8 +190,10 @@ class Slots:
         return state
 
     # -- transitions the application may ask for ------------------------------------------------
-    def mark_pending(self, slot):
-        """Verify the image in `slot` (the inactive one) and schedule its trial boot."""
+    def mark_pending(self, slot, info=None):
+        """Verify the image in `slot` (the inactive one) and schedule its trial boot. `info`: what
+        the boot part's verifier has just returned for that slot (cgboot.update checks it before
+        it marks), so an update is not verified twice."""
         st = self.read_state()
         if st is None:
             raise StateError("no boot state: boot once first")
@@ -199,7 +201,8 @@ class Slots:
             raise StateError("only the inactive slot can be marked for test")
         if st.mode == TESTING:
             raise StateError("an image is on trial: confirm it or let it revert first")
-        info = self.check_slot(slot, st.floor)
+        if info is None:
+            info = self.check_slot(slot, st.floor)
         return self.write_state(st.copy(mode=PENDING, attempts=0, digest=info.digest, reason=""))
 
     def confirm(self, counter):

@@ -124,7 +124,7 @@ class UpdateWriter:
             if st.mode == _slots.REVERTED and info.digest == st.digest:
                 # The image that just failed its trial: installing it again would loop for ever.
                 raise image.Rejected(REVERTED_BEFORE, "this image was reverted: " + st.reason)
-            self.slots.mark_pending(self.slot)
+            self.slots.mark_pending(self.slot, info)  # verified just above: once is enough
         except image.Rejected:
             self.abandon()
             raise

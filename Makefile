@@ -3,8 +3,8 @@ PYTHON   ?= python3
 VENV     := .venv
 PY       := $(VENV)/bin/python
 REQ      := requirements-dev.txt
-# The stamp is keyed on the requirements' content: a second run installs nothing, an edit reinstalls.
-REQ_HASH := $(shell $(PYTHON) -c "import hashlib,sys;print(hashlib.sha256(open('$(REQ)','rb').read()).hexdigest()[:16])")
+# The stamp is keyed on the requirements' and pyproject.toml's content: a second run installs nothing, an edit reinstalls.
+REQ_HASH := $(shell $(PYTHON) -c "import hashlib;print(hashlib.sha256(open('$(REQ)','rb').read()+open('pyproject.toml','rb').read()).hexdigest()[:16])")
 STAMP    := $(VENV)/.installed-$(REQ_HASH)
 PYTEST_ARGS ?=
 
@@ -28,9 +28,10 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): $(REQ)
+$(STAMP): $(REQ) pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r $(REQ)
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -43,28 +44,28 @@ pytest: $(STAMP)
 	$(PY) -m pytest host_tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) tools/bench.py --json build/bench.json
+	PYTHONPATH=host_tests:host_tests/mp_support:firmware/lib $(PY) tools/bench.py --json build/bench.json
 
 soak: $(STAMP)
 	CELLGUARD_SOAK=1 $(PY) -m pytest host_tests -m soak $(PYTEST_ARGS)
 
 emulator: $(STAMP)
-	$(PY) tools/run_or_explain.py tools/modem_emulator.py --dialect $(DIALECT)
+	$(VENV)/bin/cellguard emulator --dialect $(DIALECT)
 
 virtual-board: $(STAMP)
-	$(PY) tools/run_or_explain.py tools/virtual_board.py
+	$(VENV)/bin/cellguard virtual-board
 
 flash: $(STAMP)
 	$(PY) tools/flash.py --board $(BOARD) $(if $(PORT),--port $(PORT),) $(FLASH_ARGS)
 
 status: $(STAMP)
-	$(PY) tools/run_or_explain.py tools/status.py $(if $(PORT),--port $(PORT),) $(if $(JSON),--json,) $(ARGS)
+	$(VENV)/bin/cellguard status $(if $(PORT),--port $(PORT),) $(if $(JSON),--json,) $(ARGS)
 
 demo: $(STAMP)
-	$(PY) tools/run_or_explain.py tools/demo.py
+	$(VENV)/bin/cellguard demo
 
 bundle: $(STAMP)
-	$(PY) tools/bundle_libs.py $(if $(MPY),--mpy,)
+	$(VENV)/bin/cellguard bundle $(if $(MPY),--mpy,)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

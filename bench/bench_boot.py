@@ -10,8 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import image as image_tool
 from boot_kit import device_script, make_kit
+from cgdev import image as image_tool
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from harness import RuntimeFailed, micropython_cmd, micropython_env, run_micropython

@@ -6,7 +6,7 @@ SensorMonitor's cost on top of the bare Adafruit driver; the telemetry reading's
 import tempfile
 from pathlib import Path
 
-from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+from cgdev.bundle import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
 from harness import MP_SUPPORT, run_micropython
 
 CPY_SHIM = MP_SUPPORT / "cpy_shim"

@@ -11,10 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO
-
-sys.path.insert(0, str(REPO / "tools"))
-
 GOALS = {
     "flash.incremental_s": ("<=", 3.0),
     "console.status_json_ms": ("<=", 200.0),
@@ -25,7 +21,7 @@ def _flash(port: str, key: Path, *extra: str) -> float:
     t = time.perf_counter()
     proc = subprocess.run(
         # --no-provision: this measures copying; provisioning needs a modem and is timed nowhere here.
-        [sys.executable, str(REPO / "tools" / "flash.py"), "--port", port, "--service-key", str(key),
+        [sys.executable, "-m", "cgdev.flash", "--port", port, "--service-key", str(key),
          "--no-provision", *extra],
         capture_output=True, text=True, timeout=300,
     )
@@ -35,7 +31,7 @@ def _flash(port: str, key: Path, *extra: str) -> float:
 
 
 def _mpremote_copy(port: str) -> tuple[float, int]:
-    import flash
+    from cgdev import flash
     from mpremote.transport_serial import SerialTransport
 
     files = flash.firmware_files()
@@ -55,8 +51,8 @@ def _mpremote_copy(port: str) -> tuple[float, int]:
 
 
 def run() -> dict:
-    import status as status_tool
-    import virtual_board
+    from cgdev import status as status_tool
+    from cgsim import virtual_board
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

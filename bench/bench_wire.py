@@ -21,19 +21,14 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-for p in (REPO / "host_tests", REPO / "tools", REPO / "firmware" / "lib", REPO / "host_tests" / "mp_support"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
+from cgsim.udprelay import Relay  # noqa: E402
 from harness import micropython_cmd, micropython_env, run_micropython  # noqa: E402
-from udprelay import Relay  # noqa: E402
 
 REPORTS = 24
 READING = 32
@@ -71,7 +66,7 @@ print('OK')
 
 
 def measure_ours() -> tuple[int, int, int]:
-    from hub import HubServer
+    from cghub.server import HubServer
     from hubkit import make_hub
 
     with tempfile.TemporaryDirectory() as tmp:

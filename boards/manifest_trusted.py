@@ -5,6 +5,6 @@
 #     include("$(PORT_DIR)/boards/manifest.py")
 #     include("<path to this repo>/boards/manifest_trusted.py")
 #
-# Generate firmware/lib/cgboot/trusted_keys.py with `python tools/image.py trust ...` first.
+# Generate firmware/lib/cgboot/trusted_keys.py with `cellguard image trust ...` first.
 # See docs/boot.md, "Freezing the trusted part".
 package("cgboot", base_path="../firmware/lib", opt=3)  # noqa: F821  (manifest builtins)

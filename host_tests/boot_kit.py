@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import image as image_tool  # tools/image.py (conftest puts tools/ on sys.path)
+from cgdev import image as image_tool
 
 TRUSTED = ("ed_a", "ed_b", "ec")  # built into the boot part under test: two Ed25519 (rotation), one P-256
 KEY_TYPES = {"ed_a": "ed25519", "ed_b": "ed25519", "ec": "ecdsa-p256", "rogue": "ed25519"}

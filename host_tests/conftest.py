@@ -1,15 +1,12 @@
 """Fixtures shared by every test: which interpreter runs the firmware code, and the import paths."""
 
-import sys
 
 import harness
 import pytest
-from harness import CPYTHON_RT, FIRMWARE_LIB, MICROPYTHON, MICROPYTHON_RT, MP_SUPPORT, RUNTIMES, TOOLS
+from harness import CPYTHON_RT, MICROPYTHON, MICROPYTHON_RT, RUNTIMES
 
-# CPython-side tests import firmware modules and host tools directly.
-for _p in (FIRMWARE_LIB, MP_SUPPORT, TOOLS):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+# CPython-side tests import firmware modules (pyproject's pytest `pythonpath`) and the host packages
+# (installed into .venv, editable) by name.
 
 
 def pytest_report_header(config):

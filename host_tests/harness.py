@@ -17,7 +17,6 @@ REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware"
 FIRMWARE_LIB = FIRMWARE / "lib"
 MP_SUPPORT = REPO / "host_tests" / "mp_support"
-TOOLS = REPO / "tools"
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 
 # A microcontroller-sized heap: the RP2040 leaves about 190 KiB to MicroPython, an ESP32 without

@@ -6,8 +6,8 @@ import io
 import json
 from pathlib import Path
 
-import hub as hubmod
 from cellguard import crypto, message
+from cghub import server as hubmod
 
 ROOT = bytes(range(32))
 KEY_ID = 1_000_001

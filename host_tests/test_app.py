@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 import json
 
-import hub as hubmod
 import pytest
+from cghub import server as hubmod
 from modem_fixtures import Sim, emulated_modem
 from test_simlock import FACTORY_PIN, PDP_COMMANDS, Unit
 

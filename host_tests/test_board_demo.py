@@ -1,4 +1,4 @@
-"""`make demo` (tools/demo.py): every step happens or says why not; exit 0 only when all happened."""
+"""`make demo` (cellguard demo): every step happens or says why not; exit 0 only when all happened."""
 
 import pytest
 from vboard import run_tool

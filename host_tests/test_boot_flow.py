@@ -4,9 +4,9 @@ attempts, a watchdog reset or a reported crash), resumable downloads, and firmwa
 import json
 import shutil
 
-import image as image_tool
 import pytest
 from boot_kit import device_script, make_app, session_kit
+from cgdev import image as image_tool
 from harness import FIRMWARE, FIRMWARE_LIB, run_micropython
 
 # boot.py compiles cgboot and the console's modules from source onto the heap here; a board has

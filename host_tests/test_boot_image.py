@@ -1,13 +1,13 @@
-"""Images: tools/image.py (build, sign with imgtool, verify, info) and every rejection reason, on the
+"""Images: cellguard image (build, sign with imgtool, verify, info) and every rejection reason, on the
 device's verifier, while the previous image keeps running."""
 
 import json
 import struct
 
-import image as image_tool
 import pytest
 from boot_kit import device_script, session_kit
 from cgboot import image
+from cgdev import image as image_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -336,12 +336,11 @@ def test_cli_info_on_a_missing_or_foreign_file_says_so(tmp_path):
     import subprocess
     import sys
 
-    from harness import TOOLS
 
     junk = tmp_path / "junk.img"
     junk.write_bytes(b"not an image at all" * 10)
     for path, says in ((tmp_path / "missing.img", "No such file or directory"), (junk, "is not an image")):
-        proc = subprocess.run([sys.executable, str(TOOLS / "image.py"), "info", str(path)],
+        proc = subprocess.run([sys.executable, "-m", "cgdev.image", "info", str(path)],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 1, proc.stderr
         assert str(path) in proc.stderr and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -16,9 +16,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import image as image_tool
 import pytest
 from boot_kit import device_script, session_kit
+from cgdev import image as image_tool
 from harness import FIRMWARE, FIRMWARE_LIB, micropython_cmd, micropython_env
 
 pytestmark = pytest.mark.timeout(300)
@@ -64,7 +64,7 @@ def kit(tmp_path_factory):
 
 
 def _app_image(kit, out: Path, version: str, patches: dict[str, str] | None = None) -> Path:
-    # The real application, staged and signed as tools/image.py release does, optionally patched.
+    # The real application, staged and signed as cellguard image release does, optionally patched.
     with tempfile.TemporaryDirectory() as tmp:
         app = image_tool.stage_application(Path(tmp) / "app")
         for rel, text in (patches or {}).items():

@@ -212,7 +212,7 @@ def test_main_py_reports_circuitpython(runtime, tmp_path):
 def test_sha256_without_builtin_hashlib_uses_bundled_adafruit_hashlib(runtime, tmp_path):
     # Ports built without hashlib (an RP2040 without Wi-Fi): the pinned adafruit_hashlib, bundled.
     # Compiled to .mpy, as an image carries it: from .py source its compile needs more than 128 KiB.
-    from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+    from cgdev.bundle import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
 
     lib = tmp_path / "lib"
     bundle(lib, read_names(DEVICE_LIBS), read_pins(REQUIREMENTS), mpy=runtime.name == "micropython")
@@ -230,7 +230,7 @@ def test_sha256_without_builtin_hashlib_uses_bundled_adafruit_hashlib(runtime, t
 
 def test_verify_files_against_manifest(runtime, tmp_path):
     # CircuitPython cannot mount a verified image from a buffer: files are checked before import.
-    from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+    from cgdev.bundle import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
 
     lib = tmp_path / "lib"
     manifest = bundle(lib, read_names(DEVICE_LIBS), read_pins(REQUIREMENTS))
@@ -303,7 +303,7 @@ def cpy_flash(tmp_path_factory):
     """What tools/flash.py writes to a CircuitPython unit (development: it trusts its signing key)."""
     import argparse
 
-    import flash
+    from cgdev import flash
 
     tmp = tmp_path_factory.mktemp("cpy-flash")
     args = argparse.Namespace(signing_key=tmp / "dev.pem", production=False, trust_signing_key=False)

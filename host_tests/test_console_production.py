@@ -69,7 +69,7 @@ def test_unauthenticated_service_commands_are_refused_and_logged(locked, tmp_pat
     board, _key = locked
     with serial.Serial(board.port, timeout=3) as s:
         s.write(b"\rservice wipe\r")
-        refusal = s.read_until(b"challenge (tools/status.py --service wipe)\r\n" + PROMPT)
+        refusal = s.read_until(b"challenge (cellguard status --service wipe)\r\n" + PROMPT)
         s.write(b"service open-repl " + b"ab" * 32 + b"\r")
         refusal += s.read_until(b"first)\r\n" + PROMPT)
     assert b"service wipe refused" in refusal and b"service open-repl refused" in refusal
@@ -95,7 +95,7 @@ def test_service_wipe_with_the_master_key(locked):
 
 
 def test_no_command_ever_prints_a_key(locked, tmp_path):
-    import status as status_tool
+    from cgdev import status as status_tool
 
     board, key = locked
     master = key.read_text().strip()

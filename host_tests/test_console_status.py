@@ -1,4 +1,4 @@
-"""tools/status.py against the virtual board: what it prints matches the device's own state."""
+"""cellguard status against the virtual board: what it prints matches the device's own state."""
 
 import json
 import os
@@ -61,7 +61,7 @@ def test_silent_device_is_a_clear_message():
 
 
 def test_status_shows_the_emulated_modem_masked(tmp_path):
-    import modem_emulator
+    from cgsim import emulator as modem_emulator
 
     emu_sim = modem_emulator.Sim()
     imei = "350457790123458"  # the emulator's default IMEI

@@ -241,7 +241,7 @@ def _line(case) -> str:
 
 
 def test_micropython_crypto_equals_cryptography_on_hypothesis_cases(mp, tmp_path):
-    import hubproto as hp
+    from cghub import proto as hp
 
     prims = _collect(_CCM, 110) + _collect(_HMAC, 50) + _collect(_HKDF, 40)
     dgrams = _collect(_DATAGRAM, 40)

@@ -1,14 +1,14 @@
-"""Downlink commands end to end: the hub (tools/hub.py on a real UDP port) queues a command, the
+"""Downlink commands end to end: the hub (cellguard hub on a real UDP port) queues a command, the
 firmware on the MicroPython unix port receives it over real UDP, and the command runs exactly once
 and reaches the hub's 'done' state -- across the reboot a REBOOT causes.
 """
 
 from __future__ import annotations
 
-import hubproto as hp
 import pytest
+from cghub import proto as hp
+from cghub.server import HubServer
 from harness import run_micropython
-from hub import HubServer
 from hubkit import KEY_ID, ROOT, make_hub
 
 pytestmark = pytest.mark.timeout(120)

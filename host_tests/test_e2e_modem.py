@@ -12,12 +12,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+from cghub.server import HubServer
+from cgsim.udprelay import Faults, Relay
 from harness import run_micropython
-from hub import HubServer
 from hubkit import make_hub
 from modem_fixtures import driver_script, emulated_modem
 from test_e2e_udp import check_cuts_hit, check_exactly_once, device_script
-from udprelay import Faults, Relay
 
 MODEM_SOCK = """
 attach()

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 
-import hubproto as hp
 import pytest
+from cghub import proto as hp
+from cgsim.udprelay import Faults, Relay
 from harness import run_micropython
 from hubkit import KEY_ID, ROOT, lines, make_hub
-from udprelay import Faults, Relay
 
 # The device's application loop: readings into the outbox, power cuts of its littlefs, a reboot
 # after each. Each cut is aimed at one kind of flash write (TARGETS, in turn): the write wrappers
@@ -182,7 +182,7 @@ def test_lossy_link_no_power_cuts(tmp_path, mode):
     hub = make_hub(tmp_path)
     hub.store.queue_command(KEY_ID, hp.config_record(1, 900))
     faults = Faults(loss=0.3, duplicate=0.15, reorder=0.15)
-    from hub import HubServer
+    from cghub.server import HubServer
 
     with HubServer(hub) as server, Relay(server.port, faults, seed=mode + 7) as relay:
         out = run_device(relay.port, 30, 0, seed=3, mode=mode)
@@ -196,7 +196,7 @@ def test_lossy_link_no_power_cuts(tmp_path, mode):
 def test_lossy_link_with_power_cuts(tmp_path, seed):
     hub = make_hub(tmp_path)
     faults = Faults(loss=0.3, duplicate=0.1, reorder=0.1)
-    from hub import HubServer
+    from cghub.server import HubServer
 
     with HubServer(hub) as server, Relay(server.port, faults, seed=seed) as relay:
         out = run_device(relay.port, 30, 12, seed=seed)
@@ -215,7 +215,7 @@ def test_lossy_link_with_power_cuts_soak(tmp_path, seed):
 
 def test_hub_log_is_json_lines(tmp_path):
     hub = make_hub(tmp_path)
-    from hub import HubServer
+    from cghub.server import HubServer
 
     with HubServer(hub) as server, Relay(server.port) as relay:
         run_device(relay.port, 3, 0, seed=1)

@@ -43,13 +43,13 @@ print('PARTS', runtime.NAME, profile.name, profile.dialect, type(engine._stream)
 
 @pytest.mark.timeout(180)
 def test_feather_profile_reports_to_the_hub_through_the_circuitpython_paths(tmp_path):
-    import hub as hubmod
+    from cghub import server as hubmod
 
     profile = json.loads(FEATHER.read_text())
     assert profile["runtime"]["name"] == "circuitpython" and profile["modem"]["dialect"] == "nrf91"
     unit = Unit(tmp_path)
     sim = fresh_sim()
-    with emulated_modem("nrf91", sim=sim) as emu:  # the factory's provisioning (tools/provision.py's flow)
+    with emulated_modem("nrf91", sim=sim) as emu:  # the factory's provisioning (cellguard provision's flow)
         unit.provision(emu, device_id="feather-1")
     sim.unlocked = False  # power cycle
     hub = hubmod.Hub(hubmod.HubStore(unit.hub_db), io.StringIO())

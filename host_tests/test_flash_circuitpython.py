@@ -2,8 +2,8 @@
 (over real mpremote to the virtual board), a drive still read-only to code is refused with the fix,
 and the reset after flashing is a hard one (CircuitPython runs boot.py only after a hard reset)."""
 
-import flash  # tools/flash.py (conftest puts tools/ on the path)
 import pytest
+from cgdev import flash
 from vboard import Board
 
 pytestmark = pytest.mark.timeout(120)

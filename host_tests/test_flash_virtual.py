@@ -45,7 +45,7 @@ def test_flash_copies_every_firmware_module(board, tmp_path):
     listing = board.mpremote("fs", "ls", ":lib/cellguard").stdout
     for mod in FIRMWARE_LIB.joinpath("cellguard").glob("*.py"):
         assert mod.name in listing
-    # ... and the pinned drivers they import (tools/bundle_libs.py), compiled for MicroPython
+    # ... and the pinned drivers they import (cellguard bundle), compiled for MicroPython
     assert "adafruit_sht4x.mpy" in board.mpremote("fs", "ls", ":lib").stdout
     assert "i2c_device.mpy" in board.mpremote("fs", "ls", ":lib/adafruit_bus_device").stdout
 
@@ -97,7 +97,7 @@ def test_no_port_flashes_the_virtual_board(tmp_path):
 
 
 def test_slot_a_gets_the_signed_image_when_the_bootloader_is_in_the_tree(board, tmp_path):
-    import flash as flash_tool
+    from cgdev import flash as flash_tool
 
     key = tmp_path / "k"
     signing = ("--signing-key", str(tmp_path / "dev-signing.pem"))
@@ -109,7 +109,7 @@ def test_slot_a_gets_the_signed_image_when_the_bootloader_is_in_the_tree(board, 
         return
     assert step4.startswith("slot a: cellguard")
     # What flash.py installed is an image imgtool itself accepts (read back from the device).
-    import image as image_tool
+    from cgdev import image as image_tool
 
     board.mpremote("fs", "cp", ":slots/a.img", str(tmp_path / "installed.img"))
     assert "Image was correctly validated" in image_tool.imgtool_verify(tmp_path / "dev-signing.pem",
@@ -163,7 +163,7 @@ def test_flash_forwards_the_provisioning_options(board, tmp_path):
 def test_flash_never_puts_the_apn_password_on_a_command_line(monkeypatch, tmp_path):
     import argparse
 
-    import flash as flash_tool
+    from cgdev import flash as flash_tool
 
     seen = {}
 
@@ -187,7 +187,7 @@ def test_flash_never_puts_the_apn_password_on_a_command_line(monkeypatch, tmp_pa
 def test_flash_never_puts_the_factory_pin_on_a_command_line(monkeypatch, tmp_path):
     import argparse
 
-    import flash as flash_tool
+    from cgdev import flash as flash_tool
 
     seen = {}
 

@@ -2,10 +2,10 @@
 
 import socket
 
-import hub as hubmod
-import hubproto as hp
 import pytest
 from cellguard import downlink, message, wire
+from cghub import proto as hp
+from cghub import server as hubmod
 from hubkit import KEY_ID, device_channel, lines, make_hub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -189,11 +189,10 @@ def test_cli_help_runs_as_a_program():
     import subprocess
     import sys
 
-    from harness import TOOLS
 
     for args in (["--help"], ["queue", "--db", "x", "--key-id", "1", "--help"]):
         proc = subprocess.run(
-            [sys.executable, str(TOOLS / "hub.py"), *args], capture_output=True, text=True, timeout=30
+            [sys.executable, "-m", "cghub.server", *args], capture_output=True, text=True, timeout=30
         )
         assert proc.returncode == 0, proc.stderr
         assert "usage:" in proc.stdout

@@ -6,7 +6,7 @@ import os
 import struct
 
 import pytest
-from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+from cgdev.bundle import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
 from harness import MP_SUPPORT
 from hubkit import KEY_ID, ROOT, lines, make_hub
 
@@ -60,7 +60,7 @@ def app_lib(tmp_path_factory):
 
 @pytest.mark.parametrize("path", ["micropython", "circuitpython"])
 def test_readings_and_tamper_reach_the_hub(runtime, path, app_lib, tmp_path):
-    from hub import HubServer
+    from cghub.server import HubServer
 
     hub = make_hub(tmp_path)
     fs = tmp_path / "fs"
@@ -168,7 +168,7 @@ def test_app_polls_the_profiles_sensor_and_tamper_switch(tmp_path, mpy_lib, wipe
     import io
     import json
 
-    import hub as hubmod
+    from cghub import server as hubmod
     from modem_fixtures import emulated_modem
     from test_app import fresh_sim
     from test_simlock import Unit

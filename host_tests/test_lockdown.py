@@ -1,4 +1,4 @@
-"""The boot part's lockdown (cgboot.lockdown) and what a technician's tools/status.py makes of it:
+"""The boot part's lockdown (cgboot.lockdown) and what a technician's cellguard status makes of it:
 a locked unit with nothing verified never runs /lib, answers every line with its reason, and the
 status tool says "the unit is in lockdown: <reason>" (exit 6). Runs on the MicroPython unix port
 and CPython; the CircuitPython stdio through the test shim."""
@@ -106,12 +106,11 @@ def test_circuitpython_lockdown_uses_the_data_cdc_or_supervisor_not_select(runti
 
 
 def test_status_tool_says_the_unit_is_in_lockdown(tmp_path):
-    # tools/status.py against a pty whose other end is a real lockdown (MicroPython unix port).
+    # cellguard status against a pty whose other end is a real lockdown (MicroPython unix port).
     import pty
     import tty
 
-    sys.path.insert(0, str(FIRMWARE.parent / "tools"))
-    import status as status_tool
+    from cgdev import status as status_tool
 
     master, slave = pty.openpty()
     tty.setraw(slave)

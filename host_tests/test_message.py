@@ -180,7 +180,7 @@ for kid in (None, 7, 70000, 1000001, 2**32 - 1):
 def test_firmware_datagrams_equal_the_hub_implementation(runtime):
     # Byte-for-byte equality with hubproto (written from docs/protocol.md over `cryptography`), on
     # the native (viper) path and the pure-Python path, for every header length.
-    import hubproto as hp
+    from cghub import proto as hp
 
     got = runtime.run(INTEROP).split()
     want = []

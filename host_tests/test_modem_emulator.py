@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tty
+from pathlib import Path
 
 import pytest
 from harness import REPO
@@ -27,14 +28,7 @@ def chat(fd, cmd: bytes, until: bytes = b"OK\r\n", timeout=5.0) -> bytes:
 @pytest.mark.parametrize("dialect", ["nrf91", "sara-r4"])
 def test_standalone_emulator_prints_its_pty_and_answers(dialect):
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "tools" / "run_or_explain.py"),
-            "tools/modem_emulator.py",
-            "--dialect",
-            dialect,
-            "--zero-delays",
-        ],
+        [str(Path(sys.executable).parent / "cellguard"), "emulator", "--dialect", dialect, "--zero-delays"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

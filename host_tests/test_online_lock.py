@@ -13,8 +13,8 @@ import io
 import threading
 import time
 
-import hub as hubmod
 import pytest
+from cghub import server as hubmod
 from modem_fixtures import Sim, emulated_modem
 from test_app import accepted, fresh_sim, run_app
 from test_simlock import PDP_COMMANDS, Unit
@@ -232,7 +232,7 @@ def test_readings_are_stored_while_the_modem_is_dead_and_delivered_once_it_answe
 
 def test_the_hubs_mode_survives_a_reattach(unit, hub_server):
     """CONFIG 3 (mode: sign) from the hub holds through a modem restart and the re-attach after it."""
-    import hubproto
+    from cghub import proto as hubproto
 
     hub, server = hub_server
     sim = fresh_sim()

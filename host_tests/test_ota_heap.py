@@ -60,7 +60,7 @@ except MemoryError:
 
 def boot_part(tmp_path):
     """The boot part compiled to .mpy, as a board holds it (not compiled on the heap at import)."""
-    import image as image_tool
+    from cgdev import image as image_tool
 
     lib = tmp_path / "lib"
     if not lib.exists():

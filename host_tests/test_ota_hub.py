@@ -1,15 +1,15 @@
-"""Over the air through the hub: `tools/hub.py publish` offers a signed image; the device's session
+"""Over the air through the hub: `cellguard hub publish` offers a signed image; the device's session
 asks for chunks over the secured channel, writes the inactive slot, verifies, marks it for test, and
 the next boot trial-boots it. A power cut mid-download resumes from what reached the flash."""
 
-import hub as hubmod
-import hub_updates
-import image as image_tool
 import pytest
 from boot_kit import session_kit
 from cellguard import downlink, message
 from cellguard.ota import OtaSession, chunk_request_payload
 from cgboot import image, loader, slots, update
+from cgdev import image as image_tool
+from cghub import server as hubmod
+from cghub import updates as hub_updates
 from hubkit import KEY_ID, device_channel, make_hub
 
 
@@ -141,8 +141,8 @@ def test_publish_over_udp_to_a_micropython_device(kit, tmp_path):
     # The whole path on the real interpreter: hub publishes v2; the device (MicroPython, littlefs)
     # receives the offer in a command datagram, fetches every chunk with CHUNK REQ over UDP,
     # verifies, marks for test and reboots into the trial of v2.
+    from cghub.server import HubServer
     from harness import run_micropython
-    from hub import HubServer
     from hubkit import ROOT
 
     hub = make_hub(tmp_path)

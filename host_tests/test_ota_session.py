@@ -99,9 +99,9 @@ class FakeStatus:
 
 def test_update_events_reach_the_status_registry(kit, tmp_path, monkeypatch):
     # CPython, a folder as the filesystem: what the update did, for the console.
-    import image as image_tool
     from cellguard import ota
     from cgboot import image, loader, update
+    from cgdev import image as image_tool
 
     fake = FakeStatus()
     monkeypatch.setattr(ota, "_status", fake)
@@ -155,9 +155,9 @@ def test_app_glue_resumes_an_interrupted_download_once_online(kit, tmp_path):
     # first poll() once online asks for the first missing chunk; the hub's chunks then finish it.
     import hashlib
 
-    import image as image_tool
     from cellguard import ota, updates
     from cgboot import image, loader, update
+    from cgdev import image as image_tool
 
     fs = tmp_path / "fs"
     image_tool.install(kit.images["v1"], fs)

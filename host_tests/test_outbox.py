@@ -1,6 +1,6 @@
 """The outbox and keys on their own: full policy, byte budget, reboots, in-flight bounds, commands."""
 
-import hubproto as hp
+from cghub import proto as hp
 from hubkit import ROOT
 
 SETUP = """

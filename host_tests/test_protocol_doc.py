@@ -1,12 +1,12 @@
 """docs/protocol.md section 11: the worked example's hex is recomputed here, with the hub's
-implementation (tools/hubproto.py over `cryptography`) and with the firmware on both runtimes, so the
+implementation (cghub.proto over `cryptography`) and with the firmware on both runtimes, so the
 document cannot drift from the code."""
 
 from __future__ import annotations
 
 import re
 
-import hubproto as hp
+from cghub import proto as hp
 from harness import REPO
 
 DOC = REPO / "docs" / "protocol.md"

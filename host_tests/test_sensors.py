@@ -5,7 +5,7 @@ from the shim), each on the unix port and CPython; every sensor fault gives its 
 import json
 
 import pytest
-from bundle_libs import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
+from cgdev.bundle import DEVICE_LIBS, REQUIREMENTS, bundle, read_names, read_pins
 from harness import MP_SUPPORT
 
 CPY_SHIM = MP_SUPPORT / "cpy_shim"
@@ -29,7 +29,7 @@ def test_bundle_holds_the_pinned_libraries(app_lib):
 
 
 def test_bundle_refuses_a_version_that_is_not_the_pin(tmp_path):
-    from bundle_libs import BundleError
+    from cgdev.bundle import BundleError
 
     with pytest.raises(BundleError, match="pinned"):
         bundle(tmp_path / "lib", ["adafruit-circuitpython-sht4x"], {"adafruit-circuitpython-sht4x": "0.0.1"})
@@ -214,7 +214,7 @@ def test_board_profile_builds_the_sensor(runtime, path, app_lib):
 
 
 def test_missing_driver_is_absent_with_a_reason(runtime):
-    # No bundle on the path: the image was built without tools/bundle_libs.py.
+    # No bundle on the path: the image was built without cellguard bundle.
     out = runtime.run(
         "import sys\nif sys.implementation.name == 'cpython':\n sys.modules['adafruit_sht4x'] = None  # in the venv\n"
         "import i2cemu, sht4xemu\nfrom cellguard import events, sensors\nfrom cellguard.i2cbus import LockedI2C\n"
@@ -242,8 +242,8 @@ def test_unopenable_bus_is_absent_not_a_crash(mp):
 @pytest.mark.timeout(240)
 def test_release_image_carries_the_device_libraries(tmp_path, mp):
     # The signed application image (what slot a holds) mounts with the drivers inside it.
-    import image
     from cgboot import image as cgimage
+    from cgdev import image
 
     key = image.keygen(tmp_path / "dev.pem")
     img = image.release(key, "9.9.9", tmp_path / "app.img", march="x64")
@@ -268,7 +268,7 @@ def test_release_image_carries_the_device_libraries(tmp_path, mp):
 
 
 def test_flash_sends_the_device_libraries_for_the_runtime():
-    import flash
+    from cgdev import flash
 
     mp_files = flash.device_lib_files("micropython")
     assert {"lib/adafruit_sht4x.mpy", "lib/adafruit_bus_device/i2c_device.mpy", "lib/BUNDLE.json"} <= set(mp_files)

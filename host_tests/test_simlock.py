@@ -12,8 +12,8 @@ import dataclasses
 import json
 import sqlite3
 
-import provision as prov
 import pytest
+from cgdev import provision as prov
 from harness import run_micropython
 from modem_fixtures import DIALECTS, Sim, driver_script, emulated_modem
 

@@ -6,14 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import REPO, TOOLS
-
-if str(TOOLS) not in sys.path:
-    sys.path.insert(0, str(TOOLS))
-
-import virtual_board  # noqa: E402
+from cgsim import virtual_board
+from harness import REPO
 
 MPREMOTE = Path(sys.executable).parent / "mpremote"
+CELLGUARD = Path(sys.executable).parent / "cellguard"  # the installed command line, as a person runs it
 
 
 class Board:
@@ -46,9 +43,9 @@ class Board:
 
 
 def run_tool(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run tools/<name>.py as a person would (its own process, its exit code, its output)."""
+    """Run `cellguard <name>` as a person would (its own process, its exit code, its output)."""
     return subprocess.run(
-        [sys.executable, str(TOOLS / f"{name}.py"), *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [str(CELLGUARD), name, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
 
 

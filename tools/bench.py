@@ -4,6 +4,9 @@ Each bench module has `run() -> dict[str, number]`: figure name -> value, where 
 has an anchor is measured beside it in the same run and reported as a ratio too. A module may also
 have `GOALS = {name: (op, bound)}` (op is "<=" or ">=" or "=="); the table marks each figure
 that meets or misses its goal. A module that fails is reported, and the run exits non-zero.
+
+The bench modules use the test harness (host_tests) and firmware modules under CPython: `make bench`
+puts host_tests, host_tests/mp_support and firmware/lib on PYTHONPATH for them.
 """
 
 from __future__ import annotations
@@ -40,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "build" / "bench.json")
     parser.add_argument("only", nargs="*", help="run only bench modules whose name contains this")
     args = parser.parse_args(argv)
-    for p in (REPO / "host_tests", REPO / "tools", REPO / "firmware" / "lib"):
-        sys.path.insert(0, str(p))
 
     results: dict[str, object] = {}
     goals: dict[str, tuple[str, float]] = {}

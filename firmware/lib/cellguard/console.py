@@ -4,7 +4,7 @@
 # Service actions (`open-repl`, `reprovision`, `wipe`) need a challenge-response bound to this
 # device: `service challenge` prints the device id and a fresh random nonce; the host answers with
 # HMAC-SHA-256 over (device id, nonce, action) keyed with this device's service key, which the host
-# derives from a service master secret that never leaves the host (tools/status.py --service). A
+# derives from a service master secret that never leaves the host (cellguard status --service). A
 # nonce is single-use and expires; every refused attempt is logged. Garbled input gets a clear error
 # and the console keeps running; in production nothing typed reaches the Python REPL.
 import json
@@ -251,7 +251,7 @@ class Console:
             status.log("service %s refused: not authenticated" % action, error=True)
             self.auth._nonce = None
             raise ConsoleError("service %s refused: it needs the response to a fresh challenge "
-                               "(tools/status.py --service %s)" % (action, action))
+                               "(cellguard status --service %s)" % (action, action))
         try:
             self.auth.check(action, args[1])
         except ConsoleError as e:
@@ -264,7 +264,7 @@ class Console:
             return None
         if action == "reprovision":
             _mark_reprovision()
-            self.write("service reprovision: REPL open for tools/provision.py --force\n")
+            self.write("service reprovision: REPL open for cellguard provision --force\n")
         else:
             self.write("service open-repl: REPL open until the next reset\n")
         return "repl"
@@ -274,7 +274,7 @@ _HELP = """commands:
   status            the device's state (status --json for scripts)
   version           firmware version and slot
   log               recent events and errors
-  service challenge start a service action (tools/status.py --service ...)
+  service challenge start a service action (cellguard status --service ...)
 """
 
 

@@ -16,7 +16,7 @@ def sht4x_opener(i2c, address=0x44, mode=None):
     """A factory for SensorMonitor: the Adafruit SHT4x driver on `i2c` (busio.I2C or LockedI2C)."""
 
     def open_sht4x():
-        import adafruit_sht4x  # bundled from the pinned requirements (tools/bundle_libs.py)
+        import adafruit_sht4x  # bundled from the pinned requirements (cellguard bundle)
 
         sensor = adafruit_sht4x.SHT4x(i2c, address)  # probes the address, then soft-resets
         if mode is not None:
@@ -63,7 +63,7 @@ class SensorMonitor:
             try:
                 self._sensor = self._open()
             except ImportError as e:
-                # The driver is not in the image (tools/bundle_libs.py did not run): a fault to
+                # The driver is not in the image (cellguard bundle did not run): a fault to
                 # report, not a crash, and not to be mistaken for an unplugged sensor.
                 self.reason = "driver missing: %s" % (e,)
                 return None, ABSENT

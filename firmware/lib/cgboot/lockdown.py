@@ -8,7 +8,7 @@
 # image stays refused and the unit keeps holding the port). There is no service action here: a unit
 # that cannot boot a signed image is re-flashed with its runtime (docs/boot.md, "Lockdown").
 #
-# Every refusal carries the reason (REFUSAL below), so a technician's tools/status.py can say "the
+# Every refusal carries the reason (REFUSAL below), so a technician's cellguard status can say "the
 # unit is in lockdown: <reason>" instead of "does not answer". Reasons are the boot part's own
 # words or an exception's repr, cut to REASON_MAX characters; no key or identifier is ever in one.
 import sys
@@ -17,7 +17,7 @@ CONSOLE_FILE = "state/console.json"
 RETRY_S = 300
 _POLL_MS = 200
 REASON_MAX = 100
-# One line per refusal; tools/status.py matches it (LOCKDOWN_RE there). It ends as the old burst
+# One line per refusal; cellguard status matches it (LOCKDOWN_RE there). It ends as the old burst
 # answer did, so a reader that waits for "(console locked)" still finds it.
 REFUSAL = "lockdown (%s): error: input ignored (console locked)\n"
 

@@ -18,7 +18,7 @@ except ImportError:
         return x
 
 
-DEFAULT_SLOT_SIZE = const(128 * 1024)  # keep equal to tools/image.py DEFAULT_SLOT_SIZE
+DEFAULT_SLOT_SIZE = const(128 * 1024)  # keep equal to cellguard image DEFAULT_SLOT_SIZE
 DEFAULT_MAX_ATTEMPTS = const(3)
 
 # Modes (docs/boot.md has the table).

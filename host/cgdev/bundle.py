@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
 DEVICE_LIBS = REPO / "firmware" / "device-libs.txt"
 REQUIREMENTS = REPO / "requirements-dev.txt"
 DEFAULT_OUT = REPO / "build" / "app" / "lib"

@@ -1,4 +1,4 @@
-# The virtual board's "chip": runs on the REAL MicroPython unix port, driven by tools/virtual_board.py.
+# The virtual board's "chip": runs on the REAL MicroPython unix port, driven by cgsim.virtual_board.
 #
 # The unix port has no raw REPL, so the CPython front end speaks the serial protocols (friendly REPL,
 # raw REPL, raw paste) on the pty and hands this process only what a board's VM would run:

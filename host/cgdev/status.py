@@ -1,9 +1,9 @@
 """Read a cellguard device's status over its serial console (pyserial), for a person or a script.
 
-    python tools/status.py --port /dev/ttyACM0            the status page a technician reads
-    python tools/status.py --port /dev/ttyACM0 --json     the same as JSON, for scripts
-    python tools/status.py --port P --command log         any read-only console command
-    python tools/status.py --port P --service open-repl   a service action (challenge-response)
+    cellguard status --port /dev/ttyACM0            the status page a technician reads
+    cellguard status --port /dev/ttyACM0 --json     the same as JSON, for scripts
+    cellguard status --port P --command log         any read-only console command
+    cellguard status --port P --service open-repl   a service action (challenge-response)
 
 Without --port it reads the virtual board that `make flash` started. Exit codes: 0 ok, 2 the port
 cannot be opened, 3 the device does not answer, 4 the device refused (e.g. a service action),
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import serial
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
 PROMPT = b"cellguard> "
 REPL_PROMPT = b">>> "
 DEFAULT_MASTER_KEY = REPO / "build" / "service" / "master.key"

@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
+REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
 
-import status as status_tool  # noqa: E402
-import virtual_board  # noqa: E402
+from cgsim import virtual_board  # noqa: E402
+
+from cgdev import status as status_tool  # noqa: E402
 
 DEMO_DIR = REPO / "build" / "demo"
 
@@ -41,8 +41,8 @@ class Demo:
 
     # -- steps --------------------------------------------------------------------------------
     def start_hub(self) -> None:
-        import hub as hubmod
-        import hub_updates
+        from cghub import server as hubmod
+        from cghub import updates as hub_updates
 
         store = hubmod.HubStore(self.workdir / "hub.sqlite")
         self.hub = hubmod.Hub(store, out=open(self.workdir / "messages.jsonl", "a", buffering=1))
@@ -58,7 +58,7 @@ class Demo:
 
     def flash(self) -> None:
         proc = subprocess.run(
-            [sys.executable, str(REPO / "tools" / "flash.py"), "--port", self.port,
+            [sys.executable, "-m", "cgdev.flash", "--port", self.port,
              "--service-key", str(self.workdir / "service-master.key"),
              "--signing-key", str(self.signing_key), "--hub-db", str(self.workdir / "hub.sqlite"),
              "--hub", f"127.0.0.1:{self.server.port}", "--report-interval", "2"],
@@ -98,7 +98,7 @@ class Demo:
         lock = snap.get("sim", {}).get("state")
         if lock != "OK":
             raise RuntimeError(f"SIM lock says {lock}")
-        import hubproto
+        from cghub import proto as hubproto
 
         # The unit's daily uplink budget (4 KiB by default) is sized for one reading an hour; this
         # demo reports every 2 s and downloads an image, so the hub raises it, as an operator would
@@ -112,7 +112,7 @@ class Demo:
             return sum(1 for m in self.accepted() if m["type"] == "reading" and m["mode"] == mode)
 
         self.wait_for("encrypted readings", lambda: count("encrypt") >= 2)
-        import hubproto
+        from cghub import proto as hubproto
 
         self.hub.store.queue_command(self.key_id, hubproto.config_record(3, 0))  # CONFIG mode: sign
         self.wait_for("signed readings", lambda: count("sign") >= 2)
@@ -121,8 +121,9 @@ class Demo:
                     f"rejected {sum(v for k, v in self.hub.counters.items() if k.startswith('rejected'))}")
 
     def update(self) -> None:
-        import hub_updates
-        import image
+        from cghub import updates as hub_updates
+
+        from cgdev import image
 
         img = image.release(self.signing_key, "0.2.0", self.workdir / "update-0.2.0.img", march="x64")
         offered = hub_updates.publish(self.hub.store, img.read_bytes(), [self.key_id])

@@ -5,8 +5,8 @@ The steps that touch the SIM and modem run ON THE DEVICE, through the firmware's
 exists on the host. The host creates the root key, registers it with the hub's key store, hands it
 to the device once, and forgets it. Nothing secret is printed or logged.
 
-    python tools/provision.py --hub-db hub.sqlite --device /dev/ttyACM0         # a board (mpremote)
-    python tools/provision.py --hub-db hub.sqlite --modem /dev/pts/5 --dialect bg96 --fs ./unit
+    cellguard provision --hub-db hub.sqlite --device /dev/ttyACM0         # a board (mpremote)
+    cellguard provision --hub-db hub.sqlite --modem /dev/pts/5 --dialect bg96 --fs ./unit
                                               # the firmware on the MicroPython unix port, against a
                                               # modem on a serial port / the emulated modem's pty
 """
@@ -24,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tools"))
+REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
 
 log = logging.getLogger("cellguard.provision")
 
@@ -149,7 +148,7 @@ def parse_result(output: str) -> dict:
 
 def next_key_id(db_path: str | Path) -> int:
     """Key ids are never reused: one more than the highest the hub has ever registered."""
-    from hub import HubStore
+    from cghub.server import HubStore
 
     store = HubStore(db_path)
     try:
@@ -168,7 +167,7 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
 
     Returns the unit's public record (device id, key id, IMEI, ICCID, IMSI, lock outcome).
     """
-    from hub import HubStore
+    from cghub.server import HubStore
 
     state = parse_result(run_on_device(QUERY_SCRIPT % {"marker": RESULT}))
     if state["provisioned"] and not req.reprovision:

@@ -2,7 +2,7 @@
 
 Standalone (`make emulator DIALECT=bg96`):
 
-    python tools/modem_emulator.py --dialect bg96      # prints the pty path; Ctrl-C to stop
+    cellguard emulator --dialect bg96      # prints the pty path; Ctrl-C to stop
 
 As a library (tests run it in a thread of the test process and drive it directly):
 

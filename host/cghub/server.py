@@ -1,10 +1,10 @@
 """cellguard hub: receives the devices' datagrams over UDP, verifies, acknowledges, delivers commands.
 
-    python tools/hub.py serve --db hub.sqlite --port 5683 --out messages.jsonl
-    python tools/hub.py register-device --db hub.sqlite --key-id 1001 --device-id dev-1 --root-key-hex ...
-    python tools/hub.py queue --db hub.sqlite --key-id 1001 reboot
-    python tools/hub.py publish --db hub.sqlite --image app.img --key-id 1001   # or --all: OTA update
-    python tools/hub.py stats --db hub.sqlite
+    cellguard hub serve --db hub.sqlite --port 5683 --out messages.jsonl
+    cellguard hub register-device --db hub.sqlite --key-id 1001 --device-id dev-1 --root-key-hex ...
+    cellguard hub queue --db hub.sqlite --key-id 1001 reboot
+    cellguard hub publish --db hub.sqlite --image app.img --key-id 1001   # or --all: OTA update
+    cellguard hub stats --db hub.sqlite
 
 Every accepted message is written as one JSON line; every rejection is logged with its reason and
 counted. Per-key state (replay window, downlink sequence, failed verifications, pending commands)
@@ -28,9 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import hub_updates  # noqa: E402
-import hubproto as hp  # noqa: E402
+from cghub import proto as hp  # noqa: E402
+from cghub import updates as hub_updates  # noqa: E402
 
 log = logging.getLogger("cellguard.hub")
 

@@ -44,7 +44,7 @@ def ensure_schema(db: sqlite3.Connection) -> None:
 
 def publish(store, image: bytes, key_ids: list[int] | None = None, chunk: int = 256) -> list[int]:
     """Offer `image` to `key_ids` (None: every live, unsuspended device). Returns the key ids offered."""
-    import hubproto as hp
+    from cghub import proto as hp
 
     version = image_version(image)
     digest = hashlib.sha256(image).digest()

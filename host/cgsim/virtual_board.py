@@ -3,7 +3,7 @@
 mpremote (and a person with a terminal) talk to it exactly as to a Pico W: the friendly REPL, the raw
 REPL (Ctrl-A, `raw REPL; CTRL-B to exit`, `OK` + output + Ctrl-D + error + Ctrl-D + `>`), raw paste
 (Ctrl-E A Ctrl-A with window flow control), Ctrl-B, Ctrl-C, Ctrl-D soft reset. The code runs on the
-REAL MicroPython unix port (tools/vboard/device.py), whose filesystem is littlefs in an image file
+REAL MicroPython unix port (cgsim/vboard_device.py), whose filesystem is littlefs in an image file
 that persists between runs. A soft reset restarts that VM and runs boot.py (and main.py when the
 reset came from the friendly REPL), as a board does.
 
@@ -11,7 +11,7 @@ While the board runs code (main.py, or an `exec`), what arrives on the pty is th
 except Ctrl-C, which interrupts it unless the firmware called micropython.kbd_intr(-1): then Ctrl-C
 is an ordinary byte too, as on a board. That is what makes the production console lock testable.
 
-    python tools/virtual_board.py [--image build/virtual-board/flash.img] [--modem-port /dev/pts/N]
+    cellguard virtual-board [--image build/virtual-board/flash.img] [--modem-port /dev/pts/N]
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import time
 import tty
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEVICE_SCRIPT = REPO / "tools" / "vboard" / "device.py"
+REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
+DEVICE_SCRIPT = Path(__file__).resolve().with_name("vboard_device.py")  # the "chip": runs on MicroPython
 MICROPYTHON = Path(sys.executable).parent / "micropython"
 DEFAULT_DIR = REPO / "build" / "virtual-board"
 BOARD_PROFILE = REPO / "boards" / "virtual" / "board.json"
@@ -428,7 +428,6 @@ class VirtualBoard:
 
 
 # ---- the emulated modem on the board's UART ----------------------------------------------------------
-MODEM_EMULATOR = REPO / "tools" / "modem_emulator.py"
 
 
 def _profile_dialect() -> str:
@@ -439,12 +438,12 @@ def _profile_dialect() -> str:
 
 
 def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15) -> tuple[subprocess.Popen, str]:
-    """Start tools/modem_emulator.py and return it with its pty path (from its first line of output)."""
+    """Start the modem emulator (cgsim.emulator) and return it with its pty path (from its first line of output)."""
     import re
     import select
 
     proc = subprocess.Popen(
-        [sys.executable, str(MODEM_EMULATOR), "--dialect", dialect],
+        [sys.executable, "-m", "cgsim.emulator", "--dialect", dialect],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + timeout
@@ -479,11 +478,10 @@ def launch(image: Path, port_file: Path, log_file: Path, *, modem: str = "none",
            detach: bool = False, timeout: float = 15) -> tuple[subprocess.Popen, str]:
     """Start a virtual board process; return it and its pty path once its VM is up.
 
-    modem: "none", "auto" (the emulated modem of the profile's dialect, if tools/modem_emulator.py
-    exists), a dialect name, or a pty path of a modem emulator already running.
+    modem: "none", "auto" (the emulated modem of the profile's dialect), a dialect name, or a pty path of a modem emulator already running.
     """
     port_file.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--image", str(image), "--port-file", str(port_file)]
+    cmd = [sys.executable, "-m", "cgsim.virtual_board", "--image", str(image), "--port-file", str(port_file)]
     if modem.startswith("/"):
         cmd += ["--modem-port", modem]
     else:
@@ -507,8 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-file", type=Path, help="write the pty path here once it is ready")
     parser.add_argument("--modem-port", help="a running modem emulator's pty (the board's UART)")
     parser.add_argument("--modem", default="auto",
-                        help="start an emulated modem: a dialect, 'auto' (the profile's, if tools/modem_emulator.py "
-                             "exists) or 'none'")
+                        help="start an emulated modem: a dialect, 'auto' (the profile's) or 'none'")
     parser.add_argument("--heap", help="MicroPython heap size (default: boards/virtual/board.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -531,12 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     modem_proc = None
     modem_port = args.modem_port
     if not modem_port and args.modem != "none":
-        if MODEM_EMULATOR.exists():
-            dialect = _profile_dialect() if args.modem == "auto" else args.modem
-            modem_proc, modem_port = start_modem(dialect, args.image.parent / "modem.log")
-            print(f"emulated {dialect} modem on {modem_port} is the board's UART", flush=True)
-        elif args.modem != "auto":
-            print(f"virtual board: no {MODEM_EMULATOR.name} in this tree; no modem attached", file=sys.stderr)
+        dialect = _profile_dialect() if args.modem == "auto" else args.modem
+        modem_proc, modem_port = start_modem(dialect, args.image.parent / "modem.log")
+        print(f"emulated {dialect} modem on {modem_port} is the board's UART", flush=True)
     board = VirtualBoard(args.image, modem_port=modem_port, heap=args.heap)
     signal.signal(signal.SIGTERM, board.stop)
     signal.signal(signal.SIGINT, board.stop)

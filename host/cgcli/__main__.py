@@ -1,0 +1,5 @@
+import sys
+
+from cgcli import main
+
+sys.exit(main())

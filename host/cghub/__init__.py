@@ -1,0 +1,2 @@
+"""The hub: receives, verifies and answers what the devices send (server), the wire protocol
+(proto), firmware updates it offers (updates)."""

@@ -4,7 +4,16 @@ import sys
 
 import harness
 import pytest
-from harness import CPYTHON_RT, FIRMWARE_LIB, MICROPYTHON, MICROPYTHON_RT, MP_SUPPORT, RUNTIMES, TOOLS
+from harness import (
+    CPYTHON_RT,
+    FIRMWARE_LIB,
+    MICROPYTHON,
+    MICROPYTHON_RT,
+    MP_SUPPORT,
+    NATIVE_AND_PLAIN,
+    RUNTIMES,
+    TOOLS,
+)
 
 # CPython-side tests import firmware modules and host tools directly.
 for _p in (FIRMWARE_LIB, MP_SUPPORT, TOOLS):
@@ -19,6 +28,13 @@ def pytest_report_header(config):
 @pytest.fixture(params=RUNTIMES, ids=lambda rt: rt.name)
 def runtime(request):
     """Parametrises a test over the MicroPython unix port and CPython; the test id names which."""
+    return request.param
+
+
+@pytest.fixture(params=NATIVE_AND_PLAIN, ids=lambda rt: rt.name)
+def any_vm(request):
+    """Like `runtime`, plus the unix port without its native emitter (as CircuitPython's default
+    builds): for firmware whose native code has a plain-Python stand-in (cellguard.crypto)."""
     return request.param
 
 

@@ -71,8 +71,8 @@ class Unit:
             self.hub_db, lambda script: self.run(emu, script), modem_src, prov.Request(**request)
         )
 
-    def boot(self, emu) -> dict:
-        out = self.run(emu, BOOT_CHECK)
+    def boot(self, emu, prelude: str = "") -> dict:
+        out = self.run(emu, prelude + BOOT_CHECK)
         lines = {}
         for line in out.splitlines():
             word, _, rest = line.partition(" ")
@@ -352,20 +352,64 @@ def test_wrong_pin(unit):
     assert sim.pin_left == 2  # exactly one attempt spent
 
 
-def test_a_refused_pin_is_not_tried_again_on_that_sim(unit):
-    """After SIM_PIN_WRONG the unit remembers (on flash) that this SIM refused this PIN: the next
-    checks - the app's retries, the next boots - spend none of the SIM's remaining attempts."""
+# A dialect whose modem reports no PIN retry counter (cellguard.dialects.Dialect, the 3GPP base).
+NO_RETRY_COUNTER = "m.dialect.pin_retries = lambda _m: None\n"
+
+
+def test_without_a_retry_counter_a_refused_pin_is_not_tried_again_on_that_sim(unit):
+    """After SIM_PIN_WRONG the unit remembers (on flash) that this SIM refused this PIN: where the
+    modem cannot say how many attempts are left, the next checks - the app's retries, the next
+    boots - spend none of the SIM's remaining attempts."""
     sim, _ = provisioned(unit)
     sim.pin, sim.unlocked = "11112222", False
     with emulated_modem("bg96", sim=sim) as emu:
-        assert unit.boot(emu)["outcome"] == "SIM_PIN_WRONG"
+        assert unit.boot(emu, NO_RETRY_COUNTER)["outcome"] == "SIM_PIN_WRONG"
     for _ in range(2):
         with emulated_modem("bg96", sim=sim) as emu:
-            booted = unit.boot(emu)
+            booted = unit.boot(emu, NO_RETRY_COUNTER)
             assert booted["outcome"] == "SIM_PIN_WRONG" and "before" in booted["reason"]
             assert not emu.commands_matching("AT+CPIN=")
             assert no_data_session(emu)
     assert sim.pin_left == 2  # one attempt spent in all
+
+
+def test_with_a_retry_counter_a_refusing_sim_keeps_its_last_retry(unit):
+    """Where the modem reports the counter, the counter guards the SIM: the unit asks again (the
+    card that refused may not be the card in the slot now) but never spends the last attempt."""
+    sim, _ = provisioned(unit)
+    sim.pin, sim.unlocked = "11112222", False
+    reasons = []
+    for _ in range(3):
+        with emulated_modem("bg96", sim=sim) as emu:
+            booted = unit.boot(emu)
+            assert booted["outcome"] == "SIM_PIN_WRONG" and no_data_session(emu)
+            reasons.append(booted["reason"])
+    assert reasons == ["SIM rejected the device PIN"] * 2 + ["one PIN retry left: not trying"]
+    assert sim.pin_left == 1 and sim.puk_left == 10
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_clone_of_the_iccid_does_not_condemn_the_genuine_sim(unit, dialect):
+    """A card copying the bound ICCID is handed the device PIN (the IMSI is readable only after it)
+    and refuses it. That refusal must not make the unit refuse the genuine SIM afterwards: the
+    retry counter each dialect reports (+CPINR, +QPINC, +SPIC, +UPINCNT) guards the last attempt
+    of whichever card is in, and the genuine SIM, back in, is unlocked and used."""
+    sim, _ = provisioned(unit, dialect)
+    sim.unlocked = False
+    clone = sim.clone()
+    for expected in ("SIM rejected the device PIN", "SIM rejected the device PIN", "one PIN retry left"):
+        with emulated_modem(dialect, sim=clone) as emu:
+            booted = unit.boot(emu)
+            assert booted["outcome"] == "SIM_PIN_WRONG" and expected in booted["reason"], booted["output"]
+            assert no_data_session(emu)
+    assert clone.pin_left == 1  # not even the clone is PUK-locked by the unit
+    with emulated_modem(dialect, sim=sim) as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "OK" and booted["attached"], booted["output"]
+        # The genuine card's acceptance cleared the record of the clone's refusal.
+        record = "from cellguard import atomic, simlock\nprint('RECORD', atomic.exists(simlock.pin_refused_path()))"
+        assert "RECORD False" in unit.run(emu, record)
+    assert sim.pin_left == 3
 
 
 def test_a_pin_refusal_is_forgotten_by_reprovisioning(unit):

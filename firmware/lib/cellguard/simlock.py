@@ -248,12 +248,16 @@ def _verify(modem):
 
 def _unlock(modem, binding):
     """Enter the device PIN unless that risks the SIM. -> None, or a refusal (outcome, reason)."""
-    if pin_refused(binding):
-        # This SIM said no to this very PIN before: asking again only spends its attempts.
-        return SIM_PIN_WRONG, "SIM rejected the device PIN before: not trying it again"
     retries = modem.pin_retries()
-    # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good.
-    if retries is not None and retries[0] <= 1:
+    if retries is None:
+        # No retry counter (a dialect that cannot tell): the only guard left is not to ask a SIM with
+        # this ICCID again once one refused this very PIN (state/pin_refused).
+        if pin_refused(binding):
+            return SIM_PIN_WRONG, "SIM rejected the device PIN before: not trying it again"
+    elif retries[0] <= 1:
+        # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good. The
+        # counter is the card's own, so a refusal by another card (a clone of the ICCID) does not
+        # stop this one: the refusal record is not consulted where there is a counter.
         return SIM_PIN_WRONG, "one PIN retry left: not trying"
     try:
         modem.enter_pin(sim_pin())
@@ -262,13 +266,16 @@ def _unlock(modem, binding):
             _remember_refusal(binding)
             return SIM_PIN_WRONG, "SIM rejected the device PIN"
         raise  # 10/13 (SIM gone) and 12 (PUK) are mapped by verify()
+    _forget_refusal()  # this card holds the PIN, whichever card refused it before
     return None
 
 
 # A SIM that rejected the device PIN keeps rejecting it: the derived PIN only changes with the root
-# key. state/pin_refused holds "<iccid> <key id>" of such a refusal, so a reboot or the next check
-# does not spend the SIM's next attempt on the same PIN. Only the provisioned SIM's ICCID gets here
-# (a foreign ICCID is refused before the PIN), and a new binding (re-provisioning) clears it.
+# key. state/pin_refused holds "<iccid> <key id>" of the last refusal. Where the dialect reports no
+# retry counter it keeps the unit from asking a SIM with that ICCID again (the next check, the next
+# boot); provisioning reads it to start from the delivery PIN. A card that accepts the PIN, and a new
+# binding (re-provisioning), clear it. Only the provisioned SIM's ICCID gets here (a foreign ICCID is
+# refused before the PIN).
 def pin_refused_path():
     return runtime.path_join(_state_dir(), "pin_refused")
 

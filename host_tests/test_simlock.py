@@ -14,7 +14,7 @@ import sqlite3
 
 import provision as prov
 import pytest
-from harness import run_micropython
+from harness import RuntimeFailed, run_micropython
 from modem_fixtures import DIALECTS, Sim, driver_script, emulated_modem
 
 pytestmark = pytest.mark.timeout(90)
@@ -54,6 +54,25 @@ print('EVENTS', len(lock.events))
 """
 
 
+# The unit loses power when provisioning reaches the step named `at`: "identity" (keys.provision
+# has written the root key, not yet the identity beside it) or "binding" (the key and identity are
+# stored, the binding is not). What is on the flash by then stays; nothing after it runs.
+POWER_CUT = """
+import sys
+from cellguard import atomic as _atomic, simlock as _simlock
+def _power_cut(*args):
+    vfs.umount('/flash')
+    _flash.save(%(image)r)
+    sys.exit(86)
+_write = _atomic.write_atomic
+def _write_until_cut(path, data):
+    if path.endswith('/' + %(at)r):
+        _power_cut()
+    _write(path, data)
+_atomic.write_atomic = _write_until_cut
+"""
+
+
 class Unit:
     """One device: its flash image and its hub; each `run` is one boot of the firmware."""
 
@@ -65,8 +84,10 @@ class Unit:
         script = driver_script(emu, MOUNT % {"image": self.image} + body + SAVE % {"image": self.image})
         return run_micropython(script, heapsize="512K", timeout=60)
 
-    def provision(self, emu, **request) -> dict:
+    def provision(self, emu, cut: str | None = None, **request) -> dict:
         modem_src = "\nm.init()\ndef open_modem():\n    return m\n"
+        if cut:
+            modem_src += POWER_CUT % {"image": self.image, "at": cut}
         return prov.provision(
             self.hub_db, lambda script: self.run(emu, script), modem_src, prov.Request(**request)
         )
@@ -242,6 +263,63 @@ def test_provisioning_never_spends_the_last_pin_retry(unit):
             unit.provision(emu)
         assert not emu.commands_matching("AT+CPIN=") and not emu.commands_matching("AT+CPWD")
     assert sim.pin_left == 1 and sim.pin == FACTORY_PIN
+
+
+def test_a_power_cut_between_key_and_binding_costs_the_sim_no_retry(unit):
+    """Cut after the SIM took the new key's PIN and the unit stored the key, before the binding: the
+    re-run tries that key's PIN first (not the delivery PIN, twice, down to one retry from PUK)."""
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(RuntimeFailed, match="exited 86"):
+            unit.provision(emu, device_id="unit-1", cut="binding")
+    assert sim.pin_enabled and sim.pin != FACTORY_PIN  # the SIM holds the new key's PIN
+    sim.unlocked = False  # the power comes back
+    with emulated_modem("bg96", sim=sim) as emu:
+        record = unit.provision(emu, device_id="unit-1")
+        assert len(emu.commands_matching("AT+CPIN=")) == 1  # accepted at the first try
+    assert record["outcome"] == "OK" and record["device_id"] == "unit-1" and sim.pin_left == 3
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "OK"
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, device_id, retired FROM devices ORDER BY key_id").fetchall() == [
+        (1, "unit-1", 1),
+        (2, "unit-1", 0),
+    ]
+
+
+@pytest.mark.parametrize("same_command", [True, False], ids=["same-device-id", "no-device-id"])
+def test_a_rerun_after_a_cut_is_the_same_unit_to_the_hub(unit, same_command):
+    """Cut before the unit stored its identity: it reports no key, while the hub holds the cut run's
+    key live for the device id. A re-run of the same unit (same modem, same SIM) just works, under
+    that device id, with or without --device-id; the interrupted run's key is retired."""
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(RuntimeFailed, match="exited 86"):
+            unit.provision(emu, device_id="unit-1", cut="identity")
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        record = unit.provision(emu, **({"device_id": "unit-1"} if same_command else {}))
+    assert record["outcome"] == "OK" and record["device_id"] == "unit-1" and sim.pin_left == 3
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 1), (2, 0)]
+
+
+def test_another_unit_does_not_take_over_an_interrupted_runs_device_id(unit, tmp_path):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(RuntimeFailed, match="exited 86"):
+            unit.provision(emu, device_id="unit-1", cut="identity")
+    (tmp_path / "b").mkdir()
+    other = Unit(tmp_path / "b")
+    other.hub_db = unit.hub_db
+    other_sim = Sim(iccid="89882806660000088888", imsi="901280000088888", pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=other_sim, imei="490154203237518") as emu:
+        with pytest.raises(prov.ProvisionError, match="already has a live key"):
+            other.provision(emu, device_id="unit-1")
+        assert not emu.commands_matching("AT+CPWD")
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 0)]
 
 
 def test_cli_provisions_against_the_emulated_modem(tmp_path):

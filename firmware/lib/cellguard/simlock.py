@@ -446,10 +446,12 @@ def _status(outcome, reason):
 
 # ---- production: lock the SIM to this device ---------------------------------------------------
 def _refuse_last_retry(modem):
-    # A wrong --factory-pin spends an attempt per run: never let a re-run PUK-lock the SIM.
+    # A wrong --factory-pin spends an attempt per run: never let a re-run PUK-lock the SIM. Returns
+    # the retry counters (None where the modem reports none).
     retries = modem.pin_retries()
     if retries is not None and retries[0] <= 1:
         raise BindingError("SIM has one PIN retry left: not trying (is --factory-pin right?)")
+    return retries
 
 
 def bound():
@@ -489,9 +491,7 @@ def _with_pin(modem, pins, action):
     the SIM's last retry is refused (BindingError); a second PIN is tried only where the modem
     reports the counter. The refusal of the last PIN tried is raised (CmeError 16)."""
     for i, pin in enumerate(pins):
-        retries = modem.pin_retries()
-        if retries is not None and retries[0] <= 1:
-            raise BindingError("SIM has one PIN retry left: not trying (is --factory-pin right?)")
+        retries = _refuse_last_retry(modem)
         try:
             action(pin)
             return pin

@@ -24,15 +24,12 @@ if "/lib" not in sys.path:
 
 
 def _runtime_name():
-    # As cellguard.runtime decides it (which cannot be imported yet): on a host, the CircuitPython
-    # tests' shim names the runtime; a board never looks.
-    name = sys.implementation.name
-    if sys.platform in ("linux", "darwin", "win32"):
-        try:
-            from cellguard_runtime_name import NAME as name
-        except ImportError:
-            pass
-    return name
+    # As cellguard.runtime decides it (which cannot be imported yet): the boot part's one rule.
+    try:
+        from cgboot import host
+    except ImportError:  # no boot part: _boot() says so on either runtime
+        return sys.implementation.name
+    return host.runtime_name()
 
 
 def _boot_circuitpython():

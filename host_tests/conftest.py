@@ -3,7 +3,7 @@
 
 import harness
 import pytest
-from harness import CPYTHON_RT, MICROPYTHON, MICROPYTHON_RT, RUNTIMES
+from harness import CPYTHON_RT, MICROPYTHON, MICROPYTHON_RT, NATIVE_AND_PLAIN, RUNTIMES
 
 # CPython-side tests import firmware modules (pyproject's pytest `pythonpath`) and the host packages
 # (installed into .venv, editable) by name.
@@ -16,6 +16,13 @@ def pytest_report_header(config):
 @pytest.fixture(params=RUNTIMES, ids=lambda rt: rt.name)
 def runtime(request):
     """Parametrises a test over the MicroPython unix port and CPython; the test id names which."""
+    return request.param
+
+
+@pytest.fixture(params=NATIVE_AND_PLAIN, ids=lambda rt: rt.name)
+def any_vm(request):
+    """Like `runtime`, plus the unix port without its native emitter (as CircuitPython's default
+    builds): for firmware whose native code has a plain-Python stand-in (cellguard.crypto)."""
     return request.param
 
 

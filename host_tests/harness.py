@@ -112,18 +112,30 @@ def spawn_micropython(
     )
 
 
+# The unix port has a native emitter; many builds (CircuitPython's default ones) have none, and there
+# cellguard._fastxor does not compile. This line first makes the unix port behave like such a build
+# (mp_support/no_native_emitter.py), so the code only those builds run is run by a MicroPython VM.
+NO_NATIVE_PRELUDE = "import no_native_emitter\n"
+
+
 @dataclass(frozen=True)
 class Runtime:
-    """One of the two interpreters a test can run firmware code on."""
+    """An interpreter a test can run firmware code on."""
 
-    name: str  # "micropython" or "cpython"
+    name: str  # "micropython", "micropython-nonative" or "cpython"
 
     def run(self, script: str, **kwargs) -> str:
-        if self.name == "micropython":
-            return run_micropython(script, **kwargs)
-        return run_cpython(script, **kwargs)
+        if self.name == "cpython":
+            return run_cpython(script, **kwargs)
+        if self.name == "micropython-nonative":
+            RAN.add(self.name)
+            script = NO_NATIVE_PRELUDE + script
+        return run_micropython(script, **kwargs)
 
 
 MICROPYTHON_RT = Runtime("micropython")
+NO_NATIVE_RT = Runtime("micropython-nonative")  # the unix port as a build without native code
 CPYTHON_RT = Runtime("cpython")
 RUNTIMES = (MICROPYTHON_RT, CPYTHON_RT)
+# Firmware with a native (viper) path and a plain one: both on the unix port, and CPython.
+NATIVE_AND_PLAIN = (MICROPYTHON_RT, NO_NATIVE_RT, CPYTHON_RT)

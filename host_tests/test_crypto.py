@@ -3,10 +3,12 @@
 import hashlib
 import hmac
 
+import pytest
 from cellguard import crypto
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from harness import MICROPYTHON_RT, MP_SUPPORT, NO_NATIVE_RT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,9 +39,30 @@ print(ok)
 """
 
 
-def test_published_vectors(runtime):
+def test_published_vectors(any_vm):
     # all 24 CCM packets (RFC 3610), 7 HMAC cases incl. the truncated case 5 (RFC 4231), 3 HKDF (RFC 5869)
-    assert runtime.run(VECTORS_SCRIPT).strip() == "34"
+    assert any_vm.run(VECTORS_SCRIPT).strip() == "34"
+
+
+def test_the_native_loops_are_used_only_where_they_compile(any_vm):
+    # The viper loops on the unix port; the plain ones where there is no native emitter (the
+    # CircuitPython shim says so too: CircuitPython's default builds have none) and on CPython.
+    native = any_vm.name == "micropython"
+    assert any_vm.run("from cellguard import crypto\nprint(crypto.NATIVE)").strip() == str(native)
+    shim = (MP_SUPPORT / "cpy_shim",)
+    assert any_vm.run("from cellguard import crypto\nprint(crypto.NATIVE)", extra_paths=shim).strip() == "False"
+
+
+def test_from_encrypt_builds_a_working_ccm_on_every_vm(any_vm):
+    # AesCcm.from_encrypt is what the plain-Python datagram seal uses: it once called cls.__new__,
+    # which exists only on CPython, so encrypted sealing crashed on every build without viper.
+    out = any_vm.run(
+        "from cellguard import crypto, runtime\n"
+        "k = bytes(range(16))\n"
+        "c = crypto.AesCcm.from_encrypt(runtime.aes_block(k).encrypt, 8)\n"
+        "print(c.seal(bytes(13), b'hdr', b'reading').hex())"
+    )
+    assert out.strip() == AESCCM(bytes(range(16)), tag_length=8).encrypt(bytes(13), b"reading", b"hdr").hex()
 
 
 def test_published_vectors_agree_with_cryptography():
@@ -57,9 +80,9 @@ def test_published_vectors_agree_with_cryptography():
         assert HKDF(hashes.SHA256(), n, h(salt) or None, h(info)).derive(h(ikm)) == h(okm)
 
 
-def test_ccm_longer_than_the_preallocated_keystream(runtime):
+def test_ccm_longer_than_the_preallocated_keystream(any_vm):
     # Messages longer than max_len are processed in chunks; the result must not change.
-    out = runtime.run(
+    out = any_vm.run(
         "from cellguard import crypto\n"
         "k = bytes(range(16)); n = bytes(13); m = bytes(i & 255 for i in range(700))\n"
         "a = crypto.AesCcm(k, 8, max_len=256).seal(n, b'hdr', m)\n"
@@ -127,9 +150,10 @@ def test_ccm_any_bit_flip_is_rejected(key, aad, msg, data):
 
 
 # ---- the same properties on the MicroPython unix port ------------------------------------------
-# The hypothesis tests above run the CPython fallbacks; the device runs the viper/native paths of
-# crypto.py and _fastxor.py. Here hypothesis draws the cases on the host, ONE MicroPython process
-# computes them all, and `cryptography` checks every answer.
+# The hypothesis tests above run the plain loops on CPython; a device runs the viper paths of
+# crypto.py and _fastxor.py, or (a build without a native emitter, CircuitPython's default) the
+# plain loops on its own VM. Here hypothesis draws the cases on the host, ONE MicroPython process
+# per variant computes them all, and `cryptography` checks every answer.
 MP_CROSS = """
 import sys
 from cellguard import crypto, message
@@ -240,7 +264,8 @@ def _line(case) -> str:
                      f"{mode:02x}", f"{tag:02x}", f"{int(ctrl):02x}", hx(payload)])  # fmt: skip
 
 
-def test_micropython_crypto_equals_cryptography_on_hypothesis_cases(mp, tmp_path):
+@pytest.mark.parametrize("vm", [MICROPYTHON_RT, NO_NATIVE_RT], ids=lambda rt: rt.name)
+def test_micropython_crypto_equals_cryptography_on_hypothesis_cases(vm, tmp_path):
     from cghub import proto as hp
 
     prims = _collect(_CCM, 110) + _collect(_HMAC, 50) + _collect(_HKDF, 40)
@@ -248,7 +273,7 @@ def test_micropython_crypto_equals_cryptography_on_hypothesis_cases(mp, tmp_path
     cases = prims + dgrams
     path = tmp_path / "cases.txt"
     path.write_text("\n".join(_line(c) for c in cases) + "\n")
-    out = mp.run(MP_CROSS, args=(path,), heapsize="256K", timeout=300).splitlines()
+    out = vm.run(MP_CROSS, args=(path,), heapsize="256K", timeout=300).splitlines()
     assert len(out) == len(cases)
     for case, got in zip(prims, out, strict=False):
         assert got == _expected(case), case

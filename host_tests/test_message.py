@@ -49,15 +49,15 @@ for mode in (message.ENCRYPT, message.SIGN):
 """
 
 
-def test_roundtrip_replay_forgery_reflection(runtime):
-    lines = runtime.run(ROUNDTRIP).split("\n")
+def test_roundtrip_replay_forgery_reflection(any_vm):
+    lines = any_vm.run(ROUNDTRIP).split("\n")
     # overhead with a key id of a million (3 bytes) and seq < 256: 1 + 3 + 1 + tag
     assert lines[0] == "1 True 13"
     assert lines[1] == "0 True 21"
 
 
-def test_overhead_at_the_protocol_budget(runtime):
-    out = runtime.run(PAIR + "dev, hub = pair(message.ENCRYPT)\nprint(dev.overhead(65535), dev.overhead(300))")
+def test_overhead_at_the_protocol_budget(any_vm):
+    out = any_vm.run(PAIR + "dev, hub = pair(message.ENCRYPT)\nprint(dev.overhead(65535), dev.overhead(300))")
     assert out.split() == ["14", "14"]
 
 
@@ -177,12 +177,12 @@ for kid in (None, 7, 70000, 1000001, 2**32 - 1):
 """
 
 
-def test_firmware_datagrams_equal_the_hub_implementation(runtime):
+def test_firmware_datagrams_equal_the_hub_implementation(any_vm):
     # Byte-for-byte equality with hubproto (written from docs/protocol.md over `cryptography`), on
     # the native (viper) path and the pure-Python path, for every header length.
     from cghub import proto as hp
 
-    got = runtime.run(INTEROP).split()
+    got = any_vm.run(INTEROP).split()
     want = []
     root = bytes(range(32))
     for kid in (None, 7, 70000, 1000001, 2**32 - 1):
@@ -196,10 +196,10 @@ def test_firmware_datagrams_equal_the_hub_implementation(runtime):
     assert got == want
 
 
-def test_tag_lengths_outside_the_protocol_are_refused(runtime):
+def test_tag_lengths_outside_the_protocol_are_refused(any_vm):
     # protocol.md section 1: CCM tags 8, 12 or 16; HMAC tags 10..32. CCM itself would take a 4-byte
     # tag, whose forgery bound (v / 2^32) the document's limits do not cover.
-    out = runtime.run(
+    out = any_vm.run(
         PAIR
         + """
 for kw in ({'ccm_tag': 4}, {'ccm_tag': 10}, {'ccm_tag': 14}, {'hmac_tag': 9}, {'hmac_tag': 33}):

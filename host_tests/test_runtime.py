@@ -101,6 +101,31 @@ def test_fs_root_from_environment(runtime, tmp_path):
     assert out.split() == [str(tmp_path), f"{tmp_path}/keys"]
 
 
+ROOTS = """
+import circuitpython_unix_build
+import sys
+from cellguard import runtime
+from cgboot import loader, lockdown, manifest
+print(sys.implementation.name, sys.platform)
+print(runtime.HOST, runtime.NAME, lockdown.is_circuitpython())
+print(runtime.fs_root(), lockdown._root(), manifest.default_root(), loader.default_root())
+"""
+
+
+def test_firmware_and_boot_part_agree_on_a_circuitpython_unix_build(runtime, tmp_path):
+    # CircuitPython's unix port names itself "circuitpython" on sys.platform "linux": a host to the
+    # boot part, and (by another rule) once a board to the firmware, which then kept its state in
+    # "/" while boot.py read the lock and the manifest from $CELLGUARD_FS. One rule now (cgboot.host).
+    from harness import MP_SUPPORT
+
+    out = runtime.run(
+        ROOTS, env={**os.environ, "CELLGUARD_FS": str(tmp_path)}, extra_paths=(MP_SUPPORT / "cpy_shim",)
+    ).splitlines()
+    assert out[0] == "circuitpython linux"
+    assert out[1] == "True circuitpython True"
+    assert out[2].split() == [str(tmp_path)] * 4
+
+
 def test_no_hardware_import_at_module_top_level():
     # Importing every firmware module must not import machine/board/busio (the board hands them in).
     import pathlib

@@ -14,7 +14,7 @@ import sqlite3
 
 import pytest
 from cgdev import provision as prov
-from harness import run_micropython
+from harness import RuntimeFailed, run_micropython
 from modem_fixtures import DIALECTS, Sim, driver_script, emulated_modem
 
 pytestmark = pytest.mark.timeout(90)
@@ -54,6 +54,25 @@ print('EVENTS', len(lock.events))
 """
 
 
+# The unit loses power when provisioning reaches the step named `at`: "identity" (keys.provision
+# has written the root key, not yet the identity beside it) or "binding" (the key and identity are
+# stored, the binding is not). What is on the flash by then stays; nothing after it runs.
+POWER_CUT = """
+import sys
+from cellguard import atomic as _atomic, simlock as _simlock
+def _power_cut(*args):
+    vfs.umount('/flash')
+    _flash.save(%(image)r)
+    sys.exit(86)
+_write = _atomic.write_atomic
+def _write_until_cut(path, data):
+    if path.endswith('/' + %(at)r):
+        _power_cut()
+    _write(path, data)
+_atomic.write_atomic = _write_until_cut
+"""
+
+
 class Unit:
     """One device: its flash image and its hub; each `run` is one boot of the firmware."""
 
@@ -65,14 +84,16 @@ class Unit:
         script = driver_script(emu, MOUNT % {"image": self.image} + body + SAVE % {"image": self.image})
         return run_micropython(script, heapsize="512K", timeout=60)
 
-    def provision(self, emu, **request) -> dict:
+    def provision(self, emu, cut: str | None = None, **request) -> dict:
         modem_src = "\nm.init()\ndef open_modem():\n    return m\n"
+        if cut:
+            modem_src += POWER_CUT % {"image": self.image, "at": cut}
         return prov.provision(
             self.hub_db, lambda script: self.run(emu, script), modem_src, prov.Request(**request)
         )
 
-    def boot(self, emu) -> dict:
-        out = self.run(emu, BOOT_CHECK)
+    def boot(self, emu, prelude: str = "") -> dict:
+        out = self.run(emu, prelude + BOOT_CHECK)
         lines = {}
         for line in out.splitlines():
             word, _, rest = line.partition(" ")
@@ -244,6 +265,63 @@ def test_provisioning_never_spends_the_last_pin_retry(unit):
     assert sim.pin_left == 1 and sim.pin == FACTORY_PIN
 
 
+def test_a_power_cut_between_key_and_binding_costs_the_sim_no_retry(unit):
+    """Cut after the SIM took the new key's PIN and the unit stored the key, before the binding: the
+    re-run tries that key's PIN first (not the delivery PIN, twice, down to one retry from PUK)."""
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(RuntimeFailed, match="exited 86"):
+            unit.provision(emu, device_id="unit-1", cut="binding")
+    assert sim.pin_enabled and sim.pin != FACTORY_PIN  # the SIM holds the new key's PIN
+    sim.unlocked = False  # the power comes back
+    with emulated_modem("bg96", sim=sim) as emu:
+        record = unit.provision(emu, device_id="unit-1")
+        assert len(emu.commands_matching("AT+CPIN=")) == 1  # accepted at the first try
+    assert record["outcome"] == "OK" and record["device_id"] == "unit-1" and sim.pin_left == 3
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "OK"
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, device_id, retired FROM devices ORDER BY key_id").fetchall() == [
+        (1, "unit-1", 1),
+        (2, "unit-1", 0),
+    ]
+
+
+@pytest.mark.parametrize("same_command", [True, False], ids=["same-device-id", "no-device-id"])
+def test_a_rerun_after_a_cut_is_the_same_unit_to_the_hub(unit, same_command):
+    """Cut before the unit stored its identity: it reports no key, while the hub holds the cut run's
+    key live for the device id. A re-run of the same unit (same modem, same SIM) just works, under
+    that device id, with or without --device-id; the interrupted run's key is retired."""
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(RuntimeFailed, match="exited 86"):
+            unit.provision(emu, device_id="unit-1", cut="identity")
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        record = unit.provision(emu, **({"device_id": "unit-1"} if same_command else {}))
+    assert record["outcome"] == "OK" and record["device_id"] == "unit-1" and sim.pin_left == 3
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 1), (2, 0)]
+
+
+def test_another_unit_does_not_take_over_an_interrupted_runs_device_id(unit, tmp_path):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(RuntimeFailed, match="exited 86"):
+            unit.provision(emu, device_id="unit-1", cut="identity")
+    (tmp_path / "b").mkdir()
+    other = Unit(tmp_path / "b")
+    other.hub_db = unit.hub_db
+    other_sim = Sim(iccid="89882806660000088888", imsi="901280000088888", pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=other_sim, imei="490154203237518") as emu:
+        with pytest.raises(prov.ProvisionError, match="already has a live key"):
+            other.provision(emu, device_id="unit-1")
+        assert not emu.commands_matching("AT+CPWD")
+    db = sqlite3.connect(unit.hub_db)
+    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 0)]
+
+
 def test_cli_provisions_against_the_emulated_modem(tmp_path):
     sim = Sim(pin=FACTORY_PIN)
     with emulated_modem("sara-r4", sim=sim) as emu:
@@ -352,20 +430,64 @@ def test_wrong_pin(unit):
     assert sim.pin_left == 2  # exactly one attempt spent
 
 
-def test_a_refused_pin_is_not_tried_again_on_that_sim(unit):
-    """After SIM_PIN_WRONG the unit remembers (on flash) that this SIM refused this PIN: the next
-    checks - the app's retries, the next boots - spend none of the SIM's remaining attempts."""
+# A dialect whose modem reports no PIN retry counter (cellguard.dialects.Dialect, the 3GPP base).
+NO_RETRY_COUNTER = "m.dialect.pin_retries = lambda _m: None\n"
+
+
+def test_without_a_retry_counter_a_refused_pin_is_not_tried_again_on_that_sim(unit):
+    """After SIM_PIN_WRONG the unit remembers (on flash) that this SIM refused this PIN: where the
+    modem cannot say how many attempts are left, the next checks - the app's retries, the next
+    boots - spend none of the SIM's remaining attempts."""
     sim, _ = provisioned(unit)
     sim.pin, sim.unlocked = "11112222", False
     with emulated_modem("bg96", sim=sim) as emu:
-        assert unit.boot(emu)["outcome"] == "SIM_PIN_WRONG"
+        assert unit.boot(emu, NO_RETRY_COUNTER)["outcome"] == "SIM_PIN_WRONG"
     for _ in range(2):
         with emulated_modem("bg96", sim=sim) as emu:
-            booted = unit.boot(emu)
+            booted = unit.boot(emu, NO_RETRY_COUNTER)
             assert booted["outcome"] == "SIM_PIN_WRONG" and "before" in booted["reason"]
             assert not emu.commands_matching("AT+CPIN=")
             assert no_data_session(emu)
     assert sim.pin_left == 2  # one attempt spent in all
+
+
+def test_with_a_retry_counter_a_refusing_sim_keeps_its_last_retry(unit):
+    """Where the modem reports the counter, the counter guards the SIM: the unit asks again (the
+    card that refused may not be the card in the slot now) but never spends the last attempt."""
+    sim, _ = provisioned(unit)
+    sim.pin, sim.unlocked = "11112222", False
+    reasons = []
+    for _ in range(3):
+        with emulated_modem("bg96", sim=sim) as emu:
+            booted = unit.boot(emu)
+            assert booted["outcome"] == "SIM_PIN_WRONG" and no_data_session(emu)
+            reasons.append(booted["reason"])
+    assert reasons == ["SIM rejected the device PIN"] * 2 + ["one PIN retry left: not trying"]
+    assert sim.pin_left == 1 and sim.puk_left == 10
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_clone_of_the_iccid_does_not_condemn_the_genuine_sim(unit, dialect):
+    """A card copying the bound ICCID is handed the device PIN (the IMSI is readable only after it)
+    and refuses it. That refusal must not make the unit refuse the genuine SIM afterwards: the
+    retry counter each dialect reports (+CPINR, +QPINC, +SPIC, +UPINCNT) guards the last attempt
+    of whichever card is in, and the genuine SIM, back in, is unlocked and used."""
+    sim, _ = provisioned(unit, dialect)
+    sim.unlocked = False
+    clone = sim.clone()
+    for expected in ("SIM rejected the device PIN", "SIM rejected the device PIN", "one PIN retry left"):
+        with emulated_modem(dialect, sim=clone) as emu:
+            booted = unit.boot(emu)
+            assert booted["outcome"] == "SIM_PIN_WRONG" and expected in booted["reason"], booted["output"]
+            assert no_data_session(emu)
+    assert clone.pin_left == 1  # not even the clone is PUK-locked by the unit
+    with emulated_modem(dialect, sim=sim) as emu:
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "OK" and booted["attached"], booted["output"]
+        # The genuine card's acceptance cleared the record of the clone's refusal.
+        record = "from cellguard import atomic, simlock\nprint('RECORD', atomic.exists(simlock.pin_refused_path()))"
+        assert "RECORD False" in unit.run(emu, record)
+    assert sim.pin_left == 3
 
 
 def test_a_pin_refusal_is_forgotten_by_reprovisioning(unit):

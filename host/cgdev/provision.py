@@ -71,14 +71,21 @@ def open_modem():
     return modem.Modem(at.AtEngine(runtime.open_uart(%(port)r), d.line_buffer(), boot_urcs=d.boot_urcs), d)
 """
 
-# First look: is the unit provisioned already, and as which device? (nothing secret in the answer)
+# First look: is the unit provisioned already, as which device, and which modem and SIM are in it
+# (to recognise a re-run after an interrupted one)? Nothing secret in the answer.
 QUERY_SCRIPT = """
 import json
 from cellguard import keys
 from cellguard import simlock
 k = keys.provisioned()
+try:
+    _m = open_modem()
+    _m.init()
+    _ids = [_m.imei(), _m.iccid()]
+except Exception:  # no modem or no SIM: the run itself says why
+    _ids = [None, None]
 print(%(marker)r + json.dumps({"ok": True, "provisioned": simlock.bound(), "has_keys": k,
-                               "device_id": keys.device_id() if k else None}))
+                               "device_id": keys.device_id() if k else None, "imei": _ids[0], "iccid": _ids[1]}))
 """
 
 DEVICE_SCRIPT = """
@@ -169,26 +176,32 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
     """
     from cghub.server import HubStore
 
-    state = parse_result(run_on_device(QUERY_SCRIPT % {"marker": RESULT}))
+    state = parse_result(run_on_device(modem_src + QUERY_SCRIPT % {"marker": RESULT}))
     if state["provisioned"] and not req.reprovision:
         raise AlreadyProvisioned(
             f"already provisioned as device {state['device_id']}; re-run with --reprovision to replace its keys"
         )
-    device_id = req.device_id or state["device_id"] or "cg-" + secrets.token_hex(6)
+    unit = (state.get("imei"), state.get("iccid"))
+    device_id = req.device_id or state["device_id"] or _interrupted_run(hub_db, unit)
+    device_id = device_id or "cg-" + secrets.token_hex(6)
     key_id = next_key_id(hub_db)
     previous = _live_keys(hub_db, device_id)
+    # Whatever key the unit holds (a binding's, or one a failed run left) is replaced, and so are
+    # the keys of this very unit's interrupted runs (which it may hold without knowing its id).
+    replace = state.get("has_keys", state["provisioned"])
+    replace = replace or _only_interrupted_runs_of(hub_db, device_id, unit)
     root_key = bytearray(secrets.token_bytes(32))
     try:
         # The hub learns the key first: a device holding keys its hub does not know is worse than
         # a registered key id that a failed run never used (key ids are never reused anyway).
         store = HubStore(hub_db)
         try:
-            # Whatever key the unit holds (a binding's, or one a failed run left) is replaced.
-            store.register_device(key_id, device_id, bytes(root_key), replace=state.get("has_keys", state["provisioned"]))
+            store.register_device(key_id, device_id, bytes(root_key), replace=replace)
         except (ValueError, sqlite3.Error) as e:
             raise ProvisionError(f"hub refused the device: {e}") from None
         finally:
             store.db.close()
+        _run_started(hub_db, key_id, device_id, unit)
         output = run_on_device(device_script(modem_src, bytes(root_key), device_id, key_id, req))
     finally:
         root_key[:] = bytes(len(root_key))  # the host keeps no copy once the device has it
@@ -199,8 +212,80 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         # had, so the hub takes that one back (a re-provisioning that failed changes nothing).
         _revive(hub_db, previous)
         raise ProvisionError(result.get("reason", "device refused"))
+    _run_finished(hub_db, key_id)
     result.update(device_id=device_id, key_id=key_id)
     return result
+
+
+# ---- interrupted runs --------------------------------------------------------------------------
+# A run cut short (power lost, cable pulled) leaves its key live in the hub (the unit may hold it)
+# and gives the host no result. The key store remembers every run - key id, device id, the unit's
+# IMEI and ICCID, finished or not - so that a re-run of the same unit is recognised: same modem and
+# same SIM, and every live key of the device id from a run that never finished. Only then are those
+# keys replaced without --reprovision; a key a finished run handed out, or another unit under the
+# same device id, is never replaced this way (docs/provisioning.md).
+RUNS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS provisioning_runs (
+    key_id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, imei TEXT, iccid TEXT,
+    finished INTEGER NOT NULL DEFAULT 0
+)
+"""
+
+
+def _runs_db(hub_db: str | Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(hub_db))
+    db.execute(RUNS_SCHEMA)
+    return db
+
+
+def _run_started(hub_db: str | Path, key_id: int, device_id: str, unit: tuple) -> None:
+    db = _runs_db(hub_db)
+    with db:
+        db.execute("INSERT INTO provisioning_runs (key_id, device_id, imei, iccid) VALUES (?,?,?,?)",
+                   (key_id, device_id, *unit))  # fmt: skip
+    db.close()
+
+
+def _run_finished(hub_db: str | Path, key_id: int) -> None:
+    db = _runs_db(hub_db)
+    with db:
+        db.execute("UPDATE provisioning_runs SET finished=1 WHERE key_id=?", (key_id,))
+    db.close()
+
+
+def _unfinished_live(db: sqlite3.Connection, unit: tuple):
+    # (device id, key id) of the live keys from this unit's runs that never finished, newest first.
+    return db.execute(
+        "SELECT r.device_id, r.key_id FROM provisioning_runs r JOIN devices d ON d.key_id = r.key_id"
+        " WHERE r.imei=? AND r.iccid=? AND r.finished=0 AND d.retired=0 ORDER BY r.key_id DESC",
+        unit,
+    ).fetchall()
+
+
+def _interrupted_run(hub_db: str | Path, unit: tuple) -> str | None:
+    """The device id of this unit's interrupted run (None if none, or the unit is not known)."""
+    if None in unit:
+        return None
+    db = _runs_db(hub_db)
+    try:
+        rows = _unfinished_live(db, unit)
+    except sqlite3.Error:  # a new key store: no devices table yet
+        rows = []
+    db.close()
+    return rows[0][0] if rows else None
+
+
+def _only_interrupted_runs_of(hub_db: str | Path, device_id: str, unit: tuple) -> bool:
+    """True if device_id has live keys and every one comes from an unfinished run of this unit."""
+    if None in unit:
+        return False
+    live = set(_live_keys(hub_db, device_id))
+    if not live:
+        return False
+    db = _runs_db(hub_db)
+    mine = {kid for dev, kid in _unfinished_live(db, unit) if dev == device_id}
+    db.close()
+    return live <= mine
 
 
 def _live_keys(hub_db: str | Path, device_id: str) -> list[int]:

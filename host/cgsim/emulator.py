@@ -66,6 +66,11 @@ class Sim:
     puk_left: int = 10
     unlocked: bool = False  # PIN entered since power-up
 
+    def clone(self, imsi: str = "901289999999999", pin: str = "0000") -> Sim:
+        """A card that copies this one's ICCID (printed on it, readable by anyone) but not its IMSI
+        or PIN: PIN-locked, with its own retry counters."""
+        return Sim(iccid=self.iccid, imsi=imsi, pin=pin, pin_enabled=True)
+
 
 @dataclass
 class Network:

@@ -10,7 +10,14 @@ from cellguard import runtime
 
 try:
     from cellguard._fastxor import ccm_ctr, ccm_mac, diff, fill_ctr, header_nonce, seal_ccm, xor3, xor_at
+
+    NATIVE = True  # the byte loops are viper code
 except Exception:  # CPython, or a build without the viper emitter: the same loops in Python
+    # A MicroPython or CircuitPython build without a native emitter (CircuitPython's default builds,
+    # the feather's RP2040 among them) fails to compile _fastxor (SyntaxError "invalid micropython
+    # decorator"). Everything below runs on such a VM, not only on CPython: no CPython-only idioms
+    # (host_tests run it on the unix port with _fastxor made unavailable, see no_native_emitter.py).
+    NATIVE = False
 
     def xor_at(dst, doff, src, soff, n):
         for i in range(n):
@@ -206,7 +213,7 @@ class AesCcm:
     @classmethod
     def from_encrypt(cls, enc, tag_len):
         """An AesCcm over an existing AES block encryptor's encrypt(in, out)."""
-        obj = cls.__new__(cls)
+        obj = object.__new__(cls)  # cls.__new__ exists only on CPython
         obj._init(enc, tag_len, 256)
         return obj
 

@@ -55,15 +55,27 @@ def provision(root_key, device_id, key_id):
 def _load():
     global _cache
     if _cache is None:
+        root = stored_root()
+        if root is None:
+            raise NotProvisioned("root key missing or wiped")
         try:
-            root = atomic.read_bytes(_root_path())
             ident = atomic.read_bytes(_ident_path()).decode().split("\n")
         except OSError:
-            raise NotProvisioned("no root key")
-        if len(root) != ROOT_LEN or root == bytes(ROOT_LEN):
-            raise NotProvisioned("root key missing or wiped")
+            raise NotProvisioned("no identity")
         _cache = (root, ident[0], int(ident[1]))
     return _cache
+
+
+def stored_root():
+    """The root key on the flash, with or without its identity (provisioning writes the key first:
+    a power cut between the two leaves the key alone), or None."""
+    try:
+        root = atomic.read_bytes(_root_path())
+    except OSError:
+        return None
+    if len(root) != ROOT_LEN or root == bytes(ROOT_LEN):
+        return None
+    return root
 
 
 def provisioned():

@@ -6,27 +6,22 @@
 # import time, so the same firmware modules run on a board, on the unix port and under CPython.
 import sys
 
+from cgboot import host as _host
+
 MICROPYTHON = "micropython"
 CIRCUITPYTHON = "circuitpython"
 CPYTHON = "cpython"
 
-NAME = sys.implementation.name
-# The unix port is MicroPython on a host: a tty instead of machine.UART, a folder instead of flash.
-UNIX_PORT = NAME == MICROPYTHON and sys.platform in ("linux", "darwin")
-# A host (CPython or the unix port), as opposed to a board: state lives in $CELLGUARD_FS.
-HOST = NAME == CPYTHON or UNIX_PORT
-
+# A host (CPython, or a MicroPython or CircuitPython unix port), as opposed to a board: state lives in
+# $CELLGUARD_FS. The rule is the boot part's (cgboot.host), so both agree on the filesystem root.
+HOST = _host.HOST
 # Test scaffolding only: there is no CircuitPython interpreter on a host, so the CircuitPython-path
 # tests put host_tests/mp_support/cpy_shim on the path. It holds `cellguard_runtime_name` (naming
 # "circuitpython") beside stand-ins for aesio, busio, board, microcontroller, storage, supervisor,
 # and this switches every branch below to CircuitPython's APIs. Only a host looks; a board never does.
-if HOST:
-    try:
-        from cellguard_runtime_name import NAME  # noqa: F811
-    except ImportError:
-        pass
-    else:
-        UNIX_PORT = False
+NAME = _host.runtime_name()
+# MicroPython's unix port: a tty instead of machine.UART, a folder instead of flash.
+UNIX_PORT = HOST and NAME == MICROPYTHON == sys.implementation.name
 
 # ---- time -------------------------------------------------------------------------------------
 if NAME != MICROPYTHON:
@@ -150,12 +145,7 @@ def fs_root():
     """
     global _fs_root
     if _fs_root is None:
-        if not HOST:
-            _fs_root = "/"
-        else:
-            import os
-
-            _fs_root = os.getenv("CELLGUARD_FS") or "."
+        _fs_root = _host.fs_root()
     return _fs_root
 
 

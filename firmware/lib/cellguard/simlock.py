@@ -248,12 +248,16 @@ def _verify(modem):
 
 def _unlock(modem, binding):
     """Enter the device PIN unless that risks the SIM. -> None, or a refusal (outcome, reason)."""
-    if pin_refused(binding):
-        # This SIM said no to this very PIN before: asking again only spends its attempts.
-        return SIM_PIN_WRONG, "SIM rejected the device PIN before: not trying it again"
     retries = modem.pin_retries()
-    # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good.
-    if retries is not None and retries[0] <= 1:
+    if retries is None:
+        # No retry counter (a dialect that cannot tell): the only guard left is not to ask a SIM with
+        # this ICCID again once one refused this very PIN (state/pin_refused).
+        if pin_refused(binding):
+            return SIM_PIN_WRONG, "SIM rejected the device PIN before: not trying it again"
+    elif retries[0] <= 1:
+        # Never exhaust the SIM: with one attempt left a wrong PIN would PUK-lock it for good. The
+        # counter is the card's own, so a refusal by another card (a clone of the ICCID) does not
+        # stop this one: the refusal record is not consulted where there is a counter.
         return SIM_PIN_WRONG, "one PIN retry left: not trying"
     try:
         modem.enter_pin(sim_pin())
@@ -262,13 +266,16 @@ def _unlock(modem, binding):
             _remember_refusal(binding)
             return SIM_PIN_WRONG, "SIM rejected the device PIN"
         raise  # 10/13 (SIM gone) and 12 (PUK) are mapped by verify()
+    _forget_refusal()  # this card holds the PIN, whichever card refused it before
     return None
 
 
 # A SIM that rejected the device PIN keeps rejecting it: the derived PIN only changes with the root
-# key. state/pin_refused holds "<iccid> <key id>" of such a refusal, so a reboot or the next check
-# does not spend the SIM's next attempt on the same PIN. Only the provisioned SIM's ICCID gets here
-# (a foreign ICCID is refused before the PIN), and a new binding (re-provisioning) clears it.
+# key. state/pin_refused holds "<iccid> <key id>" of the last refusal. Where the dialect reports no
+# retry counter it keeps the unit from asking a SIM with that ICCID again (the next check, the next
+# boot); provisioning reads it to start from the delivery PIN. A card that accepts the PIN, and a new
+# binding (re-provisioning), clear it. Only the provisioned SIM's ICCID gets here (a foreign ICCID is
+# refused before the PIN).
 def pin_refused_path():
     return runtime.path_join(_state_dir(), "pin_refused")
 
@@ -439,10 +446,12 @@ def _status(outcome, reason):
 
 # ---- production: lock the SIM to this device ---------------------------------------------------
 def _refuse_last_retry(modem):
-    # A wrong --factory-pin spends an attempt per run: never let a re-run PUK-lock the SIM.
+    # A wrong --factory-pin spends an attempt per run: never let a re-run PUK-lock the SIM. Returns
+    # the retry counters (None where the modem reports none).
     retries = modem.pin_retries()
     if retries is not None and retries[0] <= 1:
         raise BindingError("SIM has one PIN retry left: not trying (is --factory-pin right?)")
+    return retries
 
 
 def bound():
@@ -457,16 +466,39 @@ def bound():
     return True
 
 
-def _pin_on_sim(iccid, factory_pin):
-    # The device PIN only where the SIM is known to hold it: a verifying locked binding for this
-    # very SIM whose PIN it has not refused. Anything else (a fresh unit, a failed run's leftover
-    # key, a certification unit, a new SIM put in by the service desk) still has factory_pin.
-    if not bound():
-        return factory_pin
-    binding = load_binding()
-    if binding["mode"] != "locked" or binding["iccid"] != iccid or pin_refused(binding):
-        return factory_pin
-    return sim_pin()
+def _pins_on_sim(iccid, factory_pin):
+    # The PINs the SIM may hold, the likeliest first. The device PIN where the SIM is known to hold
+    # it: a verifying locked binding for this very SIM (after a card with its ICCID refused that PIN,
+    # the delivery PIN first). A root key on the flash without a binding that verifies under it: a
+    # run cut by a power loss after the PIN change, once the key was stored, so that key's PIN first
+    # (older firmware also left keys of failed runs behind: then the delivery PIN, second). Anything
+    # else (a fresh unit, a certification unit, a new SIM put in by the service desk): factory_pin.
+    if bound():
+        binding = load_binding()
+        if binding["mode"] != "locked" or binding["iccid"] != iccid:
+            return (factory_pin,)
+        if pin_refused(binding):
+            return (factory_pin, sim_pin())
+        return (sim_pin(),)
+    root = keys.stored_root()
+    if root is None:
+        return (factory_pin,)
+    return (sim_pin(root), factory_pin)
+
+
+def _with_pin(modem, pins, action):
+    """action(pin) with the first of `pins` the SIM accepts; returns that PIN. Before every attempt
+    the SIM's last retry is refused (BindingError); a second PIN is tried only where the modem
+    reports the counter. The refusal of the last PIN tried is raised (CmeError 16)."""
+    for i, pin in enumerate(pins):
+        retries = _refuse_last_retry(modem)
+        try:
+            action(pin)
+            return pin
+        except CmeError as e:
+            if e.code != _CME_INCORRECT_PASSWORD or retries is None or i + 1 == len(pins):
+                raise
+    raise ValueError("no PIN to try")
 
 
 def provision_sim(modem, factory_pin, root_key, device_id, key_id, unlocked=False, apn=None, apn_user=None,
@@ -491,19 +523,20 @@ def provision_sim(modem, factory_pin, root_key, device_id, key_id, unlocked=Fals
     if state == "SIM PUK":
         raise BindingError("SIM is PUK-locked")
     iccid = modem.iccid()
-    current_pin = _pin_on_sim(iccid, factory_pin)
+    pins = _pins_on_sim(iccid, factory_pin)
     if state == "SIM PIN" or not unlocked:
         _refuse_last_retry(modem)
     if state == "SIM PIN":
-        modem.enter_pin(current_pin)
+        pins = (_with_pin(modem, pins, modem.enter_pin),)
     # Lock first (with the PIN the SIM has now): CPWD needs the lock on.
     if not unlocked and not modem.pin_lock_enabled():
-        modem.set_pin_lock(True, current_pin)
+        pins = (_with_pin(modem, pins, lambda pin: modem.set_pin_lock(True, pin)),)
     imsi = modem.imsi()
     if apn:
         modem.set_apn(apn, apn_user, apn_pwd)
     if not unlocked:
-        modem.change_pin(current_pin, sim_pin(root_key))  # the point of no return: commit now
+        new_pin = sim_pin(root_key)
+        _with_pin(modem, pins, lambda pin: modem.change_pin(pin, new_pin))  # the point of no return
     _commit(root_key, device_id, key_id, (imei, iccid, imsi), unlocked, (apn, apn_user, apn_pwd))
     return {"imei": imei, "iccid": iccid, "imsi": imsi, "unlocked": unlocked}
 

@@ -244,12 +244,9 @@ def report_crash(reason="crash"):
 
 
 def default_root():
-    # Same rule as cellguard.runtime.fs_root(), repeated so the boot part imports no application code.
-    if sys.implementation.name == "micropython" and sys.platform in ("linux", "darwin"):
-        import os
+    from cgboot import host
 
-        return os.getenv("CELLGUARD_FS") or "."
-    return "/"
+    return host.fs_root()
 
 
 def _reset_cause():

@@ -23,25 +23,16 @@ REFUSAL = "lockdown (%s): error: input ignored (console locked)\n"
 
 
 def _root():
-    # Same rule as cellguard.runtime.fs_root() and cgboot.loader.default_root(), repeated so that
-    # CircuitPython (which has no slot manager) never imports the loader.
-    if sys.platform in ("linux", "darwin"):
-        import os
+    from cgboot import host
 
-        return os.getenv("CELLGUARD_FS") or "."
-    return "/"
+    return host.fs_root()
 
 
 def is_circuitpython():
-    # As cellguard.runtime decides it (not imported: the application may be what is broken); on a
-    # host the CircuitPython tests' shim names the runtime, a board never looks.
-    name = sys.implementation.name
-    if sys.platform in ("linux", "darwin", "win32"):
-        try:
-            from cellguard_runtime_name import NAME as name
-        except ImportError:
-            pass
-    return name == "circuitpython"
+    # As cellguard.runtime decides it (not imported: the application may be what is broken).
+    from cgboot import host
+
+    return host.runtime_name() == "circuitpython"
 
 
 def is_locked(root=None):

@@ -8,7 +8,6 @@
 # the boot part's trusted keys, then hashes every listed file; a missing or changed file, or a
 # manifest that does not verify, is refused. Only cgboot modules are imported here: the checked
 # files (cellguard among them) are not imported until they have been checked.
-import sys
 
 MANIFEST = "manifest.img"
 EXIT_REFUSED = 78  # a host (the tests) ends the process with this status instead of halting
@@ -97,12 +96,9 @@ def load(root, trusted_keys):
 
 
 def default_root():
-    # As cgboot.loader.default_root (not imported: it pulls in the slot manager CircuitPython lacks).
-    if sys.platform in ("linux", "darwin"):
-        import os
+    from cgboot import host
 
-        return os.getenv("CELLGUARD_FS") or "."
-    return "/"
+    return host.fs_root()
 
 
 def boot_device(root=None):
@@ -136,7 +132,9 @@ def refuse(reason):
     entered with the reset button, skips boot.py so the unit can be re-flashed); a host exits."""
     print("cgboot: REFUSING TO RUN: %s" % reason)
     print("cgboot: the application does not match its signed manifest; re-flash the unit")
-    if sys.platform in ("linux", "darwin", "win32"):
+    from cgboot import host
+
+    if host.HOST:
         raise SystemExit(EXIT_REFUSED)
     import time
 

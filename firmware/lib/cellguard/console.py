@@ -218,11 +218,12 @@ class Console:
                 else:
                     raise ConsoleError("usage: status [--json]")
             elif cmd == "version":
-                from cellguard.statuspage import field
+                from cellguard.statuspage import field, running_version
 
                 snap = snapshot()
-                self.write("cellguard %s  slot %s  %s  board %s\n" % (
-                    VERSION, field(snap, "boot", "slot"), field(snap, "device", "runtime"), field(snap, "device", "board")))
+                self.write("cellguard %s  slot %s  %s  board %s\n" % (running_version(snap), field(snap, "boot", "slot"),
+                                                                      field(snap, "device", "runtime"),
+                                                                      field(snap, "device", "board")))
             elif cmd == "log":
                 from cellguard.statuspage import when
 

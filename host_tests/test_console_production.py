@@ -163,3 +163,19 @@ def test_locked_unit_whose_image_does_not_verify_keeps_the_repl_closed(locked):
             t.close()
     finally:
         again.stop()
+
+
+def test_the_challenge_names_the_device_id_the_page_shows(locked):
+    # One id everywhere: the technician reads the page's device id to the service desk, and the
+    # challenge (whose answer is keyed for that id) names the same one.
+    board, key = locked
+    snap = json.loads(run_tool("status", "--port", board.port, "--json").stdout)
+    with serial.Serial(board.port, timeout=3) as s:
+        s.write(b"\rservice challenge\r")
+        out = s.read_until(b"challenge cg-")
+        out = (out + s.read_until(b"\r\n" + PROMPT)).decode()
+    words = out.split("challenge ")[-1].split()
+    assert words[0] == snap["device"]["id"], (out, snap["device"])
+    assert not any("service record is for device" in e for _, e in snap["events"]), snap["events"]
+    done = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
+    assert done.returncode == 0, done.stdout + done.stderr

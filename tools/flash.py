@@ -525,13 +525,15 @@ def provision_env(args) -> dict:
     return env
 
 
-def provision(port: str, profile: dict, args) -> str:
+def provision(port: str, profile: dict, args, device_id: str | None = None) -> str:
     tool = REPO / "tools" / "provision.py"
     if args.no_provision:
         return "skipped: --no-provision"
     if not tool.exists():
         return "skipped: tools/provision.py is not in this tree yet (the SIM-lock issue)"
     cmd = [sys.executable, str(tool), "--port", port, "--board", profile["name"], "--hub-db", str(args.hub_db)]
+    if device_id:  # the id the service record names: the console's challenge and the page agree
+        cmd += ["--device-id", device_id]
     if args.reprovision:
         cmd.append("--force")
     cmd += provision_flags(args)
@@ -548,15 +550,19 @@ def provision(port: str, profile: dict, args) -> str:
 
 
 def service_record(dev: Device, master_key_path: Path) -> tuple[str, bytes]:
-    """This device's service verifier: a stable device id and the key derived for it on the host."""
+    """This device's service verifier: a stable device id and the key derived for it on the host.
+
+    One id everywhere: a provisioned unit's identity (keys/identity) names it, else the id an
+    earlier flash gave it, else a new one, which provisioning then takes (--device-id)."""
+    ident = dev.read_text("keys/identity")
+    device_id = ident.split("\n", 1)[0].strip() if ident else None
     old = dev.read_text("keys/service.json")
-    device_id = None
-    if old:
+    if old and not device_id:
         try:
             device_id = json.loads(old)["device_id"]
         except (ValueError, KeyError):
             device_id = None
-    device_id = device_id or "cg-" + os.urandom(8).hex()
+    device_id = device_id or "cg-" + os.urandom(6).hex()
     master = status_tool.load_master_key(master_key_path, create=True)
     key = status_tool.device_service_key(master, device_id)
     record = {"device_id": device_id, "key_id": hashlib.sha256(master).hexdigest()[:8], "key": key.hex()}
@@ -662,7 +668,7 @@ def flash(args) -> int:
 
     dev.close()
     step(5, "provision the unit (SIM lock)")
-    print("      " + provision(port, profile, args))
+    print("      " + provision(port, profile, args, device_id))
 
     step(6, f"console mode: {'production (locked)' if args.production else 'development (unlocked)'}")
     cpy = profile["runtime"]["name"] == "circuitpython"

@@ -143,10 +143,14 @@ class Console:
         self._too_long = False
         self._last = 0
         status.set("console", "mode", "production (locked)" if locked else "development (unlocked)")
-        if self.auth.device_id and status.get("device", "id") is None:
-            # Before provisioning the service record's id names the unit; after it, the
-            # provisioned identity (set by main.py from cellguard.keys) does.
+        # One id: the service record is made for the provisioned identity (tools/flash.py), and
+        # before provisioning its id names the unit. A unit where they differ says so.
+        shown = status.get("device", "id")
+        if self.auth.device_id and shown is None:
             status.set("device", "id", self.auth.device_id)
+        elif self.auth.device_id and shown != self.auth.device_id:
+            status.log("console: the service record is for device %s, not %s: flash the unit again"
+                       % (self.auth.device_id, shown), error=True)
 
     def prompt(self):
         self.write(PROMPT)

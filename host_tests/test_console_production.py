@@ -62,7 +62,8 @@ def test_repl_escape_attempts_fail(locked, tmp_path):
     # With the service response the REPL opens, and nothing the attempts sent ever ran.
     opened = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
     assert opened.returncode == 0, opened.stdout + opened.stderr
-    assert "pwned" not in board.mpremote("fs", "ls").stdout
+    # `resume`: no soft reset, which would lock the console again.
+    assert "pwned" not in board.mpremote("resume", "fs", "ls").stdout
 
 
 def test_unauthenticated_service_commands_are_refused_and_logged(locked, tmp_path):
@@ -137,7 +138,7 @@ def test_locked_unit_whose_image_does_not_verify_keeps_the_repl_closed(locked):
     board, key = locked
     opened = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
     assert opened.returncode == 0, opened.stdout + opened.stderr
-    board.mpremote("exec", "f = open('slots/a.img', 'r+b'); f.seek(200); f.write(b'rot'); f.close()\n"
+    board.mpremote("resume", "exec", "f = open('slots/a.img', 'r+b'); f.seek(200); f.write(b'rot'); f.close()\n"
                    "import os\ntry:\n os.remove('slots/b.img')\nexcept OSError:\n pass")
     board.stop()  # power off; power on with the corrupted flash
     again = Board(board.workdir, board.image)
@@ -179,3 +180,32 @@ def test_the_challenge_names_the_device_id_the_page_shows(locked):
     assert not any("service record is for device" in e for _, e in snap["events"]), snap["events"]
     done = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_reset_locks_a_repl_a_service_response_opened(locked):
+    board, key = locked
+    for reset in ("mpremote soft-reset", "Ctrl-D at the friendly REPL"):
+        opened = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
+        assert opened.returncode == 0, opened.stdout + opened.stderr
+        assert "ok" in board.mpremote("resume", "exec", "print('ok')").stdout  # the REPL is open
+        if reset.startswith("mpremote"):
+            # The soft reset from the raw REPL runs boot.py alone: on a locked unit that is the console.
+            try:
+                proc = board.mpremote("soft-reset", "exec", "open('pwned','w').close()", check=False, timeout=10)
+                assert proc.returncode != 0, proc.stdout
+            except subprocess.TimeoutExpired:
+                pass  # mpremote waits for a raw REPL that never comes back: killed, as intended
+        else:
+            with serial.Serial(board.port, timeout=3) as s:
+                s.write(b"\r\x02")  # leave the raw REPL mpremote left: the friendly REPL's banner
+                s.read_until(b">>> ")
+                s.write(b"\x04")
+                assert b"MPY: soft reboot" in s.read_until(b"soft reboot\r\n")
+        out = console_answers(board.port)
+        assert b">>> " not in out and b"raw REPL" not in out
+        with serial.Serial(board.port, timeout=1) as s:  # and the escape bytes are refused again
+            s.write(b"\x03\x01")
+            assert b"ignored (console locked)" in s.read_until(PROMPT)
+    opened = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
+    assert opened.returncode == 0, opened.stdout + opened.stderr
+    assert "pwned" not in board.mpremote("resume", "fs", "ls").stdout

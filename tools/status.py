@@ -28,6 +28,7 @@ import serial
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = b"cellguard> "
 REPL_PROMPT = b">>> "
+RAW_REPL_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 DEFAULT_MASTER_KEY = REPO / "build" / "service" / "master.key"
 VIRTUAL_PORT_FILE = REPO / "build" / "virtual-board" / "port"
 SERVICE_CONTEXT = b"cellguard-service-v1"
@@ -167,9 +168,10 @@ class ConsoleClient:
         if len(words) != 3 or words[0] != "challenge":
             raise StatusToolError(f"the device gave no challenge: {out.strip()!r}", 4)
         device_id, nonce = words[1], words[2]
-        # open-repl and reprovision hand the port to the Python REPL: its prompt ends the answer.
+        # open-repl and reprovision hand the port to the Python REPL: its prompt ends the answer (the
+        # raw REPL's, when the console ran from boot.py after mpremote's soft reset).
         answer = self.command(f"service {action} {service_response(master, device_id, nonce, action)}",
-                              ends=(PROMPT, REPL_PROMPT))
+                              ends=(PROMPT, REPL_PROMPT, RAW_REPL_PROMPT))
         if "refused" in answer or answer.startswith("error"):
             raise StatusToolError(answer.strip(), 4)
         return answer

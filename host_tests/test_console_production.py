@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 
 import pytest
 import serial
@@ -31,6 +32,10 @@ def console_answers(port: str) -> bytes:
         s.reset_input_buffer()
         s.write(b"\rversion\r")
         out = s.read_until(b"board virtual\r\n" + PROMPT)
+        if b"board virtual" not in out and b"console busy" in out:
+            # Sent while the console was still dropping a storm's lines (it says so): ask again.
+            s.write(b"\rversion\r")
+            out += s.read_until(b"board virtual\r\n" + PROMPT)
     assert b"cellguard 0.1.0" in out, out
     return out
 
@@ -55,7 +60,8 @@ def test_repl_escape_attempts_fail(locked, tmp_path):
     with serial.Serial(board.port, timeout=1) as s:
         for probe in (b"\x03" * 20, b"\x04", b"\r\x01import os\x04", b"\x05A\x01print(1)\x04", b"\x02", b"\x03\x03\x01\x04"):
             s.write(probe)
-            out = s.read_until(PROMPT)
+            out = s.read_until(b"ignored (console locked)")  # (a storm: some lines dropped, counted)
+            out += s.read_until(PROMPT)
             assert b"raw REPL" not in out and b">>> " not in out and b"Traceback" not in out, (probe, out)
             assert b"ignored (console locked)" in out
     console_answers(board.port)
@@ -71,18 +77,28 @@ def test_unauthenticated_service_commands_are_refused_and_logged(locked, tmp_pat
     with serial.Serial(board.port, timeout=3) as s:
         s.write(b"\rservice wipe\r")
         refusal = s.read_until(b"challenge (tools/status.py --service wipe)\r\n" + PROMPT)
+        # At once: the back-off after a refused attempt refuses it before anything is checked.
         s.write(b"service open-repl " + b"ab" * 32 + b"\r")
-        refusal += s.read_until(b"first)\r\n" + PROMPT)
-    assert b"service wipe refused" in refusal and b"service open-repl refused" in refusal
+        refusal += s.read_until(b"in a row\r\n" + PROMPT)
+        assert b"service open-repl refused: service actions refused for 2 s after 1 refused attempt(s)" in refusal
+        s.write(b"service open-repl " + b"ab" * 32 + b"\r")  # still no challenge: refused, counted
+        refusal += s.read_until(b"\r\n" + PROMPT)
+        for _ in range(40):  # the back-off (2 s) ends: an answer with no challenge is refused as such
+            if b"no challenge issued" in refusal:
+                break
+            time.sleep(0.25)  # polling the unit's own clock: refusals during the back-off cost nothing
+            s.write(b"service open-repl " + b"ab" * 32 + b"\r")
+            refusal += s.read_until(b"\r\n" + PROMPT)
+    assert b"service wipe refused" in refusal and b"service open-repl refused: no challenge issued" in refusal
     other = tmp_path / "not-the-master.key"
     other.write_text("11" * 32)
     wrong = run_tool("status", "--port", board.port, "--service", "wipe", "--service-key", str(other))
-    assert wrong.returncode == 4 and "wrong response" in wrong.stderr
+    assert wrong.returncode == 4 and "refused" in wrong.stderr  # the back-off (4 s now), or a wrong response
     log = run_tool("status", "--port", board.port, "--command", "log")
     assert log.returncode == 0
-    for reason in ("service wipe refused: not authenticated", "service open-repl refused: no challenge issued",
-                   "service wipe refused: wrong response"):
+    for reason in ("service wipe refused: not authenticated", "service open-repl refused: no challenge issued"):
         assert reason in log.stdout
+    assert "security record (kept on the unit):" in log.stdout
     # Still locked, still serving.
     console_answers(board.port)
 

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 PROMPT = b"cellguard> "
 REPL_PROMPT = b">>> "
 RAW_REPL_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
+BUSY = b"error: console busy:"  # lines the console dropped unanswered (firmware/lib/cellguard/console.py)
 DEFAULT_MASTER_KEY = REPO / "build" / "service" / "master.key"
 VIRTUAL_PORT_FILE = REPO / "build" / "virtual-board" / "port"
 SERVICE_CONTEXT = b"cellguard-service-v1"
@@ -146,8 +147,13 @@ class ConsoleClient:
         data = b""
         deadline = time.monotonic() + self.timeout
         # Stale prompts may still be in flight: the answer is what follows our echo, up to a prompt.
+        resent = False
         while time.monotonic() < deadline:
             data += self._read_until(ends, deadline - time.monotonic())
+            if not resent and BUSY in data and echo not in data:
+                # The console dropped our line with others (it was flooded) and said so: once more.
+                self.ser.write(line.encode() + b"\r")
+                resent = True
             at = data.find(echo)
             end = next((m for m in ends if data.endswith(m)), None)
             if at >= 0 and end is not None:

@@ -225,3 +225,37 @@ def test_every_reset_locks_a_repl_a_service_response_opened(locked):
     opened = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
     assert opened.returncode == 0, opened.stdout + opened.stderr
     assert "pwned" not in board.mpremote("resume", "fs", "ls").stdout
+
+
+def test_a_repl_a_service_response_opened_locks_again_when_unused(locked):
+    board, key = locked
+
+    def open_repl() -> None:
+        opened = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
+        assert opened.returncode == 0, opened.stdout + opened.stderr
+
+    # A short idle limit for the test (the lock record's repl_idle_s; 600 s by default), taken at the
+    # next opening: this REPL is closed with a reset first.
+    open_repl()
+    board.mpremote("resume", "exec", "import json\nwith open('state/console.json', 'w') as f:\n"
+                   " json.dump({'locked': True, 'repl_idle_s': 4}, f)")
+    with serial.Serial(board.port, timeout=3) as s:
+        s.write(b"\r\x02")
+        s.read_until(b">>> ")
+        s.write(b"\x04")
+        s.read_until(b"soft reboot\r\n")
+    console_answers(board.port)
+    open_repl()
+    for _ in range(6):  # in use: the REPL stays open past the idle limit
+        assert "ok" in board.mpremote("resume", "exec", "print('ok')").stdout
+        time.sleep(1)
+    # Unused: the unit resets by itself and the console is locked again. The port is only read,
+    # which the unit cannot see.
+    with serial.Serial(board.port, timeout=30) as s:
+        gone = s.read_until(b"resetting]")
+    assert b"resetting]" in gone, gone
+    out = console_answers(board.port)
+    assert b">>> " not in out
+    with serial.Serial(board.port, timeout=1) as s:
+        s.write(b"\x03\x01")
+        assert b"ignored (console locked)" in s.read_until(PROMPT)

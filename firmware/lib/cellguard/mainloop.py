@@ -276,6 +276,8 @@ def run():
     while True:
         try:
             console.main(refresh, idle)  # returns only to hand the port to the REPL
+            if consolelock.is_locked():  # a service response opened it: unused, it locks again
+                consolelock.watch_repl(lambda: hard_reset("repl"))
             if guard is not None and guard.wdt is not None:
                 # Nothing feeds the watchdog in the REPL: its reset is ours, not a failed trial.
                 _loader().intend_reset("repl")

@@ -152,7 +152,6 @@ def test_certification_unit_marks_messages_sealed_before_the_first_check(unit, h
     assert all(m["unlocked"] for m in msgs), msgs
 
 
-
 def test_received_counter_shown_after_a_restart_is_the_highest_received(unit, hub_server):
     """`sequence ... received` is the highest sequence number the hub's datagrams carried: kept in
     the receive window across restarts, never the -1 of a fresh channel (a counter that went

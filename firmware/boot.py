@@ -146,3 +146,22 @@ try:
     consolelock.apply()
 except BaseException as e:  # noqa: B036  (an unreadable lock stays locked: Ctrl-C remains off)
     _interrupt_for_unlocked_unit(e)
+
+
+def _run_locked_console():
+    # A locked MicroPython unit runs its main loop (and so its console) from here, not from main.py:
+    # every reset runs boot.py, while a soft reset from the raw REPL (mpremote's) runs boot.py
+    # alone. So no reset, soft or hard, leaves a REPL that a service response opened. When one
+    # does, the main loop returns here, and main.py (after a friendly-REPL reset) finds it done.
+    try:
+        from cellguard import mainloop
+
+        mainloop.main()
+    except BaseException as e:  # noqa: B036  (as main.py: an image on trial reverts, the port stays held)
+        from cgboot import fallback
+
+        fallback.failed(e)
+
+
+if _runtime_name() == "micropython" and _locked():
+    _run_locked_console()

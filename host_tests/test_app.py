@@ -34,6 +34,8 @@ while runtime.ticks_diff(runtime.ticks_ms(), t) < %(run_ms)d:
 print('STATS', a.box.stats if a.box else None, status.snapshot().get('events'))
 print('STATE', a.state, 'PENDING', a.box.pending() if a.box else -1, 'READINGS', n)
 print('BUDGET', a.box._budget_used if a.box else -1)
+from cellguard import statuspage
+print([x for x in statuspage.render(status.snapshot()).splitlines() if x.startswith('sequence')][0])
 """
 
 
@@ -148,3 +150,31 @@ def test_certification_unit_marks_messages_sealed_before_the_first_check(unit, h
     msgs = accepted(hub)
     assert "tamper" in [m["type"] for m in msgs] and "hello" in [m["type"] for m in msgs]
     assert all(m["unlocked"] for m in msgs), msgs
+
+
+def test_received_counter_shown_after_a_restart_is_the_highest_received(unit, hub_server):
+    """`sequence ... received` is the highest sequence number the hub's datagrams carried: kept in
+    the receive window across restarts, never the -1 of a fresh channel (a counter that went
+    backwards is a finding for the technician)."""
+    hub, server = hub_server
+    sim = fresh_sim()
+    with emulated_modem("bg96", sim=sim) as emu:
+        unit.provision(emu)
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        first = run_app(unit, emu, server.port, until="n >= 2 and a.box.pending() == 0")
+    # A restart that never gets online (a foreign SIM: the lock refuses, nothing is sent or received).
+    foreign = Sim(iccid="89882806660000011111", imsi="901280000011111")
+    with emulated_modem("bg96", sim=foreign) as emu:
+        again = run_app(unit, emu, server.port, run_ms=1500)
+    assert "STATE locked" in again, again
+
+    def sequence(out: str) -> tuple[int, int]:
+        line = next(x for x in out.splitlines() if x.startswith("sequence"))
+        words = line.split()
+        return int(words[2]), int(words[4])
+
+    sent, received = sequence(first)
+    assert received >= 1, first  # the hub's ACKs (HELLO's TIME, readings' ACKs)
+    sent_after, received_after = sequence(again)
+    assert sent_after >= sent and received_after >= received, again

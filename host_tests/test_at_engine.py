@@ -372,7 +372,7 @@ class SlowModem(ScriptedStream):
             return False
         return super().wait_readable(timeout_ms)
 
-def read_byte():
+def read_byte(wait_ms=None):
     return typed.pop(0) if typed else None
 
 out = []

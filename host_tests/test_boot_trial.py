@@ -249,3 +249,13 @@ def test_intended_reset_during_a_trial_is_not_a_crash(kit):
     result = json.loads(out[-1])
     assert result["boots"] == [["v2", True], ["v2", True], ["v1", False]]  # a 2nd trial boot, then revert
     assert result["state"]["mode"] == "reverted" and result["state"]["reason"] == "watchdog"
+
+
+def test_the_page_headline_and_version_name_the_running_image(kit, tmp_path, images):
+    # The library's VERSION (0.1.0) is not what runs: the signed image booted from slot a is 1.0.0.
+    u = _unit(kit, tmp_path, images)
+    code, out = u.power_on(b"\rstatus\rversion\r")
+    assert code == 0, out
+    assert "\ncellguard 1.0.0  board " in out.replace("cellguard> ", "\n"), out
+    assert "cellguard 1.0.0  slot a  " in out, out
+    assert "cellguard 0.1.0" not in out.split("type `help`")[-1], out

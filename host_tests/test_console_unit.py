@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import json
 import os
+import tempfile
 
 import pytest
 
@@ -15,7 +16,9 @@ from cellguard import console, status
 status.clear()
 out = []
 rec = {"device_id": "cg-0011223344556677", "key_id": "k1", "key": "%s"}
-c = console.Console(out.append, locked=%s, auth=console.ServiceAuth(rec), wipe=lambda: out.append("<WIPED>"))
+clock = [0]  # the service back-off's clock: each input chunk comes CONSOLE_STEP_MS later
+c = console.Console(out.append, locked=%s, auth=console.ServiceAuth(rec, clock=lambda: clock[0]),
+                    wipe=lambda: out.append("<WIPED>"))
 def typed(text):
     res = None
     for b in text:
@@ -30,6 +33,7 @@ import os
 for chunk in (os.getenv("CONSOLE_INPUT") or "").split(","):
     if not chunk:
         continue
+    clock[0] += int(os.getenv("CONSOLE_STEP_MS") or 100000)
     r = typed(bytes.fromhex(chunk))
     out.append("<RESULT %%s>" %% r)
 print(json.dumps("".join(out)))
@@ -39,7 +43,7 @@ print(json.dumps("".join(out)))
 def run(runtime, *inputs: bytes, locked=True) -> str:
     script = CONSOLE % (SERVICE_KEY, locked)
     # Through the environment: the unix port's -c mode crashes on long command-line arguments.
-    env = dict(os.environ, CONSOLE_INPUT=",".join(i.hex() for i in inputs))
+    env = dict(os.environ, CONSOLE_INPUT=",".join(i.hex() for i in inputs), CELLGUARD_FS=tempfile.mkdtemp())
     return json.loads(runtime.run(script, env=env).strip().splitlines()[-1])
 
 
@@ -96,7 +100,7 @@ def test_service_action_with_the_right_response_is_authorised(runtime, action, e
         "out.append('<RESULT %%s>' %% typed(b'service %s ' + answer.hex().encode() + b'\\r'))\n"
         "for chunk in (os.getenv(\"CONSOLE_INPUT\") or \"\").split(\",\"):" % (action, action),
     )
-    out = json.loads(runtime.run(script).strip().splitlines()[-1])
+    out = json.loads(runtime.run(script, env=dict(os.environ, CELLGUARD_FS=tempfile.mkdtemp())).strip().splitlines()[-1])
     assert expect in out and "refused" not in out
     assert SERVICE_KEY not in out
 
@@ -138,3 +142,65 @@ def test_registration_number_from_the_driver_is_shown_by_name(runtime):
         "print(console.render_status(console.snapshot()))"
     )
     assert "network     roaming" in out
+
+
+BACKOFF = r"""
+import json
+from cellguard import console, security, status
+status.clear()
+out = []
+rec = {"device_id": "cg-0011223344556677", "key_id": "k1", "key": "%s"}
+clock = [0]  # the test's clock: nothing sleeps
+def power_on():
+    return console.Console(out.append, locked=True, auth=console.ServiceAuth(rec, clock=lambda: clock[0]),
+                           wipe=lambda: None)
+def typed(c, text):
+    del out[:]
+    for b in text:
+        c.feed(b)
+    return "".join(out)
+def answer(c, action):
+    words = typed(c, b"service challenge\r").split("challenge ")[-1].split()
+    return console.hmac_sha256(bytes.fromhex(rec["key"]), console.service_message(words[0], words[1], action)).hex()
+c = power_on()
+report = {"unlock": typed(c, b"service open-repl " + answer(c, "open-repl").encode() + b"\r")}
+waits, refusals = [], []
+for guess in range(30):
+    clock[0] += c.auth.wait_ms()  # the guesser waits as long as it must
+    typed(c, b"service challenge\r")
+    typed(c, b"service wipe " + b"%%064x" %% guess + b"\r")
+    refusals.append(typed(c, b"service challenge\r"))  # at once: refused by the back-off
+    waits.append(c.auth.wait_ms())
+report["waits"], report["refusals"] = waits, refusals[:3]
+c = power_on()  # a reboot: the count is on flash, the wait starts again in full
+report["after_reboot"] = typed(c, b"service challenge\r")
+report["log"] = "".join(str(e) for e in status.events())
+clock[0] += c.auth.wait_ms()
+report["right_answer"] = typed(c, b"service open-repl " + answer(c, "open-repl").encode() + b"\r")
+report["then"] = typed(c, b"service challenge\r")
+report["security"] = security.load()
+report["log_cmd"] = typed(c, b"log\r")
+print(json.dumps(report))
+"""
+
+
+def test_refused_service_attempts_back_off_across_reboots_and_stay_on_record(runtime, tmp_path):
+    env = dict(os.environ, CELLGUARD_FS=str(tmp_path))
+    # 192K (an RP2040's): the script keeps 30 rounds of answers in the same heap as the console.
+    r = json.loads(runtime.run(BACKOFF % SERVICE_KEY, env=env, heapsize="192K").strip().splitlines()[-1])
+    assert "REPL open" in r["unlock"]
+    # Each refusal makes the next attempt wait longer: 2 s, 4 s, 8 s ... at most an hour.
+    assert r["waits"][:4] == [2000, 4000, 8000, 16000] and r["waits"][-1] == 3600000
+    assert all(b >= a for a, b in zip(r["waits"], r["waits"][1:], strict=False))
+    assert sum(r["waits"]) > 20 * 3600 * 1000  # 30 guesses cost a day, not 30 seconds
+    assert "error: service actions refused for 2 s after 1 refused attempt(s)" in r["refusals"][0]
+    assert "for 3600 s after 30 refused attempt(s)" in r["after_reboot"]
+    assert "REPL open" in r["right_answer"] and r["then"].startswith("service challenge\nchallenge cg-")
+    # The recent log lost the first unlock to the noise; the security record kept it.
+    assert "service open-repl authorised" not in r["log"]
+    texts = [(e[1], e[2]) for e in r["security"]]
+    assert texts[0] == ("service open-repl authorised", 1)
+    assert ("service wipe refused: wrong response", 30) in texts
+    assert texts[-1] == ("service open-repl authorised", 1)
+    assert "service wipe refused: wrong response (x30)" in r["log_cmd"]
+    assert not (tmp_path / "state" / "service_guard").read_text().strip("0")  # the success cleared it

@@ -76,7 +76,7 @@ class _MemoryBoard(flash.Device):
     fs: dict = {}  # the test sets the board's files (class-wide: flash.py opens several Devices)
     log: list = []
 
-    def enter(self, timeout=5):
+    def enter(self, timeout=5, soft_reset=True):
         self.log.append("enter")
 
     def runtime_info(self):

@@ -263,3 +263,16 @@ def test_a_long_copy_shows_progress(board, tmp_path):
     shown = [int(p) for p in re.findall(r"slots/a\.img \[[#.]+\]\s+(\d+)%", text)]
     assert shown and shown[-1] == 100, text[-2000:]
     assert any(0 < p < 100 for p in shown), shown  # it moved while the copy ran
+
+
+def test_a_production_flash_that_fails_at_provisioning_leaves_the_unit_unlocked(board, tmp_path):
+    # The console lock is the last thing written: a SIM that refuses the factory PIN stops the
+    # flash at step 5, and the unit is still open for the next attempt (no service key needed).
+    pin = tmp_path / "wrong-pin"
+    pin.write_text("9999\n")
+    proc = flash(board, tmp_path / "master.key", "--production", "--trust-signing-key", "--factory-pin-file", str(pin))
+    assert proc.returncode == 6 and "provisioning failed" in proc.stderr, proc.stdout + proc.stderr
+    assert "[6/8]" not in proc.stdout
+    page = run_tool("status", "--port", board.port)
+    assert page.returncode == 0 and "console     development (unlocked)" in page.stdout, page.stdout + page.stderr
+    assert "console.json" not in board.mpremote("fs", "ls", ":state").stdout

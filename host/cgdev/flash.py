@@ -188,9 +188,11 @@ class Device:
         except TransportError as e:
             raise FlashError(f"cannot open {port}: {e} (wrong port? is another program using it?)", 2) from e
 
-    def enter(self, timeout: float = 5) -> None:
+    def enter(self, timeout: float = 5, soft_reset: bool = True) -> None:
+        """The raw REPL. soft_reset=False once a service response opened it: a soft reset locks a
+        locked unit's console again (boot.py runs it), as every reset does."""
         try:
-            self.t.enter_raw_repl(soft_reset=True, timeout_overall=timeout)
+            self.t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout)
         except self._TransportError as e:
             raise FlashError(
                 f"the device on {self.port} does not open its REPL ({e}). A production unit's console is "
@@ -523,10 +525,12 @@ def provision_env(args) -> dict:
     return env
 
 
-def provision(port: str, profile: dict, args) -> str:
+def provision(port: str, profile: dict, args, device_id: str | None = None) -> str:
     if args.no_provision:
         return "skipped: --no-provision"
     cmd = [sys.executable, "-m", "cgdev.provision", "--port", port, "--board", profile["name"], "--hub-db", str(args.hub_db)]
+    if device_id:  # the id the service record names: the console's challenge and the page agree
+        cmd += ["--device-id", device_id]
     if args.reprovision:
         cmd.append("--force")
     cmd += provision_flags(args)
@@ -543,15 +547,19 @@ def provision(port: str, profile: dict, args) -> str:
 
 
 def service_record(dev: Device, master_key_path: Path) -> tuple[str, bytes]:
-    """This device's service verifier: a stable device id and the key derived for it on the host."""
+    """This device's service verifier: a stable device id and the key derived for it on the host.
+
+    One id everywhere: a provisioned unit's identity (keys/identity) names it, else the id an
+    earlier flash gave it, else a new one, which provisioning then takes (--device-id)."""
+    ident = dev.read_text("keys/identity")
+    device_id = ident.split("\n", 1)[0].strip() if ident else None
     old = dev.read_text("keys/service.json")
-    device_id = None
-    if old:
+    if old and not device_id:
         try:
             device_id = json.loads(old)["device_id"]
         except (ValueError, KeyError):
             device_id = None
-    device_id = device_id or "cg-" + os.urandom(8).hex()
+    device_id = device_id or "cg-" + os.urandom(6).hex()
     master = status_tool.load_master_key(master_key_path, create=True)
     key = status_tool.device_service_key(master, device_id)
     record = {"device_id": device_id, "key_id": hashlib.sha256(master).hexdigest()[:8], "key": key.hex()}
@@ -566,6 +574,23 @@ def wait_for_port(port: str, timeout: float = 20) -> None:
         if time.monotonic() > deadline:
             raise FlashError(f"{port} did not come back within {timeout:.0f} s of the hard reset", 7)
         time.sleep(0.2)
+
+
+def connect(port: str, args) -> Device:
+    """The raw REPL after a soft reset (boot.py ran: the verified image is mounted). A locked
+    console is opened with a service response; no second reset then, it would lock it again."""
+    dev = Device(port)
+    try:
+        dev.enter()
+    except FlashError as e:
+        dev.close()
+        if e.code != 5 or not args.service_key.exists():
+            raise
+        print("      the console is locked: opening it with a service response (--service-key)")
+        open_console(port, args.service_key)
+        dev = Device(port)
+        dev.enter(soft_reset=False)
+    return dev
 
 
 def open_console(port: str, master_key_path: Path) -> None:
@@ -593,18 +618,8 @@ def flash(args) -> int:
     else:
         raise FlashError(f"board {profile['name']!r} needs --port (PORT=/dev/ttyACM0 or similar)", 2)
 
-    dev = Device(port)
+    dev = connect(port, args)
     try:
-        try:
-            dev.enter()
-        except FlashError as e:
-            if e.code != 5 or not args.service_key.exists():
-                raise
-            dev.close()
-            print("      the console is locked: opening it with a service response (--service-key)")
-            open_console(port, args.service_key)
-            dev = Device(port)
-            dev.enter()
         step(2, "check runtime against the profile")
         desc = check_runtime(profile, dev.runtime_info())
         print(f"      {desc}: fits {profile['name']}")
@@ -625,8 +640,6 @@ def flash(args) -> int:
         files["app.json"] = json.dumps(app_config(args)).encode()
         device_id, record = service_record(dev, args.service_key)
         files["keys/service.json"] = record
-        lock = {"locked": bool(args.production)}
-        files["state/console.json"] = json.dumps(lock).encode()
         owned = sorted({"lib/" + p.split("/")[1] for p in firmware_files() if p.startswith("lib/")}
                        | {p.rsplit("/", 1)[0] for p in files if p.startswith("lib/adafruit_") and p.count("/") > 1})
         cpy = profile["runtime"]["name"] == "circuitpython"
@@ -657,15 +670,21 @@ def flash(args) -> int:
 
     dev.close()
     step(5, "provision the unit (SIM lock)")
-    print("      " + provision(port, profile, args))
+    if not args.no_provision:
+        connect(port, args).close()  # a soft reset first: boot.py mounts the image just installed
+    print("      " + provision(port, profile, args, device_id))
 
+    # The console lock is written last, once everything before it succeeded: a flash that fails
+    # earlier leaves the unit as it was (a fresh one open for the next attempt).
     step(6, f"console mode: {'production (locked)' if args.production else 'development (unlocked)'}")
     cpy = profile["runtime"]["name"] == "circuitpython"
-    step(7, "hard reset (microcontroller.reset()): boot.py then main.py" if cpy
-         else "soft reset: boot.py then main.py")
     dev = Device(port)
     try:
-        dev.enter()
+        dev.enter(soft_reset=False)  # no reset before the lock is written: the REPL stays ours
+        dev.mkdirs(["state"])
+        dev.write("state/console.json", json.dumps({"locked": bool(args.production)}).encode())
+        step(7, "hard reset (microcontroller.reset()): boot.py then main.py" if cpy
+             else "soft reset: boot.py then main.py")
         if cpy:
             dev.hard_reset()
         else:

@@ -347,7 +347,8 @@ def run_over_mpremote(port: str) -> Callable[[str], str]:
 
         transport = SerialTransport(port, baudrate=115200)
         try:
-            transport.enter_raw_repl()
+            # No soft reset: on a unit whose REPL a service response opened, a reset locks it again.
+            transport.enter_raw_repl(soft_reset=False)
             out = transport.exec(script)
             transport.exit_raw_repl()
         finally:

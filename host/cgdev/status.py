@@ -28,6 +28,8 @@ import serial
 REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
 PROMPT = b"cellguard> "
 REPL_PROMPT = b">>> "
+RAW_REPL_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
+BUSY = b"error: console busy:"  # lines the console dropped unanswered (firmware/lib/cellguard/console.py)
 DEFAULT_MASTER_KEY = REPO / "build" / "service" / "master.key"
 VIRTUAL_PORT_FILE = REPO / "build" / "virtual-board" / "port"
 SERVICE_CONTEXT = b"cellguard-service-v1"
@@ -145,8 +147,13 @@ class ConsoleClient:
         data = b""
         deadline = time.monotonic() + self.timeout
         # Stale prompts may still be in flight: the answer is what follows our echo, up to a prompt.
+        resent = False
         while time.monotonic() < deadline:
             data += self._read_until(ends, deadline - time.monotonic())
+            if not resent and BUSY in data and echo not in data:
+                # The console dropped our line with others (it was flooded) and said so: once more.
+                self.ser.write(line.encode() + b"\r")
+                resent = True
             at = data.find(echo)
             end = next((m for m in ends if data.endswith(m)), None)
             if at >= 0 and end is not None:
@@ -167,9 +174,10 @@ class ConsoleClient:
         if len(words) != 3 or words[0] != "challenge":
             raise StatusToolError(f"the device gave no challenge: {out.strip()!r}", 4)
         device_id, nonce = words[1], words[2]
-        # open-repl and reprovision hand the port to the Python REPL: its prompt ends the answer.
+        # open-repl and reprovision hand the port to the Python REPL: its prompt ends the answer (the
+        # raw REPL's, when the console ran from boot.py after mpremote's soft reset).
         answer = self.command(f"service {action} {service_response(master, device_id, nonce, action)}",
-                              ends=(PROMPT, REPL_PROMPT))
+                              ends=(PROMPT, REPL_PROMPT, RAW_REPL_PROMPT))
         if "refused" in answer or answer.startswith("error"):
             raise StatusToolError(answer.strip(), 4)
         return answer

@@ -17,7 +17,9 @@
 # argv: image_path block_size block_count command_fd control_fd
 import io
 import os
+import select
 import sys
+import time
 
 import micropython
 import vfs
@@ -117,7 +119,65 @@ class HardReset(BaseException):
 
 
 class _MachineShim:
-    """`machine` as the firmware sees it: the unix port's own, but reset() restarts the board."""
+    """`machine` as the firmware sees it: the unix port's own, but reset() restarts the board, and
+    Timer is a board's soft timer (its callbacks run while the REPL waits for a command)."""
+
+
+_timers = []  # the armed Timers; main() runs the due ones between REPL commands
+
+
+class _Timer:
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id=-1, mode=PERIODIC, period=1000, callback=None):  # noqa: A002  (a board's signature)
+        self.init(mode=mode, period=period, callback=callback)
+
+    def init(self, mode=PERIODIC, period=1000, callback=None):
+        self._mode, self._period, self._callback = mode, period, callback
+        self._due = time.ticks_add(time.ticks_ms(), period)
+        if self not in _timers:
+            _timers.append(self)
+
+    def deinit(self):
+        if self in _timers:
+            _timers.remove(self)
+
+
+def _run_timers():
+    # The soft timers that are due; returns how long until the next one (ms), -1 if none is armed.
+    for t in list(_timers):
+        if time.ticks_diff(time.ticks_ms(), t._due) >= 0:
+            if t._mode == _Timer.PERIODIC:
+                t._due = time.ticks_add(t._due, t._period)
+            else:
+                t.deinit()
+            if t._callback is not None:
+                t._callback(t)
+    if not _timers:
+        return -1
+    return max(0, min(time.ticks_diff(t._due, time.ticks_ms()) for t in _timers))
+
+
+_dupterm = [None]  # os.dupterm's stream: it sees the REPL's traffic (here: each command the VM runs)
+
+
+class _OsShim:
+    """`os` as the firmware sees it: the unix port's own, with a board's os.dupterm."""
+
+
+def _install_os_shim():
+    shim = _OsShim()
+    for name in dir(os):
+        if not name.startswith("__"):
+            setattr(shim, name, getattr(os, name))
+
+    def dupterm(stream=None, index=0):
+        old, _dupterm[0] = _dupterm[0], stream
+        return old
+
+    shim.dupterm = dupterm
+    sys.modules["os"] = shim
 
 
 def _install_machine_shim():
@@ -132,6 +192,7 @@ def _install_machine_shim():
         raise HardReset()
 
     shim.reset = reset
+    shim.Timer = _Timer
     sys.modules["machine"] = shim
 
 
@@ -181,14 +242,21 @@ def main():
     sys.path[:] = ["", ".frozen", "/lib"]
     _install_shim()
     _install_machine_shim()
+    _install_os_shim()
     g = {"__name__": "__main__"}
     _send(b"READY %d.%d.%d" % sys.implementation.version[:3])
+    waiting = select.poll()
+    waiting.register(_cmd, select.POLLIN)
     while True:
+        while not waiting.poll(_run_timers()):  # the REPL waits: a board's soft timers still run
+            pass
         header = _cmd.readline()
         if not header:
             return
         kind, n = header.split()
         payload = _cmd.read(int(n)) if int(n) else b""
+        if _dupterm[0] is not None and kind != b"BOOT":
+            _dupterm[0].write(payload)  # on a board the REPL would echo or answer it
         if kind == b"BOOT":
             err = _run("boot.py", "exec_file", g)
             if not err and payload == b"main":

@@ -260,7 +260,9 @@ class App:
                 self._acked_seen = acked
                 status.set("outbox", "last_delivery", runtime.time_s())
             status.set("messaging", "tx_seq", self.box.channel.counter.peek())
-            status.set("messaging", "rx_seq", self.box.channel.last_seq)
+            # The highest sequence received from the hub: the receive window, persisted across
+            # restarts (last_seq is the last one *sent*, and -1 after a restart).
+            status.set("messaging", "rx_seq", self.box.channel.window.highest)
 
 
 def _encoder(monitor):

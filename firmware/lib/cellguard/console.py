@@ -5,11 +5,22 @@
 # device: `service challenge` prints the device id and a fresh random nonce; the host answers with
 # HMAC-SHA-256 over (device id, nonce, action) keyed with this device's service key, which the host
 # derives from a service master secret that never leaves the host (cellguard status --service). A
-# nonce is single-use and expires; every refused attempt is logged. Garbled input gets a clear error
-# and the console keeps running; in production nothing typed reaches the Python REPL.
+# nonce is single-use and expires; every refused attempt is logged, kept in the security record and
+# makes the next one wait longer (cellguard/service.py). Garbled input gets a clear error and the
+# console keeps running; in production nothing typed reaches the Python REPL.
 import json
 
-from cellguard import VERSION, consolelock, runtime, status
+from cellguard import VERSION, consolelock, runtime, security, status
+from cellguard.service import (
+    SERVICE_ACTIONS,
+    Backoff,
+    ConsoleError,
+    ServiceAuth,
+    hmac_sha256,
+    service_message,
+)
+
+__all__ = ("Console", "ConsoleError", "ServiceAuth", "hmac_sha256", "main", "serve", "service", "service_message")
 
 try:
     from micropython import const
@@ -20,100 +31,17 @@ except ImportError:
 
 
 PROMPT = "cellguard> "
-SERVICE_FILE = "keys/service.json"
-SERVICE_CONTEXT = b"cellguard-service-v1"
-SERVICE_ACTIONS = ("open-repl", "reprovision", "wipe")
-_NONCE_TTL_MS = const(120000)
 _MAX_LINE = const(160)
 _BS = (8, 127)
-
-
-class ConsoleError(Exception):
-    pass
-
-
-# ---- HMAC-SHA-256 and a constant-time compare: the messaging layer's (cellguard.crypto) when it is
-# installed; this small fallback until then (same signatures), so the console never depends on it.
-try:
-    from cellguard.crypto import ct_equal, hmac_sha256
-except ImportError:
-
-    def hmac_sha256(key, msg):
-        if len(key) > 64:
-            key = runtime.sha256(key).digest()
-        key = key + b"\x00" * (64 - len(key))
-        inner = runtime.sha256(bytes(b ^ 0x36 for b in key))
-        inner.update(msg)
-        outer = runtime.sha256(bytes(b ^ 0x5C for b in key))
-        outer.update(inner.digest())
-        return outer.digest()
-
-    def ct_equal(a, b):
-        if len(a) != len(b):
-            return False
-        diff = 0
-        for i in range(len(a)):
-            diff |= a[i] ^ b[i]
-        return diff == 0
-
-
-def service_message(device_id, nonce_hex, action):
-    return b"|".join((SERVICE_CONTEXT, device_id.encode(), nonce_hex.encode(), action.encode()))
-
-
-class ServiceAuth:
-    """The device side of the service challenge-response."""
-
-    def __init__(self, record=None):
-        # record: {"device_id": str, "key_id": str, "key": hex} from keys/service.json (never shown).
-        self._record = record
-        self._nonce = None
-        self._issued = 0
-
-    @classmethod
-    def load(cls):
-        try:
-            with open(runtime.path_join(runtime.fs_root(), SERVICE_FILE)) as f:
-                rec = json.load(f)
-            bytes.fromhex(rec["key"])
-            return cls({"device_id": str(rec["device_id"]), "key_id": str(rec.get("key_id", "")),
-                        "key": rec["key"]})
-        except (OSError, ValueError, KeyError, TypeError):
-            return cls(None)
-
-    @property
-    def device_id(self):
-        return self._record["device_id"] if self._record else None
-
-    @property
-    def key_id(self):
-        return self._record["key_id"] if self._record else None
-
-    def challenge(self):
-        if self._record is None:
-            raise ConsoleError("no service key on this device: service actions are unavailable")
-        self._nonce = runtime.random_bytes(16).hex()
-        self._issued = runtime.ticks_ms()
-        return self._nonce
-
-    def check(self, action, response_hex):
-        """True if response_hex answers the current challenge for action; the nonce is used up."""
-        nonce, self._nonce = self._nonce, None
-        if self._record is None:
-            raise ConsoleError("no service key on this device")
-        if nonce is None:
-            raise ConsoleError("no challenge issued (run `service challenge` first)")
-        if runtime.ticks_diff(runtime.ticks_ms(), self._issued) > _NONCE_TTL_MS:
-            raise ConsoleError("the challenge expired; ask for a new one")
-        try:
-            response = bytes.fromhex(response_hex)
-        except ValueError:
-            raise ConsoleError("the response is not hex")
-        key = bytes.fromhex(self._record["key"])
-        expected = hmac_sha256(key, service_message(self._record["device_id"], nonce, action))
-        if not ct_equal(response, expected):
-            raise ConsoleError("wrong response")
-        return True
+# The console's share of the main loop, so a busy port never stops the unit (docs/field-guide.md,
+# "A busy console"): per turn (between two application steps, or one AT idle callback) at most
+# _LINES lines answered and _READ_MAX bytes read; lines past that are dropped, counted, and the
+# rest of a flood is read and dropped cheaply (_DISCARD_MAX more bytes, no echo); modem facts
+# refreshed at most every _REFRESH_MS; output queued and sent per turn: consoleport.Output.
+_LINES = const(8)
+_READ_MAX = const(256)
+_DISCARD_MAX = const(1024)
+_REFRESH_MS = const(2000)
 
 
 # ---- rendering (cellguard/statuspage.py, loaded on first use) -----------------------------------
@@ -142,25 +70,60 @@ class Console:
         self._garbled = 0
         self._too_long = False
         self._last = 0
+        self._budget = None  # lines still answered this turn: no bound until begin()
+        self.discarding = False  # this turn's budget is spent: lines are dropped and counted
+        self._dropped = 0
+        self._refreshed = None
         status.set("console", "mode", "production (locked)" if locked else "development (unlocked)")
-        if self.auth.device_id and status.get("device", "id") is None:
-            # Before provisioning the service record's id names the unit; after it, the
-            # provisioned identity (set by main.py from cellguard.keys) does.
+        # One id: the service record is made for the provisioned identity (tools/flash.py), and
+        # before provisioning its id names the unit. A unit where they differ says so.
+        shown = status.get("device", "id")
+        if self.auth.device_id and shown is None:
             status.set("device", "id", self.auth.device_id)
+        elif self.auth.device_id and shown != self.auth.device_id:
+            status.log("console: the service record is for device %s, not %s: flash the unit again"
+                       % (self.auth.device_id, shown), error=True)
 
     def prompt(self):
         self.write(PROMPT)
 
+    def begin(self, lines=_LINES):
+        """A new turn: at most `lines` lines answered until the next one (serve() calls it)."""
+        self._budget = lines
+        self.discarding = False
+
+    def _admit(self):
+        # One more line answered this turn? No: it is dropped, and so is the rest of the turn.
+        if self._budget is None:
+            return True
+        if not self.discarding and self._budget > 0:
+            self._budget -= 1
+            return True
+        self.discarding = True
+        self._reset_line()
+        self._dropped += 1
+        return False
+
+    def _reset_line(self):
+        self._line = bytearray()
+        self._garbled = 0
+        self._too_long = False
+
     def feed(self, b):
         last, self._last = self._last, b
+        if self.discarding:  # only counted: no echo, nothing kept
+            if b == 13 or (b == 10 and last != 13) or (b < 32 and b not in _BS and b != 10):
+                self._dropped += 1
+            return None
         if b in (13, 10):
             if b == 10 and last == 13:
                 return None  # the \n of a \r\n
+            if (self._line or self._garbled or self._too_long) and not self._admit():
+                return None  # an empty line costs a prompt only: never refused
             self.write("\n")
+            self._busy_note()
             line, garbled, too_long = bytes(self._line), self._garbled, self._too_long
-            self._line = bytearray()
-            self._garbled = 0
-            self._too_long = False
+            self._reset_line()
             if too_long:
                 self._error("line longer than %d characters - ignored" % _MAX_LINE)
                 self.prompt()
@@ -187,11 +150,12 @@ class Console:
             return None
         if b < 32:
             # Ctrl-A/B/C/D/E are how a host reaches the REPL; here they are only bytes.
+            if not self._admit():
+                return None
             self.write("\n")
+            self._busy_note()
             self._error("control character 0x%02x ignored%s" % (b, " (console locked)" if self.locked else ""))
-            self._line = bytearray()
-            self._garbled = 0
-            self._too_long = False
+            self._reset_line()
             self.prompt()
             return None
         self._garbled += 1
@@ -199,6 +163,12 @@ class Console:
 
     def _error(self, msg):
         self.write("error: %s\n" % msg)
+
+    def _busy_note(self):
+        if self._dropped:
+            self._error("console busy: %d line(s) dropped unanswered (at most %d at a time)"
+                        % (self._dropped, _LINES))
+            self._dropped = 0
 
     def command(self, line):
         words = line.split()
@@ -210,7 +180,11 @@ class Console:
                 self.write(_HELP)
             elif cmd == "status":
                 if self._refresh is not None and args in ([], ["--json"]):
-                    self._refresh()
+                    # Fresh modem facts, but at most every _REFRESH_MS: each refresh asks the modem.
+                    now = runtime.ticks_ms()
+                    if self._refreshed is None or runtime.ticks_diff(now, self._refreshed) >= _REFRESH_MS:
+                        self._refreshed = now
+                        self._refresh()
                 if args == ["--json"]:
                     self.write(json.dumps(snapshot()) + "\n")
                 elif not args:
@@ -218,14 +192,19 @@ class Console:
                 else:
                     raise ConsoleError("usage: status [--json]")
             elif cmd == "version":
-                from cellguard.statuspage import field
+                from cellguard.statuspage import field, running_version
 
                 snap = snapshot()
-                self.write("cellguard %s  slot %s  %s  board %s\n" % (
-                    VERSION, field(snap, "boot", "slot"), field(snap, "device", "runtime"), field(snap, "device", "board")))
+                self.write("cellguard %s  slot %s  %s  board %s\n" % (running_version(snap), field(snap, "boot", "slot"),
+                                                                      field(snap, "device", "runtime"),
+                                                                      field(snap, "device", "board")))
             elif cmd == "log":
                 from cellguard.statuspage import when
 
+                self.write("security record (kept on the unit):\n")
+                for t, e, n, _ in security.load():
+                    self.write("  %s  %s%s\n" % (when(t), e, " (x%d)" % n if n > 1 else ""))
+                self.write("recent events:\n")
                 for t, e in status.events():
                     self.write("%s  %s\n" % (when(t), e))
             elif cmd == "service":
@@ -239,35 +218,51 @@ class Console:
         return None
 
     def _service(self, args):
+        auth = self.auth
         if args == ["challenge"]:
-            nonce = self.auth.challenge()
+            nonce = auth.challenge()
             status.log("service challenge issued")
-            self.write("challenge %s %s\n" % (self.auth.device_id, nonce))
+            self.write("challenge %s %s\n" % (auth.device_id, nonce))
             return None
         if not args or args[0] not in SERVICE_ACTIONS:
             raise ConsoleError("usage: service challenge | service <%s> <response>" % "|".join(SERVICE_ACTIONS))
         action = args[0]
-        if len(args) != 2:
-            status.log("service %s refused: not authenticated" % action, error=True)
-            self.auth._nonce = None
-            raise ConsoleError("service %s refused: it needs the response to a fresh challenge "
-                               "(cellguard status --service %s)" % (action, action))
         try:
-            self.auth.check(action, args[1])
-        except ConsoleError as e:
-            status.log("service %s refused: %s" % (action, e), error=True)
+            if len(args) != 2:
+                auth.guard()
+                auth.forget()  # a bare attempt uses up the challenge too
+                raise ConsoleError("not authenticated")
+            auth.check(action, args[1])
+        except Backoff as e:  # refused before anything is checked: no flash write, not counted
             raise ConsoleError("service %s refused: %s" % (action, e))
-        status.log("service %s authorised" % action)
+        except ConsoleError as e:
+            _security("service %s refused: %s" % (action, e), error=True)
+            auth.failed()
+            if len(args) != 2:
+                e = "it needs the response to a fresh challenge (cellguard status --service %s)" % action
+            raise ConsoleError("service %s refused: %s" % (action, e))
+        auth.succeeded()
+        _security("service %s authorised" % action)
         if action == "wipe":
             self._wipe()
+            _security("device wiped by service action")
             self.write("service wipe done: keys and queued data erased; the unit is unprovisioned\n")
             return None
         if action == "reprovision":
-            _mark_reprovision()
+            from cellguard.service import mark_reprovision
+
+            mark_reprovision()
             self.write("service reprovision: REPL open for cellguard provision --force\n")
         else:
-            self.write("service open-repl: REPL open until the next reset\n")
+            self.write("service open-repl: REPL open until the next reset (soft or hard)\n")
         return "repl"
+
+
+def _security(text, error=False):
+    # The console's `log` (recent, in RAM) and the security record (on flash, noise cannot evict).
+    status.log(text, error=error)
+    if not security.record(text, refusal=error):
+        status.log("security record not written (flash)", error=True)
 
 
 _HELP = """commands:
@@ -278,8 +273,15 @@ _HELP = """commands:
 """
 
 
+def _wipe_device():
+    from cellguard.service import wipe_device
+
+    wipe_device()
+
+
 def snapshot():
     snap = status.snapshot()
+    snap["security"] = security.load()
     snap.setdefault("firmware", {})["version"] = VERSION
     from cellguard import statuspage
 
@@ -288,180 +290,62 @@ def snapshot():
     return snap
 
 
-def _remove_tree(path):
-    import os
-
-    try:
-        entries = list(os.ilistdir(path))
-    except (OSError, AttributeError):
-        try:
-            entries = [(n, 0x8000 if _is_file(path + "/" + n) else 0x4000) for n in os.listdir(path)]
-        except OSError:
-            return
-    for ent in entries:
-        p = path + "/" + ent[0]
-        if ent[1] == 0x4000:
-            _remove_tree(p)
-            os.rmdir(p)
-        else:
-            os.remove(p)
-
-
-def _is_file(p):
-    import os
-
-    return os.stat(p)[0] & 0x8000 != 0
-
-
-def _wipe_device():
-    # Decommission: the keys (through keys.wipe() when the messaging layer is installed) and queued
-    # data go; the service record stays so the unit can still be serviced or re-provisioned.
-    import os
-
-    try:
-        from cellguard import keys
-
-        keys.wipe()
-    except ImportError:
-        pass
-    root = runtime.fs_root()
-    keys_dir = runtime.path_join(root, "keys")
-    try:
-        names = os.listdir(keys_dir)
-    except OSError:
-        names = []
-    for n in names:
-        if n != "service.json":
-            p = keys_dir + "/" + n
-            if _is_file(p):
-                os.remove(p)
-            else:
-                _remove_tree(p)
-                os.rmdir(p)
-    _remove_tree(runtime.path_join(root, "outbox"))
-    status.log("device wiped by service action")
-
-
-def _mark_reprovision():
-    import os
-
-    try:
-        os.mkdir(runtime.path_join(runtime.fs_root(), "state"))
-    except OSError:
-        pass
-    with open(runtime.path_join(runtime.fs_root(), "state/reprovision"), "w") as f:
-        f.write("1")
-
-
-# ---- running it on the board's stdin/stdout -------------------------------------------------------
+# ---- running it on the board's stdin/stdout (the port itself: cellguard/consoleport.py) ----------
 def _stdio(poll_ms=None):
-    """(read_byte, write) on the console port. With poll_ms, read_byte waits at most that long and
-    returns None when nothing came (so the caller can do other work); otherwise it blocks."""
-    if runtime.NAME == runtime.CIRCUITPYTHON:
-        return _cpy_stdio(poll_ms)
-    import sys
+    from cellguard import consoleport
 
-    buf = getattr(sys.stdin, "buffer", None)
-    if buf is not None:
-
-        def read_one():
-            b = buf.read(1)
-            return b[0] if b else -1
-
-    else:  # CircuitPython: sys.stdin.read(1) gives a str
-
-        def read_one():
-            c = sys.stdin.read(1)
-            return ord(c) if c else -1
-
-    read_byte = read_one
-    if poll_ms is not None:
-        import select
-
-        poller = select.poll()
-        poller.register(sys.stdin, select.POLLIN)
-
-        def read_byte():
-            return read_one() if poller.poll(poll_ms) else None
-
-    def write(s):
-        sys.stdout.write(s)
-
-    return read_byte, write
+    return consoleport.stdio(poll_ms)
 
 
-def _cpy_stdio(poll_ms):
-    # CircuitPython: stdin cannot be polled with select; supervisor.runtime.serial_bytes_available
-    # says whether a read would wait. A shipped (locked) unit has no REPL CDC at all: boot.py turned
-    # it off, and the console runs on the data CDC instead (cpy_boot.status_port()).
-    from cellguard import cpy_boot
-
-    port = cpy_boot.status_port() if consolelock.is_locked() else None
-    if port is not None:
-        return _stream_stdio(port, poll_ms)
-    import sys
-
-    import supervisor
-
-    def read_byte():
-        if poll_ms is not None:
-            deadline = runtime.ticks_add(runtime.ticks_ms(), poll_ms)
-            while not supervisor.runtime.serial_bytes_available:
-                if runtime.ticks_diff(deadline, runtime.ticks_ms()) <= 0:
-                    return None
-                runtime.sleep_ms(1)
-        c = sys.stdin.read(1)
-        return ord(c) if c else -1
-
-    def write(s):
-        sys.stdout.write(s)
-
-    return read_byte, write
+def _turn(console, read_byte, first=True):
+    # What waits on the port, fed to the console: at most _READ_MAX bytes and _LINES lines answered;
+    # past those, up to _DISCARD_MAX more bytes are read and only counted (a flood drains fast and
+    # costs little). The first read waits as read_byte does (unless first is False); the rest take
+    # what is there. Returns what ends serve() ("repl"), -1 at the end of input, or None.
+    console.begin()
+    for n in range(_READ_MAX + _DISCARD_MAX):
+        if n >= _READ_MAX and not console.discarding:
+            return None
+        b = read_byte() if n == 0 and first else read_byte(0)
+        if b is None:
+            return None
+        if b < 0:
+            return -1
+        result = console.feed(b)
+        if result:
+            return result
+    return None
 
 
-def _stream_stdio(port, poll_ms):
-    # A runtime stream (write/readinto/wait_readable); it has no end of input, so never -1.
-    one = bytearray(1)
-
-    def read_byte():
-        while not port.wait_readable(1000 if poll_ms is None else poll_ms):
-            if poll_ms is not None:
-                return None
-        return one[0] if port.readinto(one) else None
-
-    def write(s):
-        port.write(s.encode())
-
-    return read_byte, write
-
-
-def serve(console, read_byte, idle=None):
+def serve(console, read_byte, idle=None, out=None):
     """Run the console until it hands over to the REPL ("repl") or its input ends ("eof").
 
-    read_byte() returns a byte, -1 at the end of input, or None when nothing is waiting; then
-    idle() runs (the application's step), so the console and the application share one loop.
-    """
+    read_byte(wait_ms) returns a byte, -1 at the end of input, or None when nothing is waiting.
+    Each turn the console gets a bounded share (one _turn, its output sent as far as the port
+    takes it), then idle() runs (the application's step) whatever arrives: the console and the
+    application share one loop, and a flood on the port cannot stop the application."""
     console.prompt()
     del _serving[:]
     while True:
-        if len(_serving) > 2:  # service() saw the line that ends the console
-            return _serving.pop()
-        _serving[:] = [console, read_byte]  # service() may answer while idle() waits...
         try:
-            b = read_byte()
-            if b is None:
-                if idle is not None:
-                    idle()
-                continue
-            if b < 0:
+            del _serving[:]  # service() answers only while idle() waits, never inside a turn
+            result = _turn(console, read_byte)
+            if result == -1:
                 if console.locked:  # a locked console never ends; wait for the port to come back
                     runtime.sleep_ms(100)
                     continue
-                return "eof"
-            del _serving[:]  # ...but not while the console handles a line itself
-            result = console.feed(b)
+                result = "eof"
             if result:
+                if out is not None:
+                    out.flush(1000)  # the last answer (the REPL hand-over), if anyone reads
                 return result
+            if out is not None:
+                out.flush()
+            _serving[:] = [console, read_byte, out]
+            if idle is not None:
+                idle()
+            if len(_serving) > 3:  # service() saw the line that ends the console
+                return _serving.pop()
         except KeyboardInterrupt:
             if not console.locked:
                 raise
@@ -473,35 +357,35 @@ def serve(console, read_byte, idle=None):
             console.prompt()
 
 
-# The console serve() is running, for service(): [console, read_byte(, a result for serve)].
+# The console serve() is running, for service(): [console, read_byte, out(, a result for serve)].
 _serving = []
 
 
-def service(max_bytes=64):
+def service():
     """Answer what has arrived on the console port, from inside a long wait elsewhere (the AT
-    engine's idle callback while an attach waits), so the console never goes silent. A result
-    that ends serve() ("repl") is kept for serve() to return."""
-    if len(_serving) != 2:
+    engine's idle callback while an attach waits), so the console never goes silent: one turn,
+    within the same bounds as serve()'s. A result that ends serve() ("repl") is kept for serve()."""
+    if len(_serving) != 3:
         return
-    console, read_byte = _serving
-    for _ in range(max_bytes):
-        b = read_byte()
-        if b is None or b < 0:
-            return
-        result = console.feed(b)
-        if result:
-            _serving.append(result)
-            return
+    console, read_byte, out = _serving
+    result = _turn(console, read_byte, first=False)
+    if result and result != -1:
+        _serving.append(result)
+    if out is not None:
+        out.flush()
 
 
 def main(refresh=None, idle=None, idle_poll_ms=20):
     """main.py's entry: run the console on stdin/stdout, never returning while locked. With idle,
     the console polls its port every idle_poll_ms and runs idle() in between."""
     locked = consolelock.apply()
-    read_byte, write = _stdio(idle_poll_ms if idle is not None else None)
-    console = Console(write, locked, ServiceAuth.load(), refresh=refresh)
+    from cellguard import consoleport
+
+    read_byte, write = consoleport.stdio(idle_poll_ms if idle is not None else None)
+    out = consoleport.Output(write)
+    console = Console(out.write, locked, ServiceAuth.load(), refresh=refresh)
     while True:
-        result = serve(console, read_byte, idle)
+        result = serve(console, read_byte, idle, out)
         if result == "repl" or not locked:
             consolelock.set_interrupt(True)
             return result

@@ -276,6 +276,8 @@ def run():
     while True:
         try:
             console.main(refresh, idle)  # returns only to hand the port to the REPL
+            if consolelock.is_locked():  # a service response opened it: unused, it locks again
+                consolelock.watch_repl(lambda: hard_reset("repl"))
             if guard is not None and guard.wdt is not None:
                 # Nothing feeds the watchdog in the REPL: its reset is ours, not a failed trial.
                 _loader().intend_reset("repl")
@@ -288,7 +290,15 @@ def run():
             status.log("console restarted after %r" % e, error=True)
 
 
+_ran = [False]  # the main loop ran in this session (boot.py runs it on a locked unit)
+
+
 def main():
-    """The entry point firmware/main.py calls. Returns only to hand the port to the REPL; an
-    exception escapes to main.py, which reverts an image on trial and holds a locked port."""
+    """The entry point firmware/main.py calls (boot.py, on a locked unit). Returns only to hand
+    the port to the REPL; an exception escapes to the caller, which reverts an image on trial and
+    holds a locked port. Once per session: after boot.py handed a locked unit's port to the REPL,
+    main.py's call returns at once (the next reset runs it again, locked)."""
+    if _ran[0]:
+        return
+    _ran[0] = True
     run()

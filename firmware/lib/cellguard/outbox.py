@@ -359,8 +359,10 @@ class Outbox:
                     self._config(rec[1], rec[2])
                 if self.on_command is not None:
                     self.on_command(rec)
+        # Every accepted datagram moves the window on flash: a command executed is never executed
+        # again, even after a reboot, and the status page's `received` never goes backwards.
+        self.channel.persist_window()
         if commands:
-            self.channel.persist_window()  # executed: never again, even after a reboot
             self._dack(seq)
         if reboot is not None and self.on_command is not None:
             # Only now: the window is on flash and the DACK has left, so the hub marks the command

@@ -38,11 +38,20 @@ def _last_sim_event(snap):
     return "  last event %s %s" % (when(field(snap, "sim", "last_event_t", 0)), outcome)
 
 
+def running_version(snap):
+    """The version of the image that runs (the signed image's, `1.2.0`; `+n` only for a build n > 0),
+    else the library's: the headline and `version` name what the boot part booted."""
+    v = field(snap, "firmware", "image_version", None)
+    if v is None:
+        return field(snap, "firmware", "version")
+    return v[:-2] if v.endswith("+0") else v
+
+
 def render(snap):
     """The `status` page a technician reads (docs/field-guide.md explains every line)."""
     lines = []
     add = lines.append
-    add("cellguard %s  board %s  runtime %s" % (field(snap, "firmware", "version"), field(snap, "device", "board"),
+    add("cellguard %s  board %s  runtime %s" % (running_version(snap), field(snap, "device", "board"),
                                                 field(snap, "device", "runtime")))
     add("device      id %s" % field(snap, "device", "id", "not provisioned"))
     add("firmware    slot %s  state %s" % (field(snap, "boot", "slot"), field(snap, "boot", "state")))
@@ -60,7 +69,8 @@ def render(snap):
     add("network     %s  signal %s" % (reg, field(snap, "modem", "signal")))
     add("outbox      %s waiting  last delivery %s" % (field(snap, "outbox", "depth"),
                                                       when(field(snap, "outbox", "last_delivery", 0))))
-    add("sequence    sent %s  received %s" % (field(snap, "messaging", "tx_seq"), field(snap, "messaging", "rx_seq")))
+    add("sequence    sent %s  received %s" % (field(snap, "messaging", "tx_seq"),
+                                              _seq(field(snap, "messaging", "rx_seq"))))
     add("sensor      " + _sensor_line(snap.get("sensor", {})))
     add("tamper      " + _tamper_line(snap.get("tamper", {})))
     errs = [e for e in snap.get("events", []) if e[1].startswith("ERROR ")]
@@ -68,6 +78,11 @@ def render(snap):
     for t, e in errs[-5:]:
         add("  %s  %s" % (when(t), e[6:]))
     return "\n".join(lines)
+
+
+def _seq(n):
+    # The highest sequence number received; -1 (from a unit that never received one) says so.
+    return "none" if n == -1 else n
 
 
 def _sensor_line(sec):

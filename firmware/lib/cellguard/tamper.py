@@ -12,7 +12,7 @@
 # shorter than the poll interval is still seen; CircuitPython pins have no irq (docs/runtimes.md).
 import os
 
-from cellguard import events, runtime
+from cellguard import events, runtime, security
 
 _KEEP = 16  # events kept in the log file
 
@@ -22,7 +22,7 @@ class TamperLog:
     each, newest last, at most 16; replaced atomically (write a tmp file, then rename)."""
 
     def __init__(self, root=None):
-        root = root or runtime.fs_root()
+        root = self.root = root or runtime.fs_root()
         self._dir = runtime.path_join(root, "state")
         self.path = runtime.path_join(self._dir, "tamper.log")
 
@@ -180,6 +180,8 @@ class TamperMonitor:
             self.log.append(event)  # persisted first; rewritten below once the wipe is done
         except OSError as exc:
             events.log("tamper: could not persist event: %r" % (exc,))
+        # Beside the service events, on the same flash as the tamper log.
+        security.record("tamper: %s opened (#%d)" % (self.source, event["seq"]), root=getattr(self.log, "root", None))
         for hook in self._hooks:
             try:
                 hook(event)
@@ -203,6 +205,7 @@ class TamperMonitor:
             return
         event["wiped"] = True
         events.log("tamper: keys wiped")
+        security.record("tamper: keys wiped (#%d)" % event["seq"], root=getattr(self.log, "root", None))
         events.set("tamper", "wiped", True)
         try:
             self.log.mark_wiped(event["seq"])

@@ -51,6 +51,7 @@ OVERSIZED = "oversized"
 TLV_OUT_OF_BOUNDS = "tlv_out_of_bounds"
 BAD_MAGIC = "bad_magic"
 DOWNGRADE = "downgrade"
+READ_ERROR = "read_error"  # the flash would not give the bytes back (EIO): nothing to verify
 MALFORMED = "malformed"  # bad header size, unsupported flags, missing/duplicate TLV, trailing bytes
 
 ED25519 = "ed25519"

@@ -212,8 +212,15 @@ def trusted_module(pems: list[Path]) -> str:
         "# Two or more, so a signing key can be rotated (sign with the new key, then retire the old).",
         "KEYS = (",
     ]
+    _firmware_on_path()
+    from cgboot.image import TrustedKey
+
     for pem in pems:
         alg, raw = public_key(pem)
+        try:
+            TrustedKey(alg, raw)  # the device's own checks: a small-order Ed25519 key is refused
+        except ValueError as e:
+            raise ImageToolError(f"{pem}: {e}") from None
         lines.append(f"    ({alg!r}, bytes.fromhex({raw.hex()!r}), {pem.stem!r}),")
     lines.append(")")
     return "\n".join(lines) + "\n"

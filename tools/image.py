@@ -165,15 +165,16 @@ def release(
 
 
 def install(img: Path, fs: Path) -> Path:
-    """Factory provisioning into a device folder: slot a holds `img`, no boot state (the first boot
-    adopts the slot as confirmed, after verifying it)."""
+    """Factory provisioning into a device folder: slot a holds `img`, no boot state, provision record
+    or failure journal (the first boot adopts the slot as confirmed, after verifying it, and writes
+    the provision record)."""
     (fs / "slots").mkdir(parents=True, exist_ok=True)
     target = fs / "slots" / "a.img"
     shutil.copy(img, target)
     for name in ("b.img",):
         (fs / "slots" / name).unlink(missing_ok=True)
-    for state in (fs / "state").glob("boot.*") if (fs / "state").is_dir() else []:
-        state.unlink()
+    for name in ("boot.0", "boot.1", "provision", "failed"):
+        (fs / "state" / name).unlink(missing_ok=True)
     return target
 
 

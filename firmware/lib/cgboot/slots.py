@@ -269,7 +269,7 @@ class Slots:
         of the last one (`st`: a REVERTED or RESCUE state), so either survives damage to the other."""
         body = self._read_sealed("failed", _FAILED, 36 + 32 * FAILED_MAX)
         out = [body[i : i + 32] for i in range(0, len(body), 32)] if body is not None else []
-        if st is not None and st.mode in (REVERTED, RESCUE) and st.digest not in out:
+        if st is not None and (st.mode == RESCUE or (st.mode == REVERTED and st.reason != INVALID_IMAGE)):
             out.append(st.digest)
         return out
 

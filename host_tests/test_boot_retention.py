@@ -162,3 +162,24 @@ report(events=events)
     assert result["boots"] == [["v2", False], ["v3", False]]
     assert result["events"] == [None, "rescue"]
     assert result["state"]["mode"] == "rescue" and result["state"]["floor"] == V2_COUNTER
+
+
+def test_an_update_whose_slot_decayed_before_its_trial_may_be_sent_again(kit):
+    # The candidate's slot no longer verifies at its trial (reverted: invalid image): that says
+    # nothing of the image, so it is not journaled as failed and the hub may send it again.
+    result = run(
+        kit,
+        """
+first = offer("v2_ec")
+dev.flash.flip(bootsim.locate(dev, "slots/a.img", 500), 16)
+events = [boot()]
+ok, st = dev.check_state(); dev.reboot()
+reason = st.reason
+again = offer("v2_ec")
+events += [boot()]
+report(events=events, first=first, reason=reason, again=again)
+""",
+    )
+    assert result["first"] == "accepted" and result["reason"] == "invalid image"
+    assert result["again"] == "accepted"
+    assert result["boots"] == [["v2", False], ["v2_ec", True]]

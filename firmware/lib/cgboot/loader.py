@@ -4,7 +4,9 @@
 # persists the decision BEFORE the image runs (so a crash or watchdog reset during a trial is
 # counted), verifies the chosen slot, and mounts the verified bytes themselves with vfs.VfsRom: the
 # buffer that was hashed and signature-checked is the buffer the application is imported from.
-# The application calls confirm() once it has proved itself healthy.
+# The application calls confirm() once it has proved itself healthy. On flash that decays (docs/boot.md,
+# "Damaged flash") an image that failed its trial never runs as the confirmed one (rescue), and
+# damaged state records never raise the anti-rollback floor.
 import sys
 
 from cgboot import image

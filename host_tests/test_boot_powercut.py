@@ -91,5 +91,6 @@ def test_retention_faults_sampled(kit):
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)  # about 11,000 points: 7 minutes on an idle core
 def test_retention_faults_every_point(kit):
     check_retention(run_retention(kit, RETENTION_EVERY))

@@ -183,3 +183,22 @@ report(events=events, first=first, reason=reason, again=again)
     assert result["first"] == "accepted" and result["reason"] == "invalid image"
     assert result["again"] == "accepted"
     assert result["boots"] == [["v2", False], ["v2_ec", True]]
+
+
+def test_a_failed_trial_begun_in_rescue_goes_back_to_rescue(kit):
+    # In rescue the hub sends an update; it never confirms. It is reverted as any trial, and the
+    # failed image that was running runs in rescue again (never as the confirmed one).
+    result = run(
+        kit,
+        """
+dev.flash.flip(bootsim.locate(dev, "slots/b.img", 100), 4)
+events = [boot(lambda v, st: "v2_ec")]   # rescue; the update is downloaded into the broken slot
+loader.confirm = lambda: False           # this update never proves itself healthy
+events += [boot(), boot(), boot()]
+report(events=events, again=offer("v2_ec"))
+""",
+    )
+    assert result["boots"] == [["v3", False], ["v2_ec", True], ["v2_ec", True], ["v3", False]]
+    assert result["events"] == ["rescue", None, None, "rescue"]
+    assert result["state"]["mode"] == "rescue" and result["state"]["floor"] == V2_COUNTER
+    assert result["again"] == "reverted_before"

@@ -202,3 +202,19 @@ report(events=events, again=offer("v2_ec"))
     assert result["events"] == ["rescue", None, None, "rescue"]
     assert result["state"]["mode"] == "rescue" and result["state"]["floor"] == V2_COUNTER
     assert result["again"] == "reverted_before"
+
+
+def test_a_record_from_before_the_confirmed_digest_is_still_read(tmp_path):
+    # A unit whose boot part is re-flashed keeps its records: the 96-byte record of the previous
+    # format reads as one without `confirmed`, not as damage (which would choose again).
+    import hashlib
+    import struct
+
+    from cgboot import slots
+
+    body = struct.pack("<4sIBBBBI32s16s", b"CGBS", 7, 1, slots.REVERTED, 0, 0, V2_COUNTER, b"d" * 32, b"deadline")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "boot.1").write_bytes(body + hashlib.sha256(body).digest())
+    st = slots.Slots(str(tmp_path), []).read_state()
+    assert (st.seq, st.active, st.mode, st.floor, st.reason) == (7, 1, slots.REVERTED, V2_COUNTER, "deadline")
+    assert st.confirmed == bytes(32)

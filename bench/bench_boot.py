@@ -1,6 +1,7 @@
 """Boot-part figures: signature verification on the unix port (beside CPython's `cryptography` in the
 same run), a whole boot decision with a 64 KiB image, the heap verification needs, and the power-cut
-sweep's totals (every cut point, clean and torn)."""
+sweep's totals (every cut point, clean and torn), and the retention sweep's (flash that decays
+between power cuts: flipped bits, weak cells, read errors at the end of an update-and-revert life)."""
 
 import hashlib
 import json
@@ -21,6 +22,8 @@ GOALS = {
     "boot.verify_ms.ed25519.mp": ("<=", 30),
     "powercut.bricked": ("==", 0),
     "powercut.unverified_boots": ("==", 0),
+    "powercut.adopted_reverted": ("==", 0),
+    "powercut.floor_raised_by_damage": ("==", 0),
 }
 
 _VERIFY = """
@@ -142,6 +145,18 @@ def _powercut(kit) -> dict:
     return totals
 
 
+_RETENTION = """
+print(json.dumps(bootsim.retention_sweep(keys, imgs, %d, %d)))
+"""
+RETENTION_STRIDES = (7, 1)  # every 7th byte of a slot file (every bit position in turn), every byte of the state files
+
+
+def _retention(kit) -> dict:
+    script = device_script(kit, ("v1", "v2", "v3"), _RETENTION % RETENTION_STRIDES)
+    out = run_micropython(script, heapsize="4M", extra_paths=(kit.lib,), timeout=3600)
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def run() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         kit = make_kit(Path(tmp), only=("v1", "v2", "v3", "v2_ec", "big64k"))
@@ -157,6 +172,7 @@ def run() -> dict:
         ]
         heap = _heap_needed(kit, "v1")
         cuts = _powercut(kit)
+        kept = _retention(kit)
     return {
         "boot.verify_ms.ed25519.mp": round(ed_ms, 2),
         "boot.verify_ms.ecdsa_p256.mp": round(ec_ms, 2),
@@ -168,4 +184,9 @@ def run() -> dict:
         "powercut.bricked": cuts["bricked"],
         "powercut.unverified_boots": cuts["unverified"],
         "powercut.inconsistent_states": cuts["inconsistent"] + cuts["wrong_end"],
+        "powercut.retention_points": kept["points"],
+        "powercut.adopted_reverted": kept["adopted_reverted"],
+        "powercut.floor_raised_by_damage": kept["floor_raised_by_damage"],
+        "powercut.retention_bricked": kept["bricked"] + kept["unverified"],
+        "powercut.retention_wrong_end": kept["inconsistent"] + kept["wrong_end"] + kept["floor_lost"],
     }

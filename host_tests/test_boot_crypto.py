@@ -152,3 +152,58 @@ def test_p256_on_micropython_matches_cryptography(mp):
             (_p256_raw(key.public_key()).hex(), hashlib.sha256(msg + b"!").hexdigest(), sig.hex(), False)
         )
     assert mp.run(_P256_MP % (rows,)).split() == ["True"] * len(rows)
+
+
+# The 8 points of small order (8A = identity): a trusted key among them "verifies" forgeries.
+SMALL_ORDER = {
+    "identity": "01" + "00" * 31,
+    "order 2": "ec" + "ff" * 30 + "7f",
+    "order 4": "00" * 32,
+    "order 4 (-x)": "00" * 31 + "80",
+    "order 8 a": "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "order 8 b": "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+    "order 8 c": "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "order 8 d": "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+}
+_BASE_POINT = "58" + "66" * 31
+
+_SMALL_ORDER = """
+import hashlib
+from cgboot import ed25519, image
+forged = bytes.fromhex(%r) + (1).to_bytes(32, "little")     # R = B, S = 1
+rows = %r
+print("real key:", len(image.trusted([("ed25519", bytes.fromhex(%r), "real")])))
+for name in rows:
+    raw = bytes.fromhex(rows[name])
+    try:
+        ed25519.verify(raw, b"image digest", forged)
+        bare = "forgery verifies"
+    except ed25519.BadSignature:
+        bare = "refused"
+    print(name, "|", bare, "|", len(image.trusted([("ed25519", raw, name)])), "key(s) loaded")
+"""
+
+
+def test_small_order_ed25519_keys_are_refused_when_the_table_is_loaded(runtime):
+    # With the identity (or the order-2 point) in the trusted-key table, the forged signature
+    # R = B, S = 1 verifies for any image: the table must never hold such a key.
+    real = _raw(crypto_ed25519.Ed25519PrivateKey.generate().public_key()).hex()
+    out = runtime.run(_SMALL_ORDER % (_BASE_POINT, SMALL_ORDER, real)).splitlines()
+    assert out[0] == "real key: 1"
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in out[1:] if " | " in line}
+    assert rows["identity"][0] == "forgery verifies"  # why: the bare equation holds for this key
+    assert all(loaded == "0 key(s) loaded" for _, loaded in rows.values()), out
+    assert sum(line.startswith("cgboot: trusted key") for line in out) == len(SMALL_ORDER)  # loudly
+
+
+def test_image_trust_refuses_a_small_order_key(tmp_path):
+    from cgdev import image as image_tool
+
+    for name in ("identity", "order 2"):
+        pub = crypto_ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(SMALL_ORDER[name]))
+        pem = tmp_path / "weak.pem"
+        pem.write_bytes(pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        with pytest.raises(image_tool.ImageToolError, match="small order"):
+            image_tool.trusted_module([pem])
+        assert image_tool.main(["trust", str(pem), "-o", str(tmp_path / "trusted.py")]) != 0
+        assert not (tmp_path / "trusted.py").exists()

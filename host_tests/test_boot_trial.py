@@ -259,3 +259,45 @@ def test_the_page_headline_and_version_name_the_running_image(kit, tmp_path, ima
     assert "\ncellguard 1.0.0  board " in out.replace("cellguard> ", "\n"), out
     assert "cellguard 1.0.0  slot a  " in out, out
     assert "cellguard 0.1.0" not in out.split("type `help`")[-1], out
+
+
+def test_status_says_rescue_when_only_the_failed_image_verifies(kit, tmp_path, images):
+    # The trial of 1.1.0 fails (deadline), then one bit of the confirmed 1.0.0 decays: 1.1.0 is all
+    # that verifies. It runs in rescue, never as the confirmed image, and the page and log say so.
+    u = _unit(kit, tmp_path, images)
+    u.stage_trial(images["next"])
+    code, out = u.power_on()
+    assert code == RESET_EXIT and "trial image failed (deadline)" in out, out
+    assert u.status()["boot"]["state"] == "reverted (deadline)"
+    slot_a = u.fs / "slots" / "a.img"
+    data = bytearray(slot_a.read_bytes())
+    data[200] ^= 4
+    slot_a.write_bytes(data)
+    code, page = u.power_on(b"\rstatus\rlog\r")
+    assert code == 0, page
+    assert "firmware    slot b  state rescue (running an image that failed its trial" in page, page
+    assert "boot: only an image that failed its trial verifies" in page
+    snap = u.status()
+    assert snap["boot"]["mode"] == "rescue" and snap["firmware"]["image_version"] == "1.1.0+0"
+
+
+_HELLO_REASONS = """
+from cellguard import mainloop
+
+class R:
+    def __init__(self, trial, event):
+        self.trial, self.event = trial, event
+
+cases = (None, R(True, None), R(False, None), R(False, "rescue"), R(False, "fallback"),
+         R(False, "state damaged"), R(False, "recovered"))
+print([mainloop.boot_reason(r) for r in cases])
+"""
+
+
+def test_hello_boot_reason_says_rescue_and_recovered():
+    # docs/protocol.md section 5: 0 confirmed, 1 trial, 2 rescue, 3 recovered (the boot part chose
+    # again: a broken confirmed image, damaged boot state).
+    from harness import run_micropython
+
+    out = run_micropython(_HELLO_REASONS, heapsize=HEAP, extra_paths=(FIRMWARE_LIB,)).strip().splitlines()
+    assert out[-1] == "[0, 1, 0, 2, 3, 3, 3]"

@@ -484,9 +484,10 @@ def _release_cached(image, key: Path, version: str, slot_size: int) -> Path:
 
 
 def reset_boot_state(dev: Device) -> None:
-    """A new slot A is a factory install: no slot B, no boot state (the loader adopts slot a)."""
+    """A new slot A is a factory install: no slot B, no boot state, no provision record or failure
+    journal (the loader adopts slot a and writes the provision record: docs/boot.md)."""
     dev.exec(
-        "import os\nfor p in ('slots/b.img', 'state/boot.0', 'state/boot.1'):\n"
+        "import os\nfor p in ('slots/b.img', 'state/boot.0', 'state/boot.1', 'state/provision', 'state/failed'):\n"
         " try:\n  os.remove(p)\n except OSError:\n  pass"
     )
 

@@ -164,15 +164,16 @@ def release(
 
 
 def install(img: Path, fs: Path) -> Path:
-    """Factory provisioning into a device folder: slot a holds `img`, no boot state (the first boot
-    adopts the slot as confirmed, after verifying it)."""
+    """Factory provisioning into a device folder: slot a holds `img`, no boot state, provision record
+    or failure journal (the first boot adopts the slot as confirmed, after verifying it, and writes
+    the provision record)."""
     (fs / "slots").mkdir(parents=True, exist_ok=True)
     target = fs / "slots" / "a.img"
     shutil.copy(img, target)
     for name in ("b.img",):
         (fs / "slots" / name).unlink(missing_ok=True)
-    for state in (fs / "state").glob("boot.*") if (fs / "state").is_dir() else []:
-        state.unlink()
+    for name in ("boot.0", "boot.1", "provision", "failed"):
+        (fs / "state" / name).unlink(missing_ok=True)
     return target
 
 
@@ -211,8 +212,14 @@ def trusted_module(pems: list[Path]) -> str:
         "# Two or more, so a signing key can be rotated (sign with the new key, then retire the old).",
         "KEYS = (",
     ]
+    from cgboot.image import TrustedKey
+
     for pem in pems:
         alg, raw = public_key(pem)
+        try:
+            TrustedKey(alg, raw)  # the device's own checks: a small-order Ed25519 key is refused
+        except ValueError as e:
+            raise ImageToolError(f"{pem}: {e}") from None
         lines.append(f"    ({alg!r}, bytes.fromhex({raw.hex()!r}), {pem.stem!r}),")
     lines.append(")")
     return "\n".join(lines) + "\n"

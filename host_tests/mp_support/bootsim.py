@@ -204,3 +204,129 @@ def sweep(keys, images, points, torn):
         out["resumed"] += len(dev.resumed)
         dev.unmount()
     return out
+
+
+# -- flash that decays between power cuts (docs/boot.md, "Power-loss proof") -----------------------
+# After a whole update-and-revert life (v1 -> v2 confirmed -> v3 reverted) one fault is put into a
+# copy of the flash, and the unit boots a few times. Kinds: a retention flip (one bit) in a slot
+# file, in either state record or both, or in the failure journal; a weak cell in a slot file
+# (reads back at random); a bad spot under a slot file (EIO once, or on every read). A bad spot is
+# never put in the first 128 bytes of a block, where littlefs keeps a file's skip-list pointers
+# (every allocation reads them: an error there fails the filesystem, not one slot file).
+RETENTION_BOOTS = 3
+_LIFE_END = {"slots/a.img": "v3", "slots/b.img": "v2"}  # where the life leaves each image
+
+
+def _file(dev, rel):
+    dev.mount()
+    try:
+        with open(FS + "/" + rel, "rb") as f:
+            return f.read()
+    finally:
+        dev.unmount()
+
+
+def locate(dev, rel, pos):
+    """The flash offset that holds byte `pos` of file `rel` now. A window of the file around it (one
+    that does not cross into the next block's pointers) is searched for in the raw flash; a stale
+    copy of the same bytes (littlefs copies on write) is told apart by flipping the candidate and
+    reading the file again."""
+    data = _file(dev, rel)
+    raw = bytes(dev.flash.data)
+    for lo in (pos - 6, pos, pos - 11):
+        lo = max(0, min(lo, len(data) - 12))
+        at = raw.find(data[lo : lo + 12])
+        while at >= 0:
+            off = at + pos - lo
+            dev.flash.flip(off)
+            changed = _file(dev, rel)[pos] != data[pos]
+            dev.flash.flip(off)
+            if changed:
+                return off
+            at = raw.find(data[lo : lo + 12], at + 1)
+    raise RuntimeError("%s byte %d not found on the flash" % (rel, pos))
+
+
+def retention_plan(dev, stride_slot, stride_state):
+    """[(kind, files, pos)] of the sweep over the life's end state in `dev`."""
+    plan = []
+    sizes = {}
+    for rel in ("slots/a.img", "slots/b.img", "state/boot.0", "state/boot.1", "state/failed"):
+        try:
+            sizes[rel] = len(_file(dev, rel))
+        except OSError:
+            sizes[rel] = 0  # (a boot part without a failure journal)
+    for rel in ("slots/a.img", "slots/b.img"):
+        plan += [("flip", (rel,), p) for p in range(0, sizes[rel], stride_slot)]
+    for files in (("state/boot.0",), ("state/boot.1",), ("state/boot.0", "state/boot.1"), ("state/failed",)):
+        plan += [("flip", files, p) for p in range(0, sizes[files[0]], stride_state)]
+    rel = "slots/b.img"  # the confirmed image: what a weak or a bad block can take away
+    plan += [("weak", (rel,), p) for p in range(0, sizes[rel], stride_slot)]
+    for kind in ("eio", "eio_once"):
+        plan += [(kind, (rel,), p) for p in range(0, sizes[rel], stride_slot)]
+    return plan
+
+
+def _fault(dev, kind, files, pos):
+    # Put the fault in; False if there is no such point (a bad spot among skip-list pointers).
+    for rel in files:
+        off = locate(dev, rel, pos)
+        if kind == "flip":
+            dev.flash.flip(off, 1 << (pos % 8))
+        elif kind == "weak":
+            dev.flash.weak[off] = 1 << (pos % 8)
+        elif off % dev.flash.block_size < 128:
+            return False
+        else:
+            dev.flash.bad[off] = 1 if kind == "eio_once" else -1
+    return True
+
+
+def retention_sweep(keys, images, stride_slot, stride_state):
+    """Every fault of retention_plan, each on a copy of the flash at the end of the life, then
+    RETENTION_BOOTS boots. Returns counters: all but `points` must be 0."""
+    v1 = image.verify(images["v1"], keys).security_counter
+    v2 = image.verify(images["v2"], keys).security_counter
+    dev = new_device(keys, images)
+    run_scenario(dev, upgrade_then_bad_plan)
+    base = bytes(dev.flash.data)
+    plan = retention_plan(dev, stride_slot, stride_state)
+    out = {"points": 0, "bricked": 0, "unverified": 0, "inconsistent": 0, "adopted_reverted": 0,
+           "floor_raised_by_damage": 0, "floor_lost": 0, "wrong_end": 0, "examples": []}
+    for kind, files, pos in plan:
+        before = sum(out[k] for k in out if k not in ("points", "examples"))
+        gc.collect()
+        dev.flash = FlashSim(dev.flash.block_count, dev.flash.block_size, bytearray(base))
+        dev.boots = []
+        dev.bricked = dev.unverified = dev.inconsistent = 0
+        if not _fault(dev, kind, files, pos):
+            continue
+        for _ in range(RETENTION_BOOTS):
+            try:
+                outcome = dev.power_on(lambda version, st: None)
+            except OSError:  # the boot part failed: boot.py would hold a locked unit in lockdown
+                outcome = "bricked"
+                dev.bricked += 1
+            st = dev.slots().read_state() if outcome != "bricked" else None
+            dev.reboot()
+            if st is None:
+                continue
+            if dev.boots[-1] == ("v3", False) and st.mode != getattr(slots, "RESCUE", -1):
+                out["adopted_reverted"] += 1  # the image that failed its trial, run as the confirmed one
+            if st.floor > v2:
+                out["floor_raised_by_damage"] += 1
+        out["points"] += 1
+        out["bricked"] += dev.bricked
+        out["unverified"] += dev.unverified
+        out["inconsistent"] += dev.inconsistent
+        # The end: v2 runs again unless the fault took it away for good; then v3 runs in rescue.
+        v2_gone = kind in ("flip", "eio") and _LIFE_END.get(files[0]) == "v2"
+        want = ("v3", False) if v2_gone else ("v2", False)
+        if not dev.boots or dev.boots[-1] != want or (v2_gone and st.mode != getattr(slots, "RESCUE", -1)):
+            out["wrong_end"] += 1
+        # One damaged record: the other keeps the floor. Both: the provisioning floor, never higher.
+        if st is not None and st.floor != (v1 if len(files) == 2 else v2):
+            out["floor_lost"] += 1
+        if sum(out[k] for k in out if k not in ("points", "examples")) != before and len(out["examples"]) < 5:
+            out["examples"].append([kind, files, pos, dev.boots, st.describe() if st else None])
+    return out

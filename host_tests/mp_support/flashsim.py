@@ -10,6 +10,12 @@
 # which returns a fresh device over the same bytes, and remounts, as a device would after power
 # returns. The old object is retired: it goes on working on a private copy of the bytes, so a stale
 # file object's finaliser can never write into the "rebooted" flash (nor print a traceback).
+#
+# Flash that decays between power cuts: flip() changes stored bits (a retention fault), weak cells
+# read back differently on successive reads (a half-programmed cell: each read of it returns the
+# stored bit or its complement, from a fixed pseudo-random sequence), and a bad spot makes every read
+# that covers it fail with EIO (for a number of reads, or for ever). They survive reboot(): they are
+# the flash's, not the power's.
 
 
 class PowerCut(BaseException):
@@ -26,6 +32,9 @@ class FlashSim:
         self.torn = False
         self.dead = False
         self.retired = False
+        self.weak = {}  # byte offset -> bit mask that reads back at random
+        self.bad = {}  # byte offset -> reads covering it left that fail with EIO (-1: every one)
+        self._noise = 0x2545F491  # the weak cells' pseudo-random sequence (xorshift32)
 
     # -- power ------------------------------------------------------------------------------
     def arm(self, cut_at, torn=False):
@@ -38,6 +47,7 @@ class FlashSim:
     def reboot(self):
         """Power returns: a new device over the same bytes; this one is retired."""
         fresh = FlashSim(self.block_count, self.block_size, self.data)
+        fresh.weak, fresh.bad, fresh._noise = self.weak, self.bad, self._noise
         # The copy is made now because a finaliser runs with the heap locked and cannot allocate.
         self.data = bytearray(self.data)
         self.dead = self.retired = True
@@ -54,17 +64,40 @@ class FlashSim:
         self.ops += 1
         return True
 
+    # -- decay ------------------------------------------------------------------------------
+    def flip(self, offset, mask=1):
+        """A retention fault: the stored bits in `mask` of byte `offset` change."""
+        self.data[offset] ^= mask
+
+    def _coin(self):
+        x = self._noise
+        x ^= (x << 13) & 0xFFFFFFFF
+        x ^= x >> 17
+        x ^= (x << 5) & 0xFFFFFFFF
+        self._noise = x
+        return x & 1
+
     # -- block protocol ---------------------------------------------------------------------
     def readblocks(self, block, buf, offset=0):
         if self.dead and not self.retired:
             raise PowerCut()
         start = block * self.block_size + offset
+        if self.bad and not self.retired:
+            for at in self.bad:
+                left = self.bad[at]
+                if left and start <= at < start + len(buf):
+                    self.bad[at] = left - 1 if left > 0 else left
+                    return -5  # EIO: littlefs hands it on, the read raises OSError
         try:
             buf[:] = self.data[start : start + len(buf)]
         except MemoryError:  # called from a finaliser with the heap locked: copy without allocating
             d = self.data
             for i in range(len(buf)):
                 buf[i] = d[start + i]
+        if self.weak and not self.retired:
+            for at in self.weak:
+                if start <= at < start + len(buf) and self._coin():
+                    buf[at - start] ^= self.weak[at]
         return 0
 
     def writeblocks(self, block, buf, offset=None):

@@ -12,6 +12,8 @@ from cellguard.at import ModemError
 # Boot reasons in the HELLO message (docs/protocol.md section 5).
 BOOT_POWER_ON = 0
 BOOT_TRIAL = 1  # a new image on trial: it is confirmed once the hub has acknowledged a message
+BOOT_RESCUE = 2  # an image that failed its trial runs: nothing else verifies (docs/boot.md)
+BOOT_RECOVERED = 3  # the confirmed image or the boot state was damaged: the boot part chose again
 
 STATE_UNPROVISIONED = "unprovisioned"
 STATE_LOCKED = "locked"

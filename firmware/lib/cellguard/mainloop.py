@@ -83,14 +83,31 @@ def _describe_boot():
 
 
 def boot_state_text(mode, attempts, max_attempts, reason, trial):
-    """The status page's `state`: confirmed | pending | testing (attempt n/N) | reverted (reason)."""
+    """The status page's `state`: confirmed [(why the boot part chose it)] | pending |
+    testing (attempt n/N) | reverted (reason) | rescue (...)."""
     if trial:
         return "testing (attempt %d/%d)" % (attempts, max_attempts)
     if mode == "reverted":
         return "reverted (%s)" % (reason or "unknown")
+    if mode == "rescue":
+        return "rescue (running an image that failed its trial: nothing else verifies)"
     if mode == "pending":
         return "pending"
-    return "confirmed"
+    return "confirmed (%s)" % reason if reason else "confirmed"
+
+
+def boot_reason(r):
+    """The HELLO's boot reason for this boot's BootResult `r` (docs/protocol.md section 5)."""
+    from cellguard import app
+
+    if r is None:
+        return app.BOOT_POWER_ON
+    if r.trial:
+        return app.BOOT_TRIAL
+    event = getattr(r, "event", None)  # (a boot part from before events: none)
+    if event == "rescue":
+        return app.BOOT_RESCUE
+    return app.BOOT_RECOVERED if event else app.BOOT_POWER_ON
 
 
 def _publish_boot_state(r):
@@ -106,6 +123,7 @@ def _publish_boot_state(r):
     status.set("boot", "attempts", st.attempts)
     status.set("boot", "max_attempts", r.slots.max_attempts)
     status.set("boot", "reason", st.reason or None)
+    status.set("boot", "event", getattr(r, "event", None))
     status.set("boot", "state", boot_state_text(mode, st.attempts, r.slots.max_attempts, st.reason, r.trial))
 
 
@@ -181,7 +199,7 @@ def start_app(profile, modem_status):
         tamper=tamper,
         interval_ms=int(cfg.get("interval_s", 3600) * 1000),
         version=VERSION,
-        boot_reason=app.BOOT_TRIAL if _on_trial() else app.BOOT_POWER_ON,  # the hub sees a trial in HELLO
+        boot_reason=boot_reason(_booted()),  # the hub sees a trial, a rescue in HELLO
         on_healthy=_confirm_image,
     )
     application.on_command = updates.handler(application, reset=lambda: hard_reset("reboot"))
@@ -218,9 +236,13 @@ def fail_trial(reason):
     return True
 
 
-def _on_trial():
+def _booted():
     loader = _loader()
-    r = loader.current() if loader is not None else None
+    return loader.current() if loader is not None else None
+
+
+def _on_trial():
+    r = _booted()
     return r is not None and r.trial
 
 

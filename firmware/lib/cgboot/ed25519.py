@@ -148,6 +148,17 @@ def decode_point(s):
     return x, y
 
 
+def small_order(public_key):
+    """True if the 32-byte key is a point of small order (8A is the identity: the identity itself,
+    the order-2 point, ...); raises BadSignature if it is no point at all. Such a key "verifies" a
+    forged signature (R = B, S = 1 for the identity) whoever wrote it: the key table refuses it."""
+    x, y = decode_point(public_key)
+    pt = (x, y, 1, x * y % P)
+    for _ in range(3):
+        pt = _double(pt)
+    return pt[0] % P == 0  # X = 0: the identity (the order-2 point is no multiple of 8)
+
+
 def verify(public_key, message, signature):
     """Raise BadSignature unless `signature` (64 bytes) is `public_key`'s (32 bytes) on `message`."""
     from cgboot.sha512 import sha512

@@ -51,6 +51,7 @@ OVERSIZED = "oversized"
 TLV_OUT_OF_BOUNDS = "tlv_out_of_bounds"
 BAD_MAGIC = "bad_magic"
 DOWNGRADE = "downgrade"
+READ_ERROR = "read_error"  # the flash would not give the bytes back (EIO): nothing to verify
 MALFORMED = "malformed"  # bad header size, unsupported flags, missing/duplicate TLV, trailing bytes
 
 ED25519 = "ed25519"
@@ -80,6 +81,14 @@ class TrustedKey:
         if alg == ED25519:
             if len(raw) != 32:
                 raise ValueError("Ed25519 key must be 32 bytes")
+            from cgboot import ed25519
+
+            try:
+                weak = ed25519.small_order(raw)
+            except ed25519.BadSignature as e:
+                raise ValueError("Ed25519 key is not a point: %s" % e)
+            if weak:
+                raise ValueError("Ed25519 key of small order: it would accept forged signatures")
             der = _SPKI_ED25519 + raw
         elif alg == ECDSA_P256:
             if len(raw) != 65 or raw[0] != 4:
@@ -94,8 +103,16 @@ class TrustedKey:
 
 
 def trusted(table):
-    """TrustedKey objects from a table of (alg, raw, name) rows, as in cgboot.trusted_keys.KEYS."""
-    return [TrustedKey(*row) for row in table]
+    """TrustedKey objects from a table of (alg, raw, name) rows, as in cgboot.trusted_keys.KEYS. A
+    row that is no usable key (a small-order Ed25519 point, a wrong length) is refused loudly and
+    left out: images signed with it then fail as unknown_key, the others still boot."""
+    keys = []
+    for row in table:
+        try:
+            keys.append(TrustedKey(*row))
+        except ValueError as e:
+            print("cgboot: trusted key %r refused: %s" % (row[2] if len(row) > 2 else "?", e))
+    return keys
 
 
 class ImageInfo:

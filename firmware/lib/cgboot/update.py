@@ -121,9 +121,9 @@ class UpdateWriter:
                 raise image.Rejected(image.HASH_MISMATCH, "image differs from the offer")
             st = self.slots.read_state()
             info = image.verify_file(path, self.slots.keys, st.floor, self.slots.slot_size)
-            if st.mode == _slots.REVERTED and info.digest == st.digest:
-                # The image that just failed its trial: installing it again would loop for ever.
-                raise image.Rejected(REVERTED_BEFORE, "this image was reverted: " + st.reason)
+            if info.digest in self.slots.failed(st):
+                # An image that failed its trial: installing it again would loop for ever.
+                raise image.Rejected(REVERTED_BEFORE, "this image failed its trial before")
             self.slots.mark_pending(self.slot, info)  # verified just above: once is enough
         except image.Rejected:
             self.abandon()

@@ -32,7 +32,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from cgsim.emulator import Delays, ModemEmulator, Network, Sim  # noqa: F401  (re-exported)
+from cgsim.modem import Delays, ModemEmulator, Network, Sim  # noqa: F401  (re-exported)
 from harness import MICROPYTHON_RT, Runtime, spawn_micropython
 
 DIALECTS = ("nrf91", "bg96", "sim7080", "sara-r4")

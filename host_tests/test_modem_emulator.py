@@ -42,7 +42,7 @@ def test_standalone_emulator_prints_its_pty_and_answers(dialect):
         try:
             assert chat(fd, b"AT").endswith(b"AT\r\r\nOK\r\n")  # echo is on until ATE0
             chat(fd, b"ATE0")
-            assert chat(fd, b"AT+CGSN") == b"\r\n350457790123458\r\n\r\nOK\r\n"
+            assert chat(fd, b"AT+CGSN") == b"\r\n350457790123457\r\n\r\nOK\r\n"
         finally:
             os.close(fd)
         proc.send_signal(signal.SIGINT)
@@ -53,17 +53,17 @@ def test_standalone_emulator_prints_its_pty_and_answers(dialect):
 
 
 DIALECT_FORMATS = {
-    "nrf91": [(b"AT%XICCID", b"\r\n%XICCID: 89882806660000012345\r\n\r\nOK\r\n")],
+    "nrf91": [(b"AT%XICCID", b"\r\n%XICCID: 89882806660000012346\r\n\r\nOK\r\n")],
     "bg96": [
-        (b"AT+QCCID", b"\r\n+QCCID: 89882806660000012345\r\n\r\nOK\r\n"),
+        (b"AT+QCCID", b"\r\n+QCCID: 89882806660000012346\r\n\r\nOK\r\n"),
         (b'AT+QPINC="SC"', b'\r\n+QPINC: "SC",3,10\r\n\r\nOK\r\n'),
     ],
     "sim7080": [
-        (b"AT+CCID", b"\r\n89882806660000012345\r\n\r\nOK\r\n"),
+        (b"AT+CCID", b"\r\n89882806660000012346\r\n\r\nOK\r\n"),
         (b"AT+SPIC", b"\r\n+SPIC: 3,10,3,10\r\n\r\nOK\r\n"),
     ],
     "sara-r4": [
-        (b"AT+CCID", b"\r\n+CCID: 89882806660000012345\r\n\r\nOK\r\n"),
+        (b"AT+CCID", b"\r\n+CCID: 89882806660000012346\r\n\r\nOK\r\n"),
         (b"AT+USOCR=17", b"\r\n+USOCR: 0\r\n\r\nOK\r\n"),
     ],
 }

@@ -101,7 +101,7 @@ def unit(tmp_path):
 
 def provisioned(unit, dialect="bg96", **request) -> tuple[Sim, str]:
     """Provision a fresh unit with a fresh SIM; returns the SIM (now PIN-locked) and the IMEI."""
-    sim = Sim(iccid="89882806660000077777", imsi="901280000077777", pin=FACTORY_PIN)
+    sim = Sim(iccid="89882806660000077778", imsi="901280000077777", pin=FACTORY_PIN)
     with emulated_modem(dialect, sim=sim) as emu:
         record = unit.provision(emu, **request)
         imei = emu.imei
@@ -112,7 +112,7 @@ def provisioned(unit, dialect="bg96", **request) -> tuple[Sim, str]:
 # ---- provisioning ------------------------------------------------------------------------------
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_provision_fresh_unit_then_boot_ok(unit, dialect):
-    sim = Sim(iccid="89882806660000012345", imsi="901280000012345", pin=FACTORY_PIN)
+    sim = Sim(iccid="89882806660000012346", imsi="901280000012345", pin=FACTORY_PIN)
     with emulated_modem(dialect, sim=sim) as emu:
         record = unit.provision(emu, device_id="unit-1")
         # The SIM is locked with a new 8-digit PIN that only the device can derive.
@@ -291,7 +291,7 @@ def test_unprovisioned(unit):
 @pytest.mark.parametrize("dialect", ["bg96", "nrf91"])
 def test_sim_swapped(unit, dialect):
     sim, _ = provisioned(unit, dialect)
-    other = Sim(iccid="89882806660000099999", imsi="901280000099999", pin="0000", pin_enabled=True)
+    other = Sim(iccid="89882806660000099996", imsi="901280000099999", pin="0000", pin_enabled=True)
     with emulated_modem(dialect, sim=other) as emu:
         booted = unit.boot(emu)
         assert booted["outcome"] == "SIM_MISMATCH" and "ICCID" in booted["reason"]
@@ -436,7 +436,7 @@ def test_stolen_sim_is_useless_in_another_modem(unit):
     """The provisioned SIM, moved into a router's modem, asks for a PIN nobody outside knows."""
     sim, _ = provisioned(unit)
     sim.unlocked = False  # pulled out: power lost
-    with emulated_modem("bg96", sim=sim, imei="867530900000001") as thief:
+    with emulated_modem("bg96", sim=sim, imei="867530900000009") as thief:
         out = unit.run(
             thief,
             "from cellguard import modem as mod\n"
@@ -462,7 +462,7 @@ def test_stolen_sim_is_useless_in_another_modem(unit):
 def test_certification_unit_reports_unlocked(unit):
     sim, _ = provisioned(unit, unlocked=True)
     assert not sim.pin_enabled  # the SIM is left as delivered
-    other = Sim(iccid="89882806660000055555", imsi="901280000055555")
+    other = Sim(iccid="89882806660000055550", imsi="901280000055555")
     with emulated_modem("bg96", sim=other) as emu:
         booted = unit.boot(emu)
         # Lab units run with any SIM, and say so: status shows UNLOCKED.
@@ -475,7 +475,7 @@ def test_binding_record_roundtrip_and_tamper_detection_on_both_runtimes(runtime,
         "from cellguard import keys, runtime, simlock\n"
         "runtime.set_fs_root(%r)\n"
         "keys.provision(bytes(range(32)), 'dev-9', 9)\n"
-        "rec = simlock.encode_binding('350457790123458', '8988', '9012', 'dev-9', 9)\n"
+        "rec = simlock.encode_binding('350457790123457', '8988', '9012', 'dev-9', 9)\n"
         "print(simlock.decode_binding(rec)['imei'])\n"
         "for i in range(len(rec) - 1):\n"
         "    bad = bytearray(rec); bad[i] ^= 1\n"
@@ -486,7 +486,7 @@ def test_binding_record_roundtrip_and_tamper_detection_on_both_runtimes(runtime,
         "print('PIN', len(simlock.sim_pin()), simlock.sim_pin() == simlock.sim_pin())\n" % str(tmp_path)
     )
     assert "ACCEPTED" not in out
-    assert out.split("\n")[0] == "350457790123458"
+    assert out.split("\n")[0] == "350457790123457"
     assert "PIN 8 True" in out
 
 

@@ -28,6 +28,8 @@ for faults that must land mid-run, with spawn_driver and the emulator's command 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -122,6 +124,18 @@ def spawn_driver(emu: ModemEmulator, body: str, echo_port: int = 0, at_timeout_m
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.STDOUT)
     return spawn_micropython(driver_script(emu, body, echo_port, at_timeout_ms), heapsize="256K", **popen)
+
+
+def chat(fd: int, cmd: bytes, until: bytes = b"OK\r\n", timeout: float = 5.0) -> bytes:
+    """Write cmd + CR to a raw pty and read until the output ends with `until` (tests that talk
+    to the emulator as a terminal would)."""
+    os.write(fd, cmd + b"\r")
+    got = b""
+    while not got.endswith(until):
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"no answer to {cmd!r}; got {got!r}"
+        got += os.read(fd, 4096)
+    return got
 
 
 @contextlib.contextmanager

@@ -14,17 +14,7 @@ import pytest
 from cgsim import modem as emulator_pkg
 from cgsim.modem import Dialect, register, unregister
 from harness import REPO
-from modem_fixtures import emulated_modem
-
-
-def chat(fd, cmd: bytes, until: bytes = b"OK\r\n", timeout=5.0) -> bytes:
-    os.write(fd, cmd + b"\r")
-    got = b""
-    while not got.endswith(until):
-        ready, _, _ = select.select([fd], [], [], timeout)
-        assert ready, f"no answer to {cmd!r}; got {got!r}"
-        got += os.read(fd, 4096)
-    return got
+from modem_fixtures import chat, emulated_modem
 
 
 class Toy(Dialect):

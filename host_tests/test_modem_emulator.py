@@ -11,17 +11,7 @@ from pathlib import Path
 
 import pytest
 from harness import REPO
-from modem_fixtures import emulated_modem
-
-
-def chat(fd, cmd: bytes, until: bytes = b"OK\r\n", timeout=5.0) -> bytes:
-    os.write(fd, cmd + b"\r")
-    got = b""
-    while not got.endswith(until):
-        ready, _, _ = select.select([fd], [], [], timeout)
-        assert ready, f"no answer to {cmd!r}; got {got!r}"
-        got += os.read(fd, 4096)
-    return got
+from modem_fixtures import chat, emulated_modem
 
 
 @pytest.mark.timeout(30)

@@ -475,7 +475,7 @@ def test_binding_record_roundtrip_and_tamper_detection_on_both_runtimes(runtime,
         "from cellguard import keys, runtime, simlock\n"
         "runtime.set_fs_root(%r)\n"
         "keys.provision(bytes(range(32)), 'dev-9', 9)\n"
-        "rec = simlock.encode_binding('350457790123457', '8988', '9012', 'dev-9', 9)\n"
+        "rec = simlock.encode_binding('350457790123457', '89882806660000012346', '901280000012345', 'dev-9', 9)\n"
         "print(simlock.decode_binding(rec)['imei'])\n"
         "for i in range(len(rec) - 1):\n"
         "    bad = bytearray(rec); bad[i] ^= 1\n"
@@ -497,7 +497,7 @@ def test_pin_derivation_is_the_same_on_both_runtimes(tmp_path):
         "from cellguard import keys, runtime, simlock\n"
         "runtime.set_fs_root(%r)\n"
         "keys.provision(bytes(range(32)), 'dev-1', 1)\n"
-        "print(simlock.sim_pin(), simlock.encode_binding('1', '2', '3', 'dev-1', 1).hex())\n"
+        "print(simlock.sim_pin(), simlock.encode_binding('350457790123457', '89882806660000012346', '901280000012345', 'dev-1', 1).hex())\n"
     )
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -732,3 +732,53 @@ def test_certification_unit_status_carries_the_banner(unit):
     assert lines[page_start + 1].startswith("cellguard ")
     assert snap["warning"] == UNLOCKED_BANNER and snap["sim"]["certification_unit"] is True
     assert snap["sim"]["state"] == "UNLOCKED"
+
+
+# ---- identities that do not validate (docs/provisioning.md, "Identities") ---------------------
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_modem_answering_a_garbage_imei_is_refused_with_a_tamper_event(unit, dialect):
+    sim, _ = provisioned(unit, dialect)
+    sim.unlocked = False
+    with emulated_modem(dialect, sim=sim) as emu:
+        emu.identity_answer("IMEI", "GARBAGE-IMEI")
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "IDENTITY_INVALID" and "IMEI" in booted["reason"], booted["output"]
+        assert booted["status"] == "IDENTITY_INVALID" and booted["events"] == 1
+        assert no_data_session(emu)
+        assert not emu.commands_matching("AT+CPIN=")  # no PIN for a modem that will not say who it is
+
+
+@pytest.mark.parametrize("kind,value", [("IMEI", "1"), ("IMEI", "350457790123458"), ("ICCID", "89882806660000012345"),
+                                        ("IMSI", "90128000001234")])
+def test_provisioning_refuses_to_bind_an_identity_that_does_not_validate(unit, kind, value):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        emu.identity_answer(kind, value)
+        with pytest.raises(prov.ProvisionError, match=f"no valid {kind}: not binding it"):
+            unit.provision(emu)
+        assert not emu.commands_matching('AT+CPWD="SC"')  # the SIM keeps its factory PIN
+        out = unit.run(emu, "from cellguard import simlock\nprint('BOUND', simlock.bound())")
+    assert "BOUND False" in out and sim.pin == FACTORY_PIN
+
+
+def test_provisioning_binds_the_imei_not_a_urc_inside_its_reply(unit):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("nrf91", sim=sim) as emu:
+        emu.identity_answer("IMEI", emu.imei, urcs=["+CSCON: 1", "%MDMEV: SEARCH STATUS 2"])
+        record = unit.provision(emu)
+    assert record["ok"] and record["imei"] == emu.imei
+
+
+def test_a_binding_of_an_invalid_identity_cannot_be_written(mp):
+    out = mp.run(
+        "from cellguard import simlock\n"
+        "for ids in (('1', '89882806660000012346', '901280000012345'),\n"
+        "            ('350457790123457', '89882806660000012346', '901280000012345')):\n"
+        "    try:\n"
+        "        simlock.encode_binding(*ids, device_id='d', key_id=1)\n"
+        "        print('ENCODED')\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__, e)\n"
+    ).split("\n")
+    assert out[0] == "BindingError not a valid IMEI: not binding it"
+    assert out[1] == "NotProvisioned no root key"  # checked, then on to its MAC (no key in this test)

@@ -112,6 +112,12 @@ class Dialect:
         return []
 
     # -- helpers for the vendor modules
+    def configure_context(self, args: list[str]) -> None:
+        """<cid>,<type>,"<apn>","<user>","<password>"[,<auth>]: Quectel +QICSGP, SIMCom +CNCFG."""
+        cid = int(args[0])
+        self.modem.pdp.setdefault(cid, {})["apn"] = args[2]
+        self.modem.set_auth(cid, args[3:5])
+
     def open_socket(self, ident: int, local_port: int = 0):
         return self.modem.sockets.open(ident, local_port)
 

@@ -51,9 +51,7 @@ class Bg96(Dialect):
         return [], "OK"
 
     def qicsgp(self, sep, args):
-        m = self.modem
-        m.pdp.setdefault(int(args[0]), {})["apn"] = args[2]
-        m.set_auth(int(args[0]), args[3:5])
+        self.configure_context(args)
         return [], "OK"
 
     def qiact(self, sep, args):

@@ -17,7 +17,7 @@ class Sim7080(Dialect):
     socket_limit = 13
     identities = {"IMEI": ("AT+GSN", ""), "ICCID": ("AT+CCID", ""), "IMSI": ("AT+CIMI", "")}
     restart_banner = ("SMS Ready",)
-    network_urcs = ('*PSUTTZ: 2026,12,6,3,20,0,"+16",0', "DST: 0", "+CTZV: +16,0", "+CGREG: {stat}")
+    network_urcs = ('*PSUTTZ: 2026,12,6,3,20,0,"+16",0', "DST: 1", "+CTZV: +16,0", "+CGREG: {stat}")
 
     def commands(self):
         return {
@@ -44,9 +44,7 @@ class Sim7080(Dialect):
         return [f"+SPIC: {pin},{puk},3,10"], "OK"
 
     def cncfg(self, sep, args):
-        m = self.modem
-        m.pdp.setdefault(int(args[0]), {})["apn"] = args[2]
-        m.set_auth(int(args[0]), args[3:5])
+        self.configure_context(args)
         return [], "OK"
 
     def cnact(self, sep, args):

@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roaming", action="store_true")
     parser.add_argument("--deny", action="store_true", help="the network rejects the attach")
     parser.add_argument("--pin", help="enable the SIM PIN lock with this PIN")
+    parser.add_argument(
+        "--field-traffic", action="store_true", help="whole restart banners and the URCs real units send"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every command")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
@@ -27,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
         deny=args.deny,
     )
     emu = ModemEmulator(
-        args.dialect, sim=sim, network=network, delays=Delays.zero() if args.zero_delays else Delays()
+        args.dialect,
+        sim=sim,
+        network=network,
+        delays=Delays.zero() if args.zero_delays else Delays(),
+        field_traffic=args.field_traffic,
     )
     path = emu.start()
     print(f"{args.dialect} modem emulator on {path}  (reset wire: udp 127.0.0.1:{emu.reset_port})", flush=True)

@@ -30,8 +30,11 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import socket
+import subprocess
 import threading
+import tty
 from collections.abc import Iterator
 
 from cgsim.modem import Delays, ModemEmulator, Network, Sim  # noqa: F401  (re-exported)
@@ -136,6 +139,27 @@ def chat(fd: int, cmd: bytes, until: bytes = b"OK\r\n", timeout: float = 5.0) ->
         assert ready, f"no answer to {cmd!r}; got {got!r}"
         got += os.read(fd, 4096)
     return got
+
+
+@contextlib.contextmanager
+def standalone_emulator(command: list[str], **popen) -> Iterator[tuple[str, int]]:
+    """Run `cellguard emulator ...` (command) as its own process; yield its first line of output
+    (which names the pty) and the pty opened raw. Ctrl-C must end it with exit code 0."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **popen)
+    try:
+        first = proc.stdout.readline()
+        assert " modem emulator on /dev/pts/" in first, first
+        fd = os.open(first.split()[4], os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(fd)
+        try:
+            yield first, fd
+        finally:
+            os.close(fd)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()
 
 
 @contextlib.contextmanager

@@ -4,9 +4,9 @@ install .` into a fresh virtual environment with a working `cellguard` command."
 
 import os
 import select
-import signal
 import subprocess
 import sys
+import termios
 import time
 import tty
 
@@ -14,7 +14,7 @@ import pytest
 from cgsim import modem as emulator_pkg
 from cgsim.modem import Dialect, register, unregister
 from harness import REPO
-from modem_fixtures import chat, emulated_modem
+from modem_fixtures import chat, emulated_modem, standalone_emulator
 
 
 class Toy(Dialect):
@@ -51,7 +51,7 @@ def test_a_fifth_dialect_is_one_registered_class(toy_dialect):
     assert "toy" in emulator_pkg.names()
     with emulated_modem(toy_dialect) as emu:
         fd = os.open(emu.path, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSANOW)  # (the default TCSAFLUSH would drop a boot line already sent)
         try:
             assert select.select([fd], [], [], 5)[0] and os.read(fd, 100) == b"\r\nTOY UP\r\n"
             chat(fd, b"ATE0")
@@ -100,22 +100,10 @@ def test_pip_install_into_a_fresh_venv(tmp_path):
     hub = subprocess.run([cellguard, "hub", "serve", "--help"], capture_output=True, text=True, env=env,
                          cwd=tmp_path)
     assert hub.returncode == 0 and "--db" in hub.stdout, hub.stderr
-    proc = subprocess.Popen([cellguard, "emulator", "--dialect", "sim7080", "--zero-delays"], env=env,
-                            cwd=tmp_path, stdout=subprocess.PIPE, text=True)
-    try:
-        first = proc.stdout.readline()
+    command = [cellguard, "emulator", "--dialect", "sim7080", "--zero-delays"]
+    with standalone_emulator(command, env=env, cwd=tmp_path) as (first, fd):
         assert first.startswith("sim7080 modem emulator on /dev/pts/"), first
-        fd = os.open(first.split()[4], os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(fd)
-        try:
-            assert chat(fd, b"AT+CCID").endswith(b"OK\r\n")
-        finally:
-            os.close(fd)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        proc.stdout.close()
+        assert chat(fd, b"AT+CCID").endswith(b"OK\r\n")
 
 
 @pytest.mark.parametrize("module", ["cgsim.emulator", "cgsim.modem"])

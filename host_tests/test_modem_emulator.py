@@ -3,43 +3,24 @@ model seen from a plain pty, with exact per-dialect formats."""
 
 import os
 import select
-import signal
-import subprocess
 import sys
 import tty
 from pathlib import Path
 
 import pytest
 from harness import REPO
-from modem_fixtures import chat, emulated_modem
+from modem_fixtures import chat, emulated_modem, standalone_emulator
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("dialect", ["nrf91", "sara-r4"])
 def test_standalone_emulator_prints_its_pty_and_answers(dialect):
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "cellguard"), "emulator", "--dialect", dialect, "--zero-delays"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = proc.stdout.readline()
+    command = [str(Path(sys.executable).parent / "cellguard"), "emulator", "--dialect", dialect, "--zero-delays"]
+    with standalone_emulator(command, cwd=REPO) as (first, fd):
         assert first.startswith(f"{dialect} modem emulator on /dev/pts/")
-        path = first.split()[4]
-        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(fd)
-        try:
-            assert chat(fd, b"AT").endswith(b"AT\r\r\nOK\r\n")  # echo is on until ATE0
-            chat(fd, b"ATE0")
-            assert chat(fd, b"AT+CGSN") == b"\r\n350457790123457\r\n\r\nOK\r\n"
-        finally:
-            os.close(fd)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        proc.stdout.close()
+        assert chat(fd, b"AT").endswith(b"AT\r\r\nOK\r\n")  # echo is on until ATE0
+        chat(fd, b"ATE0")
+        assert chat(fd, b"AT+CGSN") == b"\r\n350457790123457\r\n\r\nOK\r\n"
 
 
 DIALECT_FORMATS = {

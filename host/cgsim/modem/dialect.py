@@ -65,6 +65,11 @@ class Dialect:
     prompt = b"\r\n> "  # before a payload command's raw bytes
     ccid_prefix = "+CCID: "  # SIMCom answers AT+CCID with the bare number
     socket_limit = 8
+    # The family's socket URCs: data waiting ({ident}, {size}), a socket it closed itself ({ident}),
+    # the PDP context taken away ({cid}; "" for 3GPP +CGEV, sent only after AT+CGEREP=1).
+    recv_urc_format = ""
+    closed_urc_format = ""
+    pdp_lost_format = ""
     # identity kind -> (the family's command, its reply line's prefix)
     identities = {"IMEI": ("AT+CGSN", ""), "ICCID": ("AT+CCID", "+CCID: "), "IMSI": ("AT+CIMI", "")}
     # What real units of the family print besides the above, sent when the emulator runs with
@@ -99,19 +104,32 @@ class Dialect:
 
     def recv_urc(self, s: Socket, size: int) -> str:
         """The URC that tells the host a datagram waits on socket s."""
-        raise NotImplementedError
+        return self.recv_urc_format.format(ident=s.ident, size=size)
 
     def closed_urc(self, s: Socket) -> str | None:
         """The URC that tells the host the modem closed socket s on its own (None: silent)."""
-        return None
+        return self.closed_urc_format.format(ident=s.ident) if self.closed_urc_format else None
 
     def pdp_deactivated_urcs(self, cid: int) -> list[str]:
-        """The network took the PDP context away: 3GPP +CGEV, if AT+CGEREP=1 asked for it."""
+        """The network took the PDP context away: the family's URC, or 3GPP +CGEV if AT+CGEREP=1
+        asked for it."""
+        if self.pdp_lost_format:
+            return [self.pdp_lost_format.format(cid=cid)]
         if self.modem.settings.get("cgerep") == "1":
             return [f"+CGEV: NW PDN DEACT {cid}"]
         return []
 
     # -- helpers for the vendor modules
+    def setting(self, name: str) -> Handler:
+        """A handler that records AT+<NAME>=<key>,<values> as settings["<name>.<key>"] (the tests
+        read them: Quectel's data format, u-blox's hex mode)."""
+
+        def record(sep, args):
+            self.modem.settings[f"{name}.{args[0]}"] = ",".join(args[1:])
+            return [], "OK"
+
+        return record
+
     def configure_context(self, args: list[str]) -> None:
         """<cid>,<type>,"<apn>","<user>","<password>"[,<auth>]: Quectel +QICSGP, SIMCom +CNCFG."""
         cid = int(args[0])

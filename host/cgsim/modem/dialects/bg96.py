@@ -14,6 +14,9 @@ class Bg96(Dialect):
     name = "bg96"
     boot_reports_sim = True
     socket_limit = 12
+    recv_urc_format = '+QIURC: "recv",{ident}'
+    closed_urc_format = '+QIURC: "closed",{ident}'
+    pdp_lost_format = '+QIURC: "pdpdeact",{cid}'
     identities = {"IMEI": ("AT+GSN", ""), "ICCID": ("AT+QCCID", "+QCCID: "), "IMSI": ("AT+CIMI", "")}
     restart_banner = ("+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE", "APP RDY")  # BG95 firmware
     network_urcs = ('+CTZE: "+04",0,"2026/12/06,03:20:00"', "+CREG: {stat}", "+CGREG: {stat}")
@@ -23,7 +26,7 @@ class Bg96(Dialect):
         return {
             "+QCCID": lambda sep, a: ([f"+QCCID: {inserted(m.sim).iccid}"], "OK"),
             "+QPINC": self.qpinc,
-            "+QICFG": self.qicfg,
+            "+QICFG": self.setting("qicfg"),
             "+QICSGP": self.qicsgp,
             "+QIACT": self.qiact,
             "+QIDEACT": self.qideact,
@@ -33,22 +36,9 @@ class Bg96(Dialect):
             "+QICLOSE": self.qiclose,
         }
 
-    def recv_urc(self, s, size):
-        return f'+QIURC: "recv",{s.ident}'
-
-    def closed_urc(self, s):
-        return f'+QIURC: "closed",{s.ident}'
-
-    def pdp_deactivated_urcs(self, cid):
-        return [f'+QIURC: "pdpdeact",{cid}']
-
     def qpinc(self, sep, args):
         pin, puk = self.modem.pin_counts()
         return [f'+QPINC: "SC",{pin},{puk}'], "OK"
-
-    def qicfg(self, sep, args):
-        self.modem.settings["qicfg." + args[0]] = ",".join(args[1:])
-        return [], "OK"
 
     def qicsgp(self, sep, args):
         self.configure_context(args)

@@ -15,6 +15,8 @@ class Nrf91(Dialect):
     reset_command = "AT#XRESET"
     boot_urcs = ("Ready",)
     radio_on_at_boot = False
+    recv_urc_format = '#XAPOLL: {ident},1'
+    closed_urc_format = '#XSOCKET: {ident},"closed"'
     identities = {"IMEI": ("AT+CGSN", ""), "ICCID": ("AT%XICCID", "%XICCID: "), "IMSI": ("AT+CIMI", "")}
     network_urcs = ("+CSCON: 1", "%MDMEV: SEARCH STATUS 2", "+CGREG: {stat}")
 
@@ -31,12 +33,6 @@ class Nrf91(Dialect):
             "#XRECVFROM": self.xrecvfrom,
             "#XCLOSE": self.xclose,
         }
-
-    def recv_urc(self, s, size):
-        return f"#XAPOLL: {s.ident},1"
-
-    def closed_urc(self, s):
-        return f'#XSOCKET: {s.ident},"closed"'
 
     def cpinr(self, sep, args):
         pin, puk = self.modem.pin_counts()

@@ -15,31 +15,23 @@ class SaraR4(Dialect):
     boot_urcs = ()
     prompt = b"@"
     socket_limit = 7
+    recv_urc_format = '+UUSORF: {ident},{size}'
+    closed_urc_format = '+UUSOCL: {ident}'
     network_urcs = ("+CSCON: 1", "+CREG: {stat}", "+CGREG: {stat}", "+CTZE: +04,0")
 
     def commands(self):
         return {
             "+UPINCNT": self.upincnt,
-            "+UDCONF": self.udconf,
+            "+UDCONF": self.setting("udconf"),
             "+USOCR": self.usocr,
             "+USOST": self.usost,
             "+USORF": self.usorf,
             "+USOCL": self.usocl,
         }
 
-    def recv_urc(self, s, size):
-        return f"+UUSORF: {s.ident},{size}"
-
-    def closed_urc(self, s):
-        return f"+UUSOCL: {s.ident}"
-
     def upincnt(self, sep, args):
         pin, puk = self.modem.pin_counts()
         return [f"+UPINCNT: {pin},3,{puk},10"], "OK"
-
-    def udconf(self, sep, args):
-        self.modem.settings["udconf." + args[0]] = ",".join(args[1:])
-        return [], "OK"
 
     def usocr(self, sep, args):
         if args[0] != "17":

@@ -15,6 +15,9 @@ class Sim7080(Dialect):
     boot_reports_sim = True
     ccid_prefix = ""
     socket_limit = 13
+    recv_urc_format = '+CADATAIND: {ident}'
+    closed_urc_format = '+CASTATE: {ident},0'
+    pdp_lost_format = '+APP PDP: {cid},DEACTIVE'
     identities = {"IMEI": ("AT+GSN", ""), "ICCID": ("AT+CCID", ""), "IMSI": ("AT+CIMI", "")}
     restart_banner = ("SMS Ready",)
     network_urcs = ('*PSUTTZ: 2026,12,6,3,20,0,"+16",0', "DST: 1", "+CTZV: +16,0", "+CGREG: {stat}")
@@ -29,15 +32,6 @@ class Sim7080(Dialect):
             "+CARECV": self.carecv,
             "+CACLOSE": self.caclose,
         }
-
-    def recv_urc(self, s, size):
-        return f"+CADATAIND: {s.ident}"
-
-    def closed_urc(self, s):
-        return f"+CASTATE: {s.ident},0"
-
-    def pdp_deactivated_urcs(self, cid):
-        return [f"+APP PDP: {cid},DEACTIVE"]
 
     def spic(self, sep, args):
         pin, puk = self.modem.pin_counts()

@@ -735,24 +735,27 @@ def test_certification_unit_status_carries_the_banner(unit):
 
 
 # ---- identities that do not validate (docs/provisioning.md, "Identities") ---------------------
+@pytest.mark.parametrize("kind", ["IMEI", "ICCID", "IMSI"])
 @pytest.mark.parametrize("dialect", DIALECTS)
-def test_a_modem_answering_a_garbage_imei_is_refused_with_a_tamper_event(unit, dialect):
+def test_a_modem_answering_a_garbage_identity_is_refused_with_a_tamper_event(unit, dialect, kind):
     sim, _ = provisioned(unit, dialect)
     sim.unlocked = False
     with emulated_modem(dialect, sim=sim) as emu:
-        emu.identity_answer("IMEI", "GARBAGE-IMEI")
+        emu.identity_answer(kind, "GARBAGE-" + kind)
         booted = unit.boot(emu)
-        assert booted["outcome"] == "IDENTITY_INVALID" and "IMEI" in booted["reason"], booted["output"]
+        assert booted["outcome"] == "IDENTITY_INVALID" and kind in booted["reason"], booted["output"]
         assert booted["status"] == "IDENTITY_INVALID" and booted["events"] == 1
         assert no_data_session(emu)
-        assert not emu.commands_matching("AT+CPIN=")  # no PIN for a modem that will not say who it is
+        if kind != "IMSI":  # (the IMSI is read once the SIM has its PIN)
+            assert not emu.commands_matching("AT+CPIN=")  # no PIN before the identities check out
 
 
 @pytest.mark.parametrize("kind,value", [("IMEI", "1"), ("IMEI", "350457790123458"), ("ICCID", "89882806660000012345"),
                                         ("IMSI", "90128000001234")])
-def test_provisioning_refuses_to_bind_an_identity_that_does_not_validate(unit, kind, value):
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_provisioning_refuses_to_bind_an_identity_that_does_not_validate(unit, dialect, kind, value):
     sim = Sim(pin=FACTORY_PIN)
-    with emulated_modem("bg96", sim=sim) as emu:
+    with emulated_modem(dialect, sim=sim) as emu:
         emu.identity_answer(kind, value)
         with pytest.raises(prov.ProvisionError, match=f"no valid {kind}: not binding it"):
             unit.provision(emu)

@@ -1,6 +1,9 @@
 """Every injected modem fault: the firmware driver (MicroPython unix port) either recovers within a
 bounded time or fails with a clear, typed error. Each test has a timeout; none can hang."""
 
+import select
+import time
+
 import pytest
 from modem_fixtures import DIALECTS, Sim, emulated_modem, run_driver, udp_echo_server
 
@@ -260,6 +263,16 @@ def test_udp_loss_duplication_reordering(dialect):
 def test_modem_receive_buffer_overflow(dialect):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
         emu.udp.rx_limit = 2
+
+        def all_echoes_in():
+            # In the emulator's thread, before it answers the first read: take in the echoes
+            # still on their way (on a loaded machine the driver's 300 ms poll may not see them).
+            deadline = time.monotonic() + 10
+            while emu.udp.overflows < 3 and time.monotonic() < deadline:
+                ready, _, _ = select.select(emu.sockets.readable(), [], [], 0.05)
+                emu.sockets.service(ready)
+
+        emu.on_command(RECV_COMMAND[dialect], all_echoes_in)
         out = run_driver(
             emu,
             UDP_SCRIPT % 5

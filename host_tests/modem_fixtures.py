@@ -28,11 +28,16 @@ for faults that must land mid-run, with spawn_driver and the emulator's command 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
+import signal
 import socket
+import subprocess
 import threading
+import tty
 from collections.abc import Iterator
 
-from cgsim.emulator import Delays, ModemEmulator, Network, Sim  # noqa: F401  (re-exported)
+from cgsim.modem import Delays, ModemEmulator, Network, Sim  # noqa: F401  (re-exported)
 from harness import MICROPYTHON_RT, Runtime, spawn_micropython
 
 DIALECTS = ("nrf91", "bg96", "sim7080", "sara-r4")
@@ -122,6 +127,39 @@ def spawn_driver(emu: ModemEmulator, body: str, echo_port: int = 0, at_timeout_m
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.STDOUT)
     return spawn_micropython(driver_script(emu, body, echo_port, at_timeout_ms), heapsize="256K", **popen)
+
+
+def chat(fd: int, cmd: bytes, until: bytes = b"OK\r\n", timeout: float = 5.0) -> bytes:
+    """Write cmd + CR to a raw pty and read until the output ends with `until` (tests that talk
+    to the emulator as a terminal would)."""
+    os.write(fd, cmd + b"\r")
+    got = b""
+    while not got.endswith(until):
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"no answer to {cmd!r}; got {got!r}"
+        got += os.read(fd, 4096)
+    return got
+
+
+@contextlib.contextmanager
+def standalone_emulator(command: list[str], **popen) -> Iterator[tuple[str, int]]:
+    """Run `cellguard emulator ...` (command) as its own process; yield its first line of output
+    (which names the pty) and the pty opened raw. Ctrl-C must end it with exit code 0."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **popen)
+    try:
+        first = proc.stdout.readline()
+        assert " modem emulator on /dev/pts/" in first, first
+        fd = os.open(first.split()[4], os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(fd)
+        try:
+            yield first, fd
+        finally:
+            os.close(fd)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()
 
 
 @contextlib.contextmanager

@@ -72,7 +72,7 @@ def accepted(hub) -> list[dict]:
 
 
 def fresh_sim() -> Sim:
-    return Sim(iccid="89882806660000044444", imsi="901280000044444", pin=FACTORY_PIN)
+    return Sim(iccid="89882806660000044448", imsi="901280000044444", pin=FACTORY_PIN)
 
 
 def test_readings_reach_the_hub_and_the_unit_is_healthy(unit, hub_server):
@@ -99,7 +99,7 @@ def test_swapped_sim_sends_nothing_and_tamper_report_waits_for_the_right_sim(uni
     with emulated_modem("bg96", sim=sim) as emu:
         unit.provision(emu)
     sim.unlocked = False
-    foreign = Sim(iccid="89882806660000011111", imsi="901280000011111")
+    foreign = Sim(iccid="89882806660000011116", imsi="901280000011111")
     with emulated_modem("bg96", sim=foreign) as emu:
         out = run_app(unit, emu, server.port, run_ms=1500)
         assert not emu.commands_matching(PDP_COMMANDS["bg96"])
@@ -164,7 +164,7 @@ def test_received_counter_shown_after_a_restart_is_the_highest_received(unit, hu
     with emulated_modem("bg96", sim=sim) as emu:
         first = run_app(unit, emu, server.port, until="n >= 2 and a.box.pending() == 0")
     # A restart that never gets online (a foreign SIM: the lock refuses, nothing is sent or received).
-    foreign = Sim(iccid="89882806660000011111", imsi="901280000011111")
+    foreign = Sim(iccid="89882806660000011116", imsi="901280000011111")
     with emulated_modem("bg96", sim=foreign) as emu:
         again = run_app(unit, emu, server.port, run_ms=1500)
     assert "STATE locked" in again, again

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 # ---- the line reader -------------------------------------------------------------------------
 
 
-def collect(chunks, max_line=32, prompt=0, raw_prefix=None):
+def collect(chunks, max_line=32, prompt=None, raw_prefix=None, raw_field=0):
     events = []
     reader = None
 
@@ -23,13 +23,14 @@ def collect(chunks, max_line=32, prompt=0, raw_prefix=None):
     reader = at.LineReader(on_line, max_line, lambda: events.append(("prompt",)))
     reader.prompt = prompt
     reader.raw_prefix = raw_prefix
+    reader.raw_field = raw_field
     for chunk in chunks:
         reader.feed(chunk)
     return events, reader.overflows
 
 
 ALPHABET = st.sampled_from(
-    [b"\r", b"\n", b"\r\n", b",", b">", b"@", b" ", b"OK", b"+X: ", b"1", b"!", b"\x00", b"\xff"]
+    [b"\r", b"\n", b"\r\n", b",", b">", b"@", b" ", b"OK", b"+X: ", b"1", b"!", b"\x00", b"\xff", b'"']
 )
 STREAMS = st.lists(st.one_of(ALPHABET, st.binary(max_size=40)), max_size=40).map(b"".join)
 
@@ -48,13 +49,14 @@ def chop(data, cuts):
 @given(
     STREAMS,
     st.lists(st.integers(min_value=0, max_value=2000), max_size=30),
-    st.sampled_from([0, ord(">"), ord("@")]),
-    st.sampled_from([None, b"+X: "]),
+    st.sampled_from([None, ord(">"), ord("@")]),
+    st.sampled_from([(None, 0), (b"+X: ", 0), (b"+X: ", 1)]),
 )
-def test_chopped_stream_parses_like_whole(data, cuts, prompt, raw_prefix):
-    whole = collect([data], prompt=prompt, raw_prefix=raw_prefix)
-    assert collect(chop(data, cuts), prompt=prompt, raw_prefix=raw_prefix) == whole
-    assert collect([data[i : i + 1] for i in range(len(data))], prompt=prompt, raw_prefix=raw_prefix) == whole
+def test_chopped_stream_parses_like_whole(data, cuts, prompt, raw):
+    whole = collect([data], prompt=prompt, raw_prefix=raw[0], raw_field=raw[1])
+    assert collect(chop(data, cuts), prompt=prompt, raw_prefix=raw[0], raw_field=raw[1]) == whole
+    singles = [data[i : i + 1] for i in range(len(data))]
+    assert collect(singles, prompt=prompt, raw_prefix=raw[0], raw_field=raw[1]) == whole
 
 
 @settings(max_examples=300, deadline=None)
@@ -76,6 +78,16 @@ def test_line_endings_and_overflow():
 def test_raw_payload_may_hold_line_endings():
     events, _ = collect([b"+X: 5,a\r\n,b\r\n\r\nOK\r\n"], raw_prefix=b"+X: ")
     assert events == [("line", b"+X: 5,a\r\n,b"), ("line", b"OK")]
+
+
+def test_quoted_raw_payload_after_a_length_field():
+    # u-blox binary +USORF: the length is field 3, the bytes follow it in quotes.
+    payload = b'\r\n\x00\x00",\r'
+    line = b'+USORF: 0,"1.2.3.4",5,%d,"%s"' % (len(payload), payload)
+    events, overflows = collect([line + b"\r\nOK\r\n"], max_line=64, raw_prefix=b"+USORF: ", raw_field=3)
+    assert events == [("line", line), ("line", b"OK")] and overflows == 0
+    events, overflows = collect([line + b"\r\nOK\r\n"], max_line=24, raw_prefix=b"+USORF: ", raw_field=3)
+    assert events == [("line", b"OK")] and overflows == 1  # too long: lost whole, and counted
 
 
 # ---- the engine ----------------------------------------------------------------------------------

@@ -61,10 +61,10 @@ def test_silent_device_is_a_clear_message():
 
 
 def test_status_shows_the_emulated_modem_masked(tmp_path):
-    from cgsim import emulator as modem_emulator
+    from cgsim import modem as modem_emulator
 
     emu_sim = modem_emulator.Sim()
-    imei = "350457790123458"  # the emulator's default IMEI
+    imei = "350457790123457"  # the emulator's default IMEI
     board = Board(tmp_path, modem="bg96")  # the emulated modem on the board's UART
     try:
         assert flash(board, tmp_path / "master.key").returncode == 0

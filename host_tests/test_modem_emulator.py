@@ -3,67 +3,38 @@ model seen from a plain pty, with exact per-dialect formats."""
 
 import os
 import select
-import signal
-import subprocess
 import sys
 import tty
 from pathlib import Path
 
 import pytest
 from harness import REPO
-from modem_fixtures import emulated_modem
-
-
-def chat(fd, cmd: bytes, until: bytes = b"OK\r\n", timeout=5.0) -> bytes:
-    os.write(fd, cmd + b"\r")
-    got = b""
-    while not got.endswith(until):
-        ready, _, _ = select.select([fd], [], [], timeout)
-        assert ready, f"no answer to {cmd!r}; got {got!r}"
-        got += os.read(fd, 4096)
-    return got
+from modem_fixtures import chat, emulated_modem, standalone_emulator
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("dialect", ["nrf91", "sara-r4"])
 def test_standalone_emulator_prints_its_pty_and_answers(dialect):
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "cellguard"), "emulator", "--dialect", dialect, "--zero-delays"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = proc.stdout.readline()
+    command = [str(Path(sys.executable).parent / "cellguard"), "emulator", "--dialect", dialect, "--zero-delays"]
+    with standalone_emulator(command, cwd=REPO) as (first, fd):
         assert first.startswith(f"{dialect} modem emulator on /dev/pts/")
-        path = first.split()[4]
-        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-        tty.setraw(fd)
-        try:
-            assert chat(fd, b"AT").endswith(b"AT\r\r\nOK\r\n")  # echo is on until ATE0
-            chat(fd, b"ATE0")
-            assert chat(fd, b"AT+CGSN") == b"\r\n350457790123458\r\n\r\nOK\r\n"
-        finally:
-            os.close(fd)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        proc.stdout.close()
+        assert chat(fd, b"AT").endswith(b"AT\r\r\nOK\r\n")  # echo is on until ATE0
+        chat(fd, b"ATE0")
+        assert chat(fd, b"AT+CGSN") == b"\r\n350457790123457\r\n\r\nOK\r\n"
 
 
 DIALECT_FORMATS = {
-    "nrf91": [(b"AT%XICCID", b"\r\n%XICCID: 89882806660000012345\r\n\r\nOK\r\n")],
+    "nrf91": [(b"AT%XICCID", b"\r\n%XICCID: 89882806660000012346\r\n\r\nOK\r\n")],
     "bg96": [
-        (b"AT+QCCID", b"\r\n+QCCID: 89882806660000012345\r\n\r\nOK\r\n"),
+        (b"AT+QCCID", b"\r\n+QCCID: 89882806660000012346\r\n\r\nOK\r\n"),
         (b'AT+QPINC="SC"', b'\r\n+QPINC: "SC",3,10\r\n\r\nOK\r\n'),
     ],
     "sim7080": [
-        (b"AT+CCID", b"\r\n89882806660000012345\r\n\r\nOK\r\n"),
+        (b"AT+CCID", b"\r\n89882806660000012346\r\n\r\nOK\r\n"),
         (b"AT+SPIC", b"\r\n+SPIC: 3,10,3,10\r\n\r\nOK\r\n"),
     ],
     "sara-r4": [
-        (b"AT+CCID", b"\r\n+CCID: 89882806660000012345\r\n\r\nOK\r\n"),
+        (b"AT+CCID", b"\r\n+CCID: 89882806660000012346\r\n\r\nOK\r\n"),
         (b"AT+USOCR=17", b"\r\n+USOCR: 0\r\n\r\nOK\r\n"),
     ],
 }

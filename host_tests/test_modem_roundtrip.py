@@ -53,7 +53,7 @@ s.close()
             echo_port=echo.port,
             runtime=rt,
         )
-    assert "IDS 350457790123458 89882806660000012345 901280000012345 READY" in out
+    assert "IDS 350457790123457 89882806660000012346 901280000012345 READY" in out
     assert "RETRIES (3, 10)" in out
     assert "SIGNAL [('rsrp_dbm', -81), ('rsrq_db', -10.0), ('rssi_dbm', -73)]" in out
     assert out.count("ECHO True 127.0.0.1 True") == 2

@@ -33,7 +33,7 @@ def hub_server(unit):
         yield hub, server
 
 
-FOREIGN = Sim(iccid="89882806660000011111", imsi="901280000011111")
+FOREIGN = Sim(iccid="89882806660000011116", imsi="901280000011111")
 
 
 def wait_for(predicate, timeout_s=30.0) -> bool:

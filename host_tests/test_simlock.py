@@ -122,7 +122,7 @@ def unit(tmp_path):
 
 def provisioned(unit, dialect="bg96", **request) -> tuple[Sim, str]:
     """Provision a fresh unit with a fresh SIM; returns the SIM (now PIN-locked) and the IMEI."""
-    sim = Sim(iccid="89882806660000077777", imsi="901280000077777", pin=FACTORY_PIN)
+    sim = Sim(iccid="89882806660000077778", imsi="901280000077777", pin=FACTORY_PIN)
     with emulated_modem(dialect, sim=sim) as emu:
         record = unit.provision(emu, **request)
         imei = emu.imei
@@ -133,7 +133,7 @@ def provisioned(unit, dialect="bg96", **request) -> tuple[Sim, str]:
 # ---- provisioning ------------------------------------------------------------------------------
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_provision_fresh_unit_then_boot_ok(unit, dialect):
-    sim = Sim(iccid="89882806660000012345", imsi="901280000012345", pin=FACTORY_PIN)
+    sim = Sim(iccid="89882806660000012346", imsi="901280000012345", pin=FACTORY_PIN)
     with emulated_modem(dialect, sim=sim) as emu:
         record = unit.provision(emu, device_id="unit-1")
         # The SIM is locked with a new 8-digit PIN that only the device can derive.
@@ -313,7 +313,7 @@ def test_another_unit_does_not_take_over_an_interrupted_runs_device_id(unit, tmp
     (tmp_path / "b").mkdir()
     other = Unit(tmp_path / "b")
     other.hub_db = unit.hub_db
-    other_sim = Sim(iccid="89882806660000088888", imsi="901280000088888", pin=FACTORY_PIN)
+    other_sim = Sim(iccid="89882806660000088882", imsi="901280000088888", pin=FACTORY_PIN)
     with emulated_modem("bg96", sim=other_sim, imei="490154203237518") as emu:
         with pytest.raises(prov.ProvisionError, match="already has a live key"):
             other.provision(emu, device_id="unit-1")
@@ -369,7 +369,7 @@ def test_unprovisioned(unit):
 @pytest.mark.parametrize("dialect", ["bg96", "nrf91"])
 def test_sim_swapped(unit, dialect):
     sim, _ = provisioned(unit, dialect)
-    other = Sim(iccid="89882806660000099999", imsi="901280000099999", pin="0000", pin_enabled=True)
+    other = Sim(iccid="89882806660000099996", imsi="901280000099999", pin="0000", pin_enabled=True)
     with emulated_modem(dialect, sim=other) as emu:
         booted = unit.boot(emu)
         assert booted["outcome"] == "SIM_MISMATCH" and "ICCID" in booted["reason"]
@@ -558,7 +558,7 @@ def test_stolen_sim_is_useless_in_another_modem(unit):
     """The provisioned SIM, moved into a router's modem, asks for a PIN nobody outside knows."""
     sim, _ = provisioned(unit)
     sim.unlocked = False  # pulled out: power lost
-    with emulated_modem("bg96", sim=sim, imei="867530900000001") as thief:
+    with emulated_modem("bg96", sim=sim, imei="867530900000009") as thief:
         out = unit.run(
             thief,
             "from cellguard import modem as mod\n"
@@ -584,7 +584,7 @@ def test_stolen_sim_is_useless_in_another_modem(unit):
 def test_certification_unit_reports_unlocked(unit):
     sim, _ = provisioned(unit, unlocked=True)
     assert not sim.pin_enabled  # the SIM is left as delivered
-    other = Sim(iccid="89882806660000055555", imsi="901280000055555")
+    other = Sim(iccid="89882806660000055550", imsi="901280000055555")
     with emulated_modem("bg96", sim=other) as emu:
         booted = unit.boot(emu)
         # Lab units run with any SIM, and say so: status shows UNLOCKED.
@@ -597,7 +597,7 @@ def test_binding_record_roundtrip_and_tamper_detection_on_both_runtimes(runtime,
         "from cellguard import keys, runtime, simlock\n"
         "runtime.set_fs_root(%r)\n"
         "keys.provision(bytes(range(32)), 'dev-9', 9)\n"
-        "rec = simlock.encode_binding('350457790123458', '8988', '9012', 'dev-9', 9)\n"
+        "rec = simlock.encode_binding('350457790123457', '89882806660000012346', '901280000012345', 'dev-9', 9)\n"
         "print(simlock.decode_binding(rec)['imei'])\n"
         "for i in range(len(rec) - 1):\n"
         "    bad = bytearray(rec); bad[i] ^= 1\n"
@@ -608,7 +608,7 @@ def test_binding_record_roundtrip_and_tamper_detection_on_both_runtimes(runtime,
         "print('PIN', len(simlock.sim_pin()), simlock.sim_pin() == simlock.sim_pin())\n" % str(tmp_path)
     )
     assert "ACCEPTED" not in out
-    assert out.split("\n")[0] == "350457790123458"
+    assert out.split("\n")[0] == "350457790123457"
     assert "PIN 8 True" in out
 
 
@@ -619,7 +619,7 @@ def test_pin_derivation_is_the_same_on_both_runtimes(tmp_path):
         "from cellguard import keys, runtime, simlock\n"
         "runtime.set_fs_root(%r)\n"
         "keys.provision(bytes(range(32)), 'dev-1', 1)\n"
-        "print(simlock.sim_pin(), simlock.encode_binding('1', '2', '3', 'dev-1', 1).hex())\n"
+        "print(simlock.sim_pin(), simlock.encode_binding('350457790123457', '89882806660000012346', '901280000012345', 'dev-1', 1).hex())\n"
     )
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -854,3 +854,56 @@ def test_certification_unit_status_carries_the_banner(unit):
     assert lines[page_start + 1].startswith("cellguard ")
     assert snap["warning"] == UNLOCKED_BANNER and snap["sim"]["certification_unit"] is True
     assert snap["sim"]["state"] == "UNLOCKED"
+
+
+# ---- identities that do not validate (docs/provisioning.md, "Identities") ---------------------
+@pytest.mark.parametrize("kind", ["IMEI", "ICCID", "IMSI"])
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_modem_answering_a_garbage_identity_is_refused_with_a_tamper_event(unit, dialect, kind):
+    sim, _ = provisioned(unit, dialect)
+    sim.unlocked = False
+    with emulated_modem(dialect, sim=sim) as emu:
+        emu.identity_answer(kind, "GARBAGE-" + kind)
+        booted = unit.boot(emu)
+        assert booted["outcome"] == "IDENTITY_INVALID" and kind in booted["reason"], booted["output"]
+        assert booted["status"] == "IDENTITY_INVALID" and booted["events"] == 1
+        assert no_data_session(emu)
+        if kind != "IMSI":  # (the IMSI is read once the SIM has its PIN)
+            assert not emu.commands_matching("AT+CPIN=")  # no PIN before the identities check out
+
+
+@pytest.mark.parametrize("kind,value", [("IMEI", "1"), ("IMEI", "350457790123458"), ("ICCID", "89882806660000012345"),
+                                        ("IMSI", "90128000001234")])
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_provisioning_refuses_to_bind_an_identity_that_does_not_validate(unit, dialect, kind, value):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem(dialect, sim=sim) as emu:
+        emu.identity_answer(kind, value)
+        with pytest.raises(prov.ProvisionError, match=f"no valid {kind}: not binding it"):
+            unit.provision(emu)
+        assert not emu.commands_matching('AT+CPWD="SC"')  # the SIM keeps its factory PIN
+        out = unit.run(emu, "from cellguard import simlock\nprint('BOUND', simlock.bound())")
+    assert "BOUND False" in out and sim.pin == FACTORY_PIN
+
+
+def test_provisioning_binds_the_imei_not_a_urc_inside_its_reply(unit):
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("nrf91", sim=sim) as emu:
+        emu.identity_answer("IMEI", emu.imei, urcs=["+CSCON: 1", "%MDMEV: SEARCH STATUS 2"])
+        record = unit.provision(emu)
+    assert record["ok"] and record["imei"] == emu.imei
+
+
+def test_a_binding_of_an_invalid_identity_cannot_be_written(mp):
+    out = mp.run(
+        "from cellguard import simlock\n"
+        "for ids in (('1', '89882806660000012346', '901280000012345'),\n"
+        "            ('350457790123457', '89882806660000012346', '901280000012345')):\n"
+        "    try:\n"
+        "        simlock.encode_binding(*ids, device_id='d', key_id=1)\n"
+        "        print('ENCODED')\n"
+        "    except Exception as e:\n"
+        "        print(type(e).__name__, e)\n"
+    ).split("\n")
+    assert out[0] == "BindingError not a valid IMEI: not binding it"
+    assert out[1] == "NotProvisioned root key missing or wiped"  # checked, then on to its MAC (no key in this test)

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "image": ("cgdev.image", "build, sign, verify and inspect firmware images (imgtool / MCUboot)"),
     "bundle": ("cgdev.bundle", "the pinned device libraries, staged for a board"),
     "hub": ("cghub.server", "the hub: serve | register-device | queue | publish | stats"),
-    "emulator": ("cgsim.emulator", "an emulated cellular modem on a pty"),
+    "emulator": ("cgsim.modem.cli", "an emulated cellular modem on a pty"),
     "virtual-board": ("cgsim.virtual_board", "a virtual board (MicroPython on littlefs) on a pty"),
     "demo": ("cgdev.demo", "hub + emulated modem + virtual board, end to end"),
 }

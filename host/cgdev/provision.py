@@ -82,10 +82,13 @@ try:
     _m = open_modem()
     _m.init()
     _ids = [_m.imei(), _m.iccid()]
-except Exception:  # no modem or no SIM: the run itself says why
+    _bad = None
+except Exception as e:  # no modem or no SIM: the run itself says why; an invalid identity: refused
     _ids = [None, None]
+    _bad = getattr(e, "kind", None)
 print(%(marker)r + json.dumps({"ok": True, "provisioned": simlock.bound(), "has_keys": k,
-                               "device_id": keys.device_id() if k else None, "imei": _ids[0], "iccid": _ids[1]}))
+                               "device_id": keys.device_id() if k else None, "imei": _ids[0], "iccid": _ids[1],
+                               "invalid_identity": _bad}))
 """
 
 DEVICE_SCRIPT = """
@@ -181,6 +184,8 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         raise AlreadyProvisioned(
             f"already provisioned as device {state['device_id']}; re-run with --reprovision to replace its keys"
         )
+    if state.get("invalid_identity"):  # before anything is registered or the SIM touched
+        raise ProvisionError(f"the modem reported no valid {state['invalid_identity']}: not binding it")
     unit = (state.get("imei"), state.get("iccid"))
     device_id = req.device_id or state["device_id"] or _interrupted_run(hub_db, unit)
     device_id = device_id or "cg-" + secrets.token_hex(6)

@@ -438,12 +438,12 @@ def _profile_dialect() -> str:
 
 
 def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15) -> tuple[subprocess.Popen, str]:
-    """Start the modem emulator (cgsim.emulator) and return it with its pty path (from its first line of output)."""
+    """Start the modem emulator (cgsim.modem) and return it with its pty path (from its first line of output)."""
     import re
     import select
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cgsim.emulator", "--dialect", dialect],
+        [sys.executable, "-m", "cgsim.modem", "--dialect", dialect],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + timeout

@@ -194,6 +194,10 @@ class AtEngine:
         self.echo_off = False  # set by the driver after ATE0: an echo after that means a reboot
         self.max_reply_lines = MAX_REPLY_LINES
         self.max_reply_bytes = 2 * max_line
+        # A line half-received when a command starts gets this long to end (a URC on its way);
+        # then it is dropped, so that it never becomes part of the new command's reply.
+        self.partial_grace_ms = 50
+        self.partials_dropped = 0
         # Command state.
         self._cmd = None
         self._prefix = None
@@ -350,12 +354,13 @@ class AtEngine:
         return self.default_timeout_ms
 
     # -- commands
-    def command(self, cmd, timeout_ms=None, prefix=None, payload=None, prompt=b">", raw_prefix=None):
+    def command(self, cmd, timeout_ms=None, prefix=None, payload=None, prompt=b">", raw_prefix=None,
+                raw_field=0):
         """Run one command; return its response lines (list of bytes, echo and URCs removed).
 
         prefix: the reply's prefix (b"+CEREG:"), so a URC with the same prefix is told apart.
         payload: bytes sent after the prompt byte (`prompt`, b">" or b"@") appears.
-        raw_prefix: a reply line that carries length-prefixed raw bytes (see LineReader).
+        raw_prefix, raw_field: a reply line that carries length-prefixed raw bytes (see LineReader).
         Raises AtTimeout, CmeError, CmsError, AtCommandError or ModemRebooted.
         """
         if isinstance(cmd, str):
@@ -365,6 +370,9 @@ class AtEngine:
         if timeout_ms is None:
             timeout_ms = self.timeout_for(cmd)
         self._pump()  # URCs that arrived before this command are not its reply
+        reader = self.reader
+        if reader.pending():
+            self._start_clean(reader)
         self._cmd = cmd
         self._prefix = prefix
         self._lines = []
@@ -373,9 +381,9 @@ class AtEngine:
         self._prompted = False
         self._reply_bytes = 0
         self._dropped = 0
-        reader = self.reader
         reader.raw_prefix = raw_prefix
-        reader.prompt = prompt[0] if payload is not None else 0
+        reader.raw_field = raw_field
+        reader.prompt = prompt[0] if payload is not None else None
         deadline = runtime.ticks_add(runtime.ticks_ms(), timeout_ms)
         try:
             self._stream.write(cmd + b"\r")
@@ -405,11 +413,29 @@ class AtEngine:
             if result.startswith(_CMS):
                 raise CmsError(cmd, lines, result, _code(result))
             raise AtCommandError(cmd, lines, result)
+        except AtTimeout:
+            reader.reset()  # what it left half-received is its own, never the next command's
+            raise
         finally:
             self._cmd = None
             self._prefix = None
-            reader.prompt = 0
+            reader.prompt = None
             reader.raw_prefix = None
+
+    def _start_clean(self, reader):
+        # Part of a line is in the buffer: a URC on its way gets partial_grace_ms to end and is
+        # dispatched; anything else (the rest of an old reply, noise) is dropped.
+        # (Not wait_for: idle() must not run before this command is marked as running.)
+        deadline = runtime.ticks_add(runtime.ticks_ms(), self.partial_grace_ms)
+        while reader.pending():
+            left = runtime.ticks_diff(deadline, runtime.ticks_ms())
+            if left <= 0:
+                break
+            if self._stream.wait_readable(left if left < 10 else 10):
+                self._pump()
+        if reader.pending():
+            reader.reset()
+            self.partials_dropped += 1
 
     def _wait(self, deadline, for_prompt):
         stream = self._stream

@@ -16,6 +16,7 @@ _SPACE = const(32)
 _COMMA = const(44)
 _ZERO = const(48)
 _NINE = const(57)
+_QUOTE = const(34)
 
 
 def _text(b):
@@ -37,10 +38,13 @@ class LineReader:
     all-space lines are skipped, so the result does not depend on how the bytes were chopped.
     A line longer than the buffer is discarded up to its end and counted in .overflows.
 
-    Two modes the engine arms for one command:
-    - prompt: a byte value ('>' or '@'); seen at the start of a line it calls on_prompt().
+    Two modes the engine arms for one command (and disarms after it):
+    - prompt: a byte value ('>' or '@'); seen at the start of a line it calls on_prompt(). None
+      (not 0) means no prompt is armed: a NUL byte is data like any other, never a prompt.
     - raw_prefix: e.g. b"+CARECV: " - a line starting with it carries "<len>," then <len> raw
       bytes that may contain anything, CR and LF included; they become part of the line.
+      raw_field > 0 says the length is that field and the bytes follow it in quotes, the rest of
+      the line after them read as usual (u-blox: +USORF: <s>,"<ip>",<port>,<len>,"<bytes>").
     """
 
     def __init__(self, on_line, max_line=256, on_prompt=None):
@@ -48,19 +52,28 @@ class LineReader:
         self.max_line = max_line
         self.n = 0
         self.overflows = 0
-        self.prompt = 0
+        self.prompt = None
         self.raw_prefix = None
+        self.raw_field = 0
         self._on_line = on_line
         self._on_prompt = on_prompt
         self._discarding = False
         self._raw_left = 0
         self._raw_overflow = False
+        self._raw_quote = -1  # quoted raw bytes: their length, until the opening quote arrives
+        self._raw_ends_line = True
 
     def reset(self):
+        """Forget the line being assembled (a command that timed out leaves one behind)."""
         self.n = 0
         self._discarding = False
         self._raw_left = 0
         self._raw_overflow = False
+        self._raw_quote = -1
+
+    def pending(self):
+        """True while part of a line has arrived and its end has not."""
+        return self.n > 0 or self._raw_left > 0 or self._discarding
 
     def feed(self, data, start=0, end=-1):
         if end < 0:
@@ -72,7 +85,7 @@ class LineReader:
             c = data[i]
             i += 1
             if self._raw_left:
-                if self.n < limit:
+                if self.n < limit and not self._discarding:
                     buf[self.n] = c
                     self.n += 1
                 else:
@@ -80,12 +93,21 @@ class LineReader:
                 self._raw_left -= 1
                 if not self._raw_left:
                     if self._raw_overflow:
-                        self.overflows += 1
-                    else:
+                        if not self._discarding:  # (a line already discarded is counted)
+                            self.overflows += 1
+                        self._raw_overflow = False
+                        self.n = 0
+                        self._discarding = not self._raw_ends_line  # and the rest of its line
+                    elif self._raw_ends_line:
                         self._on_line(buf, self.n)
-                    self.n = 0
-                    self._raw_overflow = False
+                        self.n = 0
                 continue
+            if self._raw_quote >= 0:
+                # After "<len>," of a quoted payload: its bytes start after this quote.
+                if c == _QUOTE:
+                    self._raw_left = self._raw_quote
+                    self._raw_ends_line = False
+                self._raw_quote = -1
             if c == _CR or c == _LF:
                 if self._discarding:
                     self._discarding = False
@@ -98,7 +120,7 @@ class LineReader:
             if self._discarding:
                 continue
             if self.n == 0 and c == self.prompt:
-                self.prompt = 0
+                self.prompt = None
                 if self._on_prompt is not None:
                     self._on_prompt()
                 continue
@@ -120,21 +142,37 @@ class LineReader:
         return True
 
     def _check_raw(self):
-        # "<raw_prefix><digits>," just completed: the next <digits> bytes are payload.
+        # "<raw_prefix>[<fields>,]<digits>," just completed: the next <digits> bytes are payload
+        # (after an opening quote when raw_field > 0).
         p = self.raw_prefix
         start = len(p)
         comma = self.n - 1
         if comma <= start or not self.buf.startswith(p):
             return
-        length = 0
         buf = self.buf
+        want = self.raw_field
+        quoted = False
+        for k in range(start, comma):  # find the start of field `want`: commas outside quotes
+            d = buf[k]
+            if d == _QUOTE:
+                quoted = not quoted
+            elif d == _COMMA and not quoted:
+                want -= 1
+                if want < 0:
+                    return
+                start = k + 1
+        if want or quoted or comma <= start:
+            return
+        length = 0
         for k in range(start, comma):
             d = buf[k]
             if d < _ZERO or d > _NINE:
                 return
             length = length * 10 + d - _ZERO
-        if buf.find(b",", start, comma) >= 0:
+        if self.raw_field:
+            self._raw_quote = length
             return
+        self._raw_ends_line = True
         self._raw_left = length
         if not length:
             self._on_line(buf, self.n)

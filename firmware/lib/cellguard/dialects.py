@@ -45,11 +45,22 @@ def _after(lines, prefix):
     return None
 
 
+# URCs that carry nothing the driver acts on, which modems send anyway (a registration report for
+# the other radio access technologies, RRC connection state, time zone from the network). They are
+# dispatched and counted (Modem.other_urcs), so they never become part of a command's reply: a
+# "+CSCON: 1" inside the reply to AT+CIMI is not the IMSI.
+_INFO_URCS = (b"+CREG:", b"+CGREG:", b"+CSCON:", b"+CTZV:", b"+CTZE:", b"+CTZEU:")
+
+
 class Dialect:
     """3GPP TS 27.007 base. A subclass overrides data attributes and the socket methods."""
 
     name = "3gpp"
     boot_urcs = (b"RDY",)
+    # Lines a restart prints after its boot URC and at no other time: if the boot URC was lost,
+    # one of these marks the restart (Modem._late_boot); soon after a restart seen they belong to it.
+    late_boot_urcs = ()
+    info_urcs = _INFO_URCS
     reset_cmd = b"AT+CFUN=1,1"  # software reset, the second step of recovery
     setup = ()  # extra commands after ATE0 / +CMEE=1 / +CEREG=2
     imei_cmd = b"AT+CGSN"
@@ -64,6 +75,7 @@ class Dialect:
 
     def __init__(self):
         self.rx_ready = bytearray(MAX_SOCKETS)  # set by receive URCs, allocation-free
+        self.closed = bytearray(MAX_SOCKETS)  # set by the modem's socket-closed URCs
         self.pdp_lost = False  # the network deactivated the PDP context (a URC said so)
 
     def urcs(self):
@@ -78,6 +90,11 @@ class Dialect:
     def _mark(self, h):
         if 0 <= h < MAX_SOCKETS:
             self.rx_ready[h] = 1
+
+    def _lost(self, h):
+        # The modem closed socket h on its own (peer, network): UdpSocket reopens it.
+        if 0 <= h < MAX_SOCKETS:
+            self.closed[h] = 1
 
     # -- PDP
     def set_apn(self, m, apn, user, pwd):
@@ -124,12 +141,18 @@ class Nrf91(Dialect):
     iccid_cmd = b"AT%XICCID"
     pdp_cid = 0
     max_datagram = 700  # hex doubles it inside one command line
+    info_urcs = _INFO_URCS + (b"%MDMEV:", b"%XTIME:")
 
     def urcs(self):
-        return ((b"#XAPOLL:", self._apoll), (b"+CGEV:", self._cgev))
+        return ((b"#XAPOLL:", self._apoll), (b"+CGEV:", self._cgev), (b"#XSOCKET:", self._xsocket))
 
     def _apoll(self, buf, n):
         self._mark(field_int(buf, n, 0))
+
+    def _xsocket(self, buf, n):
+        # Unsolicited (a running AT#XSOCKET= takes its own reply): '#XSOCKET: <h>,"closed"'.
+        if buf.find(b"closed", 0, n) >= 0:
+            self._lost(field_int(buf, n, 0))
 
     def pin_retries(self, m):
         out = []
@@ -171,6 +194,8 @@ class Bg96(Dialect):
     imei_cmd = b"AT+GSN"
     iccid_cmd = b"AT+QCCID"
     max_datagram = 1024
+    late_boot_urcs = (b"APP RDY",)  # BG95: the application core is up, seconds after RDY
+    info_urcs = _INFO_URCS + (b"+QIND:", b"+QUSIM:")  # +QIND: SMS DONE / PB DONE at boot
 
     def __init__(self):
         super().__init__()
@@ -184,6 +209,8 @@ class Bg96(Dialect):
             self._mark(field_int(buf, n, 1))
         elif buf.find(b'"pdpdeact"', 0, n) >= 0:
             self.pdp_lost = True
+        elif buf.find(b'"closed"', 0, n) >= 0:
+            self._lost(field_int(buf, n, 1))
 
     def _qiopen(self, buf, n):
         h = field_int(buf, n, 0)
@@ -263,16 +290,40 @@ class Sim7080(Dialect):
     pdp_cid = 0
     max_datagram = 1024
 
+    late_boot_urcs = (b"SMS Ready",)  # after RDY, +CFUN: 1 and +CPIN: READY
+    info_urcs = _INFO_URCS + (b"DST:", b"*PSUTTZ:")  # time zone from the network
+
     def __init__(self):
         super().__init__()
         self.remote = [None] * MAX_SOCKETS
         self.pdp_up = False
 
     def urcs(self):
-        return ((b"+CADATAIND:", self._dataind), (b"+APP PDP:", self._app_pdp))
+        return (
+            (b"+CADATAIND:", self._dataind),
+            (b"+APP PDP:", self._app_pdp),
+            (b"+CASTATE:", self._castate),
+            (b"+CAOPEN:", self._caopen),
+        )
 
     def _dataind(self, buf, n):
         self._mark(field_int(buf, n, 0))
+
+    def _castate(self, buf, n):
+        # "+CASTATE: <id>,<state>": 0 = closed (by the peer or the network).
+        if field_int(buf, n, 1) == 0:
+            self._gone(field_int(buf, n, 0))
+
+    def _caopen(self, buf, n):
+        # A +CAOPEN result after its command was over (the running AT+CAOPEN takes its own):
+        # an open that failed late leaves no socket behind.
+        if field_int(buf, n, 1) != 0:
+            self._gone(field_int(buf, n, 0))
+
+    def _gone(self, h):
+        if 0 <= h < MAX_SOCKETS:
+            self.remote[h] = None  # the next send opens it again
+            self._lost(h)
 
     def _app_pdp(self, buf, n):
         self.pdp_up = buf.find(b"ACTIVE", 0, n) >= 0 and buf.find(b"DEACTIVE", 0, n) < 0
@@ -365,10 +416,13 @@ class SaraR4(Dialect):
     max_datagram = 1024
 
     def urcs(self):
-        return ((b"+UUSORF:", self._uusorf), (b"+CGEV:", self._cgev))
+        return ((b"+UUSORF:", self._uusorf), (b"+CGEV:", self._cgev), (b"+UUSOCL:", self._uusocl))
 
     def _uusorf(self, buf, n):
         self._mark(field_int(buf, n, 0))
+
+    def _uusocl(self, buf, n):
+        self._lost(field_int(buf, n, 0))
 
     def pin_retries(self, m):
         f = fields(_find(m.cmd(b"AT+UPINCNT", prefix=b"+UPINCNT:"), b"+UPINCNT:"))
@@ -387,11 +441,30 @@ class SaraR4(Dialect):
         )
 
     def sock_recv(self, m, h):
-        lines = m.cmd(b"AT+USORF=" + _num(h) + b"," + _num(self.max_datagram), prefix=b"+USORF:")
-        f = fields(_find(lines, b"+USORF:"))
-        if len(f) < 5 or int(f[3]) == 0:
+        # Hex after AT+UDCONF=1,1 (our setup), raw bytes in quotes otherwise: the engine reads
+        # <len> bytes after the quote as they are (raw_field 3), so CR, LF and NUL survive.
+        lines = m.cmd(
+            b"AT+USORF=" + _num(h) + b"," + _num(self.max_datagram), prefix=b"+USORF:", raw_prefix=b"+USORF: ",
+            raw_field=3,
+        )
+        line = _find(lines, b"+USORF:")
+        pos, commas, quoted = 7, 0, False
+        while commas < 4 and pos < len(line):  # past "<s>,"<ip>",<port>,<len>,"
+            c = line[pos]
+            if c == 34:
+                quoted = not quoted
+            elif c == 44 and not quoted:
+                commas += 1
+            pos += 1
+        f = fields(line[: pos - 1])
+        if commas < 4 or int(f[3]) == 0:
             return None
-        return bytes.fromhex(f[4]), f[1], int(f[2])
+        size, body = int(f[3]), line[pos + 1 : -1]  # between the quotes
+        if len(body) == 2 * size:
+            body = bytes.fromhex(body.decode())
+        elif len(body) != size:
+            raise ValueError("+USORF length %d, %d bytes" % (size, len(body)))
+        return body, f[1], int(f[2])
 
     def sock_close(self, m, h):
         m.cmd(b"AT+USOCL=" + _num(h))

@@ -9,7 +9,7 @@
 #   m = modem.Modem(engine, d)
 #   m.power_up(); m.wait_registered(180000); m.set_apn("iot.example"); m.activate_pdp()
 #   sock = m.open_udp(); sock.sendto(b"hi", "192.0.2.1", 5683); sock.recvfrom(5000)
-from cellguard import runtime
+from cellguard import identity, runtime
 
 try:  # the status registry (board layer); the driver works without it
     from cellguard import status as _status
@@ -112,6 +112,7 @@ class Modem:
         self.reg_stat = NOT_REGISTERED
         self.sim_event = False  # a +CPIN: URC arrived (SIM removed/inserted)
         self.cfun_events = 0
+        self.other_urcs = 0  # URCs dispatched and ignored (dialect.info_urcs: time zone, RRC state)
         self.boot_line_window_ms = 10000  # boot lines this soon after a restart belong to it
         self.session = 0  # incremented by each init(): sockets opened before are gone
         self.attach_timeout_ms = 180000
@@ -134,6 +135,10 @@ class Modem:
         engine.add_urc(b"+CFUN:", self._cfun)
         for prefix, handler in dialect.urcs():
             engine.add_urc(prefix, handler)
+        for line in dialect.late_boot_urcs:
+            engine.add_urc(line, self._late_boot)
+        for prefix in dialect.info_urcs:
+            engine.add_urc(prefix, self._other)
 
     # -- URC handlers (called with the engine's shared line buffer; they allocate nothing)
     def _cereg(self, buf, n):
@@ -141,6 +146,17 @@ class Modem:
 
     def _cpin(self, buf, n):
         self.sim_event = True
+
+    def _other(self, buf, n):
+        self.other_urcs += 1
+
+    def _late_boot(self, buf, n):
+        # SIMCom's "SMS Ready", Quectel's "APP RDY": printed only by a restart, after its boot
+        # URC. Soon after a restart already seen they are part of it; otherwise the boot URC was
+        # lost and this is the restart (a running command raises ModemRebooted, not a timeout).
+        at = self.at
+        if not at.rebooted and not at.restarted_within(self.boot_line_window_ms):
+            at._reboot_seen()
 
     def _cfun(self, buf, n):
         self.cfun_events += 1
@@ -181,13 +197,14 @@ class Modem:
         self.at.close()
 
     # -- command path with recovery
-    def cmd(self, cmd, timeout_ms=None, prefix=None, payload=None, prompt=b">", raw_prefix=None, retry=True):
+    def cmd(self, cmd, timeout_ms=None, prefix=None, payload=None, prompt=b">", raw_prefix=None, retry=True,
+            raw_field=0):
         """One AT command through the engine. After a timeout or a modem reboot: recover (resync,
         CFUN reset, reset pin), re-initialise, and retry once if `retry`."""
         if self.at.rebooted and self.session:
             self.init()
         try:
-            return self.at.command(cmd, timeout_ms, prefix, payload, prompt, raw_prefix)
+            return self.at.command(cmd, timeout_ms, prefix, payload, prompt, raw_prefix, raw_field)
         except (AtTimeout, ModemRebooted) as e:
             self._note("%s: recovering" % e)
             self.recover()
@@ -195,7 +212,7 @@ class Modem:
             # UdpSocket reopens it first (self.socket_op is set around them).
             if not retry or payload is not None or self.socket_op:
                 raise
-            return self.at.command(cmd, timeout_ms, prefix, payload, prompt, raw_prefix)
+            return self.at.command(cmd, timeout_ms, prefix, payload, prompt, raw_prefix, raw_field)
 
     def recover(self):
         """Bring a stuck or restarted modem back to a known, initialised state (or raise
@@ -247,6 +264,7 @@ class Modem:
             at.command(c)
         self._radio_on(at)
         self.dialect.rx_ready[:] = bytes(len(self.dialect.rx_ready))
+        self.dialect.closed[:] = bytes(len(self.dialect.closed))
         self._handles = []
         self.session += 1
 
@@ -260,27 +278,33 @@ class Modem:
 
     # -- identity
     @parses_reply
-    def _identity(self, cmd):
-        # The reply line that is a number (after an optional "+XXX:" prefix and quotes); other
-        # lines - line noise - are ignored. ICCIDs may end in an F filler nibble.
+    def _identity(self, cmd, kind):
+        # The reply line that is a valid identity of this kind (after an optional "+XXX:" prefix
+        # and quotes; an ICCID may end in an F filler nibble). Any other line - noise, a URC the
+        # engine does not know - is skipped, never taken for it; no valid line: IdentityInvalid.
         for line in self.cmd(cmd):
             text = _text(line).strip()
             colon = text.find(":")
             if colon >= 0:
                 text = text[colon + 1 :].strip()
-            text = text.strip('"').rstrip("Ff")
-            if text.isdigit():
+            text = text.strip('"')
+            if kind == identity.ICCID:
+                text = text.rstrip("Ff")
+            if identity.valid(kind, text):
                 return text
-        raise ModemError("no number in reply to %s" % _text(cmd))
+        raise identity.IdentityInvalid(kind, cmd)
 
     def imei(self):
-        return self._identity(self.dialect.imei_cmd)
+        """The modem's IMEI (15 digits, Luhn), or IdentityInvalid."""
+        return self._identity(self.dialect.imei_cmd, identity.IMEI)
 
     def iccid(self):
-        return self._identity(self.dialect.iccid_cmd)
+        """The SIM's ICCID (19-20 digits, Luhn), or IdentityInvalid."""
+        return self._identity(self.dialect.iccid_cmd, identity.ICCID)
 
     def imsi(self):
-        return self._identity(b"AT+CIMI")
+        """The SIM's IMSI (15 digits), or IdentityInvalid."""
+        return self._identity(b"AT+CIMI", identity.IMSI)
 
     @parses_reply
     def _value(self, cmd, prefix):
@@ -466,7 +490,9 @@ class UdpSocket:
 
     If the modem restarts underneath it, the next call passes the modem's data gate (the SIM lock,
     when the application set one), re-registers, re-activates the PDP context and reopens the
-    socket (bounded by the modem's attach timeout) instead of failing forever.
+    socket (bounded by the modem's attach timeout) instead of failing forever. If the modem
+    closes it on its own and says so (+UUSOCL, +CASTATE, +QIURC: "closed", #XSOCKET ... closed),
+    the next call reopens it.
     """
 
     def __init__(self, modem, local_port=0):
@@ -489,13 +515,19 @@ class UdpSocket:
             m._note("PDP context lost: re-activating")
             self._release()
             m.session += 1
+        h = self._h
+        if self._session == m.session and h is not None and m.dialect.closed[h]:
+            m.dialect.closed[h] = 0
+            m._note("socket closed by the modem: reopening")
+            self._release()
+            self._session = -2  # reopen below, without a restart to recover from
         if self._session != m.session:
             # Reopened after a restart: restore() passes the data gate, registers and brings the
             # PDP context back. The first open passes the gate too: a modem that restarted since
             # the context was opened must not get a socket before the lock has run again.
             if self._session >= 0:
                 m.restore()
-            else:
+            elif self._session == -1:
                 m._pass_gate()
             try:
                 self._h = m.dialect.sock_open(m, self._local_port)
@@ -555,7 +587,8 @@ class UdpSocket:
             left = runtime.ticks_diff(deadline, runtime.ticks_ms())
             if left <= 0:
                 return None
-            first = not m.at.wait_for(lambda: ready[h], min(left, poll_ms))
+            closed = m.dialect.closed
+            first = not m.at.wait_for(lambda: ready[h] or closed[h], min(left, poll_ms))
 
     def close(self):
         if self.closed:

@@ -46,7 +46,9 @@ class ModemStatus:
             status.set("modem", "signal", _signal_text(m.signal()))
         except Exception as e:  # the status page reports a silent modem; it never stops the console
             self._ready = False
-            status.set("modem", "registration", "no answer from the modem")
+            # A modem that answers with no valid identity is not a silent one: say which.
+            silent = getattr(e, "kind", None) is None
+            status.set("modem", "registration", "no answer from the modem" if silent else str(e))
             status.log("modem: %r" % (e,), error=True)
 
 

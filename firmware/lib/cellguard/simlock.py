@@ -10,7 +10,7 @@
 # Order matters: the IMEI and the ICCID are checked BEFORE the PIN is entered, so the device never
 # spends a PIN attempt on (or shows its PIN to) a foreign SIM or modem; the IMSI, which needs an
 # unlocked SIM, is checked after.
-from cellguard import atomic, crypto, keys, runtime
+from cellguard import atomic, crypto, identity, keys, runtime
 from cellguard.at import CmeError
 
 OK = "OK"
@@ -23,6 +23,9 @@ SIM_PIN_WRONG = "SIM_PIN_WRONG"
 SIM_PUK_LOCKED = "SIM_PUK_LOCKED"
 UNPROVISIONED = "UNPROVISIONED"
 SIM_LOCK_OFF = "SIM_LOCK_OFF"  # the SIM's PIN lock was turned off behind the device's back
+# The modem answered an identity command with no valid IMEI / ICCID / IMSI (garbage, a wrong check
+# digit): it cannot be told apart from a swapped or tampered modem or SIM, so it is refused as one.
+IDENTITY_INVALID = "IDENTITY_INVALID"
 
 DATA_ALLOWED = (OK, UNLOCKED)
 
@@ -79,7 +82,11 @@ def _binding_mac(body):
 
 # ---- the binding record -----------------------------------------------------------------------
 def encode_binding(imei, iccid, imsi, device_id, key_id, unlocked=False):
-    """Text lines "name=value", then "mac=<hex>" over every byte before it."""
+    """Text lines "name=value", then "mac=<hex>" over every byte before it. Identities that do
+    not validate (identity.valid) are refused: a unit bound to "1" would accept any modem's "1"."""
+    bad = identity.check(imei, iccid, imsi)
+    if bad:
+        raise BindingError("not a valid " + bad + ": not binding it")
     values = (BINDING_VERSION, "unlocked" if unlocked else "locked", imei, iccid, imsi, device_id, key_id)
     body = "".join("%s=%s\n" % (k, v) for k, v in zip(_FIELDS, values)).encode()
     return body + b"mac=" + _binding_mac(body).hex().encode() + b"\n"
@@ -199,6 +206,8 @@ def verify(modem):
     Reasons never hold a modem error's text (it names the command, which may carry the PIN)."""
     try:
         return _verify(modem)
+    except identity.IdentityInvalid as e:
+        return IDENTITY_INVALID, "the modem reported no valid " + e.kind
     except CmeError as e:
         if e.code in _CME_NO_SIM:
             return SIM_ABSENT, "SIM gone during the check (CME %d)" % e.code
@@ -516,6 +525,13 @@ def provision_sim(modem, factory_pin, root_key, device_id, key_id, unlocked=Fals
     """
     if apn:
         check_apn_settings(apn, apn_user, apn_pwd)  # bad input refused before the SIM is touched
+    try:
+        return _provision_sim(modem, factory_pin, root_key, device_id, key_id, unlocked, apn, apn_user, apn_pwd)
+    except identity.IdentityInvalid as e:
+        raise BindingError("the modem reported no valid " + e.kind + ": not binding it")
+
+
+def _provision_sim(modem, factory_pin, root_key, device_id, key_id, unlocked, apn, apn_user, apn_pwd):
     imei = modem.imei()
     state = modem.sim_state()
     if state in ("ABSENT", "FAILURE"):

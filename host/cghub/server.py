@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -366,52 +367,79 @@ class Hub:
 
 
 # ---- UDP server -----------------------------------------------------------------------------------
-class _Protocol(asyncio.DatagramProtocol):
-    """Group commit on the event loop's side: datagrams that arrive while a batch is being verified
-    and committed (in the hub's own thread) wait and form the next batch. Under light load a batch is
-    one datagram and waits for nothing; under heavy load one commit covers up to MAX_BATCH."""
+class _Receiver:
+    """Group commit, driven by the event loop: when the socket is readable the loop drains it (up to
+    MAX_BATCH datagrams, no per-datagram callback) and hands the batch to the hub's own thread, which
+    verifies it, commits it once and sends its answers. Datagrams that arrive meanwhile wait in the
+    kernel's buffer and form the next batch: under light load a batch is one datagram and waits for
+    nothing; under heavy load one commit covers up to MAX_BATCH. Neither crypto nor SQLite runs on
+    the loop."""
 
-    MAX_WAITING = 16 * MAX_BATCH  # beyond this the hub is overloaded: new datagrams are dropped, counted
-
-    def __init__(self, hub: Hub, executor: ThreadPoolExecutor):
+    def __init__(self, hub: Hub, sock: socket.socket, loop: asyncio.AbstractEventLoop):
         self.hub = hub
-        self.executor = executor
-        self.transport: asyncio.DatagramTransport | None = None
-        self.waiting: list[tuple[bytes, object]] = []
+        self.sock = sock
+        self.loop = loop
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-batch")
         self.busy = False
+        self.closed = False
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport):  # type: ignore[override]
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        if len(self.waiting) >= self.MAX_WAITING:
-            self.hub.counters["dropped_overload"] += 1
+    def _readable(self) -> None:
+        if self.busy or self.closed:
             return
-        self.waiting.append((data, addr))
-        if not self.busy:
-            self._next()
-
-    def _next(self) -> None:
-        batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
+        batch = []
+        recvfrom = self.sock.recvfrom
+        try:
+            while len(batch) < MAX_BATCH:
+                batch.append(recvfrom(hp.MAX_UPLINK + 1))  # one byte more: a longer one is "too long"
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:  # e.g. an ICMP error queued on the socket: nothing to answer
+            log.debug("recvfrom: %s", e)
+        if not batch:
+            return
         self.busy = True
-        fut = asyncio.get_running_loop().run_in_executor(self.executor, self.hub.handle_batch, batch)
+        self.loop.remove_reader(self.sock.fileno())  # the kernel holds the next batch meanwhile
+        fut = self.loop.run_in_executor(self.executor, self._run, batch)
         fut.add_done_callback(self._done)
+
+    def _run(self, batch: list[tuple[bytes, object]]) -> None:
+        sendto = self.sock.sendto
+        for reply, addr in self.hub.handle_batch(batch):
+            try:
+                sendto(reply, addr)
+            except OSError as e:  # a full send buffer or an unreachable address: UDP may lose it
+                self.hub.counters["send_failed"] += 1
+                log.debug("sendto %s: %s", addr, e)
 
     def _done(self, fut: asyncio.Future) -> None:
         self.busy = False
-        answers = [] if fut.cancelled() or fut.exception() else fut.result()
-        if self.transport is not None and not self.transport.is_closing():
-            for reply, addr in answers:
-                self.transport.sendto(reply, addr)
-        if self.waiting:
-            self._next()
+        if fut.exception() is not None:
+            log.error("batch failed: %s", fut.exception())
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+            self._readable()
+
+    def close(self) -> None:
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.executor.shutdown(wait=True)
+        self.sock.close()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
 
 
-async def _open_endpoint(hub: Hub, host: str, port: int):
-    loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-batch")
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(hub, executor), local_addr=(host, port))
-    return transport, executor
+RECV_BUFFER = 4 << 20  # a burst queues in the kernel while a batch commits (capped at net.core.rmem_max)
+
+
+def _open_endpoint(hub: Hub, host: str, port: int, loop: asyncio.AbstractEventLoop) -> _Receiver:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return _Receiver(hub, sock, loop)
 
 
 class HubServer:
@@ -423,8 +451,7 @@ class HubServer:
         self.port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="hub")
-        self._transport: asyncio.DatagramTransport | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._receiver: _Receiver | None = None
 
     def start(self) -> HubServer:
         self._thread.start()
@@ -433,16 +460,21 @@ class HubServer:
         return self
 
     async def _open(self) -> None:
-        self._transport, self._executor = await _open_endpoint(self.hub, self.host, self.port)
-        self.port = self._transport.get_extra_info("sockname")[1]
+        self._receiver = _open_endpoint(self.hub, self.host, self.port, self._loop)
+        self.port = self._receiver.port
 
     def stop(self) -> None:
-        if self._transport is not None:
-            self._loop.call_soon_threadsafe(self._transport.close)
+        if self._receiver is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+            fut.result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+
+    async def _close(self) -> None:
+        receiver = self._receiver
+        receiver.closed = True
+        self._loop.remove_reader(receiver.sock.fileno())
+        await self._loop.run_in_executor(None, receiver.close)
 
     def __enter__(self) -> HubServer:
         return self.start()
@@ -452,14 +484,13 @@ class HubServer:
 
 
 async def serve(hub: Hub, host: str, port: int) -> None:
-    transport, executor = await _open_endpoint(hub, host, port)
+    receiver = _open_endpoint(hub, host, port, asyncio.get_running_loop())
     # Tests and supervisors read the port from this line (port 0: the kernel chose it).
-    log.info("hub listening on %s:%d", host, transport.get_extra_info("sockname")[1])
+    log.info("hub listening on %s:%d", host, receiver.port)
     try:
         await asyncio.Event().wait()
     finally:
-        transport.close()
-        executor.shutdown(wait=True)
+        receiver.close()
 
 
 # ---- command line ---------------------------------------------------------------------------------

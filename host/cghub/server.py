@@ -32,6 +32,7 @@ from typing import TextIO
 
 from cghub import proto as hp
 from cghub import updates as hub_updates
+from cghub.ratelog import RejectLog
 from cghub.store import Accepted, Batch, Command, Device, Message, SqliteStore, Store
 
 log = logging.getLogger("cellguard.hub")
@@ -42,6 +43,7 @@ FAILURE_LIMIT = 1 << 20  # protocol.md section 9: failed verifications before th
 ACCEPTED_KEEP = 1024  # accepted (key, seq, digest) rows kept below the highest, for duplicates/nonce reuse
 ACK_RECENT_S = 900  # accepted this recently: still worth re-acknowledging in the ACK bitmap
 FAILURE_FLUSH_S = 1.0  # failed verifications alone are written at most this often (no commit per forgery)
+REJECT_LOG_S = 10.0  # rejections are logged as one line per reason and interval
 MAX_BATCH = 256  # datagrams verified and committed together (one transaction)
 
 UpdateProvider = Callable[[int, int, int], bytes]  # (key_id, offset, length) -> image bytes
@@ -64,6 +66,7 @@ class Hub:
         self.counters: Counter[str] = Counter()
         self.update_provider: UpdateProvider | None = None
         self.lock = threading.Lock()
+        self.rejects = RejectLog(log, REJECT_LOG_S)
         self._devs: dict[int, Device] = {}
         self._acc: dict[int, dict[int, Accepted]] = {}
         self._cmds: dict[int, list[Command]] = {}
@@ -139,7 +142,7 @@ class Hub:
     def _reject(self, reason: str, addr, detail: str = "") -> list[bytes]:
         self.counters["rejected"] += 1
         self.counters["rejected." + reason] += 1
-        log.warning("rejected from %s: %s%s", addr, reason, (" (" + detail + ")") if detail else "")
+        self.rejects.add(reason, addr, detail)
         return []
 
     def _seal_down(self, dev: Device, encrypt: bool, payload: bytes) -> tuple[int, bytes]:
@@ -176,6 +179,7 @@ class Hub:
                     self.counters["internal_error"] += 1
                     replies = []
                 answers.extend((r, addr) for r in replies)
+            self.rejects.flush()
             self._fail_dirty -= batch.devices.keys()  # written with the batch anyway
             now = time.monotonic()
             if self._fail_dirty and (batch or now - self._fail_flushed >= FAILURE_FLUSH_S):
@@ -200,6 +204,8 @@ class Hub:
 
     def _handle(self, data: bytes, addr) -> list[bytes]:
         self.counters["received"] += 1
+        if len(data) > hp.MAX_UPLINK:  # bounded cost: longer than any device sends, not even parsed
+            raise hp.ProtocolError("too long")
         header = hp.parse_header(data)
         if header.key_id is None:
             return self._reject("unknown key", addr, "no key id")
@@ -285,14 +291,22 @@ class Hub:
         ctrl = plain[0] if (header.flags & hp.FLAG_CONTROL) and plain else None
         replies: list[bytes] = []
         if ctrl == hp.CTRL_DACK:
-            self._confirm_commands(dev, int.from_bytes(plain[1:5], "big"))
+            if 2 <= len(plain) <= 5:  # protocol.md section 5: the body is the sequence, 1-4 bytes
+                self._confirm_commands(dev, int.from_bytes(plain[1:], "big"))
+            else:
+                self.counters["bad_control"] += 1
             return replies
-        if ctrl == hp.CTRL_CHUNK_REQ and len(plain) >= 7:
+        if ctrl == hp.CTRL_CHUNK_REQ:
+            if len(plain) < 7:
+                self.counters["bad_control"] += 1
+                return replies
             off = int.from_bytes(plain[1:5], "big")
             n = int.from_bytes(plain[5:7], "big")
-            if self.update_provider is not None:
-                chunk = self.update_provider(kid, off, n)
+            chunk = self.update_provider(kid, off, n) if self.update_provider is not None else b""
+            if chunk:  # nothing published for this key, or past its end: nothing sent
                 replies.append(self._seal_down(dev, header.encrypt, hp.chunk_record(off, chunk))[1])
+            else:
+                self.counters["chunk_req_unanswered"] += 1
             return replies
         # Acknowledge the highest accepted sequence and, in the bitmap, the 24 below it: one ack covers
         # every recent datagram, so a lost ack is healed by the next. An answer to an older datagram

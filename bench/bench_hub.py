@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cghub import proto as hp
 from cghub.store import SqliteStore
 from cgsim import fleet as fl
-from hubkit import HubProcess
+from hubkit import HubProcess, replay_ratios
 
 DEVICES = 1000
 PER_DEVICE = 12
@@ -44,7 +43,6 @@ GOALS = {
 
 _FLOOR = r"""
 import socket, sys
-from cghub import proto as hp
 root = bytes(range(32))
 up = hp.DirectionKeys.make(root, "up")
 down = hp.DirectionKeys.make(root, "down")
@@ -143,8 +141,9 @@ def hub_rates(tmp: Path) -> dict:
 
 
 def amplification_max(tmp: Path) -> tuple[float, dict]:
-    """Capture one authentic datagram of each kind (sent by the device from its own address), then
-    replay each 5 times from a foreign address and count what comes back there."""
+    """One authentic datagram of each kind from the device's own address, then each replayed 5 times
+    from a foreign address (hubkit.replay_ratios); an image is published and a command is pending, so
+    a CHUNK REQ and every ack have the most they could carry."""
     from cghub import updates as hub_updates
 
     db = tmp / "amp.sqlite"
@@ -157,49 +156,11 @@ def amplification_max(tmp: Path) -> tuple[float, dict]:
     hub_updates.publish(store, bytes(image), [kid], chunk=1024)
     store.close()
     hub = HubProcess(db, tmp / "amp.log")
-    ratios = {}
     try:
-        dev = fl.SimDevice(kid, root)
-        own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        own.settimeout(0.5)
-        kinds = {
-            "reading": dev.seal(b"r" * 32)[1],
-            "hello": dev.seal(bytes([hp.CTRL_HELLO, 0]) + b"1.0.0", control=True)[1],
-            "tamper": dev.seal(bytes([hp.CTRL_TAMPER, 16]), control=True)[1],
-            "chunk_req": dev.seal(bytes([hp.CTRL_CHUNK_REQ]) + (0).to_bytes(4, "big") + (1024).to_bytes(2, "big"),
-                                  control=True)[1],
-            "dack": dev.seal(bytes([hp.CTRL_DACK, 0]), control=True)[1],
-        }
-        for data in kinds.values():  # the device itself, from its own address: answered
-            own.sendto(data, ("127.0.0.1", hub.port))
-        _drain(own, 1.0)
-        for kind, data in kinds.items():
-            foreign = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            for _ in range(5):
-                foreign.sendto(data, ("127.0.0.1", hub.port))
-            # An authentic datagram from the device's own address afterwards: once its ack is back,
-            # the hub has handled every replay before it.
-            own.sendto(dev.seal(b"s" * 32)[1], ("127.0.0.1", hub.port))
-            own.settimeout(5)
-            own.recv(2048)
-            _drain(own, 0.2)
-            got = _drain(foreign, 0.2)
-            ratios[kind] = got / (5 * len(data))
-            foreign.close()
-        own.close()
+        ratios = replay_ratios(hub.port, fl.SimDevice(kid, root))
     finally:
         hub.stop()
     return max(ratios.values()), ratios
-
-
-def _drain(s: socket.socket, quiet_s: float) -> int:
-    s.settimeout(quiet_s)
-    n = 0
-    try:
-        while True:
-            n += len(s.recv(4096))
-    except TimeoutError:
-        return n
 
 
 def burst(tmp: Path, loss: float, key_base: int, window_s: float = 60.0) -> tuple[subprocess.Popen, HubProcess, Path]:

@@ -44,7 +44,10 @@ ACCEPTED_KEEP = 1024  # accepted (key, seq, digest) rows kept below the highest,
 ACK_RECENT_S = 900  # accepted this recently: still worth re-acknowledging in the ACK bitmap
 FAILURE_FLUSH_S = 1.0  # failed verifications alone are written at most this often (no commit per forgery)
 REJECT_LOG_S = 10.0  # rejections are logged as one line per reason and interval
-MAX_BATCH = 256  # datagrams verified and committed together (one transaction)
+MAX_BATCH = 256
+PEER_FRESH_S = 600.0  # an address that sent a new authentic datagram this recently is the device's
+DUPLICATE_ANSWER_S = 1.0  # duplicates of one key are answered at most once per this interval
+CREDIT_ADDRESSES = 1 << 16  # addresses whose byte balance is remembered  # datagrams verified and committed together (one transaction)
 
 UpdateProvider = Callable[[int, int, int], bytes]  # (key_id, offset, length) -> image bytes
 
@@ -74,6 +77,10 @@ class Hub:
         self._mark = store.changes_since(-1)[0]
         self._batch = Batch()
         self._fail_dirty: set[int] = set()
+        self.monotonic: Callable[[], float] = time.monotonic
+        self._credit: dict[object, int] = {}  # address -> bytes received minus bytes sent, LRU order
+        self._peer: dict[int, tuple[object, float]] = {}  # key id -> address of its last new datagram, when
+        self._dup_answered: dict[int, float] = {}  # key id -> when a duplicate was last answered
         self._fail_flushed = -FAILURE_FLUSH_S
 
     # ---- the cache ------------------------------------------------------------------------------------
@@ -169,7 +176,13 @@ class Hub:
             self._sync()
             batch = self._batch = Batch()
             answers: list[tuple[bytes, object]] = []
+            credit = self._credit
             for data, addr in items:
+                # Bytes received from an address buy at most as many bytes of answer to it, unless a
+                # new authentic datagram came from it (protocol.md section 4, "Amplification").
+                credit[addr] = credit.pop(addr, 0) + len(data)
+                if len(credit) > CREDIT_ADDRESSES:
+                    del credit[next(iter(credit))]  # the least recently heard address starts afresh
                 try:
                     replies = self._handle(bytes(data), addr)
                 except hp.ProtocolError as e:
@@ -178,7 +191,9 @@ class Hub:
                     log.exception("internal error on a datagram from %s", addr)
                     self.counters["internal_error"] += 1
                     replies = []
-                answers.extend((r, addr) for r in replies)
+                if replies:
+                    credit[addr] = credit.get(addr, 0) - sum(len(r) for r in replies)
+                    answers.extend((r, addr) for r in replies)
             self.rejects.flush()
             self._fail_dirty -= batch.devices.keys()  # written with the batch anyway
             now = time.monotonic()
@@ -233,7 +248,7 @@ class Hub:
                 log.error("NONCE REUSE: key id %d seq %d carried two different datagrams", kid, seq)
             self.counters["duplicate"] += 1
             log.debug("duplicate key id %d seq %d: acknowledged again", kid, seq)
-            return self._answer(dev, header, plain, new=False)
+            return self._answer(dev, header, plain, False, addr)
         highest, bits = dev.up_highest, dev.up_bits
         if seq <= highest - UP_WINDOW or (seq < highest and (bits >> (highest - seq - 1)) & 1) or seq == highest:
             return self._reject("replayed", addr, f"key id {kid} seq {seq} outside the window")
@@ -267,7 +282,7 @@ class Hub:
         mode = "encrypt" if header.encrypt else "sign"
         batch.messages.append(Message(now, dev.device_id, kid, seq, kind, mode, unlocked, body))
         self.counters["accepted"] += 1
-        return self._answer(dev, header, plain, new=True)
+        return self._answer(dev, header, plain, True, addr)
 
     def _count_failure(self, dev: Device) -> None:
         # Counted in memory; written with the next batch, or on its own at most every
@@ -286,15 +301,40 @@ class Hub:
         self.out.flush()
 
     # ---- answers --------------------------------------------------------------------------------
-    def _answer(self, dev: Device, header: hp.Header, plain: bytes, new: bool) -> list[bytes]:
+    def _allowance(self, dev: Device, addr, new: bool) -> int | None:
+        """How many bytes may answer this datagram: None (no limit) for a new authentic datagram or
+        the device's own fresh address; else the address's byte credit, and only once per
+        DUPLICATE_ANSWER_S per key (a replayed datagram buys no more than it brought)."""
+        now = self.monotonic()
+        kid = dev.key_id
+        if new:
+            self._peer[kid] = (addr, now)
+            return None
+        if now - self._dup_answered.get(kid, -DUPLICATE_ANSWER_S) < DUPLICATE_ANSWER_S:
+            self.counters["duplicate_unanswered"] += 1
+            return 0
+        self._dup_answered[kid] = now
+        peer = self._peer.get(kid)
+        if peer is not None and peer[0] == addr and now - peer[1] <= PEER_FRESH_S:
+            return None
+        return max(0, self._credit.get(addr, 0))
+
+    def _down_len(self, dev: Device, encrypt: bool, payload: bytes) -> int:
+        return 1 + hp.uint_len(dev.down_seq) + len(payload) + (dev.ccm_tag if encrypt else dev.hmac_tag)
+
+    def _answer(self, dev: Device, header: hp.Header, plain: bytes, new: bool, addr=None) -> list[bytes]:
         kid, seq = dev.key_id, header.seq
         ctrl = plain[0] if (header.flags & hp.FLAG_CONTROL) and plain else None
         replies: list[bytes] = []
         if ctrl == hp.CTRL_DACK:
-            if 2 <= len(plain) <= 5:  # protocol.md section 5: the body is the sequence, 1-4 bytes
+            if new and 2 <= len(plain) <= 5:  # protocol.md section 5: the body is the sequence, 1-4 bytes
                 self._confirm_commands(dev, int.from_bytes(plain[1:], "big"))
-            else:
+            elif new:
                 self.counters["bad_control"] += 1
+            return replies
+        allowance = self._allowance(dev, addr, new)
+        if allowance == 0:
+            self.counters["answers_withheld"] += 1
             return replies
         if ctrl == hp.CTRL_CHUNK_REQ:
             if len(plain) < 7:
@@ -303,10 +343,14 @@ class Hub:
             off = int.from_bytes(plain[1:5], "big")
             n = int.from_bytes(plain[5:7], "big")
             chunk = self.update_provider(kid, off, n) if self.update_provider is not None else b""
-            if chunk:  # nothing published for this key, or past its end: nothing sent
-                replies.append(self._seal_down(dev, header.encrypt, hp.chunk_record(off, chunk))[1])
-            else:
+            if not chunk:  # nothing published for this key, or past its end: nothing sent
                 self.counters["chunk_req_unanswered"] += 1
+                return replies
+            record = hp.chunk_record(off, chunk)
+            if allowance is not None and self._down_len(dev, header.encrypt, record) > allowance:
+                self.counters["answers_withheld"] += 1
+                return replies
+            replies.append(self._seal_down(dev, header.encrypt, record)[1])
             return replies
         # Acknowledge the highest accepted sequence and, in the bitmap, the 24 below it: one ack covers
         # every recent datagram, so a lost ack is healed by the next. An answer to an older datagram
@@ -322,13 +366,22 @@ class Hub:
         if seq != top:
             also.add(seq)
         payload = hp.ack_record(top, also)
-        time_queued = self._take_time_requests(kid)
-        if ctrl == hp.CTRL_HELLO or time_queued:
+        if ctrl == hp.CTRL_HELLO or self._has_time_request(kid):
             payload += hp.time_record(int(self.clock()))
+        if allowance is not None:
+            need = self._down_len(dev, header.encrypt, payload)
+            if need > allowance:
+                self.counters["answers_withheld"] += 1
+                return replies
+            allowance -= need
+        self._take_time_requests(kid)
         replies.append(self._seal_down(dev, header.encrypt, payload)[1])
-        replies.extend(self._command_datagrams(dev, header.encrypt))
+        replies.extend(self._command_datagrams(dev, header.encrypt, allowance))
         self.counters["acks_sent"] += 1
         return replies
+
+    def _has_time_request(self, key_id: int) -> bool:
+        return any(c.record[:1] == bytes([hp.REC_TIME]) for c in self._pending(key_id))
 
     def _take_time_requests(self, key_id: int) -> bool:
         """A queued TIME is not a command the device confirms (protocol.md section 4): it goes out
@@ -342,19 +395,24 @@ class Hub:
             pending.remove(c)
         return bool(times)
 
-    def _command_datagrams(self, dev: Device, encrypt: bool) -> list[bytes]:
-        """Pending commands, sealed once and resent byte for byte until the device DACKs them."""
-        rows = self._pending(dev.key_id)
+    def _command_datagrams(self, dev: Device, encrypt: bool, allowance: int | None = None) -> list[bytes]:
+        """Pending commands, sealed once and resent byte for byte until the device DACKs them; within
+        `allowance` bytes if the address has not earned more (None: no limit)."""
+        rows = [r for r in self._pending(dev.key_id) if r.record[:1] != bytes([hp.REC_TIME])]
         if not rows:
             return []
         down_now = dev.down_seq
         sent = [r for r in rows if r.datagram is not None and down_now - r.down_seq < DOWN_WINDOW - 8]
         fresh = [r for r in rows if r not in sent]
         out = []
-        if sent:
+        if sent and (allowance is None or len(sent[0].datagram) <= allowance):
             out.append(sent[0].datagram)
+            if allowance is not None:
+                allowance -= len(sent[0].datagram)
+        payload = b"".join(r.record for r in fresh)
+        if fresh and allowance is not None and self._down_len(dev, encrypt, payload) > allowance:
+            fresh = []  # not sealed at all: a replay does not burn a downlink number for it
         if fresh:
-            payload = b"".join(r.record for r in fresh)
             seq, datagram = self._seal_down(dev, encrypt, payload)
             for r in fresh:
                 r.state, r.down_seq, r.datagram = "sent", seq, datagram

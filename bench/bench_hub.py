@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cghub.store import SqliteStore
 from cgsim import fleet as fl
-from hubkit import HubProcess, replay_ratios
+from hubkit import KINDS, HubProcess, replay_ratios
 
 DEVICES = 1000
 PER_DEVICE = 12
@@ -148,16 +148,16 @@ def amplification_max(tmp: Path) -> tuple[float, dict]:
 
     db = tmp / "amp.sqlite"
     store = SqliteStore(db)
-    kid = 900_001
-    root = fl.root_key(b"amp", kid)
-    store.register_device(kid, "amp-1", root)
+    kids = [900_001 + i for i in range(len(KINDS))]  # one key per kind: the once-a-second rule is per key
+    for kid in kids:
+        store.register_device(kid, "amp-%d" % kid, fl.root_key(b"amp", kid))
     image = bytearray(4096)
     image[0:4] = (0x96F3B83D).to_bytes(4, "little")
-    hub_updates.publish(store, bytes(image), [kid], chunk=1024)
+    hub_updates.publish(store, bytes(image), kids, chunk=1024)
     store.close()
     hub = HubProcess(db, tmp / "amp.log")
     try:
-        ratios = replay_ratios(hub.port, fl.SimDevice(kid, root))
+        ratios = replay_ratios(hub.port, [fl.SimDevice(k, fl.root_key(b"amp", k)) for k in kids])
     finally:
         hub.stop()
     return max(ratios.values()), ratios

@@ -6,11 +6,12 @@
     cellguard hub publish --db hub.sqlite --image app.img --key-id 1001   # or --all: OTA update
     cellguard hub stats --db hub.sqlite
 
-Every accepted message is written as one JSON line; every rejection is logged with its reason and
-counted. Per-key state (replay window, downlink sequence, failed verifications, pending commands)
-lives in SQLite and is committed before the hub answers, so a restart never reopens a window.
-The wire format is docs/protocol.md; cghub.proto implements it from that document. The state is
-behind cghub.store.Store (SqliteStore here), committed once per batch of datagrams.
+Datagrams are handled in batches: verified in the hub's own thread, then everything the batch
+changed (replay windows, accepted messages, downlink sequence numbers, command states) is committed
+in one transaction, and only then do the batch's answers leave. Every accepted message is stored and
+written as one JSON line; rejections are counted per reason and logged in aggregate. The state is
+behind cghub.store.Store (SqliteStore here); the wire format is docs/protocol.md, which cghub.proto
+implements from that document.
 """
 
 from __future__ import annotations

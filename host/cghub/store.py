@@ -158,6 +158,10 @@ class Store(ABC):
         """The accepted rows of a key id with seq >= from_seq."""
 
     @abstractmethod
+    def accepted(self, key_id: int, seq: int) -> Accepted | None:
+        """One accepted row (a duplicate older than the hub keeps in memory), or None."""
+
+    @abstractmethod
     def pending_commands(self, key_id: int) -> list[Command]:
         """The key id's commands that are not done, oldest first."""
 
@@ -332,6 +336,10 @@ class SqliteStore(Store):
     def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
         rows = self._read("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=? AND seq>=?", (key_id, from_seq))
         return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def accepted(self, key_id: int, seq: int) -> Accepted | None:
+        rows = self._read("SELECT digest, at, epoch FROM accepted WHERE key_id=? AND seq=?", (key_id, seq))
+        return Accepted(key_id, seq, bytes(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
 
     def pending_commands(self, key_id: int) -> list[Command]:
         rows = self._read("SELECT * FROM commands WHERE key_id=? AND state!='done' ORDER BY id", (key_id,))

@@ -259,3 +259,14 @@ def test_memory_per_key_is_bounded_and_older_duplicates_come_from_the_store(tmp_
     hub.monotonic = lambda: 10.0**9  # past the once-a-second limit on answers to duplicates
     assert acks_in(dev, hub.handle(sent[5])) == [5]  # known from the store: a duplicate, re-acked
     assert hub.counters["duplicate"] == 1 and hub.counters["nonce_reuse"] == 0
+
+
+@pytest.mark.parametrize("device_id", ["dev-1", 'quo"te\\back', "ünï\u2028côde", "\x00ctl"])
+@pytest.mark.parametrize("at", [1_800_000_000.0, 1_800_000_000.12345, 0.1])
+def test_json_line_is_what_json_dumps_writes(device_id, at):
+    import json
+
+    from cghub.store import Message
+
+    m = Message(at, device_id, 1_000_001, 300, "reading", "encrypt", True, b"\x00\xff")
+    assert m.json_line() == json.dumps(m.as_json(), sort_keys=True) + "\n"

@@ -332,7 +332,7 @@ class Hub:
     def _write_out(self, messages: list[Message]) -> None:
         if self.out is None or not messages:
             return
-        self.out.write("".join(json.dumps(m.as_json(), sort_keys=True) + "\n" for m in messages))
+        self.out.write("".join(m.json_line() for m in messages))
         self.out.flush()
 
     # ---- answers --------------------------------------------------------------------------------
@@ -418,12 +418,15 @@ class Hub:
         return replies
 
     def _has_time_request(self, key_id: int) -> bool:
-        return any(c.record[:1] == bytes([hp.REC_TIME]) for c in self._pending(key_id))
+        pending = self._pending(key_id)
+        return bool(pending) and any(c.record[:1] == bytes([hp.REC_TIME]) for c in pending)
 
     def _take_time_requests(self, key_id: int) -> bool:
         """A queued TIME is not a command the device confirms (protocol.md section 4): it goes out
         once, with the hub's clock at that moment, in the next ack datagram, and is then done."""
         pending = self._pending(key_id)
+        if not pending:
+            return False
         times = [c for c in pending if c.record[:1] == bytes([hp.REC_TIME])]
         for c in times:
             c.state = "done"

@@ -164,14 +164,21 @@ for i in range(25):
 print(ch.epoch, ch.failures, ob.pending())
 ob.poll(0)
 print(s.sent[-2][:3] == before[:3], s.sent[-2] != before)   # same header and sequence, sealed again
-ob2, ch2 = make(s)   # reboot: the epoch is on flash
+resealed = s.sent[-2]
+# A power cut in the middle of the re-sealing: the epoch file still says so ("1 R").
+with open(FS + '/state/msg_epoch', 'w') as f:
+    f.write('1 R')
+n = len(s.sent)
+ob2, ch2 = make(s)   # reboot: the epoch is on flash; what is already in the new epoch stays as it is
 ch2.fail_limit = 20
 print(ch2.epoch, ch2.reseal_pending)
+ob2.poll(0)
+print(resealed in s.sent[n:])
 """,
     )
     # the 20th moved the epoch (5 more counted in the new one); the reading in flight was sealed
     # again, and one TAMPER event 2 queued
-    assert out == ["1 5 2", "True True", "1 False"]
+    assert out == ["1 5 2", "True True", "1 False", "True"]
 
 
 def test_sequence_near_exhaustion_asks_for_a_new_key(runtime, tmp_path):

@@ -709,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(
                 f"{r['key_id']:>10} {r['device_id']:<20} seq<= {r['up_highest']:<8} down {r['down_seq']:<6} "
-                f"failures {r['failures']} {'SUSPENDED ' if r['suspended'] else ''}{'RETIRED ' if r['retired'] else ''}"
+                f"epoch {r['epoch']} failures {r['failures']} {'SUSPENDED ' if r['suspended'] else ''}{'RETIRED ' if r['retired'] else ''}"
                 f"{'UNLOCKED-UNIT' if r['unlocked_seen'] else ''}"
             )
     return 0

@@ -300,3 +300,28 @@ print(all(ok for b, ok, d in seen), len(set(d for b, ok, d in seen[4:])) > 5, le
     )
     # 1 s, doubling, held at the 8 s ceiling; every delay within +-25 %; the jitter really varies
     assert out == ["[1000, 2000, 4000, 8000, 8000, 8000]", "True True 60"]
+
+
+def test_the_largest_payload_fits_the_hubs_limit_in_any_mode(runtime, tmp_path):
+    out = run(
+        runtime,
+        tmp_path,
+        """
+s = FakeSock()
+ob, ch = make(s)
+try:
+    ob.enqueue(bytes(outbox.MAX_PAYLOAD + 1))
+except ValueError:
+    print('refused')
+ob.enqueue(bytes(outbox.MAX_PAYLOAD))
+ch.set_mode(message.SIGN)   # the longest tag the hub allows, 32 bytes, with the longest header
+ch._tx.hmac_tag = 32
+ch.key_id = 0xFFFFFFFF
+ch._kid, ch._kl = ch.key_id, 4
+ch._set_flags()
+ch.counter._next = 0xFFFFFF00   # a 4-byte sequence
+ob.poll(0)
+print(len(s.sent[-1]) <= wire.MAX_DATAGRAM, len(s.sent[-1]))
+""",
+    )
+    assert out == ["refused", "True 511"]

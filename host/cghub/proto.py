@@ -23,6 +23,7 @@ FLAG_UNLOCKED = 0x20
 FLAG_CONTROL = 0x10
 KID_LEN = (0, 2, 3, 4)
 MAX_SEQ = 0xFFFFFFFF
+MAX_UPLINK = 512  # the largest datagram the firmware sends (its outbox buffer); longer: "too long"
 
 CTRL_HELLO = 0x01
 CTRL_TAMPER = 0x02
@@ -36,6 +37,7 @@ REC_REBOOT = 0x30
 REC_UPDATE_OFFER = 0x40
 REC_CHUNK = 0x50
 REC_DECOMMISSION = 0x60
+REC_EPOCH = 0x70
 
 ACK_BITMAP_SEQS = 24  # the ACK bitmap covers at most 3 bytes below the acked sequence
 
@@ -48,6 +50,11 @@ def derive(root: bytes, label: bytes, length: int) -> bytes:
     return HKDF(hashes.SHA256(), length, SALT, label).derive(root)
 
 
+def epoch_suffix(epoch: int) -> bytes:
+    """The key epoch's part of an HKDF label (protocol.md section 3): none for epoch 0."""
+    return b"" if epoch == 0 else b" e%d" % epoch
+
+
 @dataclass
 class DirectionKeys:
     ccm: AESCCM
@@ -57,18 +64,20 @@ class DirectionKeys:
     hmac_tag: int
 
     @classmethod
-    def make(cls, root: bytes, direction: str, ccm_tag: int = 8, hmac_tag: int = 16) -> DirectionKeys:
+    def make(cls, root: bytes, direction: str, ccm_tag: int = 8, hmac_tag: int = 16, epoch: int = 0) -> DirectionKeys:
         p = b"cg " + direction.encode() + b" "
+        s = epoch_suffix(epoch)
         return cls(
-            AESCCM(derive(root, p + b"ccm key", 16), tag_length=ccm_tag),
+            AESCCM(derive(root, p + b"ccm key" + s, 16), tag_length=ccm_tag),
             ccm_tag,
-            derive(root, p + b"ccm iv", 13),
-            derive(root, p + b"hmac key", 32),
+            derive(root, p + b"ccm iv" + s, 13),
+            derive(root, p + b"hmac key" + s, 32),
             hmac_tag,
         )
 
     def nonce(self, seq: int) -> bytes:
-        return bytes(a ^ b for a, b in zip(self.iv, bytes(8) + seq.to_bytes(5, "big"), strict=True))
+        # IV XOR (8 zero bytes || seq as 5 bytes): one integer XOR (the hub's hot path).
+        return (int.from_bytes(self.iv, "big") ^ (seq & 0xFFFFFFFFFF)).to_bytes(13, "big")
 
     def tag_len(self, encrypt: bool) -> int:
         return self.ccm_tag if encrypt else self.hmac_tag
@@ -171,6 +180,11 @@ def decommission_record() -> bytes:
     return bytes([REC_DECOMMISSION])
 
 
+def epoch_record() -> bytes:
+    """EPOCH: the hub's failed-verification limit was reached; the device moves to the next epoch."""
+    return bytes([REC_EPOCH])
+
+
 def update_offer_record(major: int, minor: int, revision: int, size: int, sha256: bytes, chunk: int) -> bytes:
     if len(sha256) != 32:
         raise ValueError("sha256 must be 32 bytes")
@@ -205,6 +219,9 @@ def parse_records(payload: bytes) -> list[tuple]:
             i += 1
         elif t == REC_DECOMMISSION:
             out.append(("decommission",))
+            i += 1
+        elif t == REC_EPOCH:
+            out.append(("epoch",))
             i += 1
         elif t == REC_UPDATE_OFFER:
             major, minor, rev, size = struct.unpack_from(">BBHI", payload, i + 1)

@@ -21,7 +21,7 @@ FLAG_CONTROL = const(0x10)
 DEFAULT_TAG = {ENCRYPT: 8, SIGN: 16}
 CCM_TAGS = (8, 12, 16)
 FAIL_PERSIST_EVERY = const(16)
-FAIL_LIMIT = const(4096)  # protocol.md section 9: failed downlink verifications before lock-out
+FAIL_LIMIT = const(4096)  # protocol.md section 9: failed downlink verifications before the key epoch moves
 
 
 class MessageError(Exception):
@@ -42,22 +42,29 @@ class Replayed(MessageError):
         self.payload = payload  # verified plaintext (the outbox answers resent commands again)
 
 
+class Refused(MessageError):
+    """A downlink whose header no hub sends: a key id, C = 1, U = 1, or a mode this device does not
+    use (protocol.md section 1). Refused before the tag is checked: not a forgery attempt."""
+
+
 class ForgeryLimit(MessageError):
-    """Too many failed verifications on this key: nothing more is accepted until re-keyed."""
+    """Kept for callers of older releases: the limit now moves the key epoch instead (move_epoch)."""
 
 
 Malformed = wire.Malformed
 
 
-def direction_keys(derive, direction):
-    """The CCM key, CCM IV and HMAC key of one direction ("up" or "down") -- protocol.md section 3."""
+def direction_keys(derive, direction, epoch=0):
+    """The CCM key, CCM IV and HMAC key of one direction ("up" or "down") in a key epoch -- protocol.md
+    section 3: epoch 0 has the plain labels, epoch e > 0 appends " e<e>"."""
     p = b"cg " + direction.encode() + b" "
-    return derive(p + b"ccm key", 16), derive(p + b"ccm iv", 13), derive(p + b"hmac key", 32)
+    s = b" e%d" % epoch if epoch else b""
+    return derive(p + b"ccm key" + s, 16), derive(p + b"ccm iv" + s, 13), derive(p + b"hmac key" + s, 32)
 
 
 class _Keys:
-    def __init__(self, derive, direction, ccm_tag, hmac_tag):
-        ccm_key, self.iv, mac_key = direction_keys(derive, direction)
+    def __init__(self, derive, direction, ccm_tag, hmac_tag, epoch=0):
+        ccm_key, self.iv, mac_key = direction_keys(derive, direction, epoch)
         self.ccm = crypto.AesCcm(ccm_key, tag_len=ccm_tag)
         self.enc = self.ccm._enc
         # for crypto.seal_ccm: IV then nonce in st, MAC state x, counter block a
@@ -109,14 +116,23 @@ class Channel:
         if ccm_tag not in CCM_TAGS:  # protocol.md section 1; CCM itself would take 4..16
             raise ValueError("CCM tag must be 8, 12 or 16 bytes")
         recv = "down" if send == "up" else "up"
-        self._tx = _Keys(derive, send, ccm_tag, hmac_tag)
-        self._rx = _Keys(derive, recv, ccm_tag, hmac_tag)
+        self._derive, self._send, self._recv, self._tags = derive, send, recv, (ccm_tag, hmac_tag)
+        self._state_dir = state_dir
+        self.epoch = self.confirmed = 0
+        self.reseal_pending = False  # the epoch moved: datagrams sealed before it must be sealed again
+        if state_dir is not None:
+            self._load_epoch()
+        self._tx = _Keys(derive, send, ccm_tag, hmac_tag, self.epoch)
+        self._rx = _Keys(derive, recv, ccm_tag, hmac_tag, self.epoch)
         self.counter = counter
         self.key_id = key_id
         self.mode = mode
         self.unlocked = unlocked
         self.window = replay.ReplayWindow(window)
-        self._state_dir = state_dir
+        # The hub answers in the mode of the datagram it answers: the current mode, and any mode a
+        # datagram still in flight was sealed in (set_mode, accept_mode).
+        self._rx_modes = [mode]
+        self._rx_down = recv == "down"
         self.fail_limit = fail_limit
         self.failures = 0
         self.last_seq = -1
@@ -143,9 +159,14 @@ class Channel:
 
     def set_mode(self, mode, unlocked=None):
         self.mode = mode
+        self.accept_mode(mode)
         if unlocked is not None:
             self.unlocked = unlocked
         self._set_flags()
+
+    def accept_mode(self, mode):
+        if mode not in self._rx_modes:
+            self._rx_modes.append(mode)
 
     # ---- persistence of the receive side ------------------------------------------------------
     def _path(self, name):
@@ -160,6 +181,80 @@ class Channel:
             self.failures = int(atomic.read_bytes(self._path("msg_fail")))
         except (OSError, ValueError):
             self.failures = 0
+
+    def _load_epoch(self):
+        # "E C" or "E C R": the key epoch, the last epoch a downlink verified in (the hub is known to
+        # be there), and R while datagrams sealed in the epoch before still wait to be sealed again
+        # (a power cut in the middle of move_epoch's re-sealing).
+        try:
+            f = atomic.read_bytes(self._path("msg_epoch")).split()
+            self.epoch = int(f[0])
+            self.confirmed = int(f[1]) if len(f) > 1 and f[1] != b"R" else self.epoch
+            self.reseal_pending = f[-1] == b"R"
+        except (OSError, ValueError, IndexError):
+            self.epoch = self.confirmed = 0
+
+    def _save_epoch(self):
+        if self._state_dir is not None:
+            atomic.write_atomic(
+                self._path("msg_epoch"), b"%d %d%s" % (self.epoch, self.confirmed, b" R" if self.reseal_pending else b"")
+            )
+
+    def move_epoch(self):
+        """Move both directions to the next key epoch, derived from the same root key (protocol.md
+        section 9): after the downlink forgery limit, or when the hub asks (EPOCH record). The epoch
+        is on flash before any key of it is used; sequence numbers and the window carry on."""
+        self.epoch += 1
+        self.reseal_pending = True
+        self.failures = 0
+        self._save_epoch()
+        if self._state_dir is not None:
+            atomic.write_atomic(self._path("msg_fail"), b"0")
+        ccm_tag, hmac_tag = self._tags
+        self._tx = _Keys(self._derive, self._send, ccm_tag, hmac_tag, self.epoch)
+        self._rx = _Keys(self._derive, self._recv, ccm_tag, hmac_tag, self.epoch)
+        self._set_flags()
+
+    def reseal_into(self, data, out):
+        """A datagram this end sealed in the epoch before, sealed again in the current one under the
+        same sequence number, into `out`; returns its length (0: it verifies under neither). One that
+        already verifies under the current epoch is copied as it is."""
+        flags, _kid, seq, hlen = wire.parse_header(data)
+        ccm_tag, hmac_tag = self._tags
+        for keys in (self._tx, _Keys(self._derive, self._send, ccm_tag, hmac_tag, self.epoch - 1)):
+            payload = self._open_with(keys, data, flags, seq, hlen)
+            if payload is None:
+                continue
+            if keys is self._tx:
+                n = len(data)
+                out[:n] = data
+                return n
+            return self.seal_into(payload, out, bool(flags & FLAG_CONTROL), seq)
+        return 0
+
+    def reseal_done(self):
+        self.reseal_pending = False
+        self._save_epoch()
+
+    def _open_with(self, k, data, flags, seq, hlen):
+        # The payload if the tag verifies under keys k, else None.
+        n = len(data)
+        if flags & wire.FLAG_ENCRYPT:
+            if n < hlen + k.ccm.tag_len:
+                return None
+            mv = memoryview(data)
+            out = bytearray(n - hlen - k.ccm.tag_len)
+            try:
+                k.ccm.open_into(k.make_nonce(seq), mv[:hlen], mv[hlen:], out)
+            except crypto.TagMismatch:
+                return None
+            return bytes(out)
+        if n < hlen + k.hmac_tag:
+            return None
+        tag = k.mac.digest(memoryview(data)[: n - k.hmac_tag])
+        if not crypto.ct_equal(memoryview(tag)[: k.hmac_tag], memoryview(data)[n - k.hmac_tag :]):
+            return None
+        return bytes(data[hlen : n - k.hmac_tag])
 
     def persist_window(self):
         """Write the receive window (after executing commands: protocol.md section 7)."""
@@ -204,11 +299,15 @@ class Channel:
     def open(self, data):
         """Verify, replay-check and decrypt one datagram -> (flags, seq, payload bytes).
 
-        Raises Malformed, BadTag, Replayed or ForgeryLimit; the window moves only on success.
+        Raises Malformed, Refused, BadTag or Replayed; the window moves only on success. The
+        fail_limit-th BadTag moves the key epoch (move_epoch): nothing ever locks the device out.
         """
-        if self.failures >= self.fail_limit:
-            raise ForgeryLimit("failed-verification limit reached")
-        flags, _kid, seq, hlen = wire.parse_header(data)
+        flags, kid, seq, hlen = wire.parse_header(data)
+        if self._rx_down:
+            if kid is not None or flags & (wire.FLAG_CONTROL | wire.FLAG_UNLOCKED):
+                raise Refused("downlink header not allowed")
+            if (ENCRYPT if flags & wire.FLAG_ENCRYPT else SIGN) not in self._rx_modes:
+                raise Refused("downlink mode not used")
         k = self._rx
         n = len(data)
         if flags & wire.FLAG_ENCRYPT:
@@ -230,6 +329,9 @@ class Channel:
                 self._failed()
                 raise BadTag("bad tag")
             payload = bytes(data[hlen : n - k.hmac_tag])
+        if self.confirmed != self.epoch and self._rx_down:
+            self.confirmed = self.epoch  # the hub answers in this epoch: it may move on from here
+            self._save_epoch()
         verdict = self.window.check(seq)
         if verdict != replay.NEW:
             raise Replayed(seq, verdict == replay.DUPLICATE, payload)
@@ -238,5 +340,14 @@ class Channel:
 
     def _failed(self):
         self.failures += 1
-        if self._state_dir is not None and self.failures % FAIL_PERSIST_EVERY == 0:
+        if self.failures >= self.fail_limit:
+            if self.epoch == self.confirmed:
+                self.move_epoch()  # the next uplink, sealed in the new epoch, tells the hub
+            else:
+                # Never more than one epoch ahead of the last one the hub answered in (the hub tries
+                # only its own and the next): count afresh in this one instead of moving on.
+                self.failures = 0
+                if self._state_dir is not None:
+                    atomic.write_atomic(self._path("msg_fail"), b"0")
+        elif self._state_dir is not None and self.failures % FAIL_PERSIST_EVERY == 0:
             atomic.write_atomic(self._path("msg_fail"), b"%d" % self.failures)

@@ -23,6 +23,10 @@ CONFIG_BUDGET = const(2)
 CONFIG_MODE = const(3)
 CONFIG_RETRY_CEILING = const(4)
 MAX_INTERVAL_S = const(518400)  # 6 days: ticks_add() takes at most half the 2^30 ms ticks period
+# The largest payload: sealed with the largest header (4-byte key id and sequence) and tag (a 32-byte
+# HMAC, whatever mode a CONFIG switches to later), it still fits the entry buffer after its marker
+# byte, so every datagram is at most wire.MAX_DATAGRAM (the hub's limit, protocol.md section 1).
+MAX_PAYLOAD = const(512 - 1 - (1 + 4 + 4 + 32))
 SEQ_WARN = 0xFFFFFFFF - (1 << 20)  # protocol.md section 9: ask for a new key well before the end
 
 
@@ -96,12 +100,14 @@ class Outbox:
         self.time_offset = 0  # hub time - local time, from TIME records
         self.interval_s = None  # report interval set by the hub (CONFIG 1), None: the app's own
         self.stats = {"sent": 0, "resent": 0, "acked": 0, "evicted": 0, "rejected_downlink": 0, "budget_stops": 0}
-        self._buf = bytearray(512)
+        self._buf = bytearray(wire.MAX_DATAGRAM)
         self._events_sent = []
         self._link_error = None  # the carrier's failure in this round, raised by poll()
         atomic.ensure_dir(self.folder)
         self._entries = []
         self._load()
+        if channel.reseal_pending:  # a power cut in the middle of an epoch move
+            self._reseal()
         self._budget_day, self._budget_used = self._load_budget()
         self._load_config()
 
@@ -126,6 +132,8 @@ class Outbox:
                 if data[0] == _SEALED:
                     _f, _kid, seq, _h = wire.parse_header(memoryview(data)[1:])
                     e = _Entry(eid, bool(_f & wire.FLAG_CONTROL), seq, len(data) - 1)
+                    # Sealed before a CONFIG changed the mode: the hub acks it in that mode.
+                    self.channel.accept_mode(message.ENCRYPT if _f & wire.FLAG_ENCRYPT else message.SIGN)
                 elif data[0] == _PLAIN:
                     e = _Entry(eid, bool(data[1] & _CONTROL), None, len(data) - 2)
                 else:
@@ -168,7 +176,7 @@ class Outbox:
     # ---- the application's side ------------------------------------------------------------------
     def enqueue(self, payload, control=False):
         """Persist a message; it is sent by poll() until acknowledged. Returns its entry id."""
-        if len(payload) > len(self._buf) - 40:
+        if len(payload) > MAX_PAYLOAD:
             raise ValueError("payload too large")
         if len(self._entries) >= self.capacity:
             self._evict(control)
@@ -316,6 +324,34 @@ class Outbox:
         return len(self._entries)
 
     def handle_downlink(self, data):
+        self._handle_downlink(data)
+        if self.channel.reseal_pending:
+            # The key epoch moved (the forgery limit, or the hub's EPOCH record): what is in flight
+            # is sealed again in the new epoch, same sequence numbers, and sent at once, which tells
+            # the hub (protocol.md section 9).
+            self._reseal()
+
+    def _reseal(self):
+        buf = self._buf
+        for e in list(self._entries):
+            if e.seq is None:
+                continue
+            data = atomic.read_bytes(self._path(e.id))
+            n = self.channel.reseal_into(memoryview(data)[1:], memoryview(buf)[1:])
+            if not n:
+                _log("outbox: entry %d verifies in no epoch, dropped" % e.id)
+                self._drop(e)
+                continue
+            buf[0] = _SEALED
+            atomic.write_atomic(self._path(e.id), memoryview(buf)[: 1 + n])
+            e.size = n
+            e.due = 0
+            e.backoff = 0
+        self.channel.reseal_done()
+        _log("outbox: key epoch %d" % self.channel.epoch)
+        self._event_once(wire.EVENT_FORGERY_LIMIT)
+
+    def _handle_downlink(self, data):
         try:
             flags, seq, payload = self.channel.open(data)
         except message.Replayed as e:
@@ -323,10 +359,6 @@ class Outbox:
             if e.duplicate and e.payload is not None and self._has_commands(e.payload):
                 self._dack(e.seq)
             self.stats["rejected_downlink"] += 1
-            return
-        except message.ForgeryLimit:
-            self.stats["rejected_downlink"] += 1
-            self._event_once(wire.EVENT_FORGERY_LIMIT)
             return
         except (message.MessageError, wire.Malformed) as e:
             self.stats["rejected_downlink"] += 1
@@ -345,6 +377,8 @@ class Outbox:
                 self._acked(downlink.acked(rec[1], rec[2]))
             elif kind == "time":
                 self._set_time(rec[1])
+            elif kind == "epoch":
+                self.channel.move_epoch()  # the hub's limit: it asks once per answer until we move
             elif kind == "unknown":
                 _log("unknown downlink record %d" % rec[1])
             elif kind == "chunk":

@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS commands (
 );
 """
 
-UpdateProvider = Callable[[int, int, int], bytes]  # (key_id, offset, length) -> image bytes
+# cghub.updates.Updates, or a (key_id, offset, length) -> image bytes callable (older CHUNK REQ)
+UpdateProvider = object
 
 
 class HubStore:
@@ -258,12 +259,9 @@ class Hub:
         if ctrl == hp.CTRL_DACK:
             self._confirm_commands(kid, int.from_bytes(plain[1:5], "big"))
             return replies
-        if ctrl == hp.CTRL_CHUNK_REQ and len(plain) >= 7:
-            off = int.from_bytes(plain[1:5], "big")
-            n = int.from_bytes(plain[5:7], "big")
-            if self.update_provider is not None:
-                chunk = self.update_provider(kid, off, n)
-                replies.append(self._seal_down(dev, header.encrypt, hp.chunk_record(off, chunk))[1])
+        if ctrl == hp.CTRL_CHUNK_REQ:  # chunks of the image it names, one datagram each (cghub.updates)
+            for p in hub_updates.serve_request(self.update_provider, kid, plain, new):
+                replies.append(self._seal_down(dev, header.encrypt, p)[1])
             return replies
         # Acknowledge the highest accepted sequence and, in the bitmap, the 24 below it: one ack covers
         # every recent datagram, so a lost ack is healed by the next. An answer to an older datagram
@@ -286,6 +284,7 @@ class Hub:
         time_queued = self._take_time_requests(kid)
         if ctrl == hp.CTRL_HELLO or time_queued:
             payload += hp.time_record(int(self.clock()))
+        payload += hub_updates.ack_records(self.update_provider, kid, ctrl, plain, new)  # (re-)offer
         replies.append(self._seal_down(dev, header.encrypt, payload)[1])
         replies.extend(self._command_datagrams(dev, header.encrypt))
         self.counters["acks_sent"] += 1
@@ -458,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--major", type=int, required=True)
     c.add_argument("--minor", type=int, default=0)
     c.add_argument("--revision", type=int, default=0)
-    c.add_argument("--chunk", type=int, default=256)
+    c.add_argument("--chunk", type=int, default=hub_updates.DEFAULT_CHUNK)
 
     p = sub.add_parser("publish", help="offer a signed image (MCUboot format) to one device or to all")
     p.add_argument("--db", required=True)
@@ -466,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--key-id", type=int, action="append", help="a device's key id (repeatable)")
     g.add_argument("--all", action="store_true", help="every live device")
-    p.add_argument("--chunk", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=hub_updates.DEFAULT_CHUNK)
 
     p = sub.add_parser("stats", help="per-device state")
     p.add_argument("--db", required=True)
@@ -496,6 +495,10 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", e)
             return 1
         print(f"offered {args.image.name} to {len(offered)} device(s): {', '.join(map(str, offered))}")
+        return 0
+    if args.cmd == "queue" and args.command == "update-offer":  # offered until the device reports
+        hub_updates.publish_file(store, Path(args.image), [args.key_id], args.chunk)
+        print(f"offered {args.image} to key id {args.key_id}")
         return 0
     if args.cmd == "queue":
         cid = store.queue_command(args.key_id, _command_record(args))

@@ -496,10 +496,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"offered {args.image.name} to {len(offered)} device(s): {', '.join(map(str, offered))}")
         return 0
-    if args.cmd == "queue" and args.command == "update-offer":  # offered until the device reports
-        hub_updates.publish_file(store, Path(args.image), [args.key_id], args.chunk)
-        print(f"offered {args.image} to key id {args.key_id}")
-        return 0
     if args.cmd == "queue":
         cid = store.queue_command(args.key_id, _command_record(args))
         print(f"queued command {cid} for key id {args.key_id}")

@@ -13,13 +13,12 @@
 import json
 import sys
 
+import boot_trusted
 import hostudp
 import lfsmount
 from cellguard import keys, message, outbox, seqstore, updates
 from cgboot import image, loader, slots
 from flashsim import PowerCut
-
-import boot_trusted
 
 PORT = int(sys.argv[1])
 ROOT_HEX, KEY_ID, V1 = sys.argv[2], int(sys.argv[3]), sys.argv[4]

@@ -65,7 +65,7 @@ class OtaRig:
             raise AssertionError(f"device died on {command!r}:\n{rest}")
         return json.loads(line)
 
-    def until(self, cond: str, steps: int = 20000) -> dict:
+    def until(self, cond: str, steps: int = 3000) -> dict:
         out = self.do(f"until {cond} {steps}")
         assert out["ok"], (cond, out)
         return out["report"]

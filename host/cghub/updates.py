@@ -117,11 +117,11 @@ class Updates:
         ).fetchone()
 
     def target(self, key_id: int) -> dict | None:
-        """The device's update: version, state, reason, bytes served (for tools and tests)."""
+        """The device's update: version, state, reason, bytes served, when last offered and asked."""
         row = self._target(key_id)
         if row is None:
             return None
-        return {k: row[k] for k in ("version", "state", "reason", "served_bytes")}
+        return {k: row[k] for k in ("version", "state", "reason", "served_bytes", "offered_at", "last_req")}
 
     @staticmethod
     def _offer_record(row: sqlite3.Row) -> bytes:

@@ -2,9 +2,10 @@
 # flash simulator, the boot part, the real outbox and update glue (cellguard.updates, cellguard.ota)
 # over real UDP to the hub. The test drives it line by line on stdin and reads one JSON line back
 # per command, so it waits for events (a condition met), never for wall time:
-#   until COND [N]  poll until COND (done, have:N, budget, coverage, idle, delivered, pending)
+#   until COND [N]  poll until COND (done, have:N, budget, coverage, idle, delivered, rejected:N,
+#                   state:TEXT)
 #   clock MS        advance the update session's clock (a gap of MS), then poll once
-#   day             the next UTC day (the hub's clock offset moves on)
+#   day             the next UTC day (the hub's clock offset and the session's clock move on)
 #   link up|down    a coverage gap: datagrams are lost on the air, both ways
 #   read N          queue N readings
 #   cut N           the flash loses power at its N-th program/erase from now (then: reboot)
@@ -123,6 +124,8 @@ class Device:
             return self.box.pending() == 0
         if what == "idle":
             return not (s and s.active) and self.box.pending() == 0
+        if what.startswith("rejected:"):
+            return bool(s) and s.stats["rejected_chunks"] >= int(what[9:])
         if what.startswith("state:"):
             return state.startswith(what[6:].replace("_", " "))
         raise ValueError(what)
@@ -153,7 +156,17 @@ class Device:
             "rebooted": self.rebooted,
             "reboot_requested": self.reboot_requested,
             "readings": self.readings,
+            "page": self.page_line(),
         }
+
+    def page_line(self):
+        # What a technician reads on the status page (cellguard.statuspage): the update line.
+        from cellguard import status, statuspage
+
+        for line in statuspage.render(status.snapshot()).split("\n"):
+            if line.startswith("update"):
+                return line
+        return None
 
     def reboot(self):
         import gc
@@ -196,6 +209,7 @@ while True:
             out["ok"] = "cut"
     elif cmd == "day":
         dev.box.time_offset += 86400
+        dev.now[0] += 86400000  # the session's clock moves on by the same day
     elif cmd == "link":
         dev.link.up = words[1] == "up"
     elif cmd == "read":

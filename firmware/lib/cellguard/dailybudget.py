@@ -36,5 +36,5 @@ class DailyBudget:
     def spend(self, n):
         # On flash before the bytes go: a power cut after the send cannot give them back.
         self._roll()
-        self.used += n
+        self.used = max(0, self.used + n)  # a refund after midnight never makes credit
         atomic.write_atomic(self.path, b"%d %d" % (self.day, self.used))

@@ -102,6 +102,7 @@ class OtaSession:
         self._backoff = self.RETRY_MS
         self._unanswered = 0
         self._budget_wait = False
+        self._reserved = 0  # update-budget bytes charged for answers still to come
         self.state = "idle"
 
     # ---- what this device holds, on flash (state/ota) --------------------------------------------
@@ -176,6 +177,8 @@ class OtaSession:
         """After a reboot: report how a verified image's trial went, and continue an interrupted
         download (if any) from the first byte not on the flash. True if a download goes on."""
         self._settle()
+        if self.active:  # an offer came first and carries on already
+            return False
         held = self._held()
         if held is None or held[0] != b"d":
             return False
@@ -262,6 +265,7 @@ class OtaSession:
     def _chunk(self, iid, offset, data):
         from cgboot.update import UpdateError
 
+        self._received(len(data))
         if not self.active or iid != self.iid:
             self.stats["stray_chunks"] += 1  # another image's, or a late one: never written
             return
@@ -312,6 +316,17 @@ class OtaSession:
             self._backoff = b + (self._random(1)[0] - 128) * b // 512  # +-25 %: a fleet does not sync
         self._ask()
 
+    def _received(self, n):
+        # A chunk datagram reached the device: paid from what its request reserved, or now.
+        if self.budget is None:
+            return
+        n += CHUNK_OVERHEAD + WIRE
+        if self._reserved >= n:
+            self._reserved -= n
+        else:
+            self.budget.spend(n - self._reserved)
+            self._reserved = 0
+
     def _ask(self, off=None):
         # Ask for the next window, or (everything is here, e.g. a cut came after the last chunk)
         # verify the whole image, mark it for test and reboot into the trial.
@@ -324,6 +339,11 @@ class OtaSession:
             return
         count = min(self.window, (left + self.chunk - 1) // self.chunk)
         answer = min(left, count * self.chunk) + count * (CHUNK_OVERHEAD + WIRE)
+        if self.budget is not None and self._reserved:
+            # What the last request's answer did not bring never reached the air: given back, so a
+            # coverage gap does not spend the day's bytes on requests nobody answered.
+            self.budget.spend(-self._reserved)
+            self._reserved = 0
         if self.budget is not None and not self.budget.allows(REQUEST_MAX + answer):
             self._budget_wait = True  # today's update bytes are spent: readings go on, this waits
             self._set_state("waiting for the update budget")
@@ -334,6 +354,7 @@ class OtaSession:
         if sent and self.budget is not None:
             # Both directions, charged before the answer comes: the request and all it can bring.
             self.budget.spend(sent + WIRE + answer)
+            self._reserved = answer
         if sent:
             self.stats["requests"] += 1
             self._win = (off, max(self._win[1], off + min(left, count * self.chunk)))

@@ -32,15 +32,21 @@ class OtaRig:
     kit: object
     blocks: int = 40  # of 4 KiB: two slots of a 64 KiB image, the state and the outbox
     heap: str = "1536K"  # the simulated flash lives in the heap too (its bytes, twice while it is made)
+    window: int = 0  # chunks per request (0: the firmware's default)
+    max_datagram: int = 1024  # the modem's largest datagram
     clock: HubClock = field(default_factory=HubClock)
 
     def __enter__(self) -> OtaRig:
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.hub = make_hub(self.tmp)
         self.hub.clock = self.clock
         self.updates = hub_updates.Updates(self.hub.store, self.clock)
         self.hub.update_provider = self.updates
         self.server = HubServer(self.hub).start()
-        args = (self.server.port, ROOT.hex(), KEY_ID, str(self.kit.images["v1"]), self.blocks)
+        args = (
+            self.server.port, ROOT.hex(), KEY_ID, str(self.kit.images["v1"]), self.blocks, self.window,
+            self.max_datagram,
+        )
         self.proc = spawn_micropython(
             DEVICE, heapsize=self.heap, args=args, extra_paths=(self.kit.lib,),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -59,11 +65,15 @@ class OtaRig:
         """Send one command to the device; its JSON answer (report + ok)."""
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line.startswith("{"):
-            rest = line + self.proc.stdout.read() + self.proc.stderr.read()
-            raise AssertionError(f"device died on {command!r}:\n{rest}")
-        return json.loads(line)
+        other = []  # what the interpreter printed besides (e.g. a finaliser's error at a power cut)
+        while True:
+            line = self.proc.stdout.readline()
+            if line.startswith("{"):
+                return json.loads(line)
+            if not line:
+                rest = "".join(other) + self.proc.stderr.read()
+                raise AssertionError(f"device died on {command!r}:\n{rest}")
+            other.append(line)
 
     def until(self, cond: str, steps: int = 3000) -> dict:
         out = self.do(f"until {cond} {steps}")

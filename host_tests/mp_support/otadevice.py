@@ -3,7 +3,7 @@
 # over real UDP to the hub. The test drives it line by line on stdin and reads one JSON line back
 # per command, so it waits for events (a condition met), never for wall time:
 #   until COND [N]  poll until COND (done, have:N, budget, coverage, idle, delivered, rejected:N,
-#                   state:TEXT)
+#                   state:TEXT, any:A,B)
 #   clock MS        advance the update session's clock (a gap of MS), then poll once
 #   day             the next UTC day (the hub's clock offset and the session's clock move on)
 #   link up|down    a coverage gap: datagrams are lost on the air, both ways
@@ -23,7 +23,21 @@ from flashsim import PowerCut
 
 PORT = int(sys.argv[1])
 ROOT_HEX, KEY_ID, V1 = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-BLOCKS = int(sys.argv[5]) if len(sys.argv) > 5 else 96
+BLOCKS = int(sys.argv[5]) if len(sys.argv) > 5 else 40
+WINDOW = int(sys.argv[6]) if len(sys.argv) > 6 else 0  # 0: the firmware's own
+MAX_DATAGRAM = int(sys.argv[7]) if len(sys.argv) > 7 else 1024  # the modem dialect's (docs/modem.md)
+if WINDOW:
+    from cellguard import ota
+
+    ota.WINDOW = WINDOW
+
+
+class _Dialect:
+    max_datagram = MAX_DATAGRAM
+
+
+class _Modem:
+    dialect = _Dialect()
 TRUSTED = image.trusted(boot_trusted.KEYS)
 
 
@@ -81,7 +95,7 @@ class Device:
         counter = seqstore.SequenceCounter("/fl/state/msg_seq")
         ch = message.Channel(keys.derive, counter, key_id=keys.key_id(), mode=1, state_dir="/fl/state")
         self.state = "online"
-        self.modem = None
+        self.modem = _Modem()
         dev = self
 
         def reset():
@@ -112,6 +126,8 @@ class Device:
     def cond(self, what):
         s = self.session()
         state = s.state if s else "idle"
+        if what.startswith("any:"):
+            return any(self.cond(w) for w in what[4:].split(","))
         if what == "done":
             return self.reboot_requested
         if what.startswith("have:"):

@@ -65,7 +65,7 @@ class OtaSession:
     COVERAGE_AFTER = 2  # unanswered requests before the status says "waiting for coverage"
 
     def __init__(self, writer, running_version, request, reboot, report=None, clock=None, notify=None,
-                 budget=None, max_datagram=1024, window=WINDOW):
+                 budget=None, max_datagram=1024, window=None):
         from cellguard import runtime
 
         self.clock = clock or runtime.ticks_ms
@@ -78,7 +78,7 @@ class OtaSession:
         self.notify = notify or (lambda code, image_id, reason="": None)
         self.budget = budget
         self.max_datagram = max_datagram
-        self.window = window
+        self.window = window or WINDOW
         self.path = state_path(writer.slots)
         self.report = report or (lambda event, detail="": None)
         if _status is not None:

@@ -204,7 +204,7 @@ def test_app_glue_resumes_an_interrupted_download_once_online(kit, tmp_path):
     updates.poll(App)
     chunk = ota.chunk_for(1024)
     iid = hashlib.sha256(data).digest()[:4]
-    count = min(ota.WINDOW, -(-(len(data) - 700) // chunk))  # a window of chunks, to the end at most
+    count = min(ota.WINDOW_BYTES // chunk, -(-(len(data) - 700) // chunk))  # a window, to the end at most
     assert App.box.sent == [ota.chunk_request_payload(700, chunk, count, iid)]
     off = 700
     while not resets:

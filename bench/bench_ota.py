@@ -107,7 +107,7 @@ def run() -> dict:
     out["ota.wire_ratio.chunk256_w1"] = _ratio(root / "r1", kit, window=1, chunk=256)
     out["ota.wire_ratio.chunk976_w1"] = _ratio(root / "r2", kit, window=1)
     out["ota.wire_ratio.chunk976_w8"] = _ratio(root / "r3", kit, window=8)
-    out["ota.wire_ratio.nrf91_chunk652_w4"] = _ratio(root / "r4", kit, max_datagram=700)
+    out["ota.wire_ratio.nrf91_chunk652_w6"] = _ratio(root / "r4", kit, max_datagram=700)
     days, delayed, size = _days(root / "d", kit)
     out["ota.days_to_complete_default"] = days
     out["ota.slot_image_bytes"] = size

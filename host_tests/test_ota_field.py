@@ -43,10 +43,17 @@ def test_update_has_its_own_budget_and_never_delays_readings(kit, tmp_path):
         assert r["outbox"]["budget_stops"] == 0 and r["readings"] == 50
         assert r["budget_used"] < 4096  # CHUNK REQs are not the readings' bytes
         assert r["state"] == "waiting for the update budget" and r["page"].endswith("waiting for the update budget")
+        day1, readings1 = r["update_used"], r["budget_used"]
         rig.do("day")
-        r = rig.until("done")  # day 2: it goes on by itself and finishes
+        rig.do("read 1")  # day 2's first reading opens the readings' new day
+        r = rig.until("done")  # day 2: the update goes on by itself and finishes
+        r = rig.until("delivered")
         assert r["update_used"] <= 40_000 and r["outbox"]["budget_stops"] == 0
         assert r["mode"] == 1 and r["page"] == "update      verified, reboot pending"
+        # The readings' budget never pays for a chunk request (they are the update budget's) ...
+        assert readings1 + r["budget_used"] <= r["link"]["bytes"][0] - r["ota"]["request_bytes"]
+        # ... and the chunks that came down are counted too, with their headers.
+        assert day1 + r["update_used"] >= r["chunk_bytes"] + 50 * r["ota"]["chunks"] + r["ota"]["request_bytes"]
         # Both directions are counted: what reached the air is within what the budget charged.
         air = sum(r["link"]["bytes"]) + 28 * sum(r["link"]["datagrams"])
         assert air <= 40_000 * 2 + r["budget_used"] + 28 * 60

@@ -93,7 +93,7 @@ class OtaSession:
                 user_report(event, detail)
 
             self.report = report_both
-        self.stats = {"requests": 0, "chunks": 0, "rejected_chunks": 0, "stray_chunks": 0}
+        self.stats = {"requests": 0, "request_bytes": 0, "chunks": 0, "rejected_chunks": 0, "stray_chunks": 0}
         self.active = False
         self.version = (0, 0, 0)
         self.size = 0
@@ -361,6 +361,7 @@ class OtaSession:
             self._reserved = answer
         if sent:
             self.stats["requests"] += 1
+            self.stats["request_bytes"] += sent
             self._win = (off, max(self._win[1], off + min(left, count * self.chunk)))
         if not sent or self._unanswered > self.COVERAGE_AFTER:
             self._set_state("waiting for coverage")

@@ -70,9 +70,9 @@ def test_a_coverage_gap_never_parks_the_update(kit, tmp_path):
         for _ in range(60):  # 10 min of retries at 10 s steps: far past the old 30 x 5 s
             r = rig.do("clock 10000")["report"]
         assert r["state"] == "waiting for coverage" and r["page"] == "update      waiting for coverage"
-        for _ in range(12):  # hours more, the backoff at its 10 min ceiling
+        for _ in range(150):  # a day more, the backoff at its 10 min ceiling: it never gives up
             r = rig.do("clock 600000")["report"]
-        assert r["active"] and r["ota"]["requests"] > asked + 10
+        assert r["active"] and r["ota"]["requests"] > asked + 100
         rig.do("link up")
         rig.do("clock 800000")  # the next retry, by itself: no reboot, no new offer
         r = rig.until("done")

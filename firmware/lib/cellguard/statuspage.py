@@ -60,12 +60,12 @@ def render(snap):
     add("network     %s  signal %s" % (reg, field(snap, "modem", "signal")))
     add("outbox      %s waiting  last delivery %s" % (field(snap, "outbox", "depth"),
                                                       when(field(snap, "outbox", "last_delivery", 0))))
-    # downloading n/N, waiting for coverage, waiting for the update budget, verified, reboot
-    # pending, installed, or refused: why (cellguard.ota)
-    add("update      %s" % field(snap, "update", "state", "none"))
     add("sequence    sent %s  received %s" % (field(snap, "messaging", "tx_seq"), field(snap, "messaging", "rx_seq")))
     add("sensor      " + _sensor_line(snap.get("sensor", {})))
     add("tamper      " + _tamper_line(snap.get("tamper", {})))
+    # downloading n/N, waiting for coverage, waiting for the update budget, verified, reboot
+    # pending, installed, or refused: why (cellguard.ota)
+    add("update      %s" % field(snap, "update", "state", "none"))
     errs = [e for e in snap.get("events", []) if e[1].startswith("ERROR ")]
     add("errors      %d%s" % (snap.get("error_count", 0), "" if errs else " (none recent)"))
     for t, e in errs[-5:]:

@@ -110,11 +110,18 @@ class Updates:
         ensure_schema(store.db)
 
     def _target(self, key_id: int) -> sqlite3.Row | None:
+        # Asked on every uplink: the image's size and header only, never its bytes.
         return self.store.db.execute(
-            "SELECT t.*, i.image, i.version FROM update_targets t JOIN update_images i ON i.sha256 = t.sha256 "
-            "WHERE t.key_id=?",
+            "SELECT t.*, i.version, length(i.image) AS size, substr(i.image, 1, 32) AS header "
+            "FROM update_targets t JOIN update_images i ON i.sha256 = t.sha256 WHERE t.key_id=?",
             (key_id,),
         ).fetchone()
+
+    def _bytes(self, digest: bytes, offset: int, n: int) -> bytes:
+        row = self.store.db.execute(
+            "SELECT substr(image, ?, ?) FROM update_images WHERE sha256=?", (offset + 1, n, digest)
+        ).fetchone()
+        return bytes(row[0]) if row is not None else b""
 
     def target(self, key_id: int) -> dict | None:
         """The device's update: version, state, reason, bytes served, when last offered and asked."""
@@ -125,8 +132,7 @@ class Updates:
 
     @staticmethod
     def _offer_record(row: sqlite3.Row) -> bytes:
-        image = row["image"]
-        return hp.update_offer_record(*image_version(image), len(image), row["sha256"], row["chunk"])
+        return hp.update_offer_record(*image_version(row["header"]), row["size"], row["sha256"], row["chunk"])
 
     def _mark_offered(self, key_id: int) -> None:
         with self.store.db:
@@ -177,21 +183,19 @@ class Updates:
         if iid is None:  # older firmware: one unnamed chunk of the device's target
             if row is None:
                 return [hp.chunk_record(off, b"")]
-            return [hp.chunk_record(off, bytes(row["image"][off : off + max(0, min(length, MAX_CHUNK))]))]
+            return [hp.chunk_record(off, self._bytes(row["sha256"], off, max(0, min(length, MAX_CHUNK))))]
         if row is None or row["sha256"][:4] != iid:
             # Never another image's bytes: say so, and offer what is published now, at once.
             if row is None:
                 return [hp.no_image_record(iid, hp.NO_IMAGE_UNKNOWN)]
             self._mark_offered(key_id)
             return [hp.no_image_record(iid, hp.NO_IMAGE_SUPERSEDED) + self._offer_record(row)]
-        image = row["image"]
         length = max(1, min(length, MAX_CHUNK))
-        out = []
-        for i in range(max(1, min(count, MAX_WINDOW))):
-            at = off + i * length
-            if at >= len(image):
-                break
-            out.append(hp.image_chunk_record(iid, at, bytes(image[at : at + length])))
+        count = max(1, min(count, MAX_WINDOW))
+        window = self._bytes(row["sha256"], off, length * count) if off < row["size"] else b""
+        out = [
+            hp.image_chunk_record(iid, off + i, window[i : i + length]) for i in range(0, len(window), length)
+        ]
         with self.store.db:
             self.store.db.execute(
                 "UPDATE update_targets SET last_req=?, served_bytes=served_bytes+?, "

@@ -104,6 +104,20 @@ def test_the_hub_offers_again_until_the_device_reports(kit, tmp_path):
         assert rig.target()["offered_at"] == offered
 
 
+def test_a_refused_image_is_reported_and_not_offered_again(kit, tmp_path):
+    with OtaRig(tmp_path, kit) as rig:
+        rig.publish("rogue")  # signed by a key the boot part does not trust
+        r = rig.until("state:refused")
+        assert r["page"].startswith("update      refused: ") and r["mode"] == 0  # nothing pending
+        rig.until("delivered")  # the UPDATE STATUS, through the outbox
+        t = rig.target()
+        assert t["state"] == "refused" and t["reason"]
+        rig.clock.t += 2 * hub_updates.REOFFER_S
+        rig.do("reboot")  # a HELLO, and hours later: no offer of a refused image
+        r = rig.until("delivered")
+        assert rig.target()["offered_at"] == t["offered_at"] and r["version"] == "1.0.0+0"
+
+
 def test_a_republished_image_is_never_mixed_into_the_download(kit, tmp_path):
     with OtaRig(tmp_path, kit) as rig:
         with rig.hub.lock:  # two images' worth in one day: not what this test is about

@@ -139,7 +139,7 @@ class Device:
         if what == "delivered":
             return self.box.pending() == 0
         if what == "idle":
-            return not (s and s.active) and self.box.pending() == 0
+            return not (s and (s.active or s.unsettled)) and self.box.pending() == 0
         if what.startswith("rejected:"):
             return bool(s) and s.stats["rejected_chunks"] >= int(what[9:])
         if what.startswith("state:"):

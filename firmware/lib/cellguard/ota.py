@@ -106,6 +106,7 @@ class OtaSession:
         self._unanswered = 0
         self._budget_wait = False
         self._reserved = 0  # update-budget bytes charged for answers still to come
+        self.unsettled = False  # a verified image is on trial: report it once the trial ends
         self.state = "idle"
 
     # ---- what this device holds, on flash (state/ota) --------------------------------------------
@@ -158,8 +159,11 @@ class OtaSession:
         if rec is None or rec[0] != b"v":
             return
         st = self.writer.slots.read_state()
-        if st is not None and st.mode == slots.PENDING:
+        if st is not None and st.mode in (slots.PENDING, slots.TESTING):
+            # Not booted yet, or on trial: "installed" only once it is confirmed (tick() looks again).
+            self.unsettled = st.mode == slots.TESTING
             return
+        self.unsettled = False
         iid = rec[2][:4]
         if rec[1] == self.running:
             self._set_state("installed %d.%d.%d" % self.running)
@@ -310,6 +314,8 @@ class OtaSession:
     def tick(self):
         """Call from the application loop: asks again after a gap (backoff up to 10 min, never
         giving up), and resumes when the update budget allows again."""
+        if self.unsettled:
+            self._settle()  # only while an image is on trial: minutes
         if not self.active:
             return
         wait = self.RETRY_MS if self._budget_wait else self._backoff

@@ -111,6 +111,10 @@ def test_publish_to_all_and_refusals(kit, tmp_path):
     recs = updates.serve(KEY_ID, hp.chunk_request(0, 100_000 % 65536, 200, iid), True)
     assert len(recs) == -(-len(data) // hub_updates.MAX_CHUNK)  # capped: 1 KiB chunks, to the end
     assert all(len(hp.parse_records(r)[0][3]) <= hub_updates.MAX_CHUNK for r in recs)
+    # Older firmware's 7-byte request (no image id): one unnamed CHUNK of the image published to it,
+    # so a unit in the field can still fetch the firmware that speaks the new request.
+    legacy = bytes([hp.CTRL_CHUNK_REQ]) + (5).to_bytes(4, "big") + (10).to_bytes(2, "big")
+    assert [hp.parse_records(r) for r in updates.serve(KEY_ID, legacy, True)] == [[("chunk", 5, data[5:15])]]
 
 
 _MP_DEVICE = """

@@ -193,3 +193,16 @@ def test_a_chunk_longer_than_asked_for_is_rejected(kit, tmp_path):
         rig.do("clock 700000")
         r = rig.until("done")
         assert r["have"] == size and r["mode"] == 1
+
+
+def test_a_power_cut_resumes_by_itself_refetching_one_chunk_at_most(kit, tmp_path):
+    with OtaRig(tmp_path, kit) as rig:
+        size = _size(kit, "big64k_next")
+        rig.publish("big64k_next")
+        r = rig.until("have:20000")
+        lost = r["chunk_bytes"] - r["have"]
+        rig.do("cut 2")  # the power fails at the next flash operation but one
+        out = rig.do("until have:40000")
+        assert out["ok"] == "cut" and out["report"]["rebooted"] == 1
+        r = rig.until("done")  # after the reboot it goes on by itself, from what reached the flash
+        assert r["have"] == size and r["chunk_bytes"] - size - lost <= 976

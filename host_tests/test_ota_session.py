@@ -26,15 +26,21 @@ def hub_offer(name, version, chunk=300):
 events = []
 def session(dev, data, version=(1, 0, 0)):
     requests = []
-    s = OtaSession(update.UpdateWriter(dev.slots()), version, lambda off, n: requests.append((off, n)),
-                   lambda: events.append("reboot"), lambda e, d="": events.append(e))
+    def request(off, n, count, iid):
+        requests.append((off, n, count, iid))
+        return 20
+    s = OtaSession(update.UpdateWriter(dev.slots()), version, request,
+                   lambda: events.append("reboot"), lambda e, d="": events.append(e), max_datagram=348)
     return s, requests
 
 def serve(s, requests, data, limit=1000):
-    # The hub: answer each CHUNK REQ with a CHUNK record.
+    # The hub: answer each CHUNK REQ (a window of chunks of the image it names) with IMAGE CHUNKs.
     while requests and limit:
-        off, n = requests.pop(0)
-        s.handle(("chunk", off, data[off:off + n]))
+        off, n, count, iid = requests.pop(0)
+        for i in range(count):
+            at = off + i * n
+            if at < len(data):
+                s.handle(("image_chunk", iid, at, data[at:at + n]))
         limit -= 1
 
 dev = bootsim.new_device(keys, imgs)
@@ -49,7 +55,7 @@ except PowerCut:
     events.append("cut")
 dev.reboot(); dev.mount()
 s, req = session(dev, data)
-print("resumed", s.resume(300), req[0][0] if req else None)
+print("resumed", s.resume(), req[0][0] if req else None)
 serve(s, req, data)
 dev.reboot()
 dev.power_on(lambda v, st: None); dev.reboot()      # trial boot of v2; healthy, confirms
@@ -76,6 +82,7 @@ def test_ota_session_resumes_verifies_and_trial_boots(kit):
     assert result["events"] == [
         "update_offer",
         "cut",
+        "update_resume",
         "update_ready",
         "reboot",
         "update_refused",  # 0.9.0 is not newer than 1.1.0
@@ -109,7 +116,7 @@ def test_update_events_reach_the_status_registry(kit, tmp_path, monkeypatch):
     image_tool.install(kit.images["v1"], fs)
     keys = [image.TrustedKey(*image_tool.public_key(kit.keys[k])) for k in ("ed_a", "ed_b")]
     r = loader.boot(str(fs), keys, None, mount_point=None, log=lambda m: None)
-    session = ota.OtaSession(update.UpdateWriter(r.slots), (1, 0, 0), lambda off, n: None, lambda: None)
+    session = ota.OtaSession(update.UpdateWriter(r.slots), (1, 0, 0), lambda off, n, c, i: 0, lambda: None)
     session.handle(("update_offer", 0, 9, 0, 100, bytes(32), 256))
     assert fake.values[("update", "last")] == "update_refused" and fake.events[-1].startswith(
         "update: update_refused"
@@ -126,20 +133,20 @@ data = imgs["v2"]
 now = [0]
 requests = []
 events = []
-s = OtaSession(update.UpdateWriter(dev.slots()), (1, 0, 0), lambda off, n: requests.append((off, n)),
-               lambda: events.append("reboot"), lambda e, d="": events.append(e), clock=lambda: now[0])
+s = OtaSession(update.UpdateWriter(dev.slots()), (1, 0, 0), lambda off, n, c, i: requests.append((off, n, c, i)) or 20,
+               lambda: events.append("reboot"), lambda e, d="": events.append(e), clock=lambda: now[0], window=1)
 s.handle(("update_offer", 1, 1, 0, len(data), hashlib.sha256(data).digest(), 512))
 lost = 0
 while requests:
-    off, n = requests.pop(0)
+    off, n, c, iid = requests.pop(0)
     if off == 1024 and lost < 2:      # this request (or its answer) is lost, twice
         lost += 1
-        now[0] += s.RETRY_MS - 1
+        now[0] += s._backoff - 1
         s.tick()                      # too early: nothing
         now[0] += 1
         s.tick()                      # the session asks again
         continue
-    s.handle(("chunk", off, data[off:off + n]))
+    s.handle(("image_chunk", iid, off, data[off:off + n]))
 print(json.dumps({"events": events, "lost": lost}))
 """
 
@@ -173,9 +180,21 @@ def test_app_glue_resumes_an_interrupted_download_once_online(kit, tmp_path):
         class box:
             sent: list[bytes] = []
 
+            update_budget = 1 << 20
+
             @staticmethod
-            def send_direct(body):
+            def send_direct(body, charge=True):
+                assert not charge  # chunk requests are paid from the update budget
                 App.box.sent.append(body)
+                return len(body) + 14
+
+            @staticmethod
+            def today():
+                return 0
+
+            @staticmethod
+            def enqueue(body, control=False):
+                pass
 
     resets = []
     on_command = updates.handler(App, reset=lambda: resets.append(1))
@@ -183,9 +202,12 @@ def test_app_glue_resumes_an_interrupted_download_once_online(kit, tmp_path):
     assert App.box.sent == []  # not online yet: nothing to send through
     App.state = "online"
     updates.poll(App)
-    assert App.box.sent == [ota.chunk_request_payload(700, 256)]
+    chunk = ota.chunk_for(1024)
+    iid = hashlib.sha256(data).digest()[:4]
+    count = min(ota.WINDOW_BYTES // chunk, -(-(len(data) - 700) // chunk))  # a window, to the end at most
+    assert App.box.sent == [ota.chunk_request_payload(700, chunk, count, iid)]
     off = 700
     while not resets:
-        on_command(("chunk", off, data[off : off + 256]))
-        off += 256
+        on_command(("image_chunk", iid, off, data[off : off + chunk]))
+        off += chunk
     assert loader.decide(r.slots, log=lambda m: None).info.version_str() == "1.1.0+0"

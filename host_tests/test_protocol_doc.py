@@ -82,3 +82,36 @@ def test_worked_example_matches_the_firmware(runtime):
     assert {k: bytes.fromhex(v) for k, v in got.items()} == {k: doc[k] for k in got}
     assert len(got) == 8
     assert lines[-1] == f"ack 0 {doc['ack payload'].hex()} [('ack', 300, 0)]"
+
+
+def _table_row(code: str) -> list[str]:
+    """The cells of the table row of docs/protocol.md whose first cell is `code` (e.g. 0x51)."""
+    for line in DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == f"`{code}`":
+            return cells
+    raise AssertionError(f"no row for {code} in protocol.md")
+
+
+def test_ota_records_match_the_document_and_both_implementations():
+    # Section 4's sizes and section 5's bodies for the over-the-air records, against the hub's
+    # encoders and the firmware's decoders (CPython here; test_ota_field runs them on the unix port).
+    from cellguard import downlink, ota
+
+    iid, data = bytes.fromhex("c92ec31b"), bytes(range(100))
+    offer = hp.update_offer_record(1, 4, 2, 65856, bytes(range(32)), 1024)
+    assert _table_row("0x40")[3] == "43" == str(len(offer))
+    assert downlink.parse(offer) == [("update_offer", 1, 4, 2, 65856, bytes(range(32)), 1024)]
+    rec = hp.image_chunk_record(iid, 976, data)
+    assert _table_row("0x51")[3] == "11 + n" and len(rec) == 11 + len(data)
+    assert downlink.parse(rec) == [("image_chunk", iid, 976, data)]
+    rec = hp.no_image_record(iid, hp.NO_IMAGE_SUPERSEDED)
+    assert _table_row("0x52")[3] == str(len(rec)) == "6"
+    assert downlink.parse(rec + offer)[0] == ("no_image", iid, 2)
+    req = ota.chunk_request_payload(976, 976, 4, iid)
+    assert "u32 offset, u16 chunk length, u8 count, 4-byte image id" in _table_row("0x04")[2]
+    assert req == hp.chunk_request(976, 976, 4, iid) and len(req) == 1 + 4 + 2 + 1 + 4
+    assert hp.parse_chunk_request(req) == (976, 976, 4, iid)
+    status = ota.status_payload(ota.STATUS_SUPERSEDED, iid, "holds 1.4.0")
+    assert "u8 status (1 = installed, 2 = refused, 3 = superseded" in _table_row("0x05")[2]
+    assert hp.parse_update_status(status) == (hp.UPDATE_SUPERSEDED, iid, "holds 1.4.0")

@@ -102,8 +102,10 @@ class Demo:
 
         # The unit's daily uplink budget (4 KiB by default) is sized for one reading an hour; this
         # demo reports every 2 s and downloads an image, so the hub raises it, as an operator would
-        # before an update window (a signed CONFIG command; budget = key 2).
+        # before an update window (a signed CONFIG command; budget = key 2). The update has a budget
+        # of its own (key 5, 80 KiB a day): the demo's 108 KB image in one sitting, not two days.
         self.hub.store.queue_command(self.key_id, hubproto.config_record(2, 1 << 20))
+        self.hub.store.queue_command(self.key_id, hubproto.config_record(5, 1 << 20))
         self.record("attach and pass the SIM lock",
                     f"sim lock {lock}, network {snap.get('modem', {}).get('registration')}, HELLO accepted")
 

@@ -29,13 +29,27 @@ CTRL_HELLO = 0x01
 CTRL_TAMPER = 0x02
 CTRL_DACK = 0x03
 CTRL_CHUNK_REQ = 0x04
-CONTROL_NAMES = {CTRL_HELLO: "hello", CTRL_TAMPER: "tamper", CTRL_DACK: "dack", CTRL_CHUNK_REQ: "chunk_req"}
+CTRL_UPDATE_STATUS = 0x05
+CONTROL_NAMES = {
+    CTRL_HELLO: "hello",
+    CTRL_TAMPER: "tamper",
+    CTRL_DACK: "dack",
+    CTRL_CHUNK_REQ: "chunk_req",
+    CTRL_UPDATE_STATUS: "update_status",
+}
+UPDATE_INSTALLED = 1
+UPDATE_REFUSED = 2
+UPDATE_SUPERSEDED = 3
+NO_IMAGE_UNKNOWN = 1  # never published to this device
+NO_IMAGE_SUPERSEDED = 2  # another image replaced it: its offer follows in the same datagram
 
 REC_TIME = 0x10
 REC_CONFIG = 0x20
 REC_REBOOT = 0x30
 REC_UPDATE_OFFER = 0x40
 REC_CHUNK = 0x50
+REC_IMAGE_CHUNK = 0x51
+REC_NO_IMAGE = 0x52
 REC_DECOMMISSION = 0x60
 REC_EPOCH = 0x70
 
@@ -195,6 +209,38 @@ def chunk_record(offset: int, data: bytes) -> bytes:
     return struct.pack(">BIH", REC_CHUNK, offset, len(data)) + data
 
 
+def image_chunk_record(image_id: bytes, offset: int, data: bytes) -> bytes:
+    """A chunk of the image named by `image_id` (the first 4 bytes of its SHA-256)."""
+    return bytes([REC_IMAGE_CHUNK]) + image_id + struct.pack(">IH", offset, len(data)) + data
+
+
+def no_image_record(image_id: bytes, reason: int) -> bytes:
+    return bytes([REC_NO_IMAGE]) + image_id + bytes([reason])
+
+
+def chunk_request(offset: int, length: int, count: int, image_id: bytes) -> bytes:
+    """The CHUNK REQ control payload (protocol.md section 5): a window of `count` chunks."""
+    return struct.pack(">BIHB", CTRL_CHUNK_REQ, offset, length, count) + image_id
+
+
+def parse_chunk_request(plain: bytes) -> tuple[int, int, int, bytes | None]:
+    """(offset, length, count, image id); the 7-byte form of older firmware has no id (count 1)."""
+    if len(plain) >= 12:
+        off, n, count = struct.unpack_from(">IHB", plain, 1)
+        return off, n, count, bytes(plain[8:12])
+    if len(plain) >= 7:
+        off, n = struct.unpack_from(">IH", plain, 1)
+        return off, n, 1, None
+    raise ProtocolError("truncated chunk request")
+
+
+def parse_update_status(plain: bytes) -> tuple[int, bytes, str]:
+    """UPDATE STATUS: (code, image id, reason)."""
+    if len(plain) < 6:
+        raise ProtocolError("truncated update status")
+    return plain[1], bytes(plain[2:6]), plain[6:].decode("ascii", "replace")
+
+
 def parse_records(payload: bytes) -> list[tuple]:
     """Decode a downlink payload (used by tests and tools; the device has its own decoder)."""
     out: list[tuple] = []
@@ -233,6 +279,13 @@ def parse_records(payload: bytes) -> list[tuple]:
             off, n = struct.unpack_from(">IH", payload, i + 1)
             out.append(("chunk", off, payload[i + 7 : i + 7 + n]))
             i += 7 + n
+        elif t == REC_IMAGE_CHUNK:
+            off, n = struct.unpack_from(">IH", payload, i + 5)
+            out.append(("image_chunk", payload[i + 1 : i + 5], off, payload[i + 11 : i + 11 + n]))
+            i += 11 + n
+        elif t == REC_NO_IMAGE:
+            out.append(("no_image", payload[i + 1 : i + 5], payload[i + 5]))
+            i += 6
         else:
             out.append(("unknown", t))
             break

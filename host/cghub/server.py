@@ -52,7 +52,8 @@ PEER_FRESH_S = 600.0  # an address that sent a new authentic datagram this recen
 DUPLICATE_ANSWER_S = 1.0  # duplicates of one key are answered at most once per this interval
 CREDIT_ADDRESSES = 1 << 16  # addresses whose byte balance is remembered  # datagrams verified and committed together (one transaction)
 
-UpdateProvider = Callable[[int, int, int], bytes]  # (key_id, offset, length) -> image bytes
+# cghub.updates.Updates, or a (key_id, offset, length) -> image bytes callable (older CHUNK REQ)
+UpdateProvider = object
 
 HubStore = SqliteStore  # the name callers used before the store had an interface
 
@@ -371,21 +372,17 @@ class Hub:
         if allowance == 0:
             self.counters["answers_withheld"] += 1
             return replies
-        if ctrl == hp.CTRL_CHUNK_REQ:
-            if len(plain) < 7:
-                self.counters["bad_control"] += 1
-                return replies
-            off = int.from_bytes(plain[1:5], "big")
-            n = int.from_bytes(plain[5:7], "big")
-            chunk = self.update_provider(kid, off, n) if self.update_provider is not None else b""
-            if not chunk:  # nothing published for this key, or past its end: nothing sent
+        if ctrl == hp.CTRL_CHUNK_REQ:  # chunks of the image it names, one datagram each (cghub.updates)
+            for p in hub_updates.serve_request(self.update_provider, kid, plain, new):
+                if allowance is not None:  # a replayed request buys no more than it brought
+                    need = self._down_len(dev, header.encrypt, p)
+                    if need > allowance:
+                        self.counters["answers_withheld"] += 1
+                        break
+                    allowance -= need
+                replies.append(self._seal_down(dev, header.encrypt, p)[1])
+            if not replies:  # nothing published for this key, past its end, or withheld: nothing sent
                 self.counters["chunk_req_unanswered"] += 1
-                return replies
-            record = hp.chunk_record(off, chunk)
-            if allowance is not None and self._down_len(dev, header.encrypt, record) > allowance:
-                self.counters["answers_withheld"] += 1
-                return replies
-            replies.append(self._seal_down(dev, header.encrypt, record)[1])
             return replies
         # Acknowledge the highest accepted sequence and, in the bitmap, the 24 below it: one ack covers
         # every recent datagram, so a lost ack is healed by the next. An answer to an older datagram
@@ -403,6 +400,7 @@ class Hub:
         payload = hp.ack_record(top, also)
         if ctrl == hp.CTRL_HELLO or self._has_time_request(kid):
             payload += hp.time_record(int(self.clock()))
+        payload += hub_updates.ack_records(self.update_provider, kid, ctrl, plain, new)  # (re-)offer
         if dev.failures >= FAILURE_LIMIT:
             payload += hp.epoch_record()  # until the device's first uplink in the next epoch
         if allowance is not None:
@@ -659,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--major", type=int, required=True)
     c.add_argument("--minor", type=int, default=0)
     c.add_argument("--revision", type=int, default=0)
-    c.add_argument("--chunk", type=int, default=256)
+    c.add_argument("--chunk", type=int, default=hub_updates.DEFAULT_CHUNK)
 
     p = sub.add_parser("publish", help="offer a signed image (MCUboot format) to one device or to all")
     p.add_argument("--db", required=True)
@@ -667,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--key-id", type=int, action="append", help="a device's key id (repeatable)")
     g.add_argument("--all", action="store_true", help="every live device")
-    p.add_argument("--chunk", type=int, default=256)
+    p.add_argument("--chunk", type=int, default=hub_updates.DEFAULT_CHUNK)
 
     p = sub.add_parser("stats", help="per-device state")
     p.add_argument("--db", required=True)

@@ -2,7 +2,8 @@
 # Returns tuples so the caller (the outbox and the application) can dispatch without allocation
 # beyond the list: ("ack", seq, bitmap int), ("time", unix), ("config", key, value), ("reboot",),
 # ("update_offer", major, minor, revision, size, sha256, chunk), ("chunk", offset, data),
-# ("decommission",), ("epoch",). An unknown record ends parsing with ("unknown", type).
+# ("image_chunk", image_id, offset, data), ("no_image", image_id, reason), ("decommission",),
+# ("epoch",). An unknown record ends parsing with ("unknown", type).
 import struct
 
 REC_TIME = 0x10
@@ -10,6 +11,8 @@ REC_CONFIG = 0x20
 REC_REBOOT = 0x30
 REC_UPDATE_OFFER = 0x40
 REC_CHUNK = 0x50
+REC_IMAGE_CHUNK = 0x51
+REC_NO_IMAGE = 0x52
 REC_DECOMMISSION = 0x60
 REC_EPOCH = 0x70
 COMMANDS = ("config", "reboot", "update_offer", "decommission")
@@ -81,6 +84,17 @@ def parse(payload):
                     raise BadRecord("truncated chunk")
                 out.append(("chunk", off, bytes(payload[i + 7 : i + 7 + m])))
                 i += 7 + m
+            elif t == REC_IMAGE_CHUNK:
+                off, m = struct.unpack_from(">IH", payload, i + 5)
+                if i + 11 + m > n:
+                    raise BadRecord("truncated chunk")
+                out.append(("image_chunk", bytes(payload[i + 1 : i + 5]), off, bytes(payload[i + 11 : i + 11 + m])))
+                i += 11 + m
+            elif t == REC_NO_IMAGE:
+                if i + 6 > n:
+                    raise BadRecord("truncated no-image")
+                out.append(("no_image", bytes(payload[i + 1 : i + 5]), payload[i + 5]))
+                i += 6
             else:
                 out.append(("unknown", t))
                 break

@@ -22,6 +22,12 @@ CONFIG_INTERVAL = const(1)
 CONFIG_BUDGET = const(2)
 CONFIG_MODE = const(3)
 CONFIG_RETRY_CEILING = const(4)
+CONFIG_UPDATE_BUDGET = const(5)
+# The over-the-air update's own daily budget, both directions (docs/messaging.md, "Over-the-air
+# updates"): a slot-sized image (128 KiB) in two days; never taken from the readings' budget.
+UPDATE_BUDGET = const(81920)
+# Records for the update session that are answers, not commands: never DACKed.
+_UPDATE_RECORDS = ("chunk", "image_chunk", "no_image")
 MAX_INTERVAL_S = const(518400)  # 6 days: ticks_add() takes at most half the 2^30 ms ticks period
 # The largest payload: sealed with the largest header (4-byte key id and sequence) and tag (a 32-byte
 # HMAC, whatever mode a CONFIG switches to later), it still fits the entry buffer after its marker
@@ -99,6 +105,7 @@ class Outbox:
         self.on_command = on_command
         self.time_offset = 0  # hub time - local time, from TIME records
         self.interval_s = None  # report interval set by the hub (CONFIG 1), None: the app's own
+        self.update_budget = UPDATE_BUDGET  # bytes a day for an update, both directions (CONFIG 5)
         self.stats = {"sent": 0, "resent": 0, "acked": 0, "evicted": 0, "rejected_downlink": 0, "budget_stops": 0}
         self._buf = bytearray(wire.MAX_DATAGRAM)
         self._events_sent = []
@@ -173,6 +180,10 @@ class Outbox:
     def _today(self):
         return (runtime.time_s() + self.time_offset) // 86400
 
+    def today(self):
+        """The budget's day number (UTC day on the hub's clock): the update budget uses it too."""
+        return self._today()
+
     # ---- the application's side ------------------------------------------------------------------
     def enqueue(self, payload, control=False):
         """Persist a message; it is sent by poll() until acknowledged. Returns its entry id."""
@@ -226,16 +237,18 @@ class Outbox:
         self._budget_used = max(0, self._budget_used + n)
         self._save_budget()
 
-    def _transmit(self, data):
-        if not self._budget_allows(len(data)):
+    def _transmit(self, data, charge=True):
+        if charge and not self._budget_allows(len(data)):
             self.stats["budget_stops"] += 1
             return False
         # Charged before the datagram leaves: a power cut after the send cannot give it back.
-        self._spend(len(data))
+        if charge:
+            self._spend(len(data))
         try:
             self.sock.sendto(data, self.host, self.port)
         except Exception as e:  # the carrier failed (modem error, no network, the SIM lock)
-            self._spend(-len(data))  # it never left: the budget pays for what goes on the air
+            if charge:
+                self._spend(-len(data))  # it never left: the budget pays for what goes on the air
             self._link_failed("send", e)
             return False
         return True
@@ -381,7 +394,7 @@ class Outbox:
                 self.channel.move_epoch()  # the hub's limit: it asks once per answer until we move
             elif kind == "unknown":
                 _log("unknown downlink record %d" % rec[1])
-            elif kind == "chunk":
+            elif kind in _UPDATE_RECORDS:
                 if self.on_command is not None:
                     self.on_command(rec)
             else:
@@ -416,15 +429,17 @@ class Outbox:
         wire.put_uint(body, 1, seq, n)
         self.send_direct(body)
 
-    def send_direct(self, body):
+    def send_direct(self, body, charge=True):
         """Seal a control payload and send it once, now, outside the store-and-forward queue (DACK,
-        CHUNK REQ: the hub's answer is what confirms them). The daily budget still applies."""
+        CHUNK REQ: the hub's answer is what confirms them). Returns the datagram's length, 0 if it
+        did not leave. The daily budget applies unless charge=False: the update session's CHUNK
+        REQs are paid from its own budget, so an update never delays a reading."""
         try:
             m = self.channel.seal_into(body, self._buf, True)
         except Exception as e:
             _log("direct send: %s" % e)
-            return False
-        return self._transmit(memoryview(self._buf)[:m])
+            return 0
+        return m if self._transmit(memoryview(self._buf)[:m], charge) else 0
 
     def _event_once(self, code):
         # A TAMPER/event message (protocol.md section 5), queued once per boot per code.
@@ -449,6 +464,8 @@ class Outbox:
             self.budget = value
         elif key == CONFIG_RETRY_CEILING:
             self.ceiling_ms = value * 1000
+        elif key == CONFIG_UPDATE_BUDGET:
+            self.update_budget = value
         else:
             _log("config: unknown key %d ignored" % key)
             return

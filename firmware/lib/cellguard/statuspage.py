@@ -73,6 +73,9 @@ def render(snap):
                                               _seq(field(snap, "messaging", "rx_seq"))))
     add("sensor      " + _sensor_line(snap.get("sensor", {})))
     add("tamper      " + _tamper_line(snap.get("tamper", {})))
+    # downloading n/N, waiting for coverage, waiting for the update budget, verified, reboot
+    # pending, installed, or refused: why (cellguard.ota)
+    add("update      %s" % field(snap, "update", "state", "none"))
     errs = [e for e in snap.get("events", []) if e[1].startswith("ERROR ")]
     add("errors      %d%s" % (snap.get("error_count", 0), "" if errs else " (none recent)"))
     for t, e in errs[-5:]:

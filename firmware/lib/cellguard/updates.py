@@ -22,12 +22,13 @@ _resume_checked = [False]
 _make = [None]  # handler()'s session maker, for poll()
 
 
-def handler(application, reset=_reset):
-    """on_command callback for app.App: routes update records, reboots on REBOOT."""
+def handler(application, reset=_reset, clock=None):
+    """on_command callback for app.App: routes update records, reboots on REBOOT. clock: the
+    session's ticks (tests hand in one they control; None: runtime.ticks_ms)."""
 
     def ota_session():
         if _session[0] is None:
-            _session[0] = _make_session(application, reset)
+            _session[0] = _make_session(application, reset, clock)
         return _session[0]
 
     _session[0] = None
@@ -35,7 +36,7 @@ def handler(application, reset=_reset):
 
     def on_command(record):
         kind = record[0]
-        if kind in ("update_offer", "chunk"):
+        if kind in ("update_offer", "chunk", "image_chunk", "no_image"):
             s = ota_session()
             if s is None:
                 status.log("update: refused (%s)" % kind, error=True)
@@ -50,8 +51,8 @@ def handler(application, reset=_reset):
 
 
 def poll(application):
-    """Call from the application loop once online: resumes a download a reboot interrupted, and
-    re-asks for chunks whose datagrams were lost."""
+    """Call from the application loop once online: resumes a download a reboot interrupted (and
+    reports how a verified image's trial went), and asks again after a gap."""
     if application.state != "online" or _make[0] is None:  # app.STATE_ONLINE
         return
     if not _resume_checked[0]:
@@ -60,8 +61,12 @@ def poll(application):
             from cgboot import loader, update
         except ImportError:
             return
+        from cellguard import atomic, ota
+
         r = loader.current()
-        if r is not None and update.UpdateWriter(r.slots).pending() is not None:
+        if r is not None and (
+            update.UpdateWriter(r.slots).pending() is not None or atomic.exists(ota.state_path(r.slots))
+        ):
             s = _make[0]()
             if s is not None and s.resume():
                 status.log("update: resuming an interrupted download")
@@ -69,7 +74,7 @@ def poll(application):
         _session[0].tick()
 
 
-def _make_session(application, reset):
+def _make_session(application, reset, clock=None):
     from cellguard import runtime
 
     if runtime.NAME == runtime.CIRCUITPYTHON:
@@ -89,9 +94,22 @@ def _make_session(application, reset):
     if booted is None:  # unverified development code: there is no slot pair to update
         status.log("update: refused, this unit runs unverified development code", error=True)
         return None
+    from cellguard import dailybudget
+
     version = booted.info.version
+    box = application.box
 
-    def request(offset, length):
-        application.box.send_direct(ota.chunk_request_payload(offset, length))
+    def request(offset, length, count, image_id):
+        # Not charged to the readings' budget: the session pays from its own (docs/messaging.md).
+        return box.send_direct(ota.chunk_request_payload(offset, length, count, image_id), charge=False)
 
-    return ota.OtaSession(update.UpdateWriter(booted.slots), version, request, reset)
+    def notify(code, image_id, reason=""):
+        # Through the outbox: stored, retransmitted until acknowledged, like a HELLO.
+        box.enqueue(ota.status_payload(code, image_id, reason), control=True)
+
+    budget = dailybudget.DailyBudget(
+        booted.slots.state_dir + "/update_budget", lambda: box.update_budget, box.today
+    )
+    dialect = getattr(getattr(application, "modem", None), "dialect", None)
+    return ota.OtaSession(update.UpdateWriter(booted.slots), version, request, reset, notify=notify,
+                          budget=budget, max_datagram=getattr(dialect, "max_datagram", 1024), clock=clock)

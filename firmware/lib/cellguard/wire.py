@@ -23,6 +23,7 @@ CTRL_HELLO = const(0x01)
 CTRL_TAMPER = const(0x02)
 CTRL_DACK = const(0x03)
 CTRL_CHUNK_REQ = const(0x04)
+CTRL_UPDATE_STATUS = const(0x05)
 
 # tamper / event codes
 EVENT_FOREIGN_SIM = const(1)

@@ -147,13 +147,14 @@ class ConsoleClient:
         data = b""
         deadline = time.monotonic() + self.timeout
         # Stale prompts may still be in flight: the answer is what follows our echo, up to a prompt.
-        resent = False
+        sent_at = 0  # where `data` stood when the line was last sent
         while time.monotonic() < deadline:
             data += self._read_until(ends, deadline - time.monotonic())
-            if not resent and BUSY in data and echo not in data:
-                # The console dropped our line with others (it was flooded) and said so: once more.
+            if echo not in data and BUSY in data[sent_at:]:
+                # The console dropped our line with others (a flood's backlog was still arriving) and
+                # said so: send it again, as often as it says so, until the deadline.
+                sent_at = len(data)
                 self.ser.write(line.encode() + b"\r")
-                resent = True
             at = data.find(echo)
             end = next((m for m in ends if data.endswith(m)), None)
             if at >= 0 and end is not None:

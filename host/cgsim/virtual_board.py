@@ -17,6 +17,8 @@ is an ordinary byte too, as on a board. That is what makes the production consol
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -37,6 +39,7 @@ BOARD_PROFILE = REPO / "boards" / "virtual" / "board.json"
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 HOLD_AFTER_INTERRUPT_S = 0.5
+RX_BUFFER_BYTES = 4096  # the smallest pipe Linux makes; a board's UART or USB CDC receive buffer is smaller still
 PASTE_WINDOW = 128  # bytes the host may send before waiting for \x01 (a Pico's value)
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
 
@@ -108,6 +111,11 @@ class VirtualBoard:
         os.close(cmd_r)
         os.close(ctl_w)
         os.set_blocking(self.child.stdin.fileno(), False)
+        # The board's receive buffer is a few KiB, as a UART's or a USB CDC endpoint's is, not the
+        # pipe's default 64 KiB: a flood beyond it is lost at the port (as on a board), instead of
+        # queueing minutes of stale lines in front of the next person who asks.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self.child.stdin.fileno(), fcntl.F_SETPIPE_SZ, RX_BUFFER_BYTES)
         for f, tag in ((self.child.stdout, "out"), (self.child.stderr, "out"), (self._ctl_r, "ctl")):
             self.sel.register(f, selectors.EVENT_READ, tag)
         self.state = "starting"

@@ -334,6 +334,20 @@ def test_cli_provisions_against_the_emulated_modem(tmp_path):
     assert sim.pin_enabled and sim.pin != FACTORY_PIN
 
 
+def test_provisioning_without_device_id_takes_the_id_of_the_service_record(tmp_path, capsys):
+    # A unit flashed with --no-provision (its service record names cg-5e71ce0000aa) and provisioned
+    # later by the tool alone: the page's device id is the id `service challenge` prints.
+    (tmp_path / "unit" / "keys").mkdir(parents=True)
+    record = {"device_id": "cg-5e71ce0000aa", "key_id": "00", "key": "00" * 32}
+    (tmp_path / "unit" / "keys" / "service.json").write_text(json.dumps(record))
+    with emulated_modem("bg96", sim=Sim(pin=FACTORY_PIN)) as emu:
+        rc = prov.main(["--hub-db", str(tmp_path / "hub.db"), "--modem", emu.path, "--dialect", "bg96",
+                        "--fs", str(tmp_path / "unit"), "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["device_id"] == "cg-5e71ce0000aa"
+    assert (tmp_path / "unit" / "keys" / "identity").read_text().split("\n", 1)[0] == "cg-5e71ce0000aa"
+
+
 @pytest.mark.parametrize("source", ["file", "env"])
 def test_cli_takes_the_factory_pin_from_a_file_or_the_environment(tmp_path, monkeypatch, capsys, source):
     sim = Sim(pin="8642", pin_enabled=True)

@@ -412,6 +412,43 @@ def test_shipped_unit_takes_usb_from_the_lock_and_runs_the_console_on_the_data_c
     assert lines["SENT"].startswith("cellguard ") and "  slot " in lines["SENT"]  # the `version` answer
 
 
+STOPPED_READING = """
+import json, os
+os.mkdir(%(fs)r + '/state')
+with open(%(fs)r + '/state/console.json', 'w') as f:
+    json.dump({'locked': True}, f)
+import usb_cdc
+usb_cdc.enable(console=False, data=True)
+usb_cdc.data.room = 300  # the host's buffer: it takes this much, then stops reading
+usb_cdc.data.host += b'status --json\\r' * 200
+from cellguard import console, consoleport, status
+read_byte, write = consoleport.stdio(20)
+out = consoleport.Output(write)
+c = console.Console(out.write, True, refresh=lambda: None)
+turns = []
+def idle():
+    turns.append(1)
+    if len(turns) == 30:
+        raise SystemExit
+status.snapshot = lambda: {}
+try:
+    console.serve(c, read_byte, idle, out)
+except SystemExit:
+    pass
+print('TURNS', len(turns), 'SENT', len(usb_cdc.data.sent), 'LEFT', len(usb_cdc.data.host))
+"""
+
+
+def test_shipped_console_never_waits_for_a_host_that_stopped_reading(runtime, tmp_path):
+    # The data CDC of a shipped unit whose host stops reading: the console's writes take what the
+    # host's buffer holds and the application keeps getting its turns (item 1 on CircuitPython).
+    out = run_cpy(runtime, STOPPED_READING % {"fs": str(tmp_path)}, env={**os.environ, "CELLGUARD_FS": str(tmp_path)},
+                  timeout=30)
+    words = out.split()
+    assert words[words.index("TURNS") + 1] == "30", out
+    assert words[words.index("SENT") + 1] == "300", out
+
+
 def test_unlocked_console_waits_on_supervisor_not_select(runtime, tmp_path):
     script = (
         "import supervisor\nfrom cellguard import console\n"

@@ -184,6 +184,33 @@ print(json.dumps(report))
 """
 
 
+CUT_AT_THE_COMPARISON = r"""
+from cellguard import console, service
+rec = {"device_id": "cg-0011223344556677", "key_id": "k1", "key": "%s"}
+out = []
+c = console.Console(out.append, locked=True, auth=console.ServiceAuth(rec), wipe=lambda: None)
+for b in b"service challenge\r":
+    c.feed(b)
+def cut(a, b):  # the power fails as the guess is compared, before any answer
+    raise SystemExit(86)
+service.ct_equal = cut
+try:
+    for b in b"service wipe " + b"00" * 32 + b"\r":
+        c.feed(b)
+except SystemExit:
+    pass
+print("AFTER THE CUT", console.ServiceAuth(rec).fails)
+"""
+
+
+def test_a_power_cut_as_a_guess_is_checked_still_counts_it(runtime, tmp_path):
+    # The back-off survives a reboot only if the attempt is on flash before anyone can see (or
+    # time) its outcome: a guesser cutting the power then gains nothing.
+    env = dict(os.environ, CELLGUARD_FS=str(tmp_path))
+    out = runtime.run(CUT_AT_THE_COMPARISON % SERVICE_KEY, env=env, heapsize="192K")
+    assert "AFTER THE CUT 1" in out, out
+
+
 def test_refused_service_attempts_back_off_across_reboots_and_stay_on_record(runtime, tmp_path):
     env = dict(os.environ, CELLGUARD_FS=str(tmp_path))
     # 192K (an RP2040's): the script keeps 30 rounds of answers in the same heap as the console.

@@ -130,3 +130,28 @@ def test_status_tool_says_the_unit_is_in_lockdown(tmp_path):
         proc.wait()
         os.close(master)
         os.close(slave)
+
+
+def test_a_flood_with_a_reader_that_does_not_read_never_holds_the_lockdown(runtime, tmp_path):
+    # Lines pour in (from a file: always readable) and nobody reads the port (a pipe never read,
+    # 64 KiB of room): the loop still resets on time. At most a few refusals a second are written,
+    # one line says how many went unanswered, and nothing is written the port would not take.
+    flood = tmp_path / "flood"
+    flood.write_bytes(b"status --json\r" * 20_000)
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}
+    script = HOLD % "test reason"
+    if runtime.name == "micropython":
+        cmd, env = [*micropython_cmd(BOOT_PY_HEAP), "-c", script], micropython_env((), env)
+    else:
+        cmd, env = [sys.executable, "-c", script], cpython_env((), env)
+    with flood.open("rb") as stdin:
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        try:
+            code = proc.wait(timeout=20)  # the old loop blocked on its 700-odd-th refusal for ever
+        finally:
+            proc.kill()
+            out = proc.stdout.read().decode()
+            proc.stdout.close()
+    assert code == 75, out[-500:]
+    assert out.count("lockdown (test reason): error: input ignored (console locked)") <= 2 * 8
+    assert "line(s) refused without an answer (console busy or not read)" in out

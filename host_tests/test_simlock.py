@@ -288,6 +288,40 @@ def test_a_power_cut_between_key_and_binding_costs_the_sim_no_retry(unit):
     ]
 
 
+@pytest.mark.parametrize("reprovision", [False, True], ids=["first-run", "reprovision"])
+def test_a_power_cut_between_the_pin_change_and_the_key_costs_the_sim_no_puk(unit, reprovision):
+    """Cut after the SIM took the new key's PIN, before the unit stored that key (its write is the
+    cut): the key staged before the PIN change gives the re-run the SIM's PIN at its first try."""
+    sim = Sim(pin=FACTORY_PIN)
+    if reprovision:
+        with emulated_modem("bg96", sim=sim) as emu:
+            unit.provision(emu, device_id="unit-1")
+        sim.unlocked = False
+    old_pin = sim.pin
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(RuntimeFailed, match="exited 86"):
+            unit.provision(emu, device_id="unit-1", cut="root", reprovision=reprovision)
+    assert sim.pin_enabled and sim.pin not in (FACTORY_PIN, old_pin)  # the SIM holds a PIN of a key not stored
+    sim.unlocked = False  # the power comes back
+    with emulated_modem("bg96", sim=sim) as emu:
+        record = unit.provision(emu, device_id="unit-1", reprovision=reprovision)
+        assert len(emu.commands_matching("AT+CPIN=")) == 1  # accepted at the first try
+    assert record["outcome"] == "OK" and sim.pin_left == 3
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        assert unit.boot(emu)["outcome"] == "OK"
+        assert "STAGED None" in unit.run(emu, "from cellguard import keys\nprint('STAGED', keys.staged_root())")
+
+
+def test_a_refused_pin_change_stages_nothing(unit):
+    sim = Sim(pin="8642", pin_enabled=True)  # not the delivery PIN the run is given
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(prov.ProvisionError):
+            unit.provision(emu, device_id="unit-1")
+        out = unit.run(emu, "from cellguard import keys\nprint('STAGED', keys.staged_root(), keys.stored_root())")
+    assert "STAGED None None" in out and sim.pin == "8642"
+
+
 @pytest.mark.parametrize("same_command", [True, False], ids=["same-device-id", "no-device-id"])
 def test_a_rerun_after_a_cut_is_the_same_unit_to_the_hub(unit, same_command):
     """Cut before the unit stored its identity: it reports no key, while the hub holds the cut run's
@@ -332,6 +366,20 @@ def test_cli_provisions_against_the_emulated_modem(tmp_path):
     assert rc == 0
     assert (tmp_path / "unit" / "state" / "binding").exists()
     assert sim.pin_enabled and sim.pin != FACTORY_PIN
+
+
+def test_provisioning_without_device_id_takes_the_id_of_the_service_record(tmp_path, capsys):
+    # A unit flashed with --no-provision (its service record names cg-5e71ce0000aa) and provisioned
+    # later by the tool alone: the page's device id is the id `service challenge` prints.
+    (tmp_path / "unit" / "keys").mkdir(parents=True)
+    record = {"device_id": "cg-5e71ce0000aa", "key_id": "00", "key": "00" * 32}
+    (tmp_path / "unit" / "keys" / "service.json").write_text(json.dumps(record))
+    with emulated_modem("bg96", sim=Sim(pin=FACTORY_PIN)) as emu:
+        rc = prov.main(["--hub-db", str(tmp_path / "hub.db"), "--modem", emu.path, "--dialect", "bg96",
+                        "--fs", str(tmp_path / "unit"), "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["device_id"] == "cg-5e71ce0000aa"
+    assert (tmp_path / "unit" / "keys" / "identity").read_text().split("\n", 1)[0] == "cg-5e71ce0000aa"
 
 
 @pytest.mark.parametrize("source", ["file", "env"])

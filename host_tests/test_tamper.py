@@ -45,6 +45,10 @@ print('calls', calls)
 print('status', events.snapshot()['tamper'])
 print('log', events.recent())
 print('file', open(mon.log.path).read().replace(chr(10), '|'))
+from cellguard import security
+for i in range(40):  # noise: refused service attempts cannot push the tamper events out
+    security.record('service wipe refused: wrong response %d' % (i % 7), refusal=True)
+print('security', [e[1] for e in security.load()])
 """
 
 
@@ -71,6 +75,9 @@ def test_opening_the_enclosure(runtime, path, wipe, tmp_path):
     assert "tamper: enclosure opened (#1)" in lines["log"]
     assert "tamper: enclosure closed" in lines["log"]
     assert ("tamper: keys wiped" in lines["log"]) == wipe
+    kept = [t for t in eval(lines["security"]) if t.startswith("tamper: ")]  # the security record
+    assert kept == ["tamper: enclosure opened (#1)"] + ["tamper: keys wiped (#1)"] * wipe + [
+        "tamper: enclosure opened (#2)"] + ["tamper: keys wiped (#2)"] * wipe
     records = [r.split() for r in lines["file"].strip("|").split("|")]
     assert [(r[0], r[2], r[3]) for r in records] == [("1", "enclosure", "1" if wipe else "0"),
                                                      ("2", "enclosure", "1" if wipe else "0")]

@@ -86,9 +86,15 @@ try:
 except Exception as e:  # no modem or no SIM: the run itself says why; an invalid identity: refused
     _ids = [None, None]
     _bad = getattr(e, "kind", None)
+try:  # the id the service record (keys/service.json, tools/flash.py) names: `service challenge` shows it
+    from cellguard import runtime
+    with open(runtime.path_join(runtime.fs_root(), "keys/service.json")) as f:
+        _svc = str(json.load(f)["device_id"])
+except Exception:
+    _svc = None
 print(%(marker)r + json.dumps({"ok": True, "provisioned": simlock.bound(), "has_keys": k,
                                "device_id": keys.device_id() if k else None, "imei": _ids[0], "iccid": _ids[1],
-                               "invalid_identity": _bad}))
+                               "invalid_identity": _bad, "service_id": _svc}))
 """
 
 DEVICE_SCRIPT = """
@@ -187,7 +193,8 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
     if state.get("invalid_identity"):  # before anything is registered or the SIM touched
         raise ProvisionError(f"the modem reported no valid {state['invalid_identity']}: not binding it")
     unit = (state.get("imei"), state.get("iccid"))
-    device_id = req.device_id or state["device_id"] or _interrupted_run(hub_db, unit)
+    # One id everywhere: the unit's own, else the one its service record names (the challenge's).
+    device_id = req.device_id or state["device_id"] or state.get("service_id") or _interrupted_run(hub_db, unit)
     device_id = device_id or "cg-" + secrets.token_hex(6)
     key_id = next_key_id(hub_db)
     previous = _live_keys(hub_db, device_id)

@@ -105,8 +105,8 @@ def _stream_stdio(port, poll_ms):
         return one[0] if port.readinto(one) else None
 
     def write(s, nowait=False):
-        port.write(s.encode() if isinstance(s, str) else s)
-        return len(s)
+        # The data CDC writes without waiting (cpy_boot.status_port): the count is what it took.
+        return port.write(s.encode() if isinstance(s, str) else s)
 
     return read_byte, write
 

@@ -51,6 +51,7 @@ def status_port():
 
     if usb_cdc.data is None:
         return None
+    usb_cdc.data.write_timeout = 0  # a write takes what the host's buffer holds, never waits for it
     return runtime.BusioUartStream(usb_cdc.data)
 
 

@@ -1,7 +1,7 @@
 # The device's identity and root key, kept under runtime.fs_root()/keys/, and the keys derived
 # from it (docs/protocol.md section 3). The root key is 32 random bytes written at production
-# (`provision`); nothing else is ever stored: every working key is derived when needed with
-# HKDF-SHA-256, each with its own label. `wipe()` (decommission) destroys the root key and the
+# (`provision`; staged as root.next right before the SIM's PIN changes to it); nothing else is ever
+# stored: every working key is derived when needed with HKDF-SHA-256, each with its own label. `wipe()` (decommission) destroys the root key and the
 # message state, after which the device can neither send nor accept anything.
 from cellguard import atomic, crypto, runtime
 
@@ -27,6 +27,10 @@ def _root_path():
 
 def _ident_path():
     return runtime.path_join(_dir(), "identity")
+
+
+def _staged_path():
+    return runtime.path_join(_dir(), "root.next")
 
 
 _cache = None  # (root, device_id, key_id)
@@ -78,6 +82,30 @@ def stored_root():
     return root
 
 
+def stage_root(root_key):
+    """Provisioning, right before the SIM's PIN changes to this key's: a power cut between that
+    change and provision() leaves the key here, so the re-run can still give the SIM its PIN."""
+    atomic.ensure_dir(_dir())
+    atomic.write_atomic(_staged_path(), bytes(root_key))
+
+
+def staged_root():
+    """The key stage_root() left (a run cut at its PIN change), or None."""
+    try:
+        root = atomic.read_bytes(_staged_path())
+    except OSError:
+        return None
+    return root if len(root) == ROOT_LEN and root != bytes(ROOT_LEN) else None
+
+
+def unstage():
+    path = _staged_path()
+    if atomic.exists(path):
+        with open(path, "wb") as f:  # as wipe(): overwrite in place first
+            f.write(bytes(ROOT_LEN))
+        atomic.remove(path)
+
+
 def provisioned():
     try:
         _load()
@@ -103,6 +131,7 @@ def wipe():
     """Decommission: overwrite and delete the root key, forget the identity and message state."""
     global _cache
     _cache = None
+    unstage()
     path = _root_path()
     if atomic.exists(path):
         with open(path, "wb") as f:  # overwrite in place first: rename alone may leave the old block

@@ -90,6 +90,7 @@ class ServiceAuth:
         self._clock = clock or runtime.ticks_ms
         self.fails = _load_fails()
         self._until = runtime.ticks_add(self._clock(), backoff_ms(self.fails))  # a reboot: the full wait
+        self._counted = False  # check() counted this attempt as refused before comparing
 
     @classmethod
     def load(cls):
@@ -123,11 +124,15 @@ class ServiceAuth:
 
     def failed(self):
         """A refused attempt: the next one waits longer, across reboots."""
+        if self._counted:  # check() counted it already, on flash before comparing
+            self._counted = False
+            return
         self.fails += 1
         self._until = runtime.ticks_add(self._clock(), backoff_ms(self.fails))
         self._save()
 
     def succeeded(self):
+        self._counted = False
         if self.fails:
             self.fails = 0
             self._save()
@@ -166,6 +171,10 @@ class ServiceAuth:
             raise ConsoleError("the response is not hex")
         key = bytes.fromhex(self._record["key"])
         expected = hmac_sha256(key, service_message(self._record["device_id"], nonce, action))
+        # Counted as refused on flash before the comparison, and cleared if it succeeds: a power cut
+        # at the moment a wrong guess is refused cannot save a guesser the back-off.
+        self.failed()
+        self._counted = True
         if not ct_equal(response, expected):
             raise ConsoleError("wrong response")
         return True

@@ -476,12 +476,22 @@ def bound():
 
 
 def _pins_on_sim(iccid, factory_pin):
-    # The PINs the SIM may hold, the likeliest first. The device PIN where the SIM is known to hold
-    # it: a verifying locked binding for this very SIM (after a card with its ICCID refused that PIN,
-    # the delivery PIN first). A root key on the flash without a binding that verifies under it: a
-    # run cut by a power loss after the PIN change, once the key was stored, so that key's PIN first
-    # (older firmware also left keys of failed runs behind: then the delivery PIN, second). Anything
-    # else (a fresh unit, a certification unit, a new SIM put in by the service desk): factory_pin.
+    # The PINs the SIM may hold, the likeliest first. First the PIN of a key a run staged right
+    # before its PIN change and never committed (a power cut at that change: keys.stage_root). Then
+    # the device PIN where the SIM is known to hold it: a verifying locked binding for this very SIM
+    # (after a card with its ICCID refused that PIN, the delivery PIN first). A root key on the flash
+    # without a binding that verifies under it: a run cut by a power loss after the PIN change, once
+    # the key was stored, so that key's PIN first (older firmware also left keys of failed runs
+    # behind: then the delivery PIN, second). Anything else (a fresh unit, a certification unit, a
+    # new SIM put in by the service desk): factory_pin.
+    pins = _known_pins(iccid, factory_pin)
+    staged = keys.staged_root()
+    if staged is not None and sim_pin(staged) not in pins:
+        pins = (sim_pin(staged),) + pins
+    return pins
+
+
+def _known_pins(iccid, factory_pin):
     if bound():
         binding = load_binding()
         if binding["mode"] != "locked" or binding["iccid"] != iccid:
@@ -518,8 +528,9 @@ def provision_sim(modem, factory_pin, root_key, device_id, key_id, unlocked=Fals
     factory_pin: the SIM's PIN as delivered (SIM vendors ship a known one); a re-provisioned SIM
     that holds the old device PIN is changed from that one. The new device PIN (derived from
     root_key) replaces it and is never returned or printed. The PIN change is the last step that
-    can fail on the modem: nothing is stored before it, so a failed run (a wrong factory PIN)
-    leaves the unit as it was, and the next run starts from the same PIN. Returns the public
+    can fail on the modem: nothing is stored before it but the new key, staged (keys.stage_root)
+    so that a cut at the change is recovered, and removed when the change is refused, so a failed
+    run (a wrong factory PIN) leaves the unit as it was, and the next run starts from the same PIN. Returns the public
     identities for the production record. A certification unit (unlocked=True) gets a binding
     that says so and its SIM is left as is.
     """
@@ -552,7 +563,12 @@ def _provision_sim(modem, factory_pin, root_key, device_id, key_id, unlocked, ap
         modem.set_apn(apn, apn_user, apn_pwd)
     if not unlocked:
         new_pin = sim_pin(root_key)
-        _with_pin(modem, pins, lambda pin: modem.change_pin(pin, new_pin))  # the point of no return
+        keys.stage_root(root_key)  # a cut from here to the commit: the re-run tries this PIN too
+        try:
+            _with_pin(modem, pins, lambda pin: modem.change_pin(pin, new_pin))  # the point of no return
+        except (CmeError, BindingError):
+            keys.unstage()  # refused: the SIM keeps the PIN it had
+            raise
     _commit(root_key, device_id, key_id, (imei, iccid, imsi), unlocked, (apn, apn_user, apn_pwd))
     return {"imei": imei, "iccid": iccid, "imsi": imsi, "unlocked": unlocked}
 
@@ -561,6 +577,7 @@ def _commit(root_key, device_id, key_id, ids, unlocked, apn):
     # Flash writes only, the binding right after the key: the SIM holds the new key's PIN now.
     keys.provision(root_key, device_id, key_id)
     write_binding(encode_binding(ids[0], ids[1], ids[2], device_id, key_id, unlocked))
+    keys.unstage()
     _forget_refusal()  # a refusal of the old binding's PIN says nothing about the new one
     if apn[0]:
         store_apn(*apn)  # every boot attaches with these (App)

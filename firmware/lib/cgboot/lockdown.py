@@ -20,6 +20,8 @@ REASON_MAX = 100
 # One line per refusal; cellguard status matches it (LOCKDOWN_RE there). It ends as the old burst
 # answer did, so a reader that waits for "(console locked)" still finds it.
 REFUSAL = "lockdown (%s): error: input ignored (console locked)\n"
+DROPPED = "lockdown: %d line(s) refused without an answer (console busy or not read)\n"
+_REFUSALS = 8  # refusals written per second at most
 
 
 def _root():
@@ -136,22 +138,37 @@ def hold(reason, retry_s=None, read_byte=None, write=None, reset=_reset, clock=N
 
 def _refuse_until(start, limit_ms, read_byte, write, clock, diff, line):
     # Each input line (CR, LF or CR LF) gets the refusal at once; bytes without a line end (a Ctrl-C
-    # storm, mpremote's raw-REPL bytes) get one when the port falls quiet.
+    # storm, mpremote's raw-REPL bytes) get one when the port falls quiet. At most _REFUSALS per
+    # second are written, and a refusal the port does not take at once is dropped (write() returns
+    # False): a flood, or a reader that does not read, never keeps the loop from its reset. What
+    # was dropped is said in one line (when the port is quiet, and each second of a flood).
     pending = False
     last = None
+    dropped = 0
+    second = clock()
+    sent = 0
     while diff(clock(), start) < limit_ms:
         b = read_byte(_POLL_MS)
+        now = clock()
+        if diff(now, second) >= 1000:
+            second, sent = now, 0
         if b is None:
-            if pending:
-                write(line)
+            answer, pending = pending, False
+        else:
+            answer = b == 13 or (b == 10 and last != 13)
+            if answer:
                 pending = False
-            continue
-        if b == 13 or (b == 10 and last != 13):
-            write(line)
-            pending = False
-        elif b != 10:
-            pending = True
-        last = b
+            elif b != 10:
+                pending = True
+            last = b
+        if answer:
+            if sent < _REFUSALS and write(line) is not False:
+                sent += 1
+            else:
+                dropped += 1
+        elif dropped and (b is None or not sent) and sent < _REFUSALS and write(DROPPED % dropped) is not False:
+            sent += 1  # when the port is quiet, or first in a second of a flood
+            dropped = 0
 
 
 def _stdio():
@@ -174,8 +191,17 @@ def _stdio():
             return None
         return b[0]
 
+    out = select.poll()
+    out.register(sys.stdout, select.POLLOUT)
+
     def write(s):
+        # Only when the port takes it at once (a line is far below a pipe's or a CDC's buffer):
+        # a reader that does not read must not hold the loop (False: dropped).
+        if not out.poll(0):
+            return False
         sys.stdout.write(s)
+        if hasattr(sys.stdout, "flush"):
+            sys.stdout.flush()
 
     return read_byte, write
 
@@ -208,12 +234,17 @@ def _cpy_stdio():
 
 def _stream_stdio(port, time):
     one = bytearray(1)
+    try:
+        port.write_timeout = 0  # usb_cdc.Serial: write what the host's buffer takes, never wait
+    except AttributeError:
+        pass
 
     def read_one():
         return one[0] if port.readinto(one) else None
 
     def write(s):
-        port.write(s.encode())
+        data = s.encode()
+        return port.write(data) == len(data)  # False: the host did not take it (dropped)
 
     return _waiting(lambda: port.in_waiting, read_one, time), write
 

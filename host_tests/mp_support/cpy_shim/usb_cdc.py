@@ -5,6 +5,8 @@ class Serial:
         self.host = bytearray()  # bytes waiting for the device
         self.sent = bytearray()  # bytes the device wrote
         self.timeout = 1
+        self.write_timeout = None  # None: write waits until the host has taken it all
+        self.room = None  # bytes the host takes before it stops reading (None: no limit)
 
     @property
     def in_waiting(self):
@@ -19,6 +21,14 @@ class Serial:
         return n
 
     def write(self, buf):
+        if self.room is not None:
+            n = min(len(buf), max(0, self.room - len(self.sent)))
+            if n < len(buf) and self.write_timeout is None:
+                import time
+
+                while True:  # as a real CDC whose host stopped reading: waits for ever
+                    time.sleep(1)
+            buf = buf[:n]
         self.sent += buf
         return len(buf)
 

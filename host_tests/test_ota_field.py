@@ -166,8 +166,8 @@ class LongChunks(hub_updates.Updates):
 
     long = True
 
-    def serve(self, key_id, plain, new):
-        out = super().serve(key_id, plain, new)
+    def serve(self, key_id, plain, new, batch=None):
+        out = super().serve(key_id, plain, new, batch)
         if not self.long:
             return out
         fixed = []

@@ -373,7 +373,7 @@ class Hub:
             self.counters["answers_withheld"] += 1
             return replies
         if ctrl == hp.CTRL_CHUNK_REQ:  # chunks of the image it names, one datagram each (cghub.updates)
-            for p in hub_updates.serve_request(self.update_provider, kid, plain, new):
+            for p in hub_updates.serve_request(self.update_provider, kid, plain, new, self._batch):
                 if allowance is not None:  # a replayed request buys no more than it brought
                     need = self._down_len(dev, header.encrypt, p)
                     if need > allowance:
@@ -400,7 +400,7 @@ class Hub:
         payload = hp.ack_record(top, also)
         if ctrl == hp.CTRL_HELLO or self._has_time_request(kid):
             payload += hp.time_record(int(self.clock()))
-        payload += hub_updates.ack_records(self.update_provider, kid, ctrl, plain, new)  # (re-)offer
+        payload += hub_updates.ack_records(self.update_provider, kid, ctrl, plain, new, self._batch)  # (re-)offer
         if dev.failures >= FAILURE_LIMIT:
             payload += hp.epoch_record()  # until the device's first uplink in the next epoch
         if allowance is not None:

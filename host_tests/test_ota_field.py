@@ -59,7 +59,7 @@ def test_update_has_its_own_budget_and_never_delays_readings(kit, tmp_path):
         assert air <= 40_000 * 2 + r["budget_used"] + 28 * 60
 
 
-def test_a_coverage_gap_never_parks_the_update(kit, tmp_path):
+def _coverage_gap(kit, tmp_path, ceiling_steps):
     with OtaRig(tmp_path, kit) as rig:
         size = _size(kit, "big64k_next")
         rig.publish("big64k_next")
@@ -70,13 +70,22 @@ def test_a_coverage_gap_never_parks_the_update(kit, tmp_path):
         for _ in range(60):  # 10 min of retries at 10 s steps: far past the old 30 x 5 s
             r = rig.do("clock 10000")["report"]
         assert r["state"] == "waiting for coverage" and r["page"] == "update      waiting for coverage"
-        for _ in range(150):  # a day more, the backoff at its 10 min ceiling: it never gives up
+        for _ in range(ceiling_steps):  # then the backoff at its 10 min ceiling: it never gives up
             r = rig.do("clock 600000")["report"]
-        assert r["active"] and r["ota"]["requests"] > asked + 100
+        assert r["active"] and r["ota"]["requests"] > asked + 6 + ceiling_steps * 2 // 3
         rig.do("link up")
         rig.do("clock 800000")  # the next retry, by itself: no reboot, no new offer
         r = rig.until("done")
         assert r["rebooted"] == 0 and r["have"] == size and r["ota"]["rejected_chunks"] == 0
+
+
+def test_a_coverage_gap_never_parks_the_update(kit, tmp_path):
+    _coverage_gap(kit, tmp_path, ceiling_steps=18)  # 3 hours at the ceiling (the whole day: soak)
+
+
+@pytest.mark.soak
+def test_a_day_long_coverage_gap_never_parks_the_update(kit, tmp_path):
+    _coverage_gap(kit, tmp_path, ceiling_steps=150)
 
 
 def test_the_hub_offers_again_until_the_device_reports(kit, tmp_path):

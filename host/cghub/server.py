@@ -47,10 +47,10 @@ MEM_ACCEPTED = UP_WINDOW + 32  # accepted rows a key keeps in memory (the window
 ACK_RECENT_S = 900  # accepted this recently: still worth re-acknowledging in the ACK bitmap
 FAILURE_FLUSH_S = 1.0  # failed verifications alone are written at most this often (no commit per forgery)
 REJECT_LOG_S = 10.0  # rejections are logged as one line per reason and interval
-MAX_BATCH = 256
+MAX_BATCH = 256  # datagrams verified and committed together (one transaction)
 PEER_FRESH_S = 600.0  # an address that sent a new authentic datagram this recently is the device's
 DUPLICATE_ANSWER_S = 1.0  # duplicates of one key are answered at most once per this interval
-CREDIT_ADDRESSES = 1 << 16  # addresses whose byte balance is remembered  # datagrams verified and committed together (one transaction)
+CREDIT_ADDRESSES = 1 << 16  # addresses whose byte balance is remembered
 
 # cghub.updates.Updates, or a (key_id, offset, length) -> image bytes callable (older CHUNK REQ)
 UpdateProvider = object

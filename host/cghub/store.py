@@ -406,6 +406,7 @@ class SqliteStore(Store):
                 "INSERT OR REPLACE INTO update_targets (key_id, sha256, state, chunk) VALUES (?, ?, 'offered', ?)",
                 [(kid, sha256, chunk) for kid in key_ids],
             )
+            db.executemany("INSERT INTO changes (key_id) VALUES (?)", [(k,) for k in key_ids])
 
     # ---- the hub's hot path ---------------------------------------------------------------------------
     def update_target(self, key_id: int) -> UpdateTarget | None:

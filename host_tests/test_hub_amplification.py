@@ -59,3 +59,18 @@ def test_a_command_datagram_is_not_sent_to_a_foreign_address_beyond_its_credit(t
     hub.monotonic = lambda: 10**6  # a second later, and the device's address no longer fresh
     replies = hub.handle(d, ("10.9.9.9", 7))
     assert sum(map(len, replies)) <= len(d)  # the ack, not the offer
+
+
+def test_a_replay_from_a_foreign_address_does_not_use_up_the_offer(tmp_path):
+    # An ack with the offer is larger than a replayed reading, so it is withheld from a foreign
+    # address; the offer must then still ride on the device's next ack (not an hour later).
+    hub = make_hub(tmp_path)
+    hub.update_provider = hub_updates.provider(hub.store)
+    dev = device_channel()
+    d = dev.seal(b"r" * 32)
+    assert len(hub.handle(d, ("10.0.0.1", 1))) == 1
+    hub_updates.publish(hub.store, amp_image(), [dev.key_id])
+    hub.monotonic = lambda: 10**6  # later: the device's address is no longer fresh
+    assert sum(map(len, hub.handle(d, ("10.9.9.9", 7)))) <= len(d)
+    (ack,) = hub.handle(dev.seal(b"next"), ("10.0.0.1", 1))
+    assert [r[0] for r in hp.parse_records(dev.open(ack)[2])][-1] == "update_offer"

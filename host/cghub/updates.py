@@ -9,9 +9,11 @@ is the hub's `update_provider`, with two hooks in the datagram path (server.py):
   and asks for a window of chunks; each is answered in a datagram of its own (IMAGE CHUNK). An image
   that is not the device's target is answered with NO IMAGE, followed by the target's offer. A
   duplicate request (a replay) is not answered: the device asks again under a new sequence number.
-- `offer(key_id, ctrl, plain, new, batch)`: records to add to the ack datagram: the target's UPDATE OFFER
-  on the device's first uplink, after each HELLO, and after an hour with neither a request nor an
-  offer, until an UPDATE STATUS ends it; and it takes those UPDATE STATUS reports.
+- `offer(key_id, ctrl, plain, new, batch)`: records to add to the ack datagram of a new uplink: the
+  target's UPDATE OFFER on the device's first uplink, after each HELLO, and after an hour with neither
+  a request nor an offer, until an UPDATE STATUS ends it; and it takes those UPDATE STATUS reports.
+  Never on a duplicate's ack, which the amplification rule may withhold: a replay cannot use up an
+  offer.
 
 What changes (offered, served, the device's status) goes into the hub's batch and is committed in its
 one transaction, before the answer leaves; everything goes through the Store interface (cghub.store),
@@ -105,13 +107,15 @@ class Updates:
 
     # ---- hook: records riding on the ack datagram ------------------------------------------------
     def offer(self, key_id: int, ctrl: int | None, plain: bytes, new: bool, batch: Batch | None = None) -> bytes:
-        if ctrl == hp.CTRL_UPDATE_STATUS and new:
+        if not new:  # a duplicate's answer may be withheld (no amplification): the offer waits for a new one
+            return b""
+        if ctrl == hp.CTRL_UPDATE_STATUS:
             self._status(key_id, plain, batch)
         t = self._target(key_id, batch)
         if t is None or t.state not in OPEN_STATES:
             return b""
         quiet_since = max(t.offered_at or 0, t.last_req or 0)
-        hello = ctrl == hp.CTRL_HELLO and new  # a boot (a duplicate HELLO is only a lost ack)
+        hello = ctrl == hp.CTRL_HELLO  # a boot
         if t.offered_at is None or hello or self.clock() - quiet_since >= REOFFER_S:
             self._mark_offered(t, batch)
             return self._offer_record(t)

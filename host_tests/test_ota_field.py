@@ -113,7 +113,7 @@ def test_the_hub_offers_again_until_the_device_reports(kit, tmp_path):
         assert rig.target()["offered_at"] == offered
 
 
-def test_a_refused_image_is_reported_and_not_offered_again(kit, tmp_path):
+def test_a_refused_or_superseded_image_is_reported_and_not_offered_again(kit, tmp_path):
     with OtaRig(tmp_path, kit) as rig:
         rig.publish("rogue")  # signed by a key the boot part does not trust
         r = rig.until("state:refused")
@@ -125,6 +125,16 @@ def test_a_refused_image_is_reported_and_not_offered_again(kit, tmp_path):
         rig.do("reboot")  # a HELLO, and hours later: no offer of a refused image
         r = rig.until("delivered")
         assert rig.target()["offered_at"] == t["offered_at"] and r["version"] == "1.0.0+0"
+        # An image older than the running one (0.9.0): the device says superseded, and the hub stops.
+        rig.publish("old")
+        rig.do("read 1")
+        rig.until("delivered")  # the reading, whose ack carries the offer, then the UPDATE STATUS
+        t = rig.target()
+        assert (t["state"], t["reason"]) == ("superseded", "running 1.0.0")
+        rig.clock.t += 2 * hub_updates.REOFFER_S
+        rig.do("read 1")
+        rig.until("delivered")
+        assert rig.target()["offered_at"] == t["offered_at"]
 
 
 def test_a_republished_image_is_never_mixed_into_the_download(kit, tmp_path):

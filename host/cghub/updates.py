@@ -179,7 +179,7 @@ def serve_request(provider_, key_id: int, plain: bytes, new: bool, batch: Batch 
     """server.py's hook for a CHUNK REQ: an `Updates`, or a plain (key_id, offset, length) -> bytes
     callable (tests, tools) answering the 7-byte request with one CHUNK. What it changes goes into
     `batch` (the hub's, committed before the answer leaves)."""
-    if provider_ is None:
+    if provider_ is None or not new:  # a duplicate (a replay) buys no chunks, whatever the provider
         return []
     if isinstance(provider_, Updates):
         return provider_.serve(key_id, plain, new, batch)

@@ -218,6 +218,7 @@ def test_update_state_goes_through_the_store_interface_in_the_batchs_transaction
     commits = hub.counters["commits"]
     replies = hub.handle_batch([(ch.seal(b"t=21.6"), None), (ch.seal(hp.chunk_request(0, 64, 2, iid), True), None)])
     assert len(replies) == 3 and hub.counters["commits"] == commits + 1  # ack with the offer, 2 chunks: one commit
+    assert [r[0] for r in hp.parse_records(ch.open(replies[0][0])[2])][-1] == "update_offer"  # not lost with the commit
     t = updates.target(KEY_ID)
     assert (t["state"], t["offered_at"], t["last_req"]) == ("downloading", 1000.0, 1000.0) and t["served_bytes"] > 128
     status = bytes([hp.CTRL_UPDATE_STATUS, hp.UPDATE_INSTALLED]) + iid

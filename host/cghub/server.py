@@ -91,6 +91,9 @@ class Hub:
     # ---- the cache ------------------------------------------------------------------------------------
     def forget(self, key_id: int | None = None) -> None:
         """Drop cached state (one key id, or all): the next datagram reloads it from the store."""
+        forget_updates = getattr(self.update_provider, "forget", None)  # cghub.updates.Updates caches too
+        if forget_updates is not None:
+            forget_updates(key_id)
         if key_id is None:
             self._devs.clear()
             self._acc.clear()

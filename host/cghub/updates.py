@@ -76,12 +76,28 @@ class Updates:
     def __init__(self, store, clock: Callable[[], float] = time.time):
         self.store = store
         self.clock = clock
+        self._cache: dict[int, UpdateTarget | None] = {}  # key id -> its target (None: none), hub path only
+
+    def forget(self, key_id: int | None = None) -> None:
+        """Drop cached targets (one key id, or all). The hub calls it with its own cache's: for the key
+        ids an operator changed (publish leaves a change-log row), and for all after a failed commit."""
+        if key_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key_id, None)
 
     def _target(self, key_id: int, batch: Batch | None) -> UpdateTarget | None:
-        # Asked on every uplink: the image's size and header only, never its bytes. A change made
-        # earlier in the same batch (not committed yet) is what this datagram sees.
-        pending = batch.updates.get(key_id) if batch is not None else None
-        return pending if pending is not None else self.store.update_target(key_id)
+        # Asked on every uplink: cached in the hub's path (no read per datagram), the image's size and
+        # header only, never its bytes; a change made earlier in the batch is what this datagram sees.
+        # Called on its own (no batch, no hub to say what changed), it reads the store.
+        if batch is None:
+            return self.store.update_target(key_id)
+        t = batch.updates.get(key_id)
+        if t is None:
+            if key_id not in self._cache:
+                self._cache[key_id] = self.store.update_target(key_id)
+            t = self._cache[key_id]
+        return t
 
     def _write(self, t: UpdateTarget, batch: Batch | None) -> None:
         # With the hub's batch (one transaction, before the answer leaves); alone, its own commit.

@@ -6,7 +6,8 @@
   1,000 registered devices interleaved, 32-byte encrypted readings.
 - forged_per_s: datagrams under those key ids with bad tags, which the hub must reject.
 - amplification_max: bytes out / bytes in at a foreign address that replays captured authentic
-  datagrams of every kind (reading, HELLO, TAMPER, CHUNK REQ, DACK).
+  datagrams of every kind (reading, HELLO, TAMPER, CHUNK REQ naming the image for 8 chunks and the
+  older 7-byte one, DACK).
 - burst_10k: 10,000 devices report within one 60-second window (cgsim.fleet, its own process):
   through cgsim.udprelay with 10 % loss both ways (lost, duplicated), and lossless (ack p99, RSS).
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from cghub.store import SqliteStore
 from cgsim import fleet as fl
-from hubkit import KINDS, HubProcess, replay_ratios
+from hubkit import KINDS, HubProcess, amp_image, replay_ratios
 
 DEVICES = 1000
 PER_DEVICE = 12
@@ -39,6 +40,7 @@ GOALS = {
     "hub.amplification_max": ("<=", 1.0),
     "hub.burst_10k.lost": ("==", 0),
     "hub.burst_10k.duplicated": ("==", 0),
+    "hub.burst_10k.nonce_reuse": ("==", 0),
 }
 
 _FLOOR = r"""
@@ -151,9 +153,7 @@ def amplification_max(tmp: Path) -> tuple[float, dict]:
     kids = [900_001 + i for i in range(len(KINDS))]  # one key per kind: the once-a-second rule is per key
     for kid in kids:
         store.register_device(kid, "amp-%d" % kid, fl.root_key(b"amp", kid))
-    image = bytearray(4096)
-    image[0:4] = (0x96F3B83D).to_bytes(4, "little")
-    hub_updates.publish(store, bytes(image), kids, chunk=1024)
+    hub_updates.publish(store, amp_image(), kids, chunk=1024)  # a CHUNK REQ may ask for 8 KiB
     store.close()
     hub = HubProcess(db, tmp / "amp.log")
     try:

@@ -102,20 +102,33 @@ def _drain(s, quiet_s: float) -> int:
         return n
 
 
+def amp_image() -> bytes:
+    """The image the replay tests and the bench publish: 4 KiB, an MCUboot magic and nothing else."""
+    image = bytearray(4096)
+    image[0:4] = (0x96F3B83D).to_bytes(4, "little")
+    return bytes(image)
+
+
 def replay_kinds(dev) -> dict[str, bytes]:
-    """One authentic datagram of every uplink kind, sealed by a cgsim.fleet.SimDevice."""
+    """One authentic datagram of every uplink kind, sealed by a cgsim.fleet.SimDevice. CHUNK REQ in
+    both forms: the 12-byte one naming amp_image() and asking for the largest window (8 chunks of
+    1 KiB: the most one request can draw), and older firmware's 7-byte one."""
+    import hashlib
+
     from cghub import proto as hp
 
+    iid = hashlib.sha256(amp_image()).digest()[:4]
     return {
         "reading": dev.seal(b"r" * 32)[1],
         "hello": dev.seal(bytes([hp.CTRL_HELLO, 0]) + b"1.0.0", control=True)[1],
         "tamper": dev.seal(bytes([hp.CTRL_TAMPER, 16]), control=True)[1],
-        "chunk_req": dev.seal(bytes([hp.CTRL_CHUNK_REQ]) + bytes(4) + (1024).to_bytes(2, "big"), control=True)[1],
+        "chunk_req": dev.seal(hp.chunk_request(0, 1024, 8, iid), control=True)[1],
+        "chunk_req_7": dev.seal(bytes([hp.CTRL_CHUNK_REQ]) + bytes(4) + (1024).to_bytes(2, "big"), control=True)[1],
         "dack": dev.seal(bytes([hp.CTRL_DACK, 0]), control=True)[1],
     }
 
 
-KINDS = ("reading", "hello", "tamper", "chunk_req", "dack")
+KINDS = ("reading", "hello", "tamper", "chunk_req", "chunk_req_7", "dack")
 
 
 def replay_ratios(port: int, devices: list, times: int = 5) -> dict[str, float]:

@@ -199,8 +199,13 @@ def test_update_chunks_are_served_through_the_hook(tmp_path):
     hub.update_provider = lambda key_id, off, n: image[off : off + n]
     dev = device_channel()
     req = bytes([wire.CTRL_CHUNK_REQ]) + (512).to_bytes(4, "big") + (100).to_bytes(2, "big")
-    (reply,) = hub.handle(dev.seal(req, control=True))
+    now = [1000.0]
+    hub.monotonic = lambda: now[0]
+    d = dev.seal(req, control=True)
+    (reply,) = hub.handle(d, ("10.0.0.1", 1))
     assert downlink.parse(dev.open(reply)[2]) == [("chunk", 512, image[512:612])]
+    now[0] += 2  # from the device's own fresh address, a second later: still no chunk for a duplicate
+    assert hub.handle(d, ("10.0.0.1", 1)) == []  # (protocol.md section 4: a replay buys no chunks)
 
 
 def test_accepted_records_are_bounded(tmp_path, monkeypatch):

@@ -6,15 +6,9 @@ from cghub import proto as hp
 from cghub import server as hubmod
 from cghub import updates as hub_updates
 from cgsim import fleet as fl
-from hubkit import KINDS, device_channel, make_hub, replay_ratios
+from hubkit import KINDS, amp_image, device_channel, make_hub, replay_ratios
 
 KID = 900_001
-
-
-def _image() -> bytes:
-    image = bytearray(4096)
-    image[0:4] = (0x96F3B83D).to_bytes(4, "little")
-    return bytes(image)
 
 
 def test_replays_from_a_foreign_address_draw_no_more_than_they_bring(tmp_path):
@@ -22,17 +16,20 @@ def test_replays_from_a_foreign_address_draw_no_more_than_they_bring(tmp_path):
     kids = [KID + i for i in range(len(KINDS))]
     for kid in kids[1:]:
         hub.store.register_device(kid, "amp-%d" % kid, fl.root_key(b"amp", kid))
-    hub_updates.publish(hub.store, _image(), kids, chunk=1024)  # CHUNK REQ answered with 1 KiB
+    hub_updates.publish(hub.store, amp_image(), kids, chunk=1024)  # CHUNK REQ answered with 8 x 1 KiB
     hub.update_provider = hub_updates.provider(hub.store)
     for kid in kids:
         hub.store.queue_command(kid, hp.config_record(1, 600))  # a pending command rides every answer
     with hubmod.HubServer(hub) as server:
         ratios = replay_ratios(server.port, [fl.SimDevice(k, fl.root_key(b"amp", k)) for k in kids])
-    assert set(ratios) == {"reading", "hello", "tamper", "chunk_req", "dack"}
+    assert set(ratios) == {"reading", "hello", "tamper", "chunk_req", "chunk_req_7", "dack"}
     assert all(r <= 1.0 for r in ratios.values()), ratios
     # The ack still goes (it is smaller than what came): a device behind a new NAT mapping is healed.
     assert ratios["reading"] > 0 and ratios["hello"] > 0 and ratios["tamper"] > 0
-    assert ratios["chunk_req"] == 0 and ratios["dack"] == 0
+    assert ratios["chunk_req"] == 0 and ratios["chunk_req_7"] == 0 and ratios["dack"] == 0
+    # The device's own new request named the image and drew its window (the whole 4 KiB image): the
+    # same bytes replayed draw nothing.
+    assert hub.update_provider.target(kids[KINDS.index("chunk_req")])["served_bytes"] > 4096
 
 
 def test_a_duplicate_is_answered_at_most_once_per_key_per_second(tmp_path):
@@ -62,3 +59,18 @@ def test_a_command_datagram_is_not_sent_to_a_foreign_address_beyond_its_credit(t
     hub.monotonic = lambda: 10**6  # a second later, and the device's address no longer fresh
     replies = hub.handle(d, ("10.9.9.9", 7))
     assert sum(map(len, replies)) <= len(d)  # the ack, not the offer
+
+
+def test_a_replay_from_a_foreign_address_does_not_use_up_the_offer(tmp_path):
+    # An ack with the offer is larger than a replayed reading, so it is withheld from a foreign
+    # address; the offer must then still ride on the device's next ack (not an hour later).
+    hub = make_hub(tmp_path)
+    hub.update_provider = hub_updates.provider(hub.store)
+    dev = device_channel()
+    d = dev.seal(b"r" * 32)
+    assert len(hub.handle(d, ("10.0.0.1", 1))) == 1
+    hub_updates.publish(hub.store, amp_image(), [dev.key_id])
+    hub.monotonic = lambda: 10**6  # later: the device's address is no longer fresh
+    assert sum(map(len, hub.handle(d, ("10.9.9.9", 7)))) <= len(d)
+    (ack,) = hub.handle(dev.seal(b"next"), ("10.0.0.1", 1))
+    assert [r[0] for r in hp.parse_records(dev.open(ack)[2])][-1] == "update_offer"

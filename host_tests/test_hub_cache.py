@@ -1,11 +1,13 @@
 """The hub caches keys, device rows and pending commands; operators' changes made through another
-connection (the CLI, another process) reach a running hub at its next batch."""
+connection (the CLI, another process: register, queue, publish) reach a running hub at its next
+batch."""
 
 import socket
 
 from cellguard import downlink
 from cghub import server as hubmod
-from hubkit import KEY_ID, device_channel, make_hub
+from cghub import updates as hub_updates
+from hubkit import KEY_ID, amp_image, device_channel, make_hub
 
 
 def _exchange(port: int, datagram: bytes) -> list[bytes]:
@@ -24,6 +26,7 @@ def _exchange(port: int, datagram: bytes) -> list[bytes]:
 def test_queue_and_rotation_from_another_connection_reach_the_running_hub(tmp_path):
     hub = make_hub(tmp_path)
     db = str(tmp_path / "hub.sqlite")
+    hub.update_provider = hub_updates.provider(hub.store)
     dev = device_channel()
     with hubmod.HubServer(hub) as server:
         assert len(_exchange(server.port, dev.seal(b"cached now"))) == 1
@@ -31,6 +34,12 @@ def test_queue_and_rotation_from_another_connection_reach_the_running_hub(tmp_pa
         replies = _exchange(server.port, dev.seal(b"next"))
         assert len(replies) == 2, "the queued command did not reach the running hub"
         assert downlink.parse(dev.open(replies[1])[2]) == [("config", 1, 600)]
+        # A publication from another connection: the next ack carries its offer.
+        image = tmp_path / "app.img"
+        image.write_bytes(amp_image())
+        assert hubmod.main(["publish", "--db", db, "--image", str(image), "--key-id", str(KEY_ID)]) == 0
+        ack = _exchange(server.port, dev.seal(b"after the publication"))[0]  # (the command is resent)
+        assert [r[0] for r in downlink.parse(dev.open(ack)[2])][-1] == "update_offer"
         # Rotation: the old key id is retired by another connection; the hub stops accepting it.
         assert hubmod.main(["register-device", "--db", db, "--key-id", "77", "--device-id", "dev-1",
                             "--root-key-hex", "22" * 32, "--replace"]) == 0

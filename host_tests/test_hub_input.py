@@ -48,6 +48,19 @@ def test_chunk_req_with_nothing_published_is_not_answered(tmp_path):
     assert hub.counters["chunk_req_unanswered"] == 1
 
 
+def test_a_named_chunk_req_with_nothing_published_draws_one_no_image_smaller_than_itself(tmp_path):
+    # The 12-byte form names an image: the device is told it is not published (it stops asking,
+    # cghub.updates / cellguard.ota), in one datagram of fewer bytes than the request (protocol.md 4).
+    hub = make_hub(tmp_path)
+    hub.update_provider = hub_updates.provider(hub.store)
+    dev = device_channel()
+    req = dev.seal(hp.chunk_request(0, 1024, 8, bytes(4)), control=True)
+    (reply,) = hub.handle(req)
+    assert len(reply) == 16 < len(req)
+    assert hp.parse_records(dev.open(reply)[2]) == [("no_image", bytes(4), hp.NO_IMAGE_UNKNOWN)]
+    assert hub.handle(req) == []  # its replay: nothing
+
+
 def test_malformed_dack_confirms_nothing(tmp_path):
     hub = make_hub(tmp_path)
     dev = device_channel()

@@ -59,7 +59,7 @@ def test_update_has_its_own_budget_and_never_delays_readings(kit, tmp_path):
         assert air <= 40_000 * 2 + r["budget_used"] + 28 * 60
 
 
-def test_a_coverage_gap_never_parks_the_update(kit, tmp_path):
+def _coverage_gap(kit, tmp_path, ceiling_steps):
     with OtaRig(tmp_path, kit) as rig:
         size = _size(kit, "big64k_next")
         rig.publish("big64k_next")
@@ -70,13 +70,24 @@ def test_a_coverage_gap_never_parks_the_update(kit, tmp_path):
         for _ in range(60):  # 10 min of retries at 10 s steps: far past the old 30 x 5 s
             r = rig.do("clock 10000")["report"]
         assert r["state"] == "waiting for coverage" and r["page"] == "update      waiting for coverage"
-        for _ in range(150):  # a day more, the backoff at its 10 min ceiling: it never gives up
+        assert r["ota"]["requests"] > asked
+        asked = r["ota"]["requests"]
+        for _ in range(ceiling_steps):  # then the backoff at its 10 min ceiling (+-25 %): it never gives up
             r = rig.do("clock 600000")["report"]
-        assert r["active"] and r["ota"]["requests"] > asked + 100
+        assert r["active"] and r["ota"]["requests"] >= asked + ceiling_steps // 2
         rig.do("link up")
         rig.do("clock 800000")  # the next retry, by itself: no reboot, no new offer
         r = rig.until("done")
         assert r["rebooted"] == 0 and r["have"] == size and r["ota"]["rejected_chunks"] == 0
+
+
+def test_a_coverage_gap_never_parks_the_update(kit, tmp_path):
+    _coverage_gap(kit, tmp_path, ceiling_steps=18)  # 3 hours at the ceiling (the whole day: soak)
+
+
+@pytest.mark.soak
+def test_a_day_long_coverage_gap_never_parks_the_update(kit, tmp_path):
+    _coverage_gap(kit, tmp_path, ceiling_steps=150)
 
 
 def test_the_hub_offers_again_until_the_device_reports(kit, tmp_path):
@@ -104,7 +115,7 @@ def test_the_hub_offers_again_until_the_device_reports(kit, tmp_path):
         assert rig.target()["offered_at"] == offered
 
 
-def test_a_refused_image_is_reported_and_not_offered_again(kit, tmp_path):
+def test_a_refused_or_superseded_image_is_reported_and_not_offered_again(kit, tmp_path):
     with OtaRig(tmp_path, kit) as rig:
         rig.publish("rogue")  # signed by a key the boot part does not trust
         r = rig.until("state:refused")
@@ -116,6 +127,16 @@ def test_a_refused_image_is_reported_and_not_offered_again(kit, tmp_path):
         rig.do("reboot")  # a HELLO, and hours later: no offer of a refused image
         r = rig.until("delivered")
         assert rig.target()["offered_at"] == t["offered_at"] and r["version"] == "1.0.0+0"
+        # An image older than the running one (0.9.0): the device says superseded, and the hub stops.
+        rig.publish("old")
+        rig.do("read 1")
+        rig.until("delivered")  # the reading, whose ack carries the offer, then the UPDATE STATUS
+        t = rig.target()
+        assert (t["state"], t["reason"]) == ("superseded", "running 1.0.0")
+        rig.clock.t += 2 * hub_updates.REOFFER_S
+        rig.do("read 1")
+        rig.until("delivered")
+        assert rig.target()["offered_at"] == t["offered_at"]
 
 
 def test_a_republished_image_is_never_mixed_into_the_download(kit, tmp_path):
@@ -166,8 +187,8 @@ class LongChunks(hub_updates.Updates):
 
     long = True
 
-    def serve(self, key_id, plain, new):
-        out = super().serve(key_id, plain, new)
+    def serve(self, key_id, plain, new, batch=None):
+        out = super().serve(key_id, plain, new, batch)
         if not self.long:
             return out
         fixed = []

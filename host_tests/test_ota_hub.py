@@ -180,3 +180,48 @@ def test_publish_over_udp_to_a_micropython_device(kit, tmp_path):
     assert "BOOT 1.0.0+0" in lines_
     assert "EVENT update_ready 1.1.0+0" in lines_
     assert lines_[-1] == "RAN 1.1.0 True"
+
+
+class _InterfaceOnly:
+    """The hub's store seen through the Store interface only (what a PostgreSQL backend offers)."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        if name not in hubmod.Store.__abstractmethods__:
+            raise AttributeError(f"{name} is not part of the Store interface")
+        return getattr(self._store, name)
+
+
+def test_update_state_goes_through_the_store_interface_in_the_batchs_transaction(kit, tmp_path):
+    # The OTA state (offered, served, the device's status) is written by the hub's one commit per
+    # batch, through the Store interface: a failed commit leaves none of it, and no SQL of its own.
+    hub = make_hub(tmp_path)
+    store = hub.store
+    hub.store = _InterfaceOnly(store)
+    updates = hub.update_provider = hub_updates.Updates(hub.store, clock=lambda: 1000.0)
+    data = kit.images["v2"].read_bytes()
+    iid = hashlib.sha256(data).digest()[:4]
+    hub_updates.publish(hub.store, data, [KEY_ID])
+    ch = device_channel()
+
+    def fail(batch):
+        raise OSError("disk full")
+
+    hub.store.commit_batch = fail  # type: ignore[method-assign]
+    assert hub.handle(ch.seal(b"t=21.5")) == [] and hub.handle(ch.seal(hp.chunk_request(0, 64, 2, iid), True)) == []
+    assert updates.target(KEY_ID) == {
+        "version": "1.1.0", "state": "offered", "reason": "", "served_bytes": 0, "offered_at": None, "last_req": None
+    }
+    del hub.store.commit_batch
+    commits = hub.counters["commits"]
+    replies = hub.handle_batch([(ch.seal(b"t=21.6"), None), (ch.seal(hp.chunk_request(0, 64, 2, iid), True), None)])
+    assert len(replies) == 3 and hub.counters["commits"] == commits + 1  # ack with the offer, 2 chunks: one commit
+    assert [r[0] for r in hp.parse_records(ch.open(replies[0][0])[2])][-1] == "update_offer"  # not lost with the commit
+    t = updates.target(KEY_ID)
+    assert (t["state"], t["offered_at"], t["last_req"]) == ("downloading", 1000.0, 1000.0) and t["served_bytes"] > 128
+    status = bytes([hp.CTRL_UPDATE_STATUS, hp.UPDATE_INSTALLED]) + iid
+    assert hub.handle(ch.seal(status, True))
+    assert updates.target(KEY_ID)["state"] == "installed"
+    assert hub_updates.Updates(store).target(KEY_ID)["state"] == "installed"  # committed, as any reader sees it

@@ -47,10 +47,10 @@ MEM_ACCEPTED = UP_WINDOW + 32  # accepted rows a key keeps in memory (the window
 ACK_RECENT_S = 900  # accepted this recently: still worth re-acknowledging in the ACK bitmap
 FAILURE_FLUSH_S = 1.0  # failed verifications alone are written at most this often (no commit per forgery)
 REJECT_LOG_S = 10.0  # rejections are logged as one line per reason and interval
-MAX_BATCH = 256
+MAX_BATCH = 256  # datagrams verified and committed together (one transaction)
 PEER_FRESH_S = 600.0  # an address that sent a new authentic datagram this recently is the device's
 DUPLICATE_ANSWER_S = 1.0  # duplicates of one key are answered at most once per this interval
-CREDIT_ADDRESSES = 1 << 16  # addresses whose byte balance is remembered  # datagrams verified and committed together (one transaction)
+CREDIT_ADDRESSES = 1 << 16  # addresses whose byte balance is remembered
 
 # cghub.updates.Updates, or a (key_id, offset, length) -> image bytes callable (older CHUNK REQ)
 UpdateProvider = object
@@ -91,6 +91,9 @@ class Hub:
     # ---- the cache ------------------------------------------------------------------------------------
     def forget(self, key_id: int | None = None) -> None:
         """Drop cached state (one key id, or all): the next datagram reloads it from the store."""
+        forget_updates = getattr(self.update_provider, "forget", None)  # cghub.updates.Updates caches too
+        if forget_updates is not None:
+            forget_updates(key_id)
         if key_id is None:
             self._devs.clear()
             self._acc.clear()
@@ -373,7 +376,7 @@ class Hub:
             self.counters["answers_withheld"] += 1
             return replies
         if ctrl == hp.CTRL_CHUNK_REQ:  # chunks of the image it names, one datagram each (cghub.updates)
-            for p in hub_updates.serve_request(self.update_provider, kid, plain, new):
+            for p in hub_updates.serve_request(self.update_provider, kid, plain, new, self._batch):
                 if allowance is not None:  # a replayed request buys no more than it brought
                     need = self._down_len(dev, header.encrypt, p)
                     if need > allowance:
@@ -400,7 +403,7 @@ class Hub:
         payload = hp.ack_record(top, also)
         if ctrl == hp.CTRL_HELLO or self._has_time_request(kid):
             payload += hp.time_record(int(self.clock()))
-        payload += hub_updates.ack_records(self.update_provider, kid, ctrl, plain, new)  # (re-)offer
+        payload += hub_updates.ack_records(self.update_provider, kid, ctrl, plain, new, self._batch)  # (re-)offer
         if dev.failures >= FAILURE_LIMIT:
             payload += hp.epoch_record()  # until the device's first uplink in the next epoch
         if allowance is not None:

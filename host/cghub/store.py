@@ -117,6 +117,27 @@ class Message:
 
 
 @dataclass
+class UpdateTarget:
+    """A key id's published update (cghub.updates): which image, its size and header, and how far the
+    offer got. The image's bytes stay in the store (`image_bytes`)."""
+
+    key_id: int
+    sha256: bytes
+    version: str
+    size: int
+    header: bytes  # the image's first 32 bytes: its MCUboot header (the version)
+    chunk: int
+    state: str = "offered"  # offered -> downloading -> installed, refused or superseded (UPDATE STATUS)
+    reason: str = ""
+    offered_at: float | None = None
+    last_req: float | None = None
+    served_bytes: int = 0
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+
+@dataclass
 class Batch:
     """What one batch of datagrams changed; `Store.commit_batch` writes it in one transaction."""
 
@@ -125,9 +146,10 @@ class Batch:
     prune: dict[int, int] = field(default_factory=dict)  # key id -> forget accepted rows below this seq
     messages: list[Message] = field(default_factory=list)
     commands: dict[int, Command] = field(default_factory=dict)  # id -> state, down_seq, datagram, sent
+    updates: dict[int, UpdateTarget] = field(default_factory=dict)  # key id -> state, reason, offered_at, ...
 
     def __bool__(self) -> bool:
-        return bool(self.devices or self.accepted or self.messages or self.commands)
+        return bool(self.devices or self.accepted or self.messages or self.commands or self.updates)
 
 
 class Store(ABC):
@@ -167,6 +189,11 @@ class Store(ABC):
     def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
         """Accepted uplinks with an id above after_id, in order: what the applications consume."""
 
+    @abstractmethod
+    def publish_update(self, image: bytes, sha256: bytes, version: str, key_ids: list[int], chunk: int) -> None:
+        """Store an image once (by its SHA-256) and make it the update target of each key id, in one
+        transaction: a key id's previous target is replaced, its state starts afresh ("offered")."""
+
     # ---- the hub's hot path ---------------------------------------------------------------------------
     @abstractmethod
     def device(self, key_id: int) -> Device | None:
@@ -187,6 +214,15 @@ class Store(ABC):
     @abstractmethod
     def accepted_seqs(self, key_id: int) -> list[int]:
         """The accepted sequences still remembered for a key id, ascending."""
+
+    @abstractmethod
+    def update_target(self, key_id: int) -> UpdateTarget | None:
+        """The key id's update target as committed (its image's size and header, never its bytes), or
+        None. Its state is written with `commit_batch` (Batch.updates)."""
+
+    @abstractmethod
+    def image_bytes(self, sha256: bytes, offset: int, n: int) -> bytes:
+        """Up to n bytes of a stored image from offset (b"": no such image, or past its end)."""
 
     @abstractmethod
     def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
@@ -224,9 +260,22 @@ CREATE TABLE IF NOT EXISTS messages (
     UNIQUE (key_id, seq)
 );
 CREATE TABLE IF NOT EXISTS changes (mark INTEGER PRIMARY KEY AUTOINCREMENT, key_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS update_images (sha256 BLOB PRIMARY KEY, image BLOB NOT NULL, version TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS update_targets (
+    key_id INTEGER PRIMARY KEY, sha256 BLOB NOT NULL, published REAL NOT NULL DEFAULT (julianday('now'))
+);
 """
 # Columns added after the first release: an existing database gets them on open.
-_ADDED = (("devices", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("accepted", "epoch", "INTEGER NOT NULL DEFAULT 0"))
+_ADDED = (
+    ("devices", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("accepted", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("update_targets", "state", "TEXT NOT NULL DEFAULT 'offered'"),
+    ("update_targets", "reason", "TEXT NOT NULL DEFAULT ''"),
+    ("update_targets", "chunk", "INTEGER NOT NULL DEFAULT 1024"),
+    ("update_targets", "offered_at", "REAL"),
+    ("update_targets", "last_req", "REAL"),
+    ("update_targets", "served_bytes", "INTEGER NOT NULL DEFAULT 0"),
+)
 _HUB_STATE = ("failures", "up_highest", "up_bits", "down_seq", "unlocked_seen", "epoch", "suspended")
 
 
@@ -347,7 +396,35 @@ class SqliteStore(Store):
         )
         return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
 
+    def publish_update(self, image: bytes, sha256: bytes, version: str, key_ids: list[int], chunk: int) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO update_images (sha256, image, version) VALUES (?, ?, ?)",
+                (sha256, bytes(image), version),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO update_targets (key_id, sha256, state, chunk) VALUES (?, ?, 'offered', ?)",
+                [(kid, sha256, chunk) for kid in key_ids],
+            )
+            db.executemany("INSERT INTO changes (key_id) VALUES (?)", [(k,) for k in key_ids])
+
     # ---- the hub's hot path ---------------------------------------------------------------------------
+    def update_target(self, key_id: int) -> UpdateTarget | None:
+        rows = self._read(
+            "SELECT t.sha256, i.version, length(i.image), substr(i.image, 1, 32), t.chunk, t.state, t.reason,"
+            " t.offered_at, t.last_req, t.served_bytes"
+            " FROM update_targets t JOIN update_images i ON i.sha256 = t.sha256 WHERE t.key_id=?",
+            (key_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return UpdateTarget(key_id, bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+
+    def image_bytes(self, sha256: bytes, offset: int, n: int) -> bytes:
+        rows = self._read("SELECT substr(image, ?, ?) FROM update_images WHERE sha256=?", (offset + 1, n, sha256))
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else b""
+
     def device(self, key_id: int) -> Device | None:
         rows = self._read("SELECT * FROM devices WHERE key_id=?", (key_id,))
         return _device(rows[0]) if rows else None
@@ -409,6 +486,15 @@ class SqliteStore(Store):
                 db.executemany(
                     "UPDATE commands SET state=?, down_seq=?, datagram=?, sent=? WHERE id=?",
                     [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
+                )
+            if batch.updates:  # only the target read: one published since is left as it is
+                db.executemany(
+                    "UPDATE update_targets SET state=?, reason=?, offered_at=?, last_req=?, served_bytes=?"
+                    " WHERE key_id=? AND sha256=?",
+                    [
+                        (u.state, u.reason, u.offered_at, u.last_req, u.served_bytes, k, u.sha256)
+                        for k, u in batch.updates.items()
+                    ],
                 )
 
     def close(self) -> None:

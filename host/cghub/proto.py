@@ -48,6 +48,11 @@ def derive(root: bytes, label: bytes, length: int) -> bytes:
     return HKDF(hashes.SHA256(), length, SALT, label).derive(root)
 
 
+def epoch_suffix(epoch: int) -> bytes:
+    """The key epoch's part of an HKDF label (protocol.md section 3): none for epoch 0."""
+    return b"" if epoch == 0 else b" e%d" % epoch
+
+
 @dataclass
 class DirectionKeys:
     ccm: AESCCM
@@ -57,13 +62,14 @@ class DirectionKeys:
     hmac_tag: int
 
     @classmethod
-    def make(cls, root: bytes, direction: str, ccm_tag: int = 8, hmac_tag: int = 16) -> DirectionKeys:
+    def make(cls, root: bytes, direction: str, ccm_tag: int = 8, hmac_tag: int = 16, epoch: int = 0) -> DirectionKeys:
         p = b"cg " + direction.encode() + b" "
+        s = epoch_suffix(epoch)
         return cls(
-            AESCCM(derive(root, p + b"ccm key", 16), tag_length=ccm_tag),
+            AESCCM(derive(root, p + b"ccm key" + s, 16), tag_length=ccm_tag),
             ccm_tag,
-            derive(root, p + b"ccm iv", 13),
-            derive(root, p + b"hmac key", 32),
+            derive(root, p + b"ccm iv" + s, 13),
+            derive(root, p + b"hmac key" + s, 32),
             hmac_tag,
         )
 

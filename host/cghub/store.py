@@ -1,0 +1,374 @@
+"""The hub's durable state behind one small interface, and its SQLite implementation.
+
+The server (cghub.server) talks only to `Store`: it loads a device's row, its recent accepted
+sequences and its pending commands into its own cache, and writes back everything one batch of
+datagrams changed with `commit_batch()`, in ONE transaction, before any answer for that batch leaves
+(durability before answer). Operators' writes (register-device, queue, publish) go through the same
+store and leave a row in a change log, so a running hub (this process or another) drops exactly the
+cache entries they touched (`changes_since`).
+
+Another backend (PostgreSQL, several workers) implements the same methods; the contract is in the
+docstrings. Keep it stable: add methods, do not rename them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+MODES = ("any", "encrypt", "sign")
+
+
+@dataclass
+class Device:
+    """One key id's row: identity and root key (set at registration), and the hub's state for it."""
+
+    key_id: int
+    device_id: str
+    root_key: bytes
+    modes: str = "any"
+    ccm_tag: int = 8
+    hmac_tag: int = 16
+    retired: int = 0
+    suspended: int = 0
+    failures: int = 0  # failed verifications in the current epoch (persisted lazily, see server)
+    up_highest: int = -1  # the uplink replay window: highest accepted sequence ...
+    up_bits: int = 0  # ... and the bitmap of the 64 below it
+    down_seq: int = 0  # the next downlink sequence number (every lower one may have been used)
+    unlocked_seen: int = 0
+    epoch: int = 0  # the key epoch both ends are in (protocol.md section 9)
+
+    def __getitem__(self, name: str):  # row-style access, as the callers of the sqlite3.Row era use
+        return getattr(self, name)
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self)]
+
+
+@dataclass
+class Command:
+    id: int
+    key_id: int
+    record: bytes
+    state: str = "queued"  # queued -> sent (sealed into a command datagram) -> done (DACKed)
+    down_seq: int | None = None
+    datagram: bytes | None = None
+    sent: int = 0
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+
+@dataclass
+class Accepted:
+    key_id: int
+    seq: int
+    digest: bytes  # SHA-256 of the datagram: duplicates and nonce reuse are recognised by it
+    at: float
+    epoch: int = 0
+
+
+@dataclass
+class Message:
+    """An accepted uplink, as the fleet's applications get it (the JSON line of `serve --out`)."""
+
+    at: float
+    device_id: str
+    key_id: int
+    seq: int
+    kind: str  # reading, hello, tamper, dack, chunk_req
+    mode: str  # encrypt or sign
+    unlocked: bool
+    payload: bytes
+
+    def as_json(self) -> dict:
+        return {
+            "at": round(self.at, 3),
+            "device": self.device_id,
+            "key_id": self.key_id,
+            "seq": self.seq,
+            "type": self.kind,
+            "mode": self.mode,
+            "unlocked": self.unlocked,
+            "payload_hex": self.payload.hex(),
+        }
+
+
+@dataclass
+class Batch:
+    """What one batch of datagrams changed; `Store.commit_batch` writes it in one transaction."""
+
+    devices: dict[int, Device] = field(default_factory=dict)  # hub-state columns written back
+    accepted: list[Accepted] = field(default_factory=list)
+    prune: dict[int, int] = field(default_factory=dict)  # key id -> forget accepted rows below this seq
+    messages: list[Message] = field(default_factory=list)
+    commands: dict[int, Command] = field(default_factory=dict)  # id -> state, down_seq, datagram, sent
+
+    def __bool__(self) -> bool:
+        return bool(self.devices or self.accepted or self.messages or self.commands)
+
+
+class Store(ABC):
+    """The operations the hub needs. One hub process owns a key id's hub-state columns at a time."""
+
+    # ---- provisioning and operators -----------------------------------------------------------------
+    @abstractmethod
+    def register_device(
+        self,
+        key_id: int,
+        device_id: str,
+        root_key: bytes,
+        modes: str = "any",
+        ccm_tag: int = 8,
+        hmac_tag: int = 16,
+        replace: bool = False,
+    ) -> None:
+        """A device's root key under a new key id (never reused); replace=True retires its old ids."""
+
+    @abstractmethod
+    def queue_command(self, key_id: int, record: bytes) -> int:
+        """Queue one downlink record for a key id; returns the command's id."""
+
+    @abstractmethod
+    def commands(self, key_id: int) -> list[Command]:
+        """Every command ever queued for the key id, oldest first."""
+
+    @abstractmethod
+    def devices(self) -> list[Device]:
+        """Every registered key id (for stats and publish --all)."""
+
+    @abstractmethod
+    def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
+        """Accepted uplinks with an id above after_id, in order: what the applications consume."""
+
+    # ---- the hub's hot path ---------------------------------------------------------------------------
+    @abstractmethod
+    def device(self, key_id: int) -> Device | None:
+        """The key id's row as committed, or None."""
+
+    @abstractmethod
+    def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
+        """The accepted rows of a key id with seq >= from_seq."""
+
+    @abstractmethod
+    def pending_commands(self, key_id: int) -> list[Command]:
+        """The key id's commands that are not done, oldest first."""
+
+    @abstractmethod
+    def accepted_seqs(self, key_id: int) -> list[int]:
+        """The accepted sequences still remembered for a key id, ascending."""
+
+    @abstractmethod
+    def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
+        """(new mark, key ids whose row or commands operators changed after `mark`). None: any.
+        `changes_since(-1)` returns the current mark and None."""
+
+    @abstractmethod
+    def commit_batch(self, batch: Batch) -> None:
+        """Write a batch in one transaction, durably, or raise and write nothing."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    key_id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, root_key BLOB NOT NULL,
+    modes TEXT NOT NULL DEFAULT 'any', ccm_tag INTEGER NOT NULL DEFAULT 8, hmac_tag INTEGER NOT NULL DEFAULT 16,
+    retired INTEGER NOT NULL DEFAULT 0, suspended INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0,
+    up_highest INTEGER NOT NULL DEFAULT -1, up_bits TEXT NOT NULL DEFAULT '0',
+    down_seq INTEGER NOT NULL DEFAULT 0, unlocked_seen INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS accepted (
+    key_id INTEGER NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL, at REAL NOT NULL,
+    PRIMARY KEY (key_id, seq)
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, key_id INTEGER NOT NULL, record BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued', down_seq INTEGER, datagram BLOB, sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS commands_pending ON commands (key_id, state);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, device_id TEXT NOT NULL, key_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL, kind TEXT NOT NULL, mode TEXT NOT NULL, unlocked INTEGER NOT NULL, payload BLOB NOT NULL,
+    UNIQUE (key_id, seq)
+);
+CREATE TABLE IF NOT EXISTS changes (mark INTEGER PRIMARY KEY AUTOINCREMENT, key_id INTEGER NOT NULL);
+"""
+# Columns added after the first release: an existing database gets them on open.
+_ADDED = (("devices", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("accepted", "epoch", "INTEGER NOT NULL DEFAULT 0"))
+_HUB_STATE = ("failures", "up_highest", "up_bits", "down_seq", "unlocked_seen", "epoch", "suspended")
+
+
+def _device(row: sqlite3.Row) -> Device:
+    d = {k: row[k] for k in row.keys()}
+    d["up_bits"] = int(d["up_bits"])  # TEXT: 64 bits do not fit SQLite's signed INTEGER
+    d["root_key"] = bytes(d["root_key"])
+    return Device(**d)
+
+
+def _command(row: sqlite3.Row) -> Command:
+    return Command(**{k: row[k] for k in row.keys()})
+
+
+class SqliteStore(Store):
+    """The store in one SQLite file, WAL mode: readers (stats, the CLI) never block the hub's commits.
+
+    synchronous=FULL: a commit is on disk (not only in the page cache) before the hub answers, so an
+    acknowledged message survives a power cut, not only a killed process. One connection, guarded by
+    a lock: the hub's batch thread and an operator's call in the same process never interleave.
+    """
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        with self._lock:
+            self.db.executescript(SCHEMA)
+            for table, column, decl in _ADDED:
+                have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+    # A transaction: BEGIN IMMEDIATE takes the write lock up front, so two writers (the hub and a
+    # CLI process) queue on busy_timeout instead of failing half-way.
+    class _Tx:
+        def __init__(self, store: SqliteStore):
+            self.store = store
+
+        def __enter__(self):
+            self.store._lock.acquire()
+            try:
+                self.store.db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.store._lock.release()
+                raise
+            return self.store.db
+
+        def __exit__(self, exc_type, *_):
+            try:
+                self.store.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.store._lock.release()
+
+    def _tx(self) -> SqliteStore._Tx:
+        return SqliteStore._Tx(self)
+
+    def _read(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self.db.execute(sql, args).fetchall()
+
+    # ---- provisioning and operators -----------------------------------------------------------------
+    def register_device(self, key_id, device_id, root_key, modes="any", ccm_tag=8, hmac_tag=16, replace=False):
+        if len(root_key) != 32:
+            raise ValueError("root key must be 32 bytes")
+        if ccm_tag not in (8, 12, 16) or not 10 <= hmac_tag <= 32:
+            raise ValueError("tag length not allowed")
+        if modes not in MODES:
+            raise ValueError("modes must be any, encrypt or sign")
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM devices WHERE key_id=?", (key_id,)).fetchone():
+                raise ValueError(f"key id {key_id} already used (key ids are never reused)")
+            live = [r[0] for r in db.execute("SELECT key_id FROM devices WHERE device_id=? AND retired=0", (device_id,))]
+            if live and not replace:
+                raise ValueError(f"device {device_id} already has a live key (use --replace to rotate)")
+            for old in live:  # key rotation: the device's previous keys are retired
+                db.execute("UPDATE devices SET retired=1 WHERE key_id=?", (old,))
+                db.execute("INSERT INTO changes (key_id) VALUES (?)", (old,))
+            db.execute(
+                "INSERT INTO devices (key_id, device_id, root_key, modes, ccm_tag, hmac_tag) VALUES (?,?,?,?,?,?)",
+                (key_id, device_id, bytes(root_key), modes, ccm_tag, hmac_tag),
+            )
+            db.execute("INSERT INTO changes (key_id) VALUES (?)", (key_id,))
+
+    def queue_command(self, key_id: int, record: bytes) -> int:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM devices WHERE key_id=?", (key_id,)).fetchone() is None:
+                raise ValueError(f"unknown key id {key_id}")
+            cur = db.execute("INSERT INTO commands (key_id, record) VALUES (?, ?)", (key_id, bytes(record)))
+            db.execute("INSERT INTO changes (key_id) VALUES (?)", (key_id,))
+        return int(cur.lastrowid)
+
+    def commands(self, key_id: int) -> list[Command]:
+        return [_command(r) for r in self._read("SELECT * FROM commands WHERE key_id=? ORDER BY id", (key_id,))]
+
+    def devices(self) -> list[Device]:
+        return [_device(r) for r in self._read("SELECT * FROM devices ORDER BY key_id")]
+
+    def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
+        rows = self._read(
+            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
+            " WHERE id>? ORDER BY id LIMIT ?",
+            (after_id, limit),
+        )
+        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+
+    # ---- the hub's hot path ---------------------------------------------------------------------------
+    def device(self, key_id: int) -> Device | None:
+        rows = self._read("SELECT * FROM devices WHERE key_id=?", (key_id,))
+        return _device(rows[0]) if rows else None
+
+    def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
+        rows = self._read("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=? AND seq>=?", (key_id, from_seq))
+        return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def pending_commands(self, key_id: int) -> list[Command]:
+        rows = self._read("SELECT * FROM commands WHERE key_id=? AND state!='done' ORDER BY id", (key_id,))
+        return [_command(r) for r in rows]
+
+    def accepted_seqs(self, key_id: int) -> list[int]:
+        return [r[0] for r in self._read("SELECT seq FROM accepted WHERE key_id=? ORDER BY seq", (key_id,))]
+
+    def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
+        if mark < 0:
+            rows = self._read("SELECT COALESCE(MAX(mark), 0) FROM changes")
+            return rows[0][0], None
+        rows = self._read("SELECT mark, key_id FROM changes WHERE mark>? ORDER BY mark", (mark,))
+        if not rows:
+            return mark, set()
+        return rows[-1][0], {r[1] for r in rows}
+
+    def commit_batch(self, batch: Batch) -> None:
+        if not batch:
+            return
+        with self._tx() as db:
+            if batch.devices:
+                db.executemany(
+                    "UPDATE devices SET failures=?, up_highest=?, up_bits=?, down_seq=?, unlocked_seen=?, epoch=?,"
+                    " suspended=? WHERE key_id=?",
+                    [
+                        (d.failures, d.up_highest, str(d.up_bits), d.down_seq, d.unlocked_seen, d.epoch, d.suspended, k)
+                        for k, d in batch.devices.items()
+                    ],
+                )
+            if batch.accepted:
+                db.executemany(
+                    "INSERT OR REPLACE INTO accepted (key_id, seq, digest, at, epoch) VALUES (?,?,?,?,?)",
+                    [(a.key_id, a.seq, a.digest, a.at, a.epoch) for a in batch.accepted],
+                )
+            if batch.prune:
+                db.executemany("DELETE FROM accepted WHERE key_id=? AND seq<?", list(batch.prune.items()))
+            if batch.messages:
+                db.executemany(
+                    "INSERT OR IGNORE INTO messages (at, device_id, key_id, seq, kind, mode, unlocked, payload)"
+                    " VALUES (?,?,?,?,?,?,?,?)",
+                    [
+                        (m.at, m.device_id, m.key_id, m.seq, m.kind, m.mode, int(m.unlocked), m.payload)
+                        for m in batch.messages
+                    ],
+                )
+            if batch.commands:
+                db.executemany(
+                    "UPDATE commands SET state=?, down_seq=?, datagram=?, sent=? WHERE id=?",
+                    [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()

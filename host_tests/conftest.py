@@ -1,5 +1,7 @@
 """Fixtures shared by every test: which interpreter runs the firmware code, and the import paths."""
 
+import os
+import secrets
 
 import harness
 import pytest
@@ -57,6 +59,13 @@ def pytest_report_teststatus(report, config):
     if not ran:
         return None
     return report.outcome, _LETTERS[report.outcome], "%s [%s]" % (report.outcome.upper(), ran)
+
+
+# ---- the hub's key-encryption key --------------------------------------------------------------
+# The hub stores root keys only sealed under a KEK (cghub.keyseal). Every hub and tool a test starts
+# (in this process or as a child) finds it the way an operator gives it: $CELLGUARD_HUB_KEK. A new
+# random one per session: no key in the repository. Tests of a missing KEK take it away themselves.
+os.environ.setdefault("CELLGUARD_HUB_KEK", secrets.token_hex(32))
 
 
 # ---- real servers for the hub (host_tests/servers.py) ---------------------------------------------

@@ -90,6 +90,18 @@ class Unit:
         }
 
 
+def hub_root_key(hub_db) -> bytes:
+    """The unit's root key as the hub holds it: sealed in the database, opened with the session's KEK."""
+    from cghub.server import HubStore
+
+    store = HubStore(hub_db)
+    try:
+        (dev,) = [d for d in store.devices() if not d.retired]
+        return store.device(dev.key_id).root_key
+    finally:
+        store.close()
+
+
 def no_data_session(emu) -> bool:
     return not emu.commands_matching(PDP_COMMANDS[emu.dialect])
 
@@ -148,7 +160,7 @@ def test_provisioning_prints_no_secret(unit, tmp_path, capsys):
 
         unit.run = recording_run
         unit.provision(emu)
-    root = sqlite3.connect(unit.hub_db).execute("SELECT root_key FROM devices").fetchone()[0]
+    root = hub_root_key(unit.hub_db)
     everything = "".join(outputs) + capsys.readouterr().out
     assert root.hex() not in everything and root.hex().upper() not in everything
     assert sim.pin not in everything  # the device PIN never leaves the device
@@ -613,7 +625,7 @@ def test_failed_provisioning_prints_no_pin_or_password(tmp_path, capsys, caplog,
     assert rc == prov.EXIT_FAILED
     printed = capsys.readouterr()
     everything = printed.out + printed.err + caplog.text
-    root = sqlite3.connect(hub_db).execute("SELECT root_key FROM devices").fetchone()[0]
+    root = hub_root_key(hub_db)
     for secret in (SECRET_FACTORY_PIN, SECRET_APN_PASSWORD, device_pin_from(root), root.hex()):
         assert secret not in everything, everything
     # What failed is still said: the error's type, its code, and the command's name.

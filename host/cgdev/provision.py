@@ -167,8 +167,14 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
 
     Returns the unit's public record (device id, key id, IMEI, ICCID, IMSI, lock outcome).
     """
+    from cghub import keyseal
     from cghub.server import HubStore
 
+    # The hub stores the root key sealed under its KEK: without one, stop before touching the unit.
+    if keyseal.keyring_from(hub_db) is None:
+        raise ProvisionError(str(keyseal.KekError(
+            f"no key-encryption key for {hub_db}: set $CELLGUARD_HUB_KEK or ${keyseal.ENV_KEK_FILE}, "
+            f"or put {keyseal.DEV_KEK_NAME} beside it (docs/hub.md)")))
     state = parse_result(run_on_device(QUERY_SCRIPT % {"marker": RESULT}))
     if state["provisioned"] and not req.reprovision:
         raise AlreadyProvisioned(
@@ -185,7 +191,7 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         try:
             # Whatever key the unit holds (a binding's, or one a failed run left) is replaced.
             store.register_device(key_id, device_id, bytes(root_key), replace=state.get("has_keys", state["provisioned"]))
-        except (ValueError, sqlite3.Error) as e:
+        except (ValueError, sqlite3.Error, keyseal.KekError) as e:
             raise ProvisionError(f"hub refused the device: {e}") from None
         finally:
             store.db.close()

@@ -5,6 +5,8 @@
     cellguard hub queue --db hub.sqlite --key-id 1001 reboot
     cellguard hub publish --db hub.sqlite --image app.img --key-id 1001   # or --all: OTA update
     cellguard hub stats --db hub.sqlite
+    cellguard hub new-kek --kek-file /etc/cellguard/hub.kek             # a key-encryption key (0600)
+    cellguard hub rotate-kek --db hub.sqlite --kek-file new.kek --old-kek-file old.kek
 
 Every accepted message is written as one JSON line; every rejection is logged with its reason and
 counted. Per-key state (replay window, downlink sequence, failed verifications, pending commands)
@@ -29,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
+from cghub import keyseal
 from cghub import proto as hp
 from cghub import updates as hub_updates
 from cghub.store import Accepted, Batch, Command, Device, Message, SqliteStore, Store
@@ -45,7 +48,10 @@ MAX_BATCH = 256  # datagrams verified and committed together (one transaction)
 
 UpdateProvider = Callable[[int, int, int], bytes]  # (key_id, offset, length) -> image bytes
 
-HubStore = SqliteStore  # the name callers used before the store had an interface
+def HubStore(path, keyring: keyseal.Keyring | None = None, **kw) -> SqliteStore:  # noqa: N802 (the old class name)
+    """A SQLite store with the KEK the operator configured (keyseal.keyring_from: the environment, or
+    hub.kek beside the database) unless one is handed in: what the tools and the demo use."""
+    return SqliteStore(path, keyring=keyring if keyring is not None else keyseal.keyring_from(path), **kw)
 
 
 class Hub:
@@ -478,6 +484,27 @@ def _command_record(args: argparse.Namespace) -> bytes:
     )
 
 
+def _kek_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("key-encryption key (root keys are stored wrapped under it; docs/hub.md)")
+    g.add_argument("--kek-file", help="the KEK (default: $CELLGUARD_HUB_KEK, $CELLGUARD_HUB_KEK_FILE, hub.kek beside the db)")
+    g.add_argument("--old-kek-file", action="append", default=[], help="a KEK still read during a rotation (repeatable)")
+    g.add_argument("--pkcs11-lib", help="a PKCS#11 module (e.g. libsofthsm2.so): the KEK stays on the token")
+    g.add_argument("--pkcs11-token", help="the token's label")
+    g.add_argument("--pkcs11-key", default="cellguard-kek", help="the AES key's label on the token")
+
+
+def _keyring(args: argparse.Namespace) -> keyseal.Keyring | None:
+    if not hasattr(args, "kek_file"):  # queue, publish, stats: no key is opened, a KEK is optional
+        return keyseal.keyring_from(args.db)
+    pkcs11 = None
+    if args.pkcs11_lib:
+        import os
+
+        pin = os.environ.get("CELLGUARD_PKCS11_PIN", "")  # never on the command line (ps shows it)
+        pkcs11 = {"lib_path": args.pkcs11_lib, "token_label": args.pkcs11_token, "pin": pin, "key_label": args.pkcs11_key}
+    return keyseal.keyring_from(args.db, args.kek_file, args.old_kek_file, pkcs11)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="cellguard hub: per-message secured UDP endpoint")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -488,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=5683)
     p.add_argument("--out", help="JSON lines file for accepted messages (default stdout)")
+    _kek_args(p)
 
     p = sub.add_parser("register-device", help="register a device's root key under a new key id")
     p.add_argument("--db", required=True)
@@ -500,6 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ccm-tag", type=int, default=8)
     p.add_argument("--hmac-tag", type=int, default=16)
     p.add_argument("--replace", action="store_true", help="rotate: retire the device's previous key ids")
+    _kek_args(p)
+
+    p = sub.add_parser("new-kek", help="create a key-encryption key file (random, mode 0600, never overwritten)")
+    p.add_argument("--kek-file", required=True)
+
+    p = sub.add_parser("rotate-kek", help="rewrap every root key under --kek-file (hubs keep running)")
+    p.add_argument("--db", required=True)
+    _kek_args(p)
 
     p = sub.add_parser("queue", help="queue a downlink command for a device")
     p.add_argument("--db", required=True)
@@ -532,7 +568,26 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    store = HubStore(args.db)
+    if args.cmd == "new-kek":
+        try:
+            kek = keyseal.create_kek_file(args.kek_file)
+        except FileExistsError:
+            log.error("%s exists: a KEK is never overwritten (its keys would be lost)", args.kek_file)
+            return 1
+        print(f"new KEK {kek.id.hex()} in {args.kek_file} (mode 0600): keep a copy apart from the database's backups")
+        return 0
+    try:
+        keyring = _keyring(args)
+        if args.cmd in ("serve", "register-device", "rotate-kek"):
+            keyseal.require(keyring, "`hub %s`" % args.cmd)
+    except keyseal.KekError as e:
+        log.error("%s", e)
+        return 2
+    store = HubStore(args.db, keyring=keyring)
+    if args.cmd == "rotate-kek":
+        n = store.rewrap_keys()
+        print(f"rewrapped {n} root key(s) under KEK {keyring.current.id.hex()}")
+        return 0
     if args.cmd == "serve":
         out = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115
         hub = Hub(store, out)

@@ -19,6 +19,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from cghub import keyseal
+from cghub.keyseal import Keyring
+
 MODES = ("any", "encrypt", "sign")
 
 
@@ -112,7 +115,25 @@ class Batch:
 
 
 class Store(ABC):
-    """The operations the hub needs. One hub process owns a key id's hub-state columns at a time."""
+    """The operations the hub needs. One hub process owns a key id's hub-state columns at a time.
+
+    Root keys are stored sealed (cghub.keyseal): `keyring` wraps them at registration and opens them
+    when the hub loads a device. A store without a keyring serves stats and queues, never keys.
+    """
+
+    keyring: Keyring | None = None
+
+    def _seal(self, key_id: int, root_key: bytes) -> bytes:
+        return keyseal.require(self.keyring, "registering a device").wrap(key_id, root_key)
+
+    def _open_key(self, key_id: int, blob: bytes) -> bytes:
+        return keyseal.require(self.keyring, "loading a device's key").unwrap(key_id, blob)
+
+    @abstractmethod
+    def rewrap_keys(self) -> int:
+        """Rewrap every root key not sealed under the keyring's current KEK (older KEKs, or clear keys
+        from before sealing), one row at a time, each only if nobody changed it meanwhile. Returns how
+        many rows were rewrapped. A running hub is not disturbed: it keeps the keys it opened."""
 
     # ---- provisioning and operators -----------------------------------------------------------------
     @abstractmethod
@@ -203,10 +224,11 @@ _ADDED = (("devices", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("accepted", "epoc
 _HUB_STATE = ("failures", "up_highest", "up_bits", "down_seq", "unlocked_seen", "epoch", "suspended")
 
 
-def _device(row: sqlite3.Row) -> Device:
+def _device(row: sqlite3.Row, open_key=None) -> Device:
     d = {k: row[k] for k in row.keys()}
     d["up_bits"] = int(d["up_bits"])  # TEXT: 64 bits do not fit SQLite's signed INTEGER
-    d["root_key"] = bytes(d["root_key"])
+    # Opened only where the hub needs it (device()); lists for operators never carry keys.
+    d["root_key"] = open_key(d["key_id"], bytes(d["root_key"])) if open_key else b""
     return Device(**d)
 
 
@@ -222,7 +244,8 @@ class SqliteStore(Store):
     a lock: the hub's batch thread and an operator's call in the same process never interleave.
     """
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+    def __init__(self, path: str | Path, synchronous: str = "FULL", keyring: Keyring | None = None):
+        self.keyring = keyring
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
@@ -272,6 +295,7 @@ class SqliteStore(Store):
             raise ValueError("tag length not allowed")
         if modes not in MODES:
             raise ValueError("modes must be any, encrypt or sign")
+        sealed = self._seal(key_id, root_key)  # before the transaction: no KEK, no row
         with self._tx() as db:
             if db.execute("SELECT 1 FROM devices WHERE key_id=?", (key_id,)).fetchone():
                 raise ValueError(f"key id {key_id} already used (key ids are never reused)")
@@ -283,7 +307,7 @@ class SqliteStore(Store):
                 db.execute("INSERT INTO changes (key_id) VALUES (?)", (old,))
             db.execute(
                 "INSERT INTO devices (key_id, device_id, root_key, modes, ccm_tag, hmac_tag) VALUES (?,?,?,?,?,?)",
-                (key_id, device_id, bytes(root_key), modes, ccm_tag, hmac_tag),
+                (key_id, device_id, sealed, modes, ccm_tag, hmac_tag),
             )
             db.execute("INSERT INTO changes (key_id) VALUES (?)", (key_id,))
 
@@ -312,7 +336,7 @@ class SqliteStore(Store):
     # ---- the hub's hot path ---------------------------------------------------------------------------
     def device(self, key_id: int) -> Device | None:
         rows = self._read("SELECT * FROM devices WHERE key_id=?", (key_id,))
-        return _device(rows[0]) if rows else None
+        return _device(rows[0], self._open_key) if rows else None
 
     def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
         rows = self._read("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=? AND seq>=?", (key_id, from_seq))
@@ -368,6 +392,21 @@ class SqliteStore(Store):
                     "UPDATE commands SET state=?, down_seq=?, datagram=?, sent=? WHERE id=?",
                     [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
                 )
+
+    def rewrap_keys(self) -> int:
+        ring = keyseal.require(self.keyring, "rewrapping keys")
+        done = 0
+        for key_id, blob in self._read("SELECT key_id, root_key FROM devices ORDER BY key_id"):
+            blob = bytes(blob)
+            if not ring.needs_rewrap(blob):
+                continue
+            root = ring.unwrap(key_id, blob) if keyseal.is_wrapped(blob) else blob  # clear: from before sealing
+            with self._tx() as db:
+                cur = db.execute(
+                    "UPDATE devices SET root_key=? WHERE key_id=? AND root_key=?", (ring.wrap(key_id, root), key_id, blob)
+                )
+            done += cur.rowcount
+        return done
 
     def close(self) -> None:
         with self._lock:

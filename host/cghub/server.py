@@ -34,7 +34,7 @@ from typing import TextIO
 from cghub import keyseal
 from cghub import proto as hp
 from cghub import updates as hub_updates
-from cghub.store import Accepted, Batch, Command, Device, Message, SqliteStore, Store
+from cghub.store import Accepted, Batch, Command, Device, Message, SqliteStore, Store, open_store
 
 log = logging.getLogger("cellguard.hub")
 
@@ -48,10 +48,16 @@ MAX_BATCH = 256  # datagrams verified and committed together (one transaction)
 
 UpdateProvider = Callable[[int, int, int], bytes]  # (key_id, offset, length) -> image bytes
 
-def HubStore(path, keyring: keyseal.Keyring | None = None, **kw) -> SqliteStore:  # noqa: N802 (the old class name)
-    """A SQLite store with the KEK the operator configured (keyseal.keyring_from: the environment, or
-    hub.kek beside the database) unless one is handed in: what the tools and the demo use."""
-    return SqliteStore(path, keyring=keyring if keyring is not None else keyseal.keyring_from(path), **kw)
+def HubStore(db, keyring: keyseal.Keyring | None = None) -> Store:  # noqa: N802 (the old class name)
+    """The store `--db` names (a SQLite file, or a postgresql:// URL) with the KEK the operator
+    configured (keyseal.keyring_from: the environment, or hub.kek beside a SQLite database) unless one
+    is handed in: what the tools and the demo use."""
+    return open_store(db, keyring if keyring is not None else keyseal.keyring_from(db))
+
+
+def _state(d: Device) -> tuple:
+    """What another hub process may change in a key's row (the root key and identity never change)."""
+    return (d.up_highest, d.up_bits, d.down_seq, d.failures, d.epoch, d.suspended, d.retired, d.unlocked_seen)
 
 
 class Hub:
@@ -109,6 +115,28 @@ class Hub:
                 for kid in changed:
                     self.forget(kid)
         self._mark = mark
+
+    def _lock_keys(self, items: list[tuple[bytes, object]]) -> None:
+        # A store shared with other hub processes (PostgreSQL, --workers) locks the batch's rows and
+        # returns them as committed: a key another worker moved since we cached it (its window, its
+        # downlink sequence, its epoch) is reloaded inside the locked transaction. One worker at a time
+        # applies a key's datagrams, and always to the latest state: exactly once.
+        key_ids = []
+        for data, _ in items:
+            try:
+                kid = hp.parse_header(bytes(data)).key_id
+            except hp.ProtocolError:
+                continue
+            if kid is not None:
+                key_ids.append(kid)
+        fresh = self.store.begin_batch(key_ids)
+        if fresh is None:
+            return
+        for kid, dev in fresh.items():
+            cached = self._devs.get(kid)
+            if cached is None or _state(cached) != _state(dev):
+                self.forget(kid)
+                self._devs[kid] = dev
 
     def _device(self, key_id: int) -> Device | None:
         dev = self._devs.get(key_id)
@@ -169,39 +197,47 @@ class Hub:
         only then return the answers (durability before answer). A failed commit answers nothing."""
         with self.lock:
             self._sync()
-            batch = self._batch = Batch()
-            answers: list[tuple[bytes, object]] = []
-            for data, addr in items:
-                try:
-                    replies = self._handle(bytes(data), addr)
-                except hp.ProtocolError as e:
-                    replies = self._reject(str(e), addr)
-                except Exception:  # a bug must not take the hub down: count it, keep serving
-                    log.exception("internal error on a datagram from %s", addr)
-                    self.counters["internal_error"] += 1
-                    replies = []
-                answers.extend((r, addr) for r in replies)
-            self._fail_dirty -= batch.devices.keys()  # written with the batch anyway
-            now = time.monotonic()
-            if self._fail_dirty and (batch or now - self._fail_flushed >= FAILURE_FLUSH_S):
-                for kid in self._fail_dirty:
-                    if kid in self._devs:
-                        batch.devices[kid] = self._devs[kid]
-                self._fail_dirty.clear()
-                self._fail_flushed = now
+            self._lock_keys(items)
             try:
-                self.store.commit_batch(batch)
-            except Exception:
-                # Nothing of the batch is durable, so nothing of it may be answered; the cache is
-                # ahead of the store and is dropped.
-                log.exception("commit of a batch of %d datagrams failed: none answered", len(items))
-                self.counters["commit_failed"] += 1
-                self.forget()
-                return []
-            if batch:
-                self.counters["commits"] += 1
-            self._write_out(batch.messages)
-            return answers
+                return self._apply_batch(items)
+            except BaseException:
+                self.store.abort_batch()  # never leave a shared store's rows locked
+                raise
+
+    def _apply_batch(self, items: list[tuple[bytes, object]]) -> list[tuple[bytes, object]]:
+        batch = self._batch = Batch()
+        answers: list[tuple[bytes, object]] = []
+        for data, addr in items:
+            try:
+                replies = self._handle(bytes(data), addr)
+            except hp.ProtocolError as e:
+                replies = self._reject(str(e), addr)
+            except Exception:  # a bug must not take the hub down: count it, keep serving
+                log.exception("internal error on a datagram from %s", addr)
+                self.counters["internal_error"] += 1
+                replies = []
+            answers.extend((r, addr) for r in replies)
+        self._fail_dirty -= batch.devices.keys()  # written with the batch anyway
+        now = time.monotonic()
+        if self._fail_dirty and (batch or now - self._fail_flushed >= FAILURE_FLUSH_S):
+            for kid in self._fail_dirty:
+                if kid in self._devs:
+                    batch.devices[kid] = self._devs[kid]
+            self._fail_dirty.clear()
+            self._fail_flushed = now
+        try:
+            self.store.commit_batch(batch)  # also ends a shared store's batch transaction (locks)
+        except Exception:
+            # Nothing of the batch is durable, so nothing of it may be answered; the cache is
+            # ahead of the store and is dropped.
+            log.exception("commit of a batch of %d datagrams failed: none answered", len(items))
+            self.counters["commit_failed"] += 1
+            self.forget()
+            return []
+        if batch:
+            self.counters["commits"] += 1
+        self._write_out(batch.messages)
+        return answers
 
     def _handle(self, data: bytes, addr) -> list[bytes]:
         self.counters["received"] += 1
@@ -591,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         out = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115
         hub = Hub(store, out)
-        hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
+        if isinstance(store, SqliteStore):  # OTA images live in the SQLite file (cghub.updates)
+            hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
         try:
             asyncio.run(serve(hub, args.host, args.port))
         except KeyboardInterrupt:

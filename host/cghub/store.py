@@ -129,6 +129,27 @@ class Store(ABC):
     def _open_key(self, key_id: int, blob: bytes) -> bytes:
         return keyseal.require(self.keyring, "loading a device's key").unwrap(key_id, blob)
 
+    # A store shared by several hub processes (PostgreSQL) locks the rows a batch touches: the hub
+    # calls begin_batch(key ids) first and gets their committed rows back, to drop what it cached for
+    # a key another process moved. A store one process owns (SQLite) returns None: the cache is the truth.
+    shared = False
+
+    def begin_batch(self, key_ids) -> dict[int, Device] | None:
+        """Start a batch's transaction; shared stores lock and return the rows of `key_ids`."""
+        return None
+
+    def abort_batch(self) -> None:
+        """End a batch begun with begin_batch() without writing anything."""
+        return None
+
+    @abstractmethod
+    def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
+        """The outbox: accepted messages not yet acknowledged by the MQTT broker, oldest first."""
+
+    @abstractmethod
+    def mark_published(self, ids: list[int]) -> None:
+        """The broker acknowledged these messages (PUBACK): they leave the outbox."""
+
     @abstractmethod
     def rewrap_keys(self) -> int:
         """Rewrap every root key not sealed under the keyring's current KEK (older KEKs, or clear keys
@@ -220,7 +241,11 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE TABLE IF NOT EXISTS changes (mark INTEGER PRIMARY KEY AUTOINCREMENT, key_id INTEGER NOT NULL);
 """
 # Columns added after the first release: an existing database gets them on open.
-_ADDED = (("devices", "epoch", "INTEGER NOT NULL DEFAULT 0"), ("accepted", "epoch", "INTEGER NOT NULL DEFAULT 0"))
+_ADDED = (
+    ("devices", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("accepted", "epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "published", "INTEGER NOT NULL DEFAULT 0"),  # the MQTT outbox (cghub.mqttout)
+)
 _HUB_STATE = ("failures", "up_highest", "up_bits", "down_seq", "unlocked_seen", "epoch", "suspended")
 
 
@@ -258,6 +283,7 @@ class SqliteStore(Store):
                 have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            self.db.execute("CREATE INDEX IF NOT EXISTS messages_unpublished ON messages (published, id)")
 
     # A transaction: BEGIN IMMEDIATE takes the write lock up front, so two writers (the hub and a
     # CLI process) queue on busy_timeout instead of failing half-way.
@@ -332,6 +358,19 @@ class SqliteStore(Store):
             (after_id, limit),
         )
         return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+
+    def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
+        rows = self._read(
+            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
+            " WHERE published=0 ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+
+    def mark_published(self, ids: list[int]) -> None:
+        if ids:
+            with self._tx() as db:
+                db.executemany("UPDATE messages SET published=1 WHERE id=?", [(i,) for i in ids])
 
     # ---- the hub's hot path ---------------------------------------------------------------------------
     def device(self, key_id: int) -> Device | None:
@@ -411,3 +450,12 @@ class SqliteStore(Store):
     def close(self) -> None:
         with self._lock:
             self.db.close()
+
+
+def open_store(db: str | Path, keyring: Keyring | None = None) -> Store:
+    """The store `--db` names: a postgresql:// URL (cghub.pgstore, psycopg) or a SQLite file."""
+    if str(db).startswith(("postgresql://", "postgres://")):
+        from cghub.pgstore import PostgresStore  # psycopg is imported only by hubs that use it
+
+        return PostgresStore(str(db), keyring=keyring)
+    return SqliteStore(db, keyring=keyring)

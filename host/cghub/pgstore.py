@@ -1,0 +1,321 @@
+"""The hub's store on PostgreSQL (psycopg 3): the scale-out backend, shared by several hub processes.
+
+    cellguard hub serve --db postgresql://hub@db.example/hub --workers 2
+
+The schema is SQLite's (cghub.store), in PostgreSQL's types, created and changed by the versioned
+migrations below: each runs once, in its own transaction, recorded in `schema_migrations`; start-up
+applies what is missing under an advisory lock, so N workers starting together apply each once.
+
+Several workers, one truth. A hub caches each key's row; with one database shared by many
+processes that cache may be stale. So each batch is ONE transaction that starts by locking the rows
+of the batch's key ids (`SELECT ... ORDER BY key_id FOR UPDATE`: always in key id order, so two
+workers never deadlock) and returning them; the hub drops what it cached for a key whose committed
+state moved, and reloads it inside the transaction. A second worker holding the same datagram waits
+on the row lock, then sees the first one's accepted row and answers a duplicate; a downlink
+sequence number is read and advanced under the lock, so none is sealed twice. `messages` rows are
+written in the same transaction as the replay window: exactly once, by construction.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+
+from cghub import keyseal
+from cghub.keyseal import Keyring
+from cghub.store import MODES, Accepted, Batch, Command, Device, Message, Store
+
+ADVISORY_LOCK = 0x63676875  # "cghu": serialises migrations between processes starting together
+
+# Versioned migrations: append, never edit one that shipped.
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+CREATE TABLE devices (
+    key_id BIGINT PRIMARY KEY, device_id TEXT NOT NULL, root_key BYTEA NOT NULL,
+    modes TEXT NOT NULL DEFAULT 'any', ccm_tag INTEGER NOT NULL DEFAULT 8, hmac_tag INTEGER NOT NULL DEFAULT 16,
+    retired INTEGER NOT NULL DEFAULT 0, suspended INTEGER NOT NULL DEFAULT 0, failures BIGINT NOT NULL DEFAULT 0,
+    up_highest BIGINT NOT NULL DEFAULT -1, up_bits TEXT NOT NULL DEFAULT '0',
+    down_seq BIGINT NOT NULL DEFAULT 0, unlocked_seen INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX devices_device_id ON devices (device_id);
+CREATE TABLE accepted (
+    key_id BIGINT NOT NULL, seq BIGINT NOT NULL, digest BYTEA NOT NULL, at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (key_id, seq)
+);
+CREATE TABLE commands (
+    id BIGSERIAL PRIMARY KEY, key_id BIGINT NOT NULL, record BYTEA NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued', down_seq BIGINT, datagram BYTEA, sent INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX commands_pending ON commands (key_id, state);
+CREATE TABLE messages (
+    id BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, device_id TEXT NOT NULL, key_id BIGINT NOT NULL,
+    seq BIGINT NOT NULL, kind TEXT NOT NULL, mode TEXT NOT NULL, unlocked INTEGER NOT NULL, payload BYTEA NOT NULL,
+    UNIQUE (key_id, seq)
+);
+CREATE TABLE changes (mark BIGSERIAL PRIMARY KEY, key_id BIGINT NOT NULL);
+""",
+    ),
+    (2, "ALTER TABLE devices ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;"
+        " ALTER TABLE accepted ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;"),
+    # The MQTT outbox: a message waits here until the broker acknowledged it (cghub.mqttout).
+    (3, "ALTER TABLE messages ADD COLUMN published INTEGER NOT NULL DEFAULT 0;"
+        " CREATE INDEX messages_unpublished ON messages (id) WHERE published = 0;"),
+]
+
+_DEVICE_COLS = (
+    "key_id, device_id, root_key, modes, ccm_tag, hmac_tag, retired, suspended, failures, up_highest, up_bits,"
+    " down_seq, unlocked_seen, epoch"
+)
+_COMMAND_COLS = "id, key_id, record, state, down_seq, datagram, sent"
+
+
+def migrate(conn: psycopg.Connection) -> list[int]:
+    """Apply the migrations this database lacks; returns the versions applied now (idempotent)."""
+    applied_now = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        have = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+        for version, sql in MIGRATIONS:
+            if version in have:
+                continue
+            conn.execute(sql)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            applied_now.append(version)
+    return applied_now
+
+
+class PostgresStore(Store):
+    """`Store` on PostgreSQL. One connection for the hub's batches and one for everything else, so an
+    operator's call in this process never lands inside a batch's transaction."""
+
+    shared = True  # several processes may write the same rows: batches lock what they touch
+
+    def __init__(self, url: str, keyring: Keyring | None = None):
+        self.url = url
+        self.keyring = keyring
+        self._hot = psycopg.connect(url, autocommit=True)
+        self._admin = psycopg.connect(url, autocommit=True)
+        self._hot_lock = threading.RLock()
+        self._admin_lock = threading.RLock()
+        self.migrated = migrate(self._admin)
+        self._batch_owner: int | None = None  # the thread whose batch transaction is open
+        self._locked: set[int] = set()
+        self._opened: dict[tuple[int, bytes], bytes] = {}  # (key id, sealed blob) -> root key: unwrap once
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    @property
+    def _in_batch(self) -> bool:
+        # Inside its batch the hub's reads must run in the batch's transaction (same connection, same
+        # locks); any other thread's reads go to the other connection.
+        return self._batch_owner == threading.get_ident()
+
+    def _rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        if self._in_batch:
+            return self._hot.execute(sql, args).fetchall()
+        with self._admin_lock:
+            return self._admin.execute(sql, args).fetchall()
+
+    def _device(self, r: tuple, with_key: bool = True) -> Device:
+        key_id, blob = r[0], bytes(r[2])
+        root = b""
+        if with_key:
+            root = self._opened.get((key_id, blob))
+            if root is None:
+                root = self._opened[(key_id, blob)] = self._open_key(key_id, blob)
+        return Device(
+            key_id, r[1], root, r[3], r[4], r[5], r[6], r[7], r[8], r[9], int(r[10]), r[11], r[12], r[13]
+        )
+
+    # ---- provisioning and operators -----------------------------------------------------------------
+    def register_device(self, key_id, device_id, root_key, modes="any", ccm_tag=8, hmac_tag=16, replace=False):
+        if len(root_key) != 32:
+            raise ValueError("root key must be 32 bytes")
+        if ccm_tag not in (8, 12, 16) or not 10 <= hmac_tag <= 32:
+            raise ValueError("tag length not allowed")
+        if modes not in MODES:
+            raise ValueError("modes must be any, encrypt or sign")
+        sealed = self._seal(key_id, root_key)
+        with self._admin_lock, self._admin.transaction():
+            db = self._admin
+            if db.execute("SELECT 1 FROM devices WHERE key_id=%s", (key_id,)).fetchone():
+                raise ValueError(f"key id {key_id} already used (key ids are never reused)")
+            live = [r[0] for r in db.execute(
+                "SELECT key_id FROM devices WHERE device_id=%s AND retired=0 FOR UPDATE", (device_id,))]
+            if live and not replace:
+                raise ValueError(f"device {device_id} already has a live key (use --replace to rotate)")
+            for old in live:
+                db.execute("UPDATE devices SET retired=1 WHERE key_id=%s", (old,))
+                db.execute("INSERT INTO changes (key_id) VALUES (%s)", (old,))
+            db.execute(
+                "INSERT INTO devices (key_id, device_id, root_key, modes, ccm_tag, hmac_tag) VALUES (%s,%s,%s,%s,%s,%s)",
+                (key_id, device_id, sealed, modes, ccm_tag, hmac_tag),
+            )
+            db.execute("INSERT INTO changes (key_id) VALUES (%s)", (key_id,))
+
+    def queue_command(self, key_id: int, record: bytes) -> int:
+        with self._admin_lock, self._admin.transaction():
+            db = self._admin
+            if db.execute("SELECT 1 FROM devices WHERE key_id=%s", (key_id,)).fetchone() is None:
+                raise ValueError(f"unknown key id {key_id}")
+            cid = db.execute("INSERT INTO commands (key_id, record) VALUES (%s, %s) RETURNING id", (key_id, bytes(record))).fetchone()[0]
+            db.execute("INSERT INTO changes (key_id) VALUES (%s)", (key_id,))
+        return int(cid)
+
+    def commands(self, key_id: int) -> list[Command]:
+        rows = self._rows(f"SELECT {_COMMAND_COLS} FROM commands WHERE key_id=%s ORDER BY id", (key_id,))
+        return [Command(*r) for r in rows]
+
+    def devices(self) -> list[Device]:
+        return [self._device(r, with_key=False) for r in self._rows(f"SELECT {_DEVICE_COLS} FROM devices ORDER BY key_id")]
+
+    def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
+        rows = self._rows(
+            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
+            " WHERE id>%s ORDER BY id LIMIT %s",
+            (after_id, limit),
+        )
+        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+
+    def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
+        rows = self._rows(
+            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
+            " WHERE published=0 ORDER BY id LIMIT %s",
+            (limit,),
+        )
+        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+
+    def mark_published(self, ids: list[int]) -> None:
+        if ids:
+            with self._admin_lock:
+                self._admin.execute("UPDATE messages SET published=1 WHERE id = ANY(%s)", (list(ids),))
+
+    def rewrap_keys(self) -> int:
+        ring = keyseal.require(self.keyring, "rewrapping keys")
+        done = 0
+        for key_id, blob in self._rows("SELECT key_id, root_key FROM devices ORDER BY key_id"):
+            blob = bytes(blob)
+            if not ring.needs_rewrap(blob):
+                continue
+            root = ring.unwrap(key_id, blob) if keyseal.is_wrapped(blob) else blob
+            with self._admin_lock:
+                cur = self._admin.execute(
+                    "UPDATE devices SET root_key=%s WHERE key_id=%s AND root_key=%s", (ring.wrap(key_id, root), key_id, blob)
+                )
+            done += cur.rowcount
+        return done
+
+    # ---- the hub's hot path ---------------------------------------------------------------------------
+    def begin_batch(self, key_ids) -> dict[int, Device]:
+        """Open the batch's transaction and lock the rows of `key_ids`; returns them as committed.
+        Everything until commit_batch() or abort_batch() runs inside this transaction."""
+        self._hot_lock.acquire()
+        try:
+            self._hot.execute("BEGIN")
+            self._batch_owner = threading.get_ident()
+            ids = sorted(set(key_ids))
+            rows = self._hot.execute(
+                f"SELECT {_DEVICE_COLS} FROM devices WHERE key_id = ANY(%s) ORDER BY key_id FOR UPDATE", (ids,)
+            ).fetchall() if ids else []
+            self._locked = {r[0] for r in rows}
+            return {r[0]: self._device(r) for r in rows}
+        except BaseException:
+            self.abort_batch()
+            raise
+
+    def abort_batch(self) -> None:
+        if not self._in_batch:
+            return
+        try:
+            self._hot.execute("ROLLBACK")
+        finally:
+            self._batch_owner = None
+            self._locked = set()
+            self._hot_lock.release()
+
+    def device(self, key_id: int) -> Device | None:
+        rows = self._rows(f"SELECT {_DEVICE_COLS} FROM devices WHERE key_id=%s", (key_id,))
+        return self._device(rows[0]) if rows else None
+
+    def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
+        rows = self._rows("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=%s AND seq>=%s", (key_id, from_seq))
+        return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def pending_commands(self, key_id: int) -> list[Command]:
+        rows = self._rows(f"SELECT {_COMMAND_COLS} FROM commands WHERE key_id=%s AND state!='done' ORDER BY id", (key_id,))
+        return [Command(*r) for r in rows]
+
+    def accepted_seqs(self, key_id: int) -> list[int]:
+        return [r[0] for r in self._rows("SELECT seq FROM accepted WHERE key_id=%s ORDER BY seq", (key_id,))]
+
+    def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
+        if mark < 0:
+            return self._rows("SELECT COALESCE(MAX(mark), 0) FROM changes")[0][0], None
+        rows = self._rows("SELECT mark, key_id FROM changes WHERE mark>%s ORDER BY mark", (mark,))
+        if not rows:
+            return mark, set()
+        return rows[-1][0], {r[1] for r in rows}
+
+    def commit_batch(self, batch: Batch) -> None:
+        own = self._in_batch
+        if not own:
+            if not batch:
+                return
+            self._hot_lock.acquire()
+            self._hot.execute("BEGIN")
+            self._batch_owner = threading.get_ident()
+        try:
+            self._write(batch)
+            self._hot.execute("COMMIT")
+        except BaseException:
+            self._hot.execute("ROLLBACK")
+            raise
+        finally:
+            self._batch_owner = None
+            self._locked = set()
+            self._hot_lock.release()
+
+    def _write(self, batch: Batch) -> None:
+        cur = self._hot.cursor()
+        locked = [d for k, d in batch.devices.items() if k in self._locked]
+        loose = [d for k, d in batch.devices.items() if k not in self._locked]
+        if locked:  # rows this batch holds locked: its values are the truth
+            cur.executemany(
+                "UPDATE devices SET failures=%s, up_highest=%s, up_bits=%s, down_seq=%s, unlocked_seen=%s, epoch=%s,"
+                " suspended=%s WHERE key_id=%s",
+                [(d.failures, d.up_highest, str(d.up_bits), d.down_seq, d.unlocked_seen, d.epoch, d.suspended, d.key_id)
+                 for d in locked],
+            )
+        if loose:  # failure counts flushed without a lock: never move another worker's window or sequence
+            cur.executemany(
+                "UPDATE devices SET failures=GREATEST(failures, %s), suspended=GREATEST(suspended, %s) WHERE key_id=%s",
+                [(d.failures, d.suspended, d.key_id) for d in loose],
+            )
+        if batch.accepted:
+            cur.executemany(
+                "INSERT INTO accepted (key_id, seq, digest, at, epoch) VALUES (%s,%s,%s,%s,%s)"
+                " ON CONFLICT (key_id, seq) DO UPDATE SET digest=EXCLUDED.digest, at=EXCLUDED.at, epoch=EXCLUDED.epoch",
+                [(a.key_id, a.seq, a.digest, a.at, a.epoch) for a in batch.accepted],
+            )
+        if batch.prune:
+            cur.executemany("DELETE FROM accepted WHERE key_id=%s AND seq<%s", list(batch.prune.items()))
+        if batch.messages:
+            cur.executemany(
+                "INSERT INTO messages (at, device_id, key_id, seq, kind, mode, unlocked, payload)"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (key_id, seq) DO NOTHING",
+                [(m.at, m.device_id, m.key_id, m.seq, m.kind, m.mode, int(m.unlocked), m.payload) for m in batch.messages],
+            )
+        if batch.commands:
+            cur.executemany(
+                "UPDATE commands SET state=%s, down_seq=%s, datagram=%s, sent=%s WHERE id=%s",
+                [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
+            )
+
+    def close(self) -> None:
+        if self._in_batch:
+            self.abort_batch()
+        self._hot.close()
+        self._admin.close()

@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -421,11 +422,17 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.waiting: list[tuple[bytes, object]] = []
         self.busy = False
+        self.draining = False  # SIGTERM: take no new datagram, finish the batch in hand, then exit
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     def connection_made(self, transport):  # type: ignore[override]
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
+        if self.draining:  # the device retransmits; another worker (SO_REUSEPORT) or the next start takes it
+            self.hub.counters["dropped_draining"] += 1
+            return
         if len(self.waiting) >= self.MAX_WAITING:
             self.hub.counters["dropped_overload"] += 1
             return
@@ -436,6 +443,7 @@ class _Protocol(asyncio.DatagramProtocol):
     def _next(self) -> None:
         batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
         self.busy = True
+        self.idle.clear()
         fut = asyncio.get_running_loop().run_in_executor(self.executor, self.hub.handle_batch, batch)
         fut.add_done_callback(self._done)
 
@@ -447,13 +455,19 @@ class _Protocol(asyncio.DatagramProtocol):
                 self.transport.sendto(reply, addr)
         if self.waiting:
             self._next()
+        else:
+            self.idle.set()
 
 
-async def _open_endpoint(hub: Hub, host: str, port: int):
+async def _open_endpoint(hub: Hub, host: str, port: int, reuse_port: bool = False):
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-batch")
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(hub, executor), local_addr=(host, port))
-    return transport, executor
+    # reuse_port: N worker processes bind one port and the kernel spreads datagrams over them
+    # (SO_REUSEPORT hashes the source address, so one device's datagrams go to one worker).
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: _Protocol(hub, executor), local_addr=(host, port), reuse_port=reuse_port or None
+    )
+    return transport, executor, protocol
 
 
 class HubServer:
@@ -475,7 +489,7 @@ class HubServer:
         return self
 
     async def _open(self) -> None:
-        self._transport, self._executor = await _open_endpoint(self.hub, self.host, self.port)
+        self._transport, self._executor, _ = await _open_endpoint(self.hub, self.host, self.port)
         self.port = self._transport.get_extra_info("sockname")[1]
 
     def stop(self) -> None:
@@ -493,13 +507,29 @@ class HubServer:
         self.stop()
 
 
-async def serve(hub: Hub, host: str, port: int) -> None:
-    transport, executor = await _open_endpoint(hub, host, port)
+async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: take no new datagram, finish the batch in hand (its
+    commit and its answers) and the ones already read, and return."""
+    transport, executor, protocol = await _open_endpoint(hub, host, port, reuse_port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     # Tests and supervisors read the port from this line (port 0: the kernel chose it).
     log.info("hub listening on %s:%d", host, transport.get_extra_info("sockname")[1])
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        protocol.draining = True
+        in_hand = len(protocol.waiting) + (MAX_BATCH if protocol.busy else 0)
+        await protocol.idle.wait()
+        c = hub.counters
+        log.info(
+            "hub stopping: drained (up to %d datagrams in hand finished); received %d, accepted %d, duplicates %d",
+            in_hand, c["received"], c["accepted"], c["duplicate"],
+        )
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         transport.close()
         executor.shutdown(wait=True)
 
@@ -551,6 +581,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=5683)
     p.add_argument("--out", help="JSON lines file for accepted messages (default stdout)")
+    p.add_argument("--workers", type=int, default=1, help="N processes on one port (SO_REUSEPORT; needs PostgreSQL)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     _kek_args(p)
 
     p = sub.add_parser("register-device", help="register a device's root key under a new key id")
@@ -619,6 +652,13 @@ def main(argv: list[str] | None = None) -> int:
     except keyseal.KekError as e:
         log.error("%s", e)
         return 2
+    if args.cmd == "serve" and args.workers > 1:
+        if "://" not in args.db:
+            log.error("--workers needs a database that several processes share: --db postgresql://... (docs/hub.md)")
+            return 2
+        from cghub import workers
+
+        return workers.supervise(list(sys.argv[1:] if argv is None else argv), args.workers, args.host, args.port)
     store = HubStore(args.db, keyring=keyring)
     if args.cmd == "rotate-kek":
         n = store.rewrap_keys()
@@ -630,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(store, SqliteStore):  # OTA images live in the SQLite file (cghub.updates)
             hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
         try:
-            asyncio.run(serve(hub, args.host, args.port))
+            asyncio.run(serve(hub, args.host, args.port, args.reuse_port))
         except KeyboardInterrupt:
             pass
         return 0

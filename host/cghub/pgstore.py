@@ -188,6 +188,11 @@ class PostgresStore(Store):
         )
         return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
 
+    def fleet_activity(self, since: float) -> tuple[int, int]:
+        seen = self._rows("SELECT COUNT(DISTINCT key_id) FROM accepted WHERE at>=%s", (since,))[0][0]
+        unlocked = self._rows("SELECT COUNT(*) FROM devices WHERE unlocked_seen!=0 AND retired=0")[0][0]
+        return seen, unlocked
+
     def mark_published(self, ids: list[int]) -> None:
         if ids:
             with self._admin_lock:

@@ -75,6 +75,8 @@ class Hub:
         self.clock = clock
         self.counters: Counter[str] = Counter()
         self.update_provider: UpdateProvider | None = None
+        self.metrics = None  # cghub.metrics.HubMetrics: batch sizes and commit latency, once per batch
+        self.after_commit: Callable[[], None] | None = None  # e.g. wake the MQTT publisher (cghub.mqttout)
         self.lock = threading.Lock()
         self._devs: dict[int, Device] = {}
         self._acc: dict[int, dict[int, Accepted]] = {}
@@ -226,6 +228,7 @@ class Hub:
                     batch.devices[kid] = self._devs[kid]
             self._fail_dirty.clear()
             self._fail_flushed = now
+        t0 = time.perf_counter()
         try:
             self.store.commit_batch(batch)  # also ends a shared store's batch transaction (locks)
         except Exception:
@@ -237,7 +240,11 @@ class Hub:
             return []
         if batch:
             self.counters["commits"] += 1
+            if self.metrics is not None:
+                self.metrics.observe_batch(len(items), time.perf_counter() - t0)
         self._write_out(batch.messages)
+        if batch.messages and self.after_commit is not None:
+            self.after_commit()
         return answers
 
     def _handle(self, data: bytes, addr) -> list[bytes]:
@@ -535,6 +542,34 @@ async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False) -> Non
 
 
 # ---- command line ---------------------------------------------------------------------------------
+def _serve(hub: Hub, store: Store, args: argparse.Namespace) -> int:
+    """`serve`: the optional parts around the hub (metrics endpoint, MQTT publisher), then the loop."""
+    metrics = publisher = None
+    if args.metrics_port is not None:
+        from cghub.metrics import HubMetrics
+
+        metrics = hub.metrics = HubMetrics(hub, store)
+        port = metrics.serve(args.metrics_port + args.worker_index if args.metrics_port else 0, args.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
+    if args.mqtt and args.worker_index == 0:  # one publisher per database: worker 0's
+        from cghub import mqttout
+
+        host, port = mqttout.parse_url(args.mqtt)
+        publisher = mqttout.MqttOut(store, host, port, client_id=args.mqtt_client_id, metrics=metrics).start()
+        hub.after_commit = publisher.wake
+    try:
+        asyncio.run(serve(hub, args.host, args.port, args.reuse_port))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if publisher is not None:
+            publisher.stop()
+        if metrics is not None:
+            metrics.stop()
+    return 0
+
+
+
 def _command_record(args: argparse.Namespace) -> bytes:
     if args.command == "reboot":
         return hp.reboot_record()
@@ -584,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="N processes on one port (SO_REUSEPORT; needs PostgreSQL)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--mqtt", metavar="URL", help="publish accepted messages to this MQTT broker (mqtt://host:port)")
+    p.add_argument("--mqtt-client-id", default="cellguard-hub", help="the publisher's MQTT client id")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics (Prometheus) here; worker i uses this + i")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the /metrics address (default: local only)")
     _kek_args(p)
 
     p = sub.add_parser("register-device", help="register a device's root key under a new key id")
@@ -669,11 +708,7 @@ def main(argv: list[str] | None = None) -> int:
         hub = Hub(store, out)
         if isinstance(store, SqliteStore):  # OTA images live in the SQLite file (cghub.updates)
             hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
-        try:
-            asyncio.run(serve(hub, args.host, args.port, args.reuse_port))
-        except KeyboardInterrupt:
-            pass
-        return 0
+        return _serve(hub, store, args)
     if args.cmd == "register-device":
         root = bytes.fromhex(args.root_key_hex) if args.root_key_hex else Path(args.root_key_file).read_bytes()
         store.register_device(args.key_id, args.device_id, root, args.modes, args.ccm_tag, args.hmac_tag, args.replace)

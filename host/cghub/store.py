@@ -151,6 +151,10 @@ class Store(ABC):
         """The broker acknowledged these messages (PUBACK): they leave the outbox."""
 
     @abstractmethod
+    def fleet_activity(self, since: float) -> tuple[int, int]:
+        """(key ids with a datagram accepted at or after `since`, live devices that ever sent UNLOCKED)."""
+
+    @abstractmethod
     def rewrap_keys(self) -> int:
         """Rewrap every root key not sealed under the keyring's current KEK (older KEKs, or clear keys
         from before sealing), one row at a time, each only if nobody changed it meanwhile. Returns how
@@ -366,6 +370,11 @@ class SqliteStore(Store):
             (limit,),
         )
         return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+
+    def fleet_activity(self, since: float) -> tuple[int, int]:
+        seen = self._read("SELECT COUNT(DISTINCT key_id) FROM accepted WHERE at>=?", (since,))[0][0]
+        unlocked = self._read("SELECT COUNT(*) FROM devices WHERE unlocked_seen!=0 AND retired=0")[0][0]
+        return seen, unlocked
 
     def mark_published(self, ids: list[int]) -> None:
         if ids:

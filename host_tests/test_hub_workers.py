@@ -26,6 +26,11 @@ def _is_ack(reply: bytes) -> bool:
     return records(reply)[0][0] == "ack"
 
 
+def _acked(reply: bytes) -> list[int]:
+    rec = records(reply)[0]
+    return downlink.acked(rec[1], rec[2])
+
+
 def _sockets(n):
     socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
     for s in socks:
@@ -42,24 +47,35 @@ def test_workers_race_on_duplicates_and_accept_each_datagram_once(pg_url, tmp_pa
     dev = device_channel()
     grams = [dev.seal(b"reading %d" % i) for i in range(20)]
     socks = _sockets(SOURCES)
+    markers = [dev.seal(b"marker %d" % i) for i in range(SOURCES)]
+    seq_of = {m: len(grams) + i for i, m in enumerate(markers)}
     with HubProcess(["--db", pg_url, "--out", str(out)], workers=2) as hub:
         replies = {s: [] for s in socks}
         for g in grams:  # every datagram from every source at once: the workers race on each
             for s in socks:
                 s.sendto(g, ("127.0.0.1", hub.port))
-        for s in socks:  # each copy is answered (an ack; the command datagram rides along)
-            while len([r for r in replies[s] if _is_ack(r)]) < len(grams):
-                replies[s].append(s.recvfrom(2048)[0])
+        # Copies are not all answered (no amplification: a duplicate is acked at most once a second).
+        # Then each source sends one new datagram: one source's datagrams reach one worker in order,
+        # so the marker's ack means that worker is through everything the source sent before.
+        for s, m in zip(socks, markers, strict=True):
+            s.sendto(m, ("127.0.0.1", hub.port))
+        for s, m in zip(socks, markers, strict=True):
+            while True:
+                r = s.recvfrom(2048)[0]
+                replies[s].append(r)
+                if _is_ack(r) and seq_of[m] in _acked(r):
+                    break
         assert hub.stop() == 0
+    total = len(grams) + SOURCES
     stopped = hub.wait_for(r"hub stopping", count=2)
     received = [int(re.search(r"received (\d+)", x).group(1)) for x in stopped]
     accepted = [int(re.search(r"accepted (\d+)", x).group(1)) for x in stopped]
     assert all(n > 0 for n in received), stopped  # both workers took part
-    assert sum(received) == len(grams) * SOURCES
-    assert sum(accepted) == len(grams)  # ... and each datagram was accepted by exactly one of them
+    assert sum(received) == len(grams) * SOURCES + SOURCES
+    assert sum(accepted) == total  # ... and each datagram was accepted by exactly one of them
     rows = store.messages()
-    assert sorted(m.seq for _, m in rows) == list(range(len(grams)))
-    assert len(out.read_text().splitlines()) == len(grams)
+    assert sorted(m.seq for _, m in rows) == list(range(total))
+    assert len(out.read_text().splitlines()) == total
     everything = [r for rs in replies.values() for r in rs]
     # Whichever worker sealed it, no two different downlinks share a sequence number (a command is
     # resent byte for byte, so the same bytes may come several times: that is one downlink).

@@ -41,7 +41,7 @@ for mode in (message.ENCRYPT, message.SIGN):
     # the reply direction uses other keys: an uplink reflected back to the device fails
     try:
         dev.open(d); print('reflection accepted')
-    except message.BadTag:
+    except message.Refused:  # it carries a key id, which no downlink does: refused before its tag
         pass
     r = hub.seal(b'\\x01\\x05')
     assert dev.open(r)[2] == b'\\x01\\x05'
@@ -214,3 +214,29 @@ print('ok')
 """
     )
     assert out.split() == ["refused"] * 5 + ["ok"]
+
+
+STRICT_DOWNLINK = PAIR + """
+dev, hub = pair(message.ENCRYPT)
+def attempt(ch, control=False):
+    try:
+        dev.open(ch.seal(b'\\x00\\x00', control=control))
+        return 'accepted'
+    except message.Refused:
+        return 'refused'
+    except message.MessageError as e:
+        return type(e).__name__
+kid = message.Channel(derive, Counter(), key_id=7, mode=message.ENCRYPT, send='down')
+unl = message.Channel(derive, Counter(), key_id=None, mode=message.ENCRYPT, send='down', unlocked=True)
+sgn = message.Channel(derive, Counter(), key_id=None, mode=message.SIGN, send='down')
+print(attempt(kid), attempt(hub, control=True), attempt(unl), attempt(sgn), attempt(hub), dev.failures)
+dev.set_mode(message.SIGN)  # after a CONFIG mode switch, datagrams sealed before it are acked in encrypt
+sgn.counter.n, hub.counter.n = 10, 20
+print(attempt(sgn), attempt(hub))
+"""
+
+
+def test_device_refuses_downlinks_no_hub_sends(runtime):
+    """protocol.md section 1: downlinks carry no key id, C = 0, U = 0, and the device's own mode."""
+    out = runtime.run(STRICT_DOWNLINK).split()
+    assert out == ["refused", "refused", "refused", "refused", "accepted", "0", "accepted", "accepted"]

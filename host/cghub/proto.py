@@ -23,6 +23,7 @@ FLAG_UNLOCKED = 0x20
 FLAG_CONTROL = 0x10
 KID_LEN = (0, 2, 3, 4)
 MAX_SEQ = 0xFFFFFFFF
+MAX_UPLINK = 512  # the largest datagram the firmware sends (its outbox buffer); longer: "too long"
 
 CTRL_HELLO = 0x01
 CTRL_TAMPER = 0x02
@@ -74,7 +75,8 @@ class DirectionKeys:
         )
 
     def nonce(self, seq: int) -> bytes:
-        return bytes(a ^ b for a, b in zip(self.iv, bytes(8) + seq.to_bytes(5, "big"), strict=True))
+        # IV XOR (8 zero bytes || seq as 5 bytes): one integer XOR (the hub's hot path).
+        return (int.from_bytes(self.iv, "big") ^ (seq & 0xFFFFFFFFFF)).to_bytes(13, "big")
 
     def tag_len(self, encrypt: bool) -> int:
         return self.ccm_tag if encrypt else self.hmac_tag

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from typing import TextIO
 from cghub import keyseal
 from cghub import proto as hp
 from cghub import updates as hub_updates
+from cghub.ratelog import RejectLog
 from cghub.store import Accepted, Batch, Command, Device, Message, SqliteStore, Store, open_store
 
 log = logging.getLogger("cellguard.hub")
@@ -45,7 +47,11 @@ FAILURE_LIMIT = 1 << 20  # protocol.md section 9: failed verifications before th
 ACCEPTED_KEEP = 1024  # accepted (key, seq, digest) rows kept below the highest, for duplicates/nonce reuse
 ACK_RECENT_S = 900  # accepted this recently: still worth re-acknowledging in the ACK bitmap
 FAILURE_FLUSH_S = 1.0  # failed verifications alone are written at most this often (no commit per forgery)
-MAX_BATCH = 256  # datagrams verified and committed together (one transaction)
+REJECT_LOG_S = 10.0  # rejections are logged as one line per reason and interval
+MAX_BATCH = 256
+PEER_FRESH_S = 600.0  # an address that sent a new authentic datagram this recently is the device's
+DUPLICATE_ANSWER_S = 1.0  # duplicates of one key are answered at most once per this interval
+CREDIT_ADDRESSES = 1 << 16  # addresses whose byte balance is remembered  # datagrams verified and committed together (one transaction)
 
 UpdateProvider = Callable[[int, int, int], bytes]  # (key_id, offset, length) -> image bytes
 
@@ -78,6 +84,7 @@ class Hub:
         self.metrics = None  # cghub.metrics.HubMetrics: batch sizes and commit latency, once per batch
         self.after_commit: Callable[[], None] | None = None  # e.g. wake the MQTT publisher (cghub.mqttout)
         self.lock = threading.Lock()
+        self.rejects = RejectLog(log, REJECT_LOG_S)
         self._devs: dict[int, Device] = {}
         self._acc: dict[int, dict[int, Accepted]] = {}
         self._cmds: dict[int, list[Command]] = {}
@@ -85,6 +92,10 @@ class Hub:
         self._mark = store.changes_since(-1)[0]
         self._batch = Batch()
         self._fail_dirty: set[int] = set()
+        self.monotonic: Callable[[], float] = time.monotonic
+        self._credit: dict[object, int] = {}  # address -> bytes received minus bytes sent, LRU order
+        self._peer: dict[int, tuple[object, float]] = {}  # key id -> address of its last new datagram, when
+        self._dup_answered: dict[int, float] = {}  # key id -> when a duplicate was last answered
         self._fail_flushed = -FAILURE_FLUSH_S
 
     # ---- the cache ------------------------------------------------------------------------------------
@@ -175,7 +186,7 @@ class Hub:
     def _reject(self, reason: str, addr, detail: str = "") -> list[bytes]:
         self.counters["rejected"] += 1
         self.counters["rejected." + reason] += 1
-        log.warning("rejected from %s: %s%s", addr, reason, (" (" + detail + ")") if detail else "")
+        self.rejects.add(reason, addr, detail)
         return []
 
     def _seal_down(self, dev: Device, encrypt: bool, payload: bytes) -> tuple[int, bytes]:
@@ -210,7 +221,13 @@ class Hub:
     def _apply_batch(self, items: list[tuple[bytes, object]]) -> list[tuple[bytes, object]]:
         batch = self._batch = Batch()
         answers: list[tuple[bytes, object]] = []
+        credit = self._credit
         for data, addr in items:
+            # Bytes received from an address buy at most as many bytes of answer to it, unless a
+            # new authentic datagram came from it (protocol.md section 4, "Amplification").
+            credit[addr] = credit.pop(addr, 0) + len(data)
+            if len(credit) > CREDIT_ADDRESSES:
+                del credit[next(iter(credit))]  # the least recently heard address starts afresh
             try:
                 replies = self._handle(bytes(data), addr)
             except hp.ProtocolError as e:
@@ -219,7 +236,10 @@ class Hub:
                 log.exception("internal error on a datagram from %s", addr)
                 self.counters["internal_error"] += 1
                 replies = []
-            answers.extend((r, addr) for r in replies)
+            if replies:
+                credit[addr] = credit.get(addr, 0) - sum(len(r) for r in replies)
+                answers.extend((r, addr) for r in replies)
+        self.rejects.flush()
         self._fail_dirty -= batch.devices.keys()  # written with the batch anyway
         now = time.monotonic()
         if self._fail_dirty and (batch or now - self._fail_flushed >= FAILURE_FLUSH_S):
@@ -249,6 +269,8 @@ class Hub:
 
     def _handle(self, data: bytes, addr) -> list[bytes]:
         self.counters["received"] += 1
+        if len(data) > hp.MAX_UPLINK:  # bounded cost: longer than any device sends, not even parsed
+            raise hp.ProtocolError("too long")
         header = hp.parse_header(data)
         if header.key_id is None:
             return self._reject("unknown key", addr, "no key id")
@@ -276,7 +298,7 @@ class Hub:
                 log.error("NONCE REUSE: key id %d seq %d carried two different datagrams", kid, seq)
             self.counters["duplicate"] += 1
             log.debug("duplicate key id %d seq %d: acknowledged again", kid, seq)
-            return self._answer(dev, header, plain, new=False)
+            return self._answer(dev, header, plain, False, addr)
         highest, bits = dev.up_highest, dev.up_bits
         if seq <= highest - UP_WINDOW or (seq < highest and (bits >> (highest - seq - 1)) & 1) or seq == highest:
             return self._reject("replayed", addr, f"key id {kid} seq {seq} outside the window")
@@ -310,7 +332,7 @@ class Hub:
         mode = "encrypt" if header.encrypt else "sign"
         batch.messages.append(Message(now, dev.device_id, kid, seq, kind, mode, unlocked, body))
         self.counters["accepted"] += 1
-        return self._answer(dev, header, plain, new=True)
+        return self._answer(dev, header, plain, True, addr)
 
     def _count_failure(self, dev: Device) -> None:
         # Counted in memory; written with the next batch, or on its own at most every
@@ -329,19 +351,56 @@ class Hub:
         self.out.flush()
 
     # ---- answers --------------------------------------------------------------------------------
-    def _answer(self, dev: Device, header: hp.Header, plain: bytes, new: bool) -> list[bytes]:
+    def _allowance(self, dev: Device, addr, new: bool) -> int | None:
+        """How many bytes may answer this datagram: None (no limit) for a new authentic datagram or
+        the device's own fresh address; else the address's byte credit, and only once per
+        DUPLICATE_ANSWER_S per key (a replayed datagram buys no more than it brought)."""
+        now = self.monotonic()
+        kid = dev.key_id
+        if new:
+            self._peer[kid] = (addr, now)
+            return None
+        if now - self._dup_answered.get(kid, -DUPLICATE_ANSWER_S) < DUPLICATE_ANSWER_S:
+            self.counters["duplicate_unanswered"] += 1
+            return 0
+        self._dup_answered[kid] = now
+        peer = self._peer.get(kid)
+        if peer is not None and peer[0] == addr and now - peer[1] <= PEER_FRESH_S:
+            return None
+        return max(0, self._credit.get(addr, 0))
+
+    def _down_len(self, dev: Device, encrypt: bool, payload: bytes) -> int:
+        return 1 + hp.uint_len(dev.down_seq) + len(payload) + (dev.ccm_tag if encrypt else dev.hmac_tag)
+
+    def _answer(self, dev: Device, header: hp.Header, plain: bytes, new: bool, addr=None) -> list[bytes]:
         kid, seq = dev.key_id, header.seq
         ctrl = plain[0] if (header.flags & hp.FLAG_CONTROL) and plain else None
         replies: list[bytes] = []
         if ctrl == hp.CTRL_DACK:
-            self._confirm_commands(dev, int.from_bytes(plain[1:5], "big"))
+            if new and 2 <= len(plain) <= 5:  # protocol.md section 5: the body is the sequence, 1-4 bytes
+                self._confirm_commands(dev, int.from_bytes(plain[1:], "big"))
+            elif new:
+                self.counters["bad_control"] += 1
             return replies
-        if ctrl == hp.CTRL_CHUNK_REQ and len(plain) >= 7:
+        allowance = self._allowance(dev, addr, new)
+        if allowance == 0:
+            self.counters["answers_withheld"] += 1
+            return replies
+        if ctrl == hp.CTRL_CHUNK_REQ:
+            if len(plain) < 7:
+                self.counters["bad_control"] += 1
+                return replies
             off = int.from_bytes(plain[1:5], "big")
             n = int.from_bytes(plain[5:7], "big")
-            if self.update_provider is not None:
-                chunk = self.update_provider(kid, off, n)
-                replies.append(self._seal_down(dev, header.encrypt, hp.chunk_record(off, chunk))[1])
+            chunk = self.update_provider(kid, off, n) if self.update_provider is not None else b""
+            if not chunk:  # nothing published for this key, or past its end: nothing sent
+                self.counters["chunk_req_unanswered"] += 1
+                return replies
+            record = hp.chunk_record(off, chunk)
+            if allowance is not None and self._down_len(dev, header.encrypt, record) > allowance:
+                self.counters["answers_withheld"] += 1
+                return replies
+            replies.append(self._seal_down(dev, header.encrypt, record)[1])
             return replies
         # Acknowledge the highest accepted sequence and, in the bitmap, the 24 below it: one ack covers
         # every recent datagram, so a lost ack is healed by the next. An answer to an older datagram
@@ -357,13 +416,22 @@ class Hub:
         if seq != top:
             also.add(seq)
         payload = hp.ack_record(top, also)
-        time_queued = self._take_time_requests(kid)
-        if ctrl == hp.CTRL_HELLO or time_queued:
+        if ctrl == hp.CTRL_HELLO or self._has_time_request(kid):
             payload += hp.time_record(int(self.clock()))
+        if allowance is not None:
+            need = self._down_len(dev, header.encrypt, payload)
+            if need > allowance:
+                self.counters["answers_withheld"] += 1
+                return replies
+            allowance -= need
+        self._take_time_requests(kid)
         replies.append(self._seal_down(dev, header.encrypt, payload)[1])
-        replies.extend(self._command_datagrams(dev, header.encrypt))
+        replies.extend(self._command_datagrams(dev, header.encrypt, allowance))
         self.counters["acks_sent"] += 1
         return replies
+
+    def _has_time_request(self, key_id: int) -> bool:
+        return any(c.record[:1] == bytes([hp.REC_TIME]) for c in self._pending(key_id))
 
     def _take_time_requests(self, key_id: int) -> bool:
         """A queued TIME is not a command the device confirms (protocol.md section 4): it goes out
@@ -377,19 +445,24 @@ class Hub:
             pending.remove(c)
         return bool(times)
 
-    def _command_datagrams(self, dev: Device, encrypt: bool) -> list[bytes]:
-        """Pending commands, sealed once and resent byte for byte until the device DACKs them."""
-        rows = self._pending(dev.key_id)
+    def _command_datagrams(self, dev: Device, encrypt: bool, allowance: int | None = None) -> list[bytes]:
+        """Pending commands, sealed once and resent byte for byte until the device DACKs them; within
+        `allowance` bytes if the address has not earned more (None: no limit)."""
+        rows = [r for r in self._pending(dev.key_id) if r.record[:1] != bytes([hp.REC_TIME])]
         if not rows:
             return []
         down_now = dev.down_seq
         sent = [r for r in rows if r.datagram is not None and down_now - r.down_seq < DOWN_WINDOW - 8]
         fresh = [r for r in rows if r not in sent]
         out = []
-        if sent:
+        if sent and (allowance is None or len(sent[0].datagram) <= allowance):
             out.append(sent[0].datagram)
+            if allowance is not None:
+                allowance -= len(sent[0].datagram)
+        payload = b"".join(r.record for r in fresh)
+        if fresh and allowance is not None and self._down_len(dev, encrypt, payload) > allowance:
+            fresh = []  # not sealed at all: a replay does not burn a downlink number for it
         if fresh:
-            payload = b"".join(r.record for r in fresh)
             seq, datagram = self._seal_down(dev, encrypt, payload)
             for r in fresh:
                 r.state, r.down_seq, r.datagram = "sent", seq, datagram
@@ -416,65 +489,95 @@ class Hub:
 
 
 # ---- UDP server -----------------------------------------------------------------------------------
-class _Protocol(asyncio.DatagramProtocol):
-    """Group commit on the event loop's side: datagrams that arrive while a batch is being verified
-    and committed (in the hub's own thread) wait and form the next batch. Under light load a batch is
-    one datagram and waits for nothing; under heavy load one commit covers up to MAX_BATCH."""
+class _Receiver:
+    """Group commit, driven by the event loop: when the socket is readable the loop drains it (up to
+    MAX_BATCH datagrams, no per-datagram callback) and hands the batch to the hub's own thread, which
+    verifies it, commits it once and sends its answers. Datagrams that arrive meanwhile wait in the
+    kernel's buffer and form the next batch: under light load a batch is one datagram and waits for
+    nothing; under heavy load one commit covers up to MAX_BATCH. Neither crypto nor SQLite runs on
+    the loop."""
 
-    MAX_WAITING = 16 * MAX_BATCH  # beyond this the hub is overloaded: new datagrams are dropped, counted
-
-    def __init__(self, hub: Hub, executor: ThreadPoolExecutor):
+    def __init__(self, hub: Hub, sock: socket.socket, loop: asyncio.AbstractEventLoop):
         self.hub = hub
-        self.executor = executor
-        self.transport: asyncio.DatagramTransport | None = None
-        self.waiting: list[tuple[bytes, object]] = []
+        self.sock = sock
+        self.loop = loop
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-batch")
         self.busy = False
-        self.draining = False  # SIGTERM: take no new datagram, finish the batch in hand, then exit
-        self.idle = asyncio.Event()
+        self.closed = False
+        self.idle = asyncio.Event()  # no batch in hand: what SIGTERM waits for before the process exits
         self.idle.set()
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport):  # type: ignore[override]
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr) -> None:
-        if self.draining:  # the device retransmits; another worker (SO_REUSEPORT) or the next start takes it
-            self.hub.counters["dropped_draining"] += 1
+    def _readable(self) -> None:
+        if self.busy or self.closed:
             return
-        if len(self.waiting) >= self.MAX_WAITING:
-            self.hub.counters["dropped_overload"] += 1
+        batch = []
+        recvfrom = self.sock.recvfrom
+        try:
+            while len(batch) < MAX_BATCH:
+                batch.append(recvfrom(hp.MAX_UPLINK + 1))  # one byte more: a longer one is "too long"
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:  # e.g. an ICMP error queued on the socket: nothing to answer
+            log.debug("recvfrom: %s", e)
+        if not batch:
             return
-        self.waiting.append((data, addr))
-        if not self.busy:
-            self._next()
-
-    def _next(self) -> None:
-        batch, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
         self.busy = True
         self.idle.clear()
-        fut = asyncio.get_running_loop().run_in_executor(self.executor, self.hub.handle_batch, batch)
+        self.loop.remove_reader(self.sock.fileno())  # the kernel holds the next batch meanwhile
+        fut = self.loop.run_in_executor(self.executor, self._run, batch)
         fut.add_done_callback(self._done)
+
+    def _run(self, batch: list[tuple[bytes, object]]) -> None:
+        sendto = self.sock.sendto
+        for reply, addr in self.hub.handle_batch(batch):
+            try:
+                sendto(reply, addr)
+            except OSError as e:  # a full send buffer or an unreachable address: UDP may lose it
+                self.hub.counters["send_failed"] += 1
+                log.debug("sendto %s: %s", addr, e)
 
     def _done(self, fut: asyncio.Future) -> None:
         self.busy = False
-        answers = [] if fut.cancelled() or fut.exception() else fut.result()
-        if self.transport is not None and not self.transport.is_closing():
-            for reply, addr in answers:
-                self.transport.sendto(reply, addr)
-        if self.waiting:
-            self._next()
-        else:
+        if fut.exception() is not None:
+            log.error("batch failed: %s", fut.exception())
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+            self._readable()
+        if not self.busy:
             self.idle.set()
 
+    async def drain(self) -> None:
+        """SIGTERM: read no more (the kernel keeps what arrives for another worker or the next start;
+        the devices retransmit anyway), finish the batch in hand, its commit and its answers."""
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        await self.idle.wait()
 
-async def _open_endpoint(hub: Hub, host: str, port: int, reuse_port: bool = False):
-    loop = asyncio.get_running_loop()
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-batch")
-    # reuse_port: N worker processes bind one port and the kernel spreads datagrams over them
-    # (SO_REUSEPORT hashes the source address, so one device's datagrams go to one worker).
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: _Protocol(hub, executor), local_addr=(host, port), reuse_port=reuse_port or None
-    )
-    return transport, executor, protocol
+    def close(self) -> None:
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        self.executor.shutdown(wait=True)
+        self.sock.close()
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+
+RECV_BUFFER = 4 << 20  # a burst queues in the kernel while a batch commits (capped at net.core.rmem_max)
+
+
+def _open_endpoint(
+    hub: Hub, host: str, port: int, loop: asyncio.AbstractEventLoop, reuse_port: bool = False
+) -> _Receiver:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+    if reuse_port:  # N worker processes on one port; the kernel hashes the source address to pick one
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    return _Receiver(hub, sock, loop)
 
 
 class HubServer:
@@ -486,8 +589,7 @@ class HubServer:
         self.port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="hub")
-        self._transport: asyncio.DatagramTransport | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._receiver: _Receiver | None = None
 
     def start(self) -> HubServer:
         self._thread.start()
@@ -496,16 +598,21 @@ class HubServer:
         return self
 
     async def _open(self) -> None:
-        self._transport, self._executor, _ = await _open_endpoint(self.hub, self.host, self.port)
-        self.port = self._transport.get_extra_info("sockname")[1]
+        self._receiver = _open_endpoint(self.hub, self.host, self.port, self._loop)
+        self.port = self._receiver.port
 
     def stop(self) -> None:
-        if self._transport is not None:
-            self._loop.call_soon_threadsafe(self._transport.close)
+        if self._receiver is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._close(), self._loop)
+            fut.result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+
+    async def _close(self) -> None:
+        receiver = self._receiver
+        receiver.closed = True
+        self._loop.remove_reader(receiver.sock.fileno())
+        await self._loop.run_in_executor(None, receiver.close)
 
     def __enter__(self) -> HubServer:
         return self.start()
@@ -516,29 +623,27 @@ class HubServer:
 
 async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then drain: take no new datagram, finish the batch in hand (its
-    commit and its answers) and the ones already read, and return."""
-    transport, executor, protocol = await _open_endpoint(hub, host, port, reuse_port)
+    commit and its answers), and return."""
     loop = asyncio.get_running_loop()
+    receiver = _open_endpoint(hub, host, port, loop, reuse_port)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Tests and supervisors read the port from this line (port 0: the kernel chose it).
-    log.info("hub listening on %s:%d", host, transport.get_extra_info("sockname")[1])
+    log.info("hub listening on %s:%d", host, receiver.port)
     try:
         await stop.wait()
-        protocol.draining = True
-        in_hand = len(protocol.waiting) + (MAX_BATCH if protocol.busy else 0)
-        await protocol.idle.wait()
+        in_hand = receiver.busy
+        await receiver.drain()
         c = hub.counters
         log.info(
-            "hub stopping: drained (up to %d datagrams in hand finished); received %d, accepted %d, duplicates %d",
-            in_hand, c["received"], c["accepted"], c["duplicate"],
+            "hub stopping: drained (batch in hand: %s); received %d, accepted %d, duplicates %d",
+            "finished" if in_hand else "none", c["received"], c["accepted"], c["duplicate"],
         )
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        transport.close()
-        executor.shutdown(wait=True)
+        receiver.close()
 
 
 # ---- command line ---------------------------------------------------------------------------------

@@ -175,6 +175,10 @@ class Store(ABC):
         """A device's root key under a new key id (never reused); replace=True retires its old ids."""
 
     @abstractmethod
+    def register_devices(self, rows: list[tuple[int, str, bytes]]) -> None:
+        """Many new (key id, device id, root key) at once, one transaction (a production batch)."""
+
+    @abstractmethod
     def queue_command(self, key_id: int, record: bytes) -> int:
         """Queue one downlink record for a key id; returns the command's id."""
 
@@ -340,6 +344,15 @@ class SqliteStore(Store):
                 (key_id, device_id, sealed, modes, ccm_tag, hmac_tag),
             )
             db.execute("INSERT INTO changes (key_id) VALUES (?)", (key_id,))
+
+    def register_devices(self, rows: list[tuple[int, str, bytes]]) -> None:
+        for _kid, _dev, root in rows:
+            if len(root) != 32:
+                raise ValueError("root key must be 32 bytes")
+        sealed = [(k, d, self._seal(k, r)) for k, d, r in rows]  # no KEK, no row
+        with self._tx() as db:
+            db.executemany("INSERT INTO devices (key_id, device_id, root_key) VALUES (?,?,?)", sealed)
+            db.executemany("INSERT INTO changes (key_id) VALUES (?)", [(k,) for k, _, _ in rows])
 
     def queue_command(self, key_id: int, record: bytes) -> int:
         with self._tx() as db:

@@ -42,6 +42,11 @@ class Replayed(MessageError):
         self.payload = payload  # verified plaintext (the outbox answers resent commands again)
 
 
+class Refused(MessageError):
+    """A downlink whose header no hub sends: a key id, C = 1, U = 1, or a mode this device does not
+    use (protocol.md section 1). Refused before the tag is checked: not a forgery attempt."""
+
+
 class ForgeryLimit(MessageError):
     """Too many failed verifications on this key: nothing more is accepted until re-keyed."""
 
@@ -116,6 +121,10 @@ class Channel:
         self.mode = mode
         self.unlocked = unlocked
         self.window = replay.ReplayWindow(window)
+        # The hub answers in the mode of the datagram it answers: the current mode, and any mode a
+        # datagram still in flight was sealed in (set_mode, accept_mode).
+        self._rx_modes = [mode]
+        self._rx_down = recv == "down"
         self._state_dir = state_dir
         self.fail_limit = fail_limit
         self.failures = 0
@@ -143,9 +152,14 @@ class Channel:
 
     def set_mode(self, mode, unlocked=None):
         self.mode = mode
+        self.accept_mode(mode)
         if unlocked is not None:
             self.unlocked = unlocked
         self._set_flags()
+
+    def accept_mode(self, mode):
+        if mode not in self._rx_modes:
+            self._rx_modes.append(mode)
 
     # ---- persistence of the receive side ------------------------------------------------------
     def _path(self, name):
@@ -208,7 +222,12 @@ class Channel:
         """
         if self.failures >= self.fail_limit:
             raise ForgeryLimit("failed-verification limit reached")
-        flags, _kid, seq, hlen = wire.parse_header(data)
+        flags, kid, seq, hlen = wire.parse_header(data)
+        if self._rx_down:
+            if kid is not None or flags & (wire.FLAG_CONTROL | wire.FLAG_UNLOCKED):
+                raise Refused("downlink header not allowed")
+            if (ENCRYPT if flags & wire.FLAG_ENCRYPT else SIGN) not in self._rx_modes:
+                raise Refused("downlink mode not used")
         k = self._rx
         n = len(data)
         if flags & wire.FLAG_ENCRYPT:

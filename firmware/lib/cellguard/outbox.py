@@ -96,7 +96,7 @@ class Outbox:
         self.time_offset = 0  # hub time - local time, from TIME records
         self.interval_s = None  # report interval set by the hub (CONFIG 1), None: the app's own
         self.stats = {"sent": 0, "resent": 0, "acked": 0, "evicted": 0, "rejected_downlink": 0, "budget_stops": 0}
-        self._buf = bytearray(512)
+        self._buf = bytearray(wire.MAX_DATAGRAM)
         self._events_sent = []
         self._link_error = None  # the carrier's failure in this round, raised by poll()
         atomic.ensure_dir(self.folder)
@@ -126,6 +126,8 @@ class Outbox:
                 if data[0] == _SEALED:
                     _f, _kid, seq, _h = wire.parse_header(memoryview(data)[1:])
                     e = _Entry(eid, bool(_f & wire.FLAG_CONTROL), seq, len(data) - 1)
+                    # Sealed before a CONFIG changed the mode: the hub acks it in that mode.
+                    self.channel.accept_mode(message.ENCRYPT if _f & wire.FLAG_ENCRYPT else message.SIGN)
                 elif data[0] == _PLAIN:
                     e = _Entry(eid, bool(data[1] & _CONTROL), None, len(data) - 2)
                 else:

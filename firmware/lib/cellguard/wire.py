@@ -14,6 +14,9 @@ FLAG_CONTROL = const(0x10)
 _FLAG_VERSION_ESCAPE = const(0x80)
 _KID_LEN = (0, 2, 3, 4)
 MAX_SEQ = const(0xFFFFFFFF)
+# The largest datagram a device sends (the outbox's one buffer); the hub rejects longer ones as
+# "too long" (protocol.md section 10).
+MAX_DATAGRAM = const(512)
 
 # uplink control types (payload byte 0 when FLAG_CONTROL is set)
 CTRL_HELLO = const(0x01)

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import selectors
@@ -28,8 +27,7 @@ from cghub.pgstore import PostgresStore
 from cghub.server import HubStore
 from cgsim import fleet as fl
 from hubproc import HubProcess
-from paho.mqtt import client as mqtt
-from servers import MqttBroker, Postgres, TcpGate
+from servers import MqttBroker, MqttSubscriber, Postgres, TcpGate
 
 DEVICES = 1000
 PER_DEVICE = 8
@@ -109,35 +107,10 @@ def postgres_rate(pg: Postgres, workers: int, key_base: int) -> float:
     return sum(len(g) for g in rest) / elapsed
 
 
-class _Subscriber:
-    def __init__(self, broker: MqttBroker):
-        self.keys: list[str] = []
-        self.lock = threading.Condition()
-        self.subscribed = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-app")
-        self.c.reconnect_delay_set(1, 1)
-        self.c.on_connect = lambda c, u, f, r, p=None: c.subscribe("cellguard/#", qos=1)
-        self.c.on_subscribe = lambda *a: self.subscribed.set()
-        self.c.on_disconnect = lambda *a: self.subscribed.clear()
-        self.c.on_message = self._msg
-        self.c.connect(broker.host, broker.port)
-        self.c.loop_start()
-
-    def _msg(self, client, userdata, m):
-        with self.lock:
-            self.keys.append(json.loads(m.payload)["idempotency_key"])
-            self.lock.notify_all()
-
-    def wait(self, n: int, timeout: float = 300) -> bool:
-        with self.lock:
-            return self.lock.wait_for(lambda: len(set(self.keys)) >= n, timeout)
-
-
 def mqtt_run(tmp: Path) -> dict:
     broker = MqttBroker(tmp / "mqtt").start()
     gate = TcpGate(broker.host, broker.port)
-    sub = _Subscriber(broker)
-    assert sub.subscribed.wait(60)
+    sub = MqttSubscriber(broker, client_id="bench-app")
     db = tmp / "mqtt.sqlite"
     seed = b"mqtt"
     store = HubStore(db)
@@ -153,7 +126,7 @@ def mqtt_run(tmp: Path) -> dict:
             done = threading.Event()
 
             def restart_when_a_third_arrived():
-                sub.wait(total // 3)
+                sub.wait_distinct(total // 3, 300)
                 gate.close()
                 broker.restart()
                 sub.subscribed.wait(60)
@@ -164,19 +137,19 @@ def mqtt_run(tmp: Path) -> dict:
             t.start()
             _blast(hub.port, grams)
             done.wait(300)
-            sub.wait(total)
+            sub.wait_distinct(total, 300)
             elapsed = time.perf_counter() - t0
             hub.stop()
     finally:
-        sub.c.loop_stop()
-        sub.c.disconnect()
+        sub.close()
         gate.shutdown()
         broker.stop()
-    distinct = len(set(sub.keys))
+    keys = sub.keys()
+    distinct = len(set(keys))
     return {
         "hub.mqtt.delivered_per_s": round(distinct / elapsed),
         "hub.mqtt.lost": total - distinct,
-        "hub.mqtt.duplicated": len(sub.keys) - distinct,
+        "hub.mqtt.duplicated": len(keys) - distinct,
         "hub.mqtt.messages": total,
     }
 

@@ -146,6 +146,51 @@ class MqttBroker:
         self.start()
 
 
+class MqttSubscriber:
+    """The fleet's application: a paho client subscribed to `cellguard/#` with QoS 1 that reconnects
+    and subscribes again by itself; `subscribed` is set while its subscription stands."""
+
+    def __init__(self, broker: MqttBroker, client_id: str = "test-app", topic: str = "cellguard/#"):
+        import json
+
+        from paho.mqtt import client as mqtt
+
+        self.got: list[tuple[str, dict]] = []
+        self.cond = threading.Condition()
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.c.reconnect_delay_set(1, 1)
+        self.c.on_connect = lambda c, u, f, r, p=None: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.on_disconnect = lambda *a: self.subscribed.clear()
+
+        def on_message(client, userdata, m):
+            with self.cond:
+                self.got.append((m.topic, json.loads(m.payload)))
+                self.cond.notify_all()
+
+        self.c.on_message = on_message
+        self.c.connect(broker.host, broker.port)
+        self.c.loop_start()
+        if not self.subscribed.wait(START_TIMEOUT_S):
+            raise TimeoutError("the subscriber never subscribed")
+
+    def keys(self) -> list[str]:
+        with self.cond:
+            return [p["idempotency_key"] for _, p in self.got]
+
+    def wait_distinct(self, n: int, timeout: float = START_TIMEOUT_S) -> None:
+        """Until n different messages (by idempotency key) have arrived."""
+        with self.cond:
+            ok = self.cond.wait_for(lambda: len({p["idempotency_key"] for _, p in self.got}) >= n, timeout)
+        if not ok:
+            raise TimeoutError(f"{len(set(self.keys()))} of {n} messages arrived")
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
 class TcpGate:
     """A TCP relay that can cut the link, so a test decides when a client may reach a server again.
 

@@ -2,7 +2,6 @@
 `cellguard/<device id>/<type>`, key id and sequence in the payload; while the broker is away the
 messages wait in the store and go out once it is back: none lost, none published twice."""
 
-import json
 import threading
 
 import pytest
@@ -11,46 +10,14 @@ from cghub.mqttout import MqttOut
 from cghub.pgstore import PostgresStore
 from cghub.server import Hub
 from hubkit import DEVICE, KEY_ID, ROOT, device_channel, make_hub
-from paho.mqtt import client as mqtt
-from servers import TcpGate
+from servers import MqttSubscriber, TcpGate
 
 WAIT_S = 60  # an upper bound on a loaded machine; every wait returns on its event
 
 
-class Subscriber:
-    """The fleet's application: subscribed to cellguard/# with QoS 1, reconnecting by itself."""
-
-    def __init__(self, broker):
-        self.got: list[tuple[str, dict]] = []
-        self.cond = threading.Condition()
-        self.subscribed = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-app")
-        self.c.reconnect_delay_set(1, 1)
-        self.c.on_connect = lambda c, u, f, r, p=None: c.subscribe("cellguard/#", qos=1)
-        self.c.on_subscribe = lambda *a: self.subscribed.set()
-        self.c.on_disconnect = lambda *a: self.subscribed.clear()
-        self.c.on_message = self._on_message
-        self.c.connect(broker.host, broker.port)
-        self.c.loop_start()
-        assert self.subscribed.wait(WAIT_S)
-
-    def _on_message(self, client, userdata, m):
-        with self.cond:
-            self.got.append((m.topic, json.loads(m.payload)))
-            self.cond.notify_all()
-
-    def wait_count(self, n):
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.got) >= n, WAIT_S), f"{len(self.got)} of {n} arrived"
-
-    def close(self):
-        self.c.loop_stop()
-        self.c.disconnect()
-
-
 @pytest.fixture
 def subscriber(mqtt_broker):
-    sub = Subscriber(mqtt_broker)
+    sub = MqttSubscriber(mqtt_broker)
     yield sub
     sub.close()
 
@@ -72,7 +39,7 @@ def run_outage(hub: Hub, broker, subscriber):
     try:
         for i in range(5):
             hub.handle(dev.seal(b"before %d" % i))
-        subscriber.wait_count(5)
+        subscriber.wait_distinct(5)
         wait_outbox_empty(hub.store, publisher)
         # The broker goes down (restarted, empty: no session survives) and the hub cannot reach it.
         gate.close()
@@ -83,11 +50,11 @@ def run_outage(hub: Hub, broker, subscriber):
         broker.start()
         assert subscriber.subscribed.wait(WAIT_S)  # the application is back first ...
         gate.open()  # ... then the hub's link: what it publishes now has someone to reach
-        subscriber.wait_count(15)
+        subscriber.wait_distinct(15)
         wait_outbox_empty(hub.store, publisher)
         for i in range(3):
             hub.handle(dev.seal(b"after %d" % i))
-        subscriber.wait_count(18)
+        subscriber.wait_distinct(18)
         wait_outbox_empty(hub.store, publisher)
     finally:
         publisher.stop()

@@ -539,7 +539,7 @@ def ensure_dev_kek(hub_db: Path, production: bool) -> None:
 def provision(port: str, profile: dict, args) -> str:
     if args.no_provision:
         return "skipped: --no-provision"
-    ensure_dev_kek(args.hub_db, args.production)
+    ensure_dev_kek(args.hub_db, getattr(args, "production", False))
     cmd = [sys.executable, "-m", "cgdev.provision", "--port", port, "--board", profile["name"], "--hub-db", str(args.hub_db)]
     if args.reprovision:
         cmd.append("--force")

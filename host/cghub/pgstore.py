@@ -22,9 +22,8 @@ import threading
 
 import psycopg
 
-from cghub import keyseal
 from cghub.keyseal import Keyring
-from cghub.store import MODES, Accepted, Batch, Command, Device, Message, Store
+from cghub.store import Batch, Command, Device, SqlReads, Store, check_registration
 
 ADVISORY_LOCK = 0x63676875  # "cghu": serialises migrations between processes starting together
 
@@ -88,7 +87,7 @@ def migrate(conn: psycopg.Connection) -> list[int]:
     return applied_now
 
 
-class PostgresStore(Store):
+class PostgresStore(SqlReads, Store):
     """`Store` on PostgreSQL. One connection for the hub's batches and one for everything else, so an
     operator's call in this process never lands inside a batch's transaction."""
 
@@ -119,6 +118,15 @@ class PostgresStore(Store):
         with self._admin_lock:
             return self._admin.execute(sql, args).fetchall()
 
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        return self._rows(sql.replace("?", "%s"), args)  # the shared queries (SqlReads) use `?`
+
+    def _swap_key(self, key_id: int, new: bytes, old: bytes) -> int:
+        with self._admin_lock:
+            return self._admin.execute(
+                "UPDATE devices SET root_key=%s WHERE key_id=%s AND root_key=%s", (new, key_id, old)
+            ).rowcount
+
     def _device(self, r: tuple, with_key: bool = True) -> Device:
         key_id, blob = r[0], bytes(r[2])
         root = b""
@@ -132,12 +140,7 @@ class PostgresStore(Store):
 
     # ---- provisioning and operators -----------------------------------------------------------------
     def register_device(self, key_id, device_id, root_key, modes="any", ccm_tag=8, hmac_tag=16, replace=False):
-        if len(root_key) != 32:
-            raise ValueError("root key must be 32 bytes")
-        if ccm_tag not in (8, 12, 16) or not 10 <= hmac_tag <= 32:
-            raise ValueError("tag length not allowed")
-        if modes not in MODES:
-            raise ValueError("modes must be any, encrypt or sign")
+        check_registration(root_key, modes, ccm_tag, hmac_tag)
         sealed = self._seal(key_id, root_key)
         with self._admin_lock, self._admin.transaction():
             db = self._admin
@@ -182,46 +185,10 @@ class PostgresStore(Store):
     def devices(self) -> list[Device]:
         return [self._device(r, with_key=False) for r in self._rows(f"SELECT {_DEVICE_COLS} FROM devices ORDER BY key_id")]
 
-    def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
-        rows = self._rows(
-            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
-            " WHERE id>%s ORDER BY id LIMIT %s",
-            (after_id, limit),
-        )
-        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
-
-    def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
-        rows = self._rows(
-            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
-            " WHERE published=0 ORDER BY id LIMIT %s",
-            (limit,),
-        )
-        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
-
-    def fleet_activity(self, since: float) -> tuple[int, int]:
-        seen = self._rows("SELECT COUNT(DISTINCT key_id) FROM accepted WHERE at>=%s", (since,))[0][0]
-        unlocked = self._rows("SELECT COUNT(*) FROM devices WHERE unlocked_seen!=0 AND retired=0")[0][0]
-        return seen, unlocked
-
     def mark_published(self, ids: list[int]) -> None:
         if ids:
             with self._admin_lock:
                 self._admin.execute("UPDATE messages SET published=1 WHERE id = ANY(%s)", (list(ids),))
-
-    def rewrap_keys(self) -> int:
-        ring = keyseal.require(self.keyring, "rewrapping keys")
-        done = 0
-        for key_id, blob in self._rows("SELECT key_id, root_key FROM devices ORDER BY key_id"):
-            blob = bytes(blob)
-            if not ring.needs_rewrap(blob):
-                continue
-            root = ring.unwrap(key_id, blob) if keyseal.is_wrapped(blob) else blob
-            with self._admin_lock:
-                cur = self._admin.execute(
-                    "UPDATE devices SET root_key=%s WHERE key_id=%s AND root_key=%s", (ring.wrap(key_id, root), key_id, blob)
-                )
-            done += cur.rowcount
-        return done
 
     # ---- the hub's hot path ---------------------------------------------------------------------------
     def begin_batch(self, key_ids) -> dict[int, Device]:
@@ -255,24 +222,9 @@ class PostgresStore(Store):
         rows = self._rows(f"SELECT {_DEVICE_COLS} FROM devices WHERE key_id=%s", (key_id,))
         return self._device(rows[0]) if rows else None
 
-    def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
-        rows = self._rows("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=%s AND seq>=%s", (key_id, from_seq))
-        return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
-
     def pending_commands(self, key_id: int) -> list[Command]:
         rows = self._rows(f"SELECT {_COMMAND_COLS} FROM commands WHERE key_id=%s AND state!='done' ORDER BY id", (key_id,))
         return [Command(*r) for r in rows]
-
-    def accepted_seqs(self, key_id: int) -> list[int]:
-        return [r[0] for r in self._rows("SELECT seq FROM accepted WHERE key_id=%s ORDER BY seq", (key_id,))]
-
-    def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
-        if mark < 0:
-            return self._rows("SELECT COALESCE(MAX(mark), 0) FROM changes")[0][0], None
-        rows = self._rows("SELECT mark, key_id FROM changes WHERE mark>%s ORDER BY mark", (mark,))
-        if not rows:
-            return mark, set()
-        return rows[-1][0], {r[1] for r in rows}
 
     def commit_batch(self, batch: Batch) -> None:
         own = self._in_batch

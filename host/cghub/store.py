@@ -269,7 +269,66 @@ def _command(row: sqlite3.Row) -> Command:
     return Command(**{k: row[k] for k in row.keys()})
 
 
-class SqliteStore(Store):
+class SqlReads:
+    """What both SQL backends do alike, written once with `?` placeholders: `_read(sql, args)` runs a
+    query (PostgresStore turns `?` into `%s`), `_swap_key(key_id, new, old)` rewrites one sealed key
+    only if it is still `old` (returns the rows changed)."""
+
+    def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
+        return self._messages("id>? ORDER BY id LIMIT ?", (after_id, limit))
+
+    def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
+        return self._messages("published=0 ORDER BY id LIMIT ?", (limit,))
+
+    def _messages(self, where: str, args: tuple) -> list[tuple[int, Message]]:
+        rows = self._read(
+            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages WHERE " + where, args
+        )
+        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+
+    def fleet_activity(self, since: float) -> tuple[int, int]:
+        seen = self._read("SELECT COUNT(DISTINCT key_id) FROM accepted WHERE at>=?", (since,))[0][0]
+        unlocked = self._read("SELECT COUNT(*) FROM devices WHERE unlocked_seen!=0 AND retired=0")[0][0]
+        return seen, unlocked
+
+    def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
+        rows = self._read("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=? AND seq>=?", (key_id, from_seq))
+        return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def accepted_seqs(self, key_id: int) -> list[int]:
+        return [r[0] for r in self._read("SELECT seq FROM accepted WHERE key_id=? ORDER BY seq", (key_id,))]
+
+    def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
+        if mark < 0:
+            rows = self._read("SELECT COALESCE(MAX(mark), 0) FROM changes")
+            return rows[0][0], None
+        rows = self._read("SELECT mark, key_id FROM changes WHERE mark>? ORDER BY mark", (mark,))
+        if not rows:
+            return mark, set()
+        return rows[-1][0], {r[1] for r in rows}
+
+    def rewrap_keys(self) -> int:
+        ring = keyseal.require(self.keyring, "rewrapping keys")
+        done = 0
+        for key_id, blob in self._read("SELECT key_id, root_key FROM devices ORDER BY key_id"):
+            blob = bytes(blob)
+            if not ring.needs_rewrap(blob):
+                continue
+            root = ring.unwrap(key_id, blob) if keyseal.is_wrapped(blob) else blob  # clear: from before sealing
+            done += self._swap_key(key_id, ring.wrap(key_id, root), blob)
+        return done
+
+
+def check_registration(root_key: bytes, modes: str, ccm_tag: int, hmac_tag: int) -> None:
+    if len(root_key) != 32:
+        raise ValueError("root key must be 32 bytes")
+    if ccm_tag not in (8, 12, 16) or not 10 <= hmac_tag <= 32:
+        raise ValueError("tag length not allowed")
+    if modes not in MODES:
+        raise ValueError("modes must be any, encrypt or sign")
+
+
+class SqliteStore(SqlReads, Store):
     """The store in one SQLite file, WAL mode: readers (stats, the CLI) never block the hub's commits.
 
     synchronous=FULL: a commit is on disk (not only in the page cache) before the hub answers, so an
@@ -323,12 +382,7 @@ class SqliteStore(Store):
 
     # ---- provisioning and operators -----------------------------------------------------------------
     def register_device(self, key_id, device_id, root_key, modes="any", ccm_tag=8, hmac_tag=16, replace=False):
-        if len(root_key) != 32:
-            raise ValueError("root key must be 32 bytes")
-        if ccm_tag not in (8, 12, 16) or not 10 <= hmac_tag <= 32:
-            raise ValueError("tag length not allowed")
-        if modes not in MODES:
-            raise ValueError("modes must be any, encrypt or sign")
+        check_registration(root_key, modes, ccm_tag, hmac_tag)
         sealed = self._seal(key_id, root_key)  # before the transaction: no KEK, no row
         with self._tx() as db:
             if db.execute("SELECT 1 FROM devices WHERE key_id=?", (key_id,)).fetchone():
@@ -368,27 +422,6 @@ class SqliteStore(Store):
     def devices(self) -> list[Device]:
         return [_device(r) for r in self._read("SELECT * FROM devices ORDER BY key_id")]
 
-    def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
-        rows = self._read(
-            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
-            " WHERE id>? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        )
-        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
-
-    def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
-        rows = self._read(
-            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
-            " WHERE published=0 ORDER BY id LIMIT ?",
-            (limit,),
-        )
-        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
-
-    def fleet_activity(self, since: float) -> tuple[int, int]:
-        seen = self._read("SELECT COUNT(DISTINCT key_id) FROM accepted WHERE at>=?", (since,))[0][0]
-        unlocked = self._read("SELECT COUNT(*) FROM devices WHERE unlocked_seen!=0 AND retired=0")[0][0]
-        return seen, unlocked
-
     def mark_published(self, ids: list[int]) -> None:
         if ids:
             with self._tx() as db:
@@ -399,25 +432,9 @@ class SqliteStore(Store):
         rows = self._read("SELECT * FROM devices WHERE key_id=?", (key_id,))
         return _device(rows[0], self._open_key) if rows else None
 
-    def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
-        rows = self._read("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=? AND seq>=?", (key_id, from_seq))
-        return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
-
     def pending_commands(self, key_id: int) -> list[Command]:
         rows = self._read("SELECT * FROM commands WHERE key_id=? AND state!='done' ORDER BY id", (key_id,))
         return [_command(r) for r in rows]
-
-    def accepted_seqs(self, key_id: int) -> list[int]:
-        return [r[0] for r in self._read("SELECT seq FROM accepted WHERE key_id=? ORDER BY seq", (key_id,))]
-
-    def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
-        if mark < 0:
-            rows = self._read("SELECT COALESCE(MAX(mark), 0) FROM changes")
-            return rows[0][0], None
-        rows = self._read("SELECT mark, key_id FROM changes WHERE mark>? ORDER BY mark", (mark,))
-        if not rows:
-            return mark, set()
-        return rows[-1][0], {r[1] for r in rows}
 
     def commit_batch(self, batch: Batch) -> None:
         if not batch:
@@ -454,20 +471,9 @@ class SqliteStore(Store):
                     [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
                 )
 
-    def rewrap_keys(self) -> int:
-        ring = keyseal.require(self.keyring, "rewrapping keys")
-        done = 0
-        for key_id, blob in self._read("SELECT key_id, root_key FROM devices ORDER BY key_id"):
-            blob = bytes(blob)
-            if not ring.needs_rewrap(blob):
-                continue
-            root = ring.unwrap(key_id, blob) if keyseal.is_wrapped(blob) else blob  # clear: from before sealing
-            with self._tx() as db:
-                cur = db.execute(
-                    "UPDATE devices SET root_key=? WHERE key_id=? AND root_key=?", (ring.wrap(key_id, root), key_id, blob)
-                )
-            done += cur.rowcount
-        return done
+    def _swap_key(self, key_id: int, new: bytes, old: bytes) -> int:
+        with self._tx() as db:
+            return db.execute("UPDATE devices SET root_key=? WHERE key_id=? AND root_key=?", (new, key_id, old)).rowcount
 
     def close(self) -> None:
         with self._lock:

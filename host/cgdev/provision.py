@@ -152,10 +152,9 @@ def next_key_id(db_path: str | Path) -> int:
 
     store = HubStore(db_path)
     try:
-        row = store.db.execute("SELECT MAX(key_id) FROM devices").fetchone()
-        return (row[0] or 0) + 1
+        return store.max_key_id() + 1
     finally:
-        store.db.close()
+        store.close()
 
 
 def mask(identifier: str, keep: int = 4) -> str:
@@ -194,7 +193,7 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         except (ValueError, sqlite3.Error, keyseal.KekError) as e:
             raise ProvisionError(f"hub refused the device: {e}") from None
         finally:
-            store.db.close()
+            store.close()
         output = run_on_device(device_script(modem_src, bytes(root_key), device_id, key_id, req))
     finally:
         root_key[:] = bytes(len(root_key))  # the host keeps no copy once the device has it
@@ -209,30 +208,35 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
     return result
 
 
+# Through the store (a SQLite file or a postgresql:// URL, the same on a production line): its
+# change log tells running hubs to drop a retired or revived key from their caches.
 def _live_keys(hub_db: str | Path, device_id: str) -> list[int]:
-    db = sqlite3.connect(str(hub_db))
+    from cghub.server import HubStore
+
+    store = HubStore(hub_db)
     try:
-        rows = db.execute("SELECT key_id FROM devices WHERE device_id=? AND retired=0", (device_id,)).fetchall()
-    except sqlite3.Error:  # a new key store: its tables come with the first registration
-        rows = []
-    db.close()
-    return [r[0] for r in rows]
+        return store.live_key_ids(device_id)
+    finally:
+        store.close()
 
 
 def _revive(hub_db: str | Path, key_ids: list[int]) -> None:
-    db = sqlite3.connect(str(hub_db))
-    with db:
-        for kid in key_ids:
-            db.execute("UPDATE devices SET retired=0 WHERE key_id=?", (kid,))
-    db.close()
+    _set_retired(hub_db, key_ids, False)
 
 
 def _retire(hub_db: str | Path, key_id: int) -> None:
     # The device never took this key: the hub must not accept messages under it.
-    db = sqlite3.connect(str(hub_db))
-    with db:
-        db.execute("UPDATE devices SET retired=1 WHERE key_id=?", (key_id,))
-    db.close()
+    _set_retired(hub_db, [key_id], True)
+
+
+def _set_retired(hub_db: str | Path, key_ids: list[int], retired: bool) -> None:
+    from cghub.server import HubStore
+
+    store = HubStore(hub_db)
+    try:
+        store.set_retired(key_ids, retired)
+    finally:
+        store.close()
 
 
 def run_on_unix_port(fs_dir: Path, heapsize: str = "256K", timeout: float = 120) -> Callable[[str], str]:

@@ -121,6 +121,13 @@ class PostgresStore(SqlReads, Store):
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         return self._rows(sql.replace("?", "%s"), args)  # the shared queries (SqlReads) use `?`
 
+    def _write_many(self, statements: list[str], rows: list[list[tuple]]) -> None:
+        with self._admin_lock, self._admin.transaction():
+            cur = self._admin.cursor()
+            for sql, args in zip(statements, rows, strict=True):
+                if args:
+                    cur.executemany(sql.replace("?", "%s"), args)
+
     def _swap_key(self, key_id: int, new: bytes, old: bytes) -> int:
         with self._admin_lock:
             return self._admin.execute(

@@ -271,8 +271,8 @@ def _command(row: sqlite3.Row) -> Command:
 
 class SqlReads:
     """What both SQL backends do alike, written once with `?` placeholders: `_read(sql, args)` runs a
-    query (PostgresStore turns `?` into `%s`), `_swap_key(key_id, new, old)` rewrites one sealed key
-    only if it is still `old` (returns the rows changed)."""
+    query (PostgresStore turns `?` into `%s`), `_write_many(statements, rows)` runs statements in one
+    transaction, `_swap_key(key_id, new, old)` rewrites one sealed key only if it is still `old`."""
 
     def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
         return self._messages("id>? ORDER BY id LIMIT ?", (after_id, limit))
@@ -306,6 +306,20 @@ class SqlReads:
         if not rows:
             return mark, set()
         return rows[-1][0], {r[1] for r in rows}
+
+    def max_key_id(self) -> int:
+        """The highest key id ever registered (0 for none): key ids are never reused."""
+        return self._read("SELECT COALESCE(MAX(key_id), 0) FROM devices")[0][0]
+
+    def live_key_ids(self, device_id: str) -> list[int]:
+        return [r[0] for r in self._read("SELECT key_id FROM devices WHERE device_id=? AND retired=0", (device_id,))]
+
+    def set_retired(self, key_ids: list[int], retired: bool = True) -> None:
+        """Retire (or take back) key ids; running hubs drop them from their caches (the change log)."""
+        self._write_many(
+            ["UPDATE devices SET retired=? WHERE key_id=?", "INSERT INTO changes (key_id) VALUES (?)"],
+            [[(int(retired), k) for k in key_ids], [(k,) for k in key_ids]],
+        )
 
     def rewrap_keys(self) -> int:
         ring = keyseal.require(self.keyring, "rewrapping keys")
@@ -470,6 +484,11 @@ class SqliteStore(SqlReads, Store):
                     "UPDATE commands SET state=?, down_seq=?, datagram=?, sent=? WHERE id=?",
                     [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
                 )
+
+    def _write_many(self, statements: list[str], rows: list[list[tuple]]) -> None:
+        with self._tx() as db:
+            for sql, args in zip(statements, rows, strict=True):
+                db.executemany(sql, args)
 
     def _swap_key(self, key_id: int, new: bytes, old: bytes) -> int:
         with self._tx() as db:

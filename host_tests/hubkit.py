@@ -115,34 +115,37 @@ def replay_kinds(dev) -> dict[str, bytes]:
     }
 
 
-def replay_ratios(port: int, dev, times: int = 5) -> dict[str, float]:
-    """The device sends one datagram of each kind from its own address; then a foreign address
-    replays each `times` times. Returns bytes received / bytes sent at the foreign address, per kind.
-    After each kind the device sends a new reading and waits for its ack: the hub handles datagrams
-    in order, so by then it has handled (and answered, or not) every replay before it."""
+KINDS = ("reading", "hello", "tamper", "chunk_req", "dack")
+
+
+def replay_ratios(port: int, devices: list, times: int = 5) -> dict[str, float]:
+    """For each uplink kind, its own device (a cgsim.fleet.SimDevice, one key each, so that the once a
+    second rule for one key does not hide another kind's answer) sends one datagram of the kind from
+    its own address; a foreign address then replays it `times` times. Returns bytes received / bytes
+    sent at the foreign address, per kind. After the replays the device sends a new reading and
+    waits for its ack: the hub handles datagrams in order, so by then it has handled every replay."""
     import socket
 
     hub = ("127.0.0.1", port)
-    own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    kinds = replay_kinds(dev)
-    for data in kinds.values():
-        own.sendto(data, hub)
     ratios = {}
-    for kind, data in kinds.items():
+    for kind, dev in zip(KINDS, devices, strict=True):
+        own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        data = replay_kinds(dev)[kind]
+        own.sendto(data, hub)
         foreign = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         for _ in range(times):
             foreign.sendto(data, hub)
         marker = dev.seal(b"s" * 32)[1]
+        marker_seq = dev.next_seq - 1
         own.sendto(marker, hub)
         own.settimeout(10)
-        _seq_of_marker = dev.next_seq - 1
-        while True:  # wait for the marker's ack (other answers to the device may come first)
+        while True:  # wait for the marker's ack (the answer to the first datagram may come first)
             got = dev.open(own.recv(4096))
-            if got is not None and any(r[0] == "ack" and r[1] == _seq_of_marker for r in _records(got[1])):
+            if got is not None and any(r[0] == "ack" and r[1] == marker_seq for r in _records(got[1])):
                 break
         ratios[kind] = _drain(foreign, 0.2) / (times * len(data))
         foreign.close()
-    own.close()
+        own.close()
     return ratios
 
 

@@ -114,18 +114,45 @@ def test_hello_gets_time_and_unlocked_flag_is_recorded(tmp_path):
     assert hub.store.device(KEY_ID)["unlocked_seen"] == 1
 
 
-def test_mode_policy_and_suspension(tmp_path, monkeypatch):
+def test_mode_policy(tmp_path):
     hub = make_hub(tmp_path, modes="encrypt")
     assert hub.handle(device_channel(message.SIGN).seal(b"x")) == []
     assert hub.counters["rejected.mode not allowed"] == 1
+
+
+def test_failure_limit_moves_the_key_epoch_instead_of_suspending(tmp_path, monkeypatch):
+    """protocol.md section 9: at the hub's limit the next answer carries EPOCH; the device moves, its
+    next uplink (new epoch) moves the hub, and the key works on. No person, no lock-out."""
     monkeypatch.setattr(hubmod, "FAILURE_LIMIT", 3)
+    hub = make_hub(tmp_path)
     dev = device_channel()
     for _ in range(3):
         bad = bytearray(dev.seal(b"x"))
         bad[-2] ^= 0x40
+        assert hub.handle(bytes(bad)) == []
+    (reply,) = hub.handle(dev.seal(b"after the limit"))  # still accepted, and asked to move
+    recs = downlink.parse(dev.open(reply)[2])
+    assert recs[-1] == ("epoch",)
+    dev.move_epoch()  # what the outbox does with the record
+    (reply,) = hub.handle(dev.seal(b"in epoch 1"))
+    assert [r[0] for r in downlink.parse(dev.open(reply)[2])] == ["ack"]  # no EPOCH any more
+    row = hub.store.device(KEY_ID)
+    assert (row["epoch"], row["failures"], row["suspended"]) == (1, 0, 0)
+    assert [x["payload_hex"] for x in lines(hub)][-2:] == [b"after the limit".hex(), b"in epoch 1".hex()]
+    assert hub.counters["nonce_reuse"] == 0
+
+
+def test_forged_datagrams_cost_no_commit_each(tmp_path):
+    hub = make_hub(tmp_path)
+    dev = device_channel()
+    hub.handle(dev.seal(b"first"))
+    commits = hub.counters["commits"]
+    for i in range(200):
+        bad = bytearray(dev.seal(b"x%d" % i))
+        bad[-1] ^= 1
         hub.handle(bytes(bad))
-    assert hub.handle(dev.seal(b"x")) == []
-    assert hub.counters["rejected.key suspended"] == 1
+    assert hub.counters["commits"] - commits <= 2  # the count is written at most once a second
+    assert hub.counters["rejected.bad tag"] == 200
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -6,7 +6,7 @@ from cghub import proto as hp
 from cghub import server as hubmod
 from cghub import updates as hub_updates
 from cgsim import fleet as fl
-from hubkit import device_channel, make_hub, replay_ratios
+from hubkit import KINDS, device_channel, make_hub, replay_ratios
 
 KID = 900_001
 
@@ -18,16 +18,21 @@ def _image() -> bytes:
 
 
 def test_replays_from_a_foreign_address_draw_no_more_than_they_bring(tmp_path):
-    root = fl.root_key(b"amp", KID)
-    hub = make_hub(tmp_path, root=root, key_id=KID)
-    hub_updates.publish(hub.store, _image(), [KID], chunk=1024)  # CHUNK REQ answered with 1 KiB
+    hub = make_hub(tmp_path, root=fl.root_key(b"amp", KID), key_id=KID)
+    kids = [KID + i for i in range(len(KINDS))]
+    for kid in kids[1:]:
+        hub.store.register_device(kid, "amp-%d" % kid, fl.root_key(b"amp", kid))
+    hub_updates.publish(hub.store, _image(), kids, chunk=1024)  # CHUNK REQ answered with 1 KiB
     hub.update_provider = hub_updates.provider(hub.store)
-    hub.store.queue_command(KID, hp.config_record(1, 600))  # a pending command rides every answer
+    for kid in kids:
+        hub.store.queue_command(kid, hp.config_record(1, 600))  # a pending command rides every answer
     with hubmod.HubServer(hub) as server:
-        ratios = replay_ratios(server.port, fl.SimDevice(KID, root))
+        ratios = replay_ratios(server.port, [fl.SimDevice(k, fl.root_key(b"amp", k)) for k in kids])
     assert set(ratios) == {"reading", "hello", "tamper", "chunk_req", "dack"}
     assert all(r <= 1.0 for r in ratios.values()), ratios
-    assert ratios["reading"] > 0  # the ack still goes (it is smaller than what came): a NAT rebinding heals
+    # The ack still goes (it is smaller than what came): a device behind a new NAT mapping is healed.
+    assert ratios["reading"] > 0 and ratios["hello"] > 0 and ratios["tamper"] > 0
+    assert ratios["chunk_req"] == 0 and ratios["dack"] == 0
 
 
 def test_a_duplicate_is_answered_at_most_once_per_key_per_second(tmp_path):

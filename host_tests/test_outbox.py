@@ -148,7 +148,7 @@ def test_keys_derive_matches_the_hub(runtime, tmp_path):
     assert out == [hp.derive(ROOT, b"cg up ccm key", 16).hex() + " dev-9 4242"]
 
 
-def test_forgery_limit_locks_downlink_and_reports_once(runtime, tmp_path):
+def test_forgery_limit_moves_the_key_epoch_and_reports_once(runtime, tmp_path):
     out = run(
         runtime,
         tmp_path,
@@ -156,16 +156,22 @@ def test_forgery_limit_locks_downlink_and_reports_once(runtime, tmp_path):
 s = FakeSock()
 ob, ch = make(s)
 ch.fail_limit = 20
+ob.enqueue(b'in flight')
+ob.poll(0)
+before = s.sent[-1]
 for i in range(25):
     ob.handle_downlink(b'\\x41\\x05' + bytes(12))   # authentic-looking, wrong tag
-print(ch.failures, ob.pending())
-ob2, ch2 = make(s)   # reboot: the count was persisted (every 16th), the limit still applies
+print(ch.epoch, ch.failures, ob.pending())
+ob.poll(0)
+print(s.sent[-2][:3] == before[:3], s.sent[-2] != before)   # same header and sequence, sealed again
+ob2, ch2 = make(s)   # reboot: the epoch is on flash
 ch2.fail_limit = 20
-print(ch2.failures >= 16)
+print(ch2.epoch, ch2.reseal_pending)
 """,
     )
-    # 20 counted, then locked; one TAMPER event 2 queued
-    assert out == ["20 1", "True"]
+    # the 20th moved the epoch (5 more counted in the new one); the reading in flight was sealed
+    # again, and one TAMPER event 2 queued
+    assert out == ["1 5 2", "True True", "1 False"]
 
 
 def test_sequence_near_exhaustion_asks_for_a_new_key(runtime, tmp_path):

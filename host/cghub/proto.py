@@ -37,6 +37,7 @@ REC_REBOOT = 0x30
 REC_UPDATE_OFFER = 0x40
 REC_CHUNK = 0x50
 REC_DECOMMISSION = 0x60
+REC_EPOCH = 0x70
 
 ACK_BITMAP_SEQS = 24  # the ACK bitmap covers at most 3 bytes below the acked sequence
 
@@ -179,6 +180,11 @@ def decommission_record() -> bytes:
     return bytes([REC_DECOMMISSION])
 
 
+def epoch_record() -> bytes:
+    """EPOCH: the hub's failed-verification limit was reached; the device moves to the next epoch."""
+    return bytes([REC_EPOCH])
+
+
 def update_offer_record(major: int, minor: int, revision: int, size: int, sha256: bytes, chunk: int) -> bytes:
     if len(sha256) != 32:
         raise ValueError("sha256 must be 32 bytes")
@@ -213,6 +219,9 @@ def parse_records(payload: bytes) -> list[tuple]:
             i += 1
         elif t == REC_DECOMMISSION:
             out.append(("decommission",))
+            i += 1
+        elif t == REC_EPOCH:
+            out.append(("epoch",))
             i += 1
         elif t == REC_UPDATE_OFFER:
             major, minor, rev, size = struct.unpack_from(">BBHI", payload, i + 1)

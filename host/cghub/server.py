@@ -8,11 +8,12 @@
     cellguard hub new-kek --kek-file /etc/cellguard/hub.kek             # a key-encryption key (0600)
     cellguard hub rotate-kek --db hub.sqlite --kek-file new.kek --old-kek-file old.kek
 
-Every accepted message is written as one JSON line; every rejection is logged with its reason and
-counted. Per-key state (replay window, downlink sequence, failed verifications, pending commands)
-lives in SQLite and is committed before the hub answers, so a restart never reopens a window.
-The wire format is docs/protocol.md; cghub.proto implements it from that document. The state is
-behind cghub.store.Store (SqliteStore here), committed once per batch of datagrams.
+Datagrams are handled in batches: verified in the hub's own thread, then everything the batch
+changed (replay windows, accepted messages, downlink sequence numbers, command states) is committed
+in one transaction, and only then do the batch's answers leave. Every accepted message is stored and
+written as one JSON line; rejections are counted per reason and logged in aggregate. The state is
+behind cghub.store.Store (SqliteStore here); the wire format is docs/protocol.md, which cghub.proto
+implements from that document.
 """
 
 from __future__ import annotations
@@ -281,18 +282,15 @@ class Hub:
             return self._reject("key suspended", addr, f"key id {header.key_id}")
         if (dev.modes == "encrypt" and not header.encrypt) or (dev.modes == "sign" and header.encrypt):
             return self._reject("mode not allowed", addr)
-        try:
-            plain = hp.open_(self._dir_keys(dev, "up"), header, data)
-        except hp.ProtocolError as e:
-            if str(e) == "bad tag":
-                self._count_failure(dev)
-            raise
+        plain = self._open(dev, header, data)
         digest = hashlib.sha256(data).digest()
         kid, seq = dev.key_id, header.seq
         acc = self._accepted(dev)
         prior = acc.get(seq)
         if prior is not None:
-            if prior.digest != digest:
+            # A datagram sealed again in a new epoch (protocol.md section 9) has other bytes under
+            # the same sequence, and another key: a duplicate, not a reused nonce.
+            if prior.digest != digest and prior.epoch == dev.epoch:
                 # Two different authentic datagrams under one sequence number: a reused nonce.
                 self.counters["nonce_reuse"] += 1
                 log.error("NONCE REUSE: key id %d seq %d carried two different datagrams", kid, seq)
@@ -334,15 +332,38 @@ class Hub:
         self.counters["accepted"] += 1
         return self._answer(dev, header, plain, True, addr)
 
+    def _open(self, dev: Device, header: hp.Header, data: bytes) -> bytes:
+        """Verify under the key's epoch, else under the next one (protocol.md section 9): a device
+        that moved says so with its next uplink, at no byte of cost. Success under the next epoch moves
+        the hub there (committed with the batch, before any answer); failure under both is counted."""
+        try:
+            return hp.open_(self._dir_keys(dev, "up"), header, data)
+        except hp.ProtocolError as e:
+            if str(e) != "bad tag":
+                raise
+        try:
+            plain = hp.open_(self._dir_keys(dev, "up", dev.epoch + 1), header, data)
+        except hp.ProtocolError as e:
+            if str(e) == "bad tag":
+                self._count_failure(dev)
+            raise
+        dev.epoch += 1
+        dev.failures = 0
+        self._batch.devices[dev.key_id] = dev
+        for k in [k for k in self._keys if k[0] == dev.key_id and k[2] < dev.epoch]:
+            del self._keys[k]
+        self.counters["epoch_moved"] += 1
+        log.info("key id %d moved to key epoch %d", dev.key_id, dev.epoch)
+        return plain
+
     def _count_failure(self, dev: Device) -> None:
         # Counted in memory; written with the next batch, or on its own at most every
-        # FAILURE_FLUSH_S: a forger cannot buy a synced commit per datagram.
+        # FAILURE_FLUSH_S: a forger cannot buy a synced commit per datagram. At the limit the key is
+        # not suspended: the hub asks the device to move to the next epoch (EPOCH, in _answer).
         dev.failures += 1
         self._fail_dirty.add(dev.key_id)
-        if dev.failures >= FAILURE_LIMIT and not dev.suspended:
-            dev.suspended = 1
-            self._batch.devices[dev.key_id] = dev
-            log.error("key id %d suspended: failed-verification limit reached", dev.key_id)
+        if dev.failures == FAILURE_LIMIT:
+            log.warning("key id %d: failed-verification limit reached, asking for a new key epoch", dev.key_id)
 
     def _write_out(self, messages: list[Message]) -> None:
         if self.out is None or not messages:
@@ -418,6 +439,8 @@ class Hub:
         payload = hp.ack_record(top, also)
         if ctrl == hp.CTRL_HELLO or self._has_time_request(kid):
             payload += hp.time_record(int(self.clock()))
+        if dev.failures >= FAILURE_LIMIT:
+            payload += hp.epoch_record()  # until the device's first uplink in the next epoch
         if allowance is not None:
             need = self._down_len(dev, header.encrypt, payload)
             if need > allowance:

@@ -2,7 +2,7 @@
 # Returns tuples so the caller (the outbox and the application) can dispatch without allocation
 # beyond the list: ("ack", seq, bitmap int), ("time", unix), ("config", key, value), ("reboot",),
 # ("update_offer", major, minor, revision, size, sha256, chunk), ("chunk", offset, data),
-# ("decommission",). An unknown record ends parsing with ("unknown", type).
+# ("decommission",), ("epoch",). An unknown record ends parsing with ("unknown", type).
 import struct
 
 REC_TIME = 0x10
@@ -11,6 +11,7 @@ REC_REBOOT = 0x30
 REC_UPDATE_OFFER = 0x40
 REC_CHUNK = 0x50
 REC_DECOMMISSION = 0x60
+REC_EPOCH = 0x70
 COMMANDS = ("config", "reboot", "update_offer", "decommission")
 
 
@@ -62,6 +63,9 @@ def parse(payload):
                 i += 1
             elif t == REC_DECOMMISSION:
                 out.append(("decommission",))
+                i += 1
+            elif t == REC_EPOCH:
+                out.append(("epoch",))
                 i += 1
             elif t == REC_UPDATE_OFFER:
                 major, minor, rev, size = struct.unpack_from(">BBHI", payload, i + 1)

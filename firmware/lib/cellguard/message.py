@@ -21,7 +21,7 @@ FLAG_CONTROL = const(0x10)
 DEFAULT_TAG = {ENCRYPT: 8, SIGN: 16}
 CCM_TAGS = (8, 12, 16)
 FAIL_PERSIST_EVERY = const(16)
-FAIL_LIMIT = const(4096)  # protocol.md section 9: failed downlink verifications before lock-out
+FAIL_LIMIT = const(4096)  # protocol.md section 9: failed downlink verifications before the key epoch moves
 
 
 class MessageError(Exception):
@@ -48,21 +48,23 @@ class Refused(MessageError):
 
 
 class ForgeryLimit(MessageError):
-    """Too many failed verifications on this key: nothing more is accepted until re-keyed."""
+    """Kept for callers of older releases: the limit now moves the key epoch instead (move_epoch)."""
 
 
 Malformed = wire.Malformed
 
 
-def direction_keys(derive, direction):
-    """The CCM key, CCM IV and HMAC key of one direction ("up" or "down") -- protocol.md section 3."""
+def direction_keys(derive, direction, epoch=0):
+    """The CCM key, CCM IV and HMAC key of one direction ("up" or "down") in a key epoch -- protocol.md
+    section 3: epoch 0 has the plain labels, epoch e > 0 appends " e<e>"."""
     p = b"cg " + direction.encode() + b" "
-    return derive(p + b"ccm key", 16), derive(p + b"ccm iv", 13), derive(p + b"hmac key", 32)
+    s = b" e%d" % epoch if epoch else b""
+    return derive(p + b"ccm key" + s, 16), derive(p + b"ccm iv" + s, 13), derive(p + b"hmac key" + s, 32)
 
 
 class _Keys:
-    def __init__(self, derive, direction, ccm_tag, hmac_tag):
-        ccm_key, self.iv, mac_key = direction_keys(derive, direction)
+    def __init__(self, derive, direction, ccm_tag, hmac_tag, epoch=0):
+        ccm_key, self.iv, mac_key = direction_keys(derive, direction, epoch)
         self.ccm = crypto.AesCcm(ccm_key, tag_len=ccm_tag)
         self.enc = self.ccm._enc
         # for crypto.seal_ccm: IV then nonce in st, MAC state x, counter block a
@@ -114,8 +116,14 @@ class Channel:
         if ccm_tag not in CCM_TAGS:  # protocol.md section 1; CCM itself would take 4..16
             raise ValueError("CCM tag must be 8, 12 or 16 bytes")
         recv = "down" if send == "up" else "up"
-        self._tx = _Keys(derive, send, ccm_tag, hmac_tag)
-        self._rx = _Keys(derive, recv, ccm_tag, hmac_tag)
+        self._derive, self._send, self._recv, self._tags = derive, send, recv, (ccm_tag, hmac_tag)
+        self._state_dir = state_dir
+        self.epoch = 0
+        self.reseal_pending = False  # the epoch moved: datagrams sealed before it must be sealed again
+        if state_dir is not None:
+            self._load_epoch()
+        self._tx = _Keys(derive, send, ccm_tag, hmac_tag, self.epoch)
+        self._rx = _Keys(derive, recv, ccm_tag, hmac_tag, self.epoch)
         self.counter = counter
         self.key_id = key_id
         self.mode = mode
@@ -125,7 +133,6 @@ class Channel:
         # datagram still in flight was sealed in (set_mode, accept_mode).
         self._rx_modes = [mode]
         self._rx_down = recv == "down"
-        self._state_dir = state_dir
         self.fail_limit = fail_limit
         self.failures = 0
         self.last_seq = -1
@@ -175,6 +182,73 @@ class Channel:
         except (OSError, ValueError):
             self.failures = 0
 
+    def _load_epoch(self):
+        # "E" or "E R": the key epoch, and R while datagrams sealed in the epoch before still wait
+        # to be sealed again (a power cut in the middle of move_epoch's re-sealing).
+        try:
+            f = atomic.read_bytes(self._path("msg_epoch")).split()
+            self.epoch = int(f[0])
+            self.reseal_pending = len(f) > 1
+        except (OSError, ValueError, IndexError):
+            self.epoch = 0
+
+    def move_epoch(self):
+        """Move both directions to the next key epoch, derived from the same root key (protocol.md
+        section 9): after the downlink forgery limit, or when the hub asks (EPOCH record). The epoch
+        is on flash before any key of it is used; sequence numbers and the window carry on."""
+        self.epoch += 1
+        self.reseal_pending = True
+        self.failures = 0
+        if self._state_dir is not None:
+            atomic.write_atomic(self._path("msg_epoch"), b"%d R" % self.epoch)
+            atomic.write_atomic(self._path("msg_fail"), b"0")
+        ccm_tag, hmac_tag = self._tags
+        self._tx = _Keys(self._derive, self._send, ccm_tag, hmac_tag, self.epoch)
+        self._rx = _Keys(self._derive, self._recv, ccm_tag, hmac_tag, self.epoch)
+        self._set_flags()
+
+    def reseal_into(self, data, out):
+        """A datagram this end sealed in the epoch before, sealed again in the current one under the
+        same sequence number, into `out`; returns its length (0: it verifies under neither). One that
+        already verifies under the current epoch is copied as it is."""
+        flags, _kid, seq, hlen = wire.parse_header(data)
+        ccm_tag, hmac_tag = self._tags
+        for keys in (self._tx, _Keys(self._derive, self._send, ccm_tag, hmac_tag, self.epoch - 1)):
+            payload = self._open_with(keys, data, flags, seq, hlen)
+            if payload is None:
+                continue
+            if keys is self._tx:
+                n = len(data)
+                out[:n] = data
+                return n
+            return self.seal_into(payload, out, bool(flags & FLAG_CONTROL), seq)
+        return 0
+
+    def reseal_done(self):
+        self.reseal_pending = False
+        if self._state_dir is not None:
+            atomic.write_atomic(self._path("msg_epoch"), b"%d" % self.epoch)
+
+    def _open_with(self, k, data, flags, seq, hlen):
+        # The payload if the tag verifies under keys k, else None.
+        n = len(data)
+        if flags & wire.FLAG_ENCRYPT:
+            if n < hlen + k.ccm.tag_len:
+                return None
+            mv = memoryview(data)
+            out = bytearray(n - hlen - k.ccm.tag_len)
+            try:
+                k.ccm.open_into(k.make_nonce(seq), mv[:hlen], mv[hlen:], out)
+            except crypto.TagMismatch:
+                return None
+            return bytes(out)
+        if n < hlen + k.hmac_tag:
+            return None
+        tag = k.mac.digest(memoryview(data)[: n - k.hmac_tag])
+        if not crypto.ct_equal(memoryview(tag)[: k.hmac_tag], memoryview(data)[n - k.hmac_tag :]):
+            return None
+        return bytes(data[hlen : n - k.hmac_tag])
+
     def persist_window(self):
         """Write the receive window (after executing commands: protocol.md section 7)."""
         if self._state_dir is not None:
@@ -218,10 +292,9 @@ class Channel:
     def open(self, data):
         """Verify, replay-check and decrypt one datagram -> (flags, seq, payload bytes).
 
-        Raises Malformed, BadTag, Replayed or ForgeryLimit; the window moves only on success.
+        Raises Malformed, Refused, BadTag or Replayed; the window moves only on success. The
+        fail_limit-th BadTag moves the key epoch (move_epoch): nothing ever locks the device out.
         """
-        if self.failures >= self.fail_limit:
-            raise ForgeryLimit("failed-verification limit reached")
         flags, kid, seq, hlen = wire.parse_header(data)
         if self._rx_down:
             if kid is not None or flags & (wire.FLAG_CONTROL | wire.FLAG_UNLOCKED):
@@ -257,5 +330,7 @@ class Channel:
 
     def _failed(self):
         self.failures += 1
-        if self._state_dir is not None and self.failures % FAIL_PERSIST_EVERY == 0:
+        if self.failures >= self.fail_limit:
+            self.move_epoch()  # the next uplink, sealed in the new epoch, tells the hub
+        elif self._state_dir is not None and self.failures % FAIL_PERSIST_EVERY == 0:
             atomic.write_atomic(self._path("msg_fail"), b"%d" % self.failures)

@@ -102,6 +102,8 @@ class Outbox:
         atomic.ensure_dir(self.folder)
         self._entries = []
         self._load()
+        if channel.reseal_pending:  # a power cut in the middle of an epoch move
+            self._reseal()
         self._budget_day, self._budget_used = self._load_budget()
         self._load_config()
 
@@ -318,6 +320,34 @@ class Outbox:
         return len(self._entries)
 
     def handle_downlink(self, data):
+        self._handle_downlink(data)
+        if self.channel.reseal_pending:
+            # The key epoch moved (the forgery limit, or the hub's EPOCH record): what is in flight
+            # is sealed again in the new epoch, same sequence numbers, and sent at once, which tells
+            # the hub (protocol.md section 9).
+            self._reseal()
+
+    def _reseal(self):
+        buf = self._buf
+        for e in list(self._entries):
+            if e.seq is None:
+                continue
+            data = atomic.read_bytes(self._path(e.id))
+            n = self.channel.reseal_into(memoryview(data)[1:], memoryview(buf)[1:])
+            if not n:
+                _log("outbox: entry %d verifies in no epoch, dropped" % e.id)
+                self._drop(e)
+                continue
+            buf[0] = _SEALED
+            atomic.write_atomic(self._path(e.id), memoryview(buf)[: 1 + n])
+            e.size = n
+            e.due = 0
+            e.backoff = 0
+        self.channel.reseal_done()
+        _log("outbox: key epoch %d" % self.channel.epoch)
+        self._event_once(wire.EVENT_FORGERY_LIMIT)
+
+    def _handle_downlink(self, data):
         try:
             flags, seq, payload = self.channel.open(data)
         except message.Replayed as e:
@@ -325,10 +355,6 @@ class Outbox:
             if e.duplicate and e.payload is not None and self._has_commands(e.payload):
                 self._dack(e.seq)
             self.stats["rejected_downlink"] += 1
-            return
-        except message.ForgeryLimit:
-            self.stats["rejected_downlink"] += 1
-            self._event_once(wire.EVENT_FORGERY_LIMIT)
             return
         except (message.MessageError, wire.Malformed) as e:
             self.stats["rejected_downlink"] += 1
@@ -347,6 +373,8 @@ class Outbox:
                 self._acked(downlink.acked(rec[1], rec[2]))
             elif kind == "time":
                 self._set_time(rec[1])
+            elif kind == "epoch":
+                self.channel.move_epoch()  # the hub's limit: it asks once per answer until we move
             elif kind == "unknown":
                 _log("unknown downlink record %d" % rec[1])
             elif kind == "chunk":

@@ -1,0 +1,75 @@
+"""No remote lock-out (protocol.md section 9): 2^12 forged downlinks make the device (the firmware on
+the MicroPython unix port, with a microcontroller-sized heap) move to the next key epoch, derived
+from the same root key; after a reboot it still delivers readings to the real hub over UDP and still
+accepts its commands. The hub follows by trying the next epoch, with no person involved."""
+
+import pytest
+from cghub import proto as hp
+from cghub.server import HubServer
+from harness import run_micropython
+from hubkit import KEY_ID, ROOT, lines, make_hub
+
+pytestmark = pytest.mark.timeout(180)
+
+BOOT = """
+import sys
+import hostudp
+from cellguard import keys, message, outbox, runtime, seqstore
+PORT, BOOT, FS = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+runtime.set_fs_root(FS)
+if BOOT == 0:
+    keys.provision(bytes.fromhex(ROOT_HEX), 'dev-1', KEY_ID)
+got = []
+counter = seqstore.SequenceCounter(FS + '/state/msg_seq')
+ch = message.Channel(keys.derive, counter, key_id=keys.key_id(), state_dir=FS + '/state')
+ob = outbox.Outbox(ch, hostudp.HostUdp(), '127.0.0.1', PORT, base_ms=100, ceiling_ms=400,
+                   on_command=got.append)
+def deliver():
+    t = runtime.ticks_ms()
+    while ob.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+        ob.poll(50)
+ob.enqueue(b'boot %d' % BOOT)
+deliver()
+if BOOT == 0:
+    forged = bytearray(b'\\x41\\x00\\x00' + bytes(10))
+    for i in range(4096):   # 2^12 forged downlinks: each a wrong tag under a fresh sequence
+        forged[1], forged[2] = i >> 8, i & 0xFF
+        ob.handle_downlink(forged)
+    print('EPOCH', ch.epoch, ch.failures)
+    ob.enqueue(b'after the forgeries')
+    deliver()
+else:
+    t = runtime.ticks_ms()
+    while not got and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+        ob.enqueue(b'asking')
+        deliver()
+    print('CMD', got)
+    print('INTERVAL', ob.interval_s)
+print('EPOCH', ch.epoch, 'PENDING', ob.pending())
+"""
+
+
+def _boot(port: int, n: int, fs) -> list[str]:
+    script = BOOT.replace("ROOT_HEX", repr(ROOT.hex())).replace("KEY_ID", str(KEY_ID))
+    return run_micropython(script, heapsize="192K", timeout=120, args=(port, n, fs)).splitlines()
+
+
+def test_forged_downlinks_move_the_epoch_and_the_device_keeps_working(tmp_path):
+    hub = make_hub(tmp_path)
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    with HubServer(hub) as server:
+        out0 = _boot(server.port, 0, fs)
+        assert out0[0] == "EPOCH 1 0" and out0[-1] == "EPOCH 1 PENDING 0", out0
+        hub.store.queue_command(KEY_ID, hp.config_record(1, 900))
+        out1 = _boot(server.port, 1, fs)  # a reboot: the epoch was on flash
+    assert out1[0] == "CMD [('config', 1, 900)]" and out1[1] == "INTERVAL 900", out1
+    assert out1[-1] == "EPOCH 1 PENDING 0", out1
+    got = [bytes.fromhex(x["payload_hex"]) for x in lines(hub) if x["type"] == "reading"]
+    assert got[:3] == [b"boot 0", b"after the forgeries", b"boot 1"]
+    tampers = [x for x in lines(hub) if x["type"] == "tamper"]
+    assert [bytes.fromhex(x["payload_hex"])[:1] for x in tampers] == [b"\x02"]  # event 2, reported once
+    row = hub.store.device(KEY_ID)
+    assert row["epoch"] == 1 and row["failures"] == 0
+    assert [c["state"] for c in hub.store.commands(KEY_ID)] == ["done"]
+    assert hub.counters["epoch_moved"] == 1 and hub.counters["nonce_reuse"] == 0

@@ -7,8 +7,10 @@
   2-core bench machine the load generator, PostgreSQL and the workers share the two cores.
 - mqtt.delivered_per_s, mqtt.lost, mqtt.duplicated: MQTT_MESSAGES readings accepted by a hub with
   `--mqtt`, received by a subscriber on `cellguard/#`; when a third have arrived the broker (amqtt, its
-  own process) is stopped and started again. The hub reaches it through a TCP gate that opens once
-  the subscriber is back, so "lost" counts what the hub lost, not what nobody was subscribed to.
+  own process) is stopped and started again. The hub reaches it through a TCP gate: cut first, the
+  broker restarted once the subscriber holds everything the hub handed it (amqtt keeps nothing across a
+  restart: what it acknowledged and had not yet delivered would be its loss, not the hub's), opened
+  again once the subscriber is back. So "lost" counts what the hub lost.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def mqtt_run(tmp: Path) -> dict:
             def restart_when_a_third_arrived():
                 sub.wait_distinct(total // 3, 300)
                 gate.close()
+                sub.wait_keys(gate.acknowledged(), 300)  # the broker has delivered what it acknowledged
                 broker.restart()
                 sub.subscribed.wait(60)
                 gate.open()

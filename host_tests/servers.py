@@ -186,6 +186,14 @@ class MqttSubscriber:
         if not ok:
             raise TimeoutError(f"{len(set(self.keys()))} of {n} messages arrived")
 
+    def wait_keys(self, keys: set[str], timeout: float = START_TIMEOUT_S) -> None:
+        """Until every message in `keys` (idempotency keys) has arrived."""
+        want = set(keys)
+        with self.cond:
+            ok = self.cond.wait_for(lambda: want <= {p["idempotency_key"] for _, p in self.got}, timeout)
+        if not ok:
+            raise TimeoutError(f"{len(want - set(self.keys()))} of {len(want)} messages never arrived")
+
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
@@ -201,6 +209,11 @@ class TcpGate:
 
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
+        # What the broker acknowledged (PUBACK) for the client, by the PUBLISH payloads' idempotency
+        # keys: a test restarts a broker only once the subscriber holds all of it, so that a broker
+        # without persistence losing what it acknowledged is not counted as the client's loss.
+        self.acked: set[str] = set()
+        self._pids: dict[int, str] = {}
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._open = threading.Event()
@@ -225,13 +238,15 @@ class TcpGate:
                 continue
             with self._lock:
                 self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
+        buf = bytearray()
         try:
             while data := src.recv(65536):
+                buf += data
+                self._watch(buf, upward)  # before forwarding: a PUBLISH is known before its PUBACK
                 dst.sendall(data)
         except OSError:
             pass
@@ -240,6 +255,39 @@ class TcpGate:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def _watch(self, buf: bytearray, upward: bool) -> None:
+        """Take whole MQTT packets off `buf`: a PUBLISH's packet id and idempotency key going up,
+        the PUBACK for that packet id coming down."""
+        import json
+
+        while len(buf) >= 2:
+            length, mult, i = 0, 1, 1
+            while True:  # the remaining length: a varint of up to 4 bytes
+                if i >= len(buf):
+                    return
+                length += (buf[i] & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not buf[i - 1] & 0x80:
+                    break
+            if len(buf) < i + length:
+                return
+            packet, first = bytes(buf[i : i + length]), buf[0]
+            del buf[: i + length]
+            if upward and first >> 4 == 3 and (first >> 1) & 3:  # PUBLISH, QoS > 0: topic, packet id, payload
+                at = 2 + int.from_bytes(packet[:2], "big")
+                with self._lock:
+                    self._pids[int.from_bytes(packet[at : at + 2], "big")] = json.loads(packet[at + 2 :])["idempotency_key"]
+            elif not upward and first >> 4 == 4:  # PUBACK: packet id
+                with self._lock:
+                    key = self._pids.pop(int.from_bytes(packet[:2], "big"), None)
+                    if key is not None:
+                        self.acked.add(key)
+
+    def acknowledged(self) -> set[str]:
+        with self._lock:
+            return set(self.acked)
 
     def close(self) -> None:
         self._open.clear()

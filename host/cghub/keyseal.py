@@ -158,7 +158,10 @@ def read_kek_file(path: str | Path) -> Kek:
     if mode & 0o077:
         raise KekError(f"the KEK file {p} is readable by others (mode {mode & 0o777:o}); chmod 600 it")
     text = data.strip()
-    key = data if len(data) == 32 else bytes.fromhex(text.decode()) if len(text) == 64 else data
+    try:
+        key = data if len(data) == 32 else bytes.fromhex(text.decode()) if len(text) == 64 else data
+    except ValueError:
+        raise KekError(f"the KEK file {p} holds neither 32 raw bytes nor 64 hex digits") from None
     return Kek(key, str(p))
 
 

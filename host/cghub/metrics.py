@@ -47,8 +47,17 @@ class _HubCollector:
             self._fleet_cache = (now, self._fleet(now - SEEN_WINDOW_S))
         return self._fleet_cache[1]
 
+    def _snapshot(self) -> dict:
+        # The hub's thread adds keys (a new rejection reason) while we copy: copy again then.
+        for _ in range(10):
+            try:
+                return dict(self._counters())
+            except RuntimeError:
+                continue
+        return {}
+
     def collect(self):
-        c = dict(self._counters())
+        c = self._snapshot()
         for name, doc in _PLAIN.items():
             yield CounterMetricFamily("cellguard_hub_" + name, doc, value=c.get(name, 0))
         rejected = CounterMetricFamily("cellguard_hub_rejected", "datagrams rejected, by reason", labels=["reason"])

@@ -103,7 +103,6 @@ class PostgresStore(SqlReads, Store):
         self.migrated = migrate(self._admin)
         self._batch_owner: int | None = None  # the thread whose batch transaction is open
         self._locked: set[int] = set()
-        self._opened: dict[tuple[int, bytes], bytes] = {}  # (key id, sealed blob) -> root key: unwrap once
 
     # ---- helpers ------------------------------------------------------------------------------------
     @property
@@ -135,14 +134,9 @@ class PostgresStore(SqlReads, Store):
             ).rowcount
 
     def _device(self, r: tuple, with_key: bool = True) -> Device:
-        key_id, blob = r[0], bytes(r[2])
-        root = b""
-        if with_key:
-            root = self._opened.get((key_id, blob))
-            if root is None:
-                root = self._opened[(key_id, blob)] = self._open_key(key_id, blob)
+        root = self._open_key(r[0], bytes(r[2])) if with_key else b""
         return Device(
-            key_id, r[1], root, r[3], r[4], r[5], r[6], r[7], r[8], r[9], int(r[10]), r[11], r[12], r[13]
+            r[0], r[1], root, r[3], r[4], r[5], r[6], r[7], r[8], r[9], int(r[10]), r[11], r[12], r[13]
         )
 
     # ---- provisioning and operators -----------------------------------------------------------------
@@ -210,7 +204,7 @@ class PostgresStore(SqlReads, Store):
                 f"SELECT {_DEVICE_COLS} FROM devices WHERE key_id = ANY(%s) ORDER BY key_id FOR UPDATE", (ids,)
             ).fetchall() if ids else []
             self._locked = {r[0] for r in rows}
-            return {r[0]: self._device(r) for r in rows}
+            return {r[0]: self._device(r, with_key=False) for r in rows}  # the hub has the keys it cached
         except BaseException:
             self.abort_batch()
             raise

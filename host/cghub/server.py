@@ -149,8 +149,11 @@ class Hub:
             return
         for kid, dev in fresh.items():
             cached = self._devs.get(kid)
-            if cached is None or _state(cached) != _state(dev):
+            if cached is None:
+                continue  # loaded, key and all, when first needed: inside this transaction, locked
+            if _state(cached) != _state(dev):
                 self.forget(kid)
+                dev.root_key = cached.root_key  # a key id's root key never changes: no unwrap needed
                 self._devs[kid] = dev
 
     def _device(self, key_id: int) -> Device | None:

@@ -73,3 +73,46 @@ def test_forged_downlinks_move_the_epoch_and_the_device_keeps_working(tmp_path):
     assert row["epoch"] == 1 and row["failures"] == 0
     assert [c["state"] for c in hub.store.commands(KEY_ID)] == ["done"]
     assert hub.counters["epoch_moved"] == 1 and hub.counters["nonce_reuse"] == 0
+
+
+HUB_ASKS = """
+import sys
+import hostudp
+from cellguard import keys, message, outbox, runtime, seqstore
+PORT, FS = int(sys.argv[1]), sys.argv[2]
+runtime.set_fs_root(FS)
+keys.provision(bytes.fromhex(ROOT_HEX), 'dev-1', KEY_ID)
+counter = seqstore.SequenceCounter(FS + '/state/msg_seq')
+ch = message.Channel(keys.derive, counter, key_id=keys.key_id(), state_dir=FS + '/state')
+ob = outbox.Outbox(ch, hostudp.HostUdp(), '127.0.0.1', PORT, base_ms=100, ceiling_ms=400)
+for text in (b'answered with EPOCH', b'in the new epoch'):
+    ob.enqueue(text)
+    t = runtime.ticks_ms()
+    while ob.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+        ob.poll(50)
+    print('EPOCH', ch.epoch, 'PENDING', ob.pending())
+"""
+
+
+def test_the_hubs_limit_moves_the_epoch_and_the_key_keeps_working(tmp_path, monkeypatch):
+    from cghub import server as hubmod
+    from hubkit import device_channel
+
+    monkeypatch.setattr(hubmod, "FAILURE_LIMIT", 50)  # 2^20 in the field
+    hub = make_hub(tmp_path)
+    forger = device_channel(root=bytes(32))  # the key id in clear, any key: every tag is bad
+    forger.counter.n = 1000
+    for _ in range(50):
+        assert hub.handle(forger.seal(b"forged")) == []
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    script = HUB_ASKS.replace("ROOT_HEX", repr(ROOT.hex())).replace("KEY_ID", str(KEY_ID))
+    with HubServer(hub) as server:
+        out = run_micropython(script, heapsize="192K", timeout=120, args=(server.port, fs)).splitlines()
+    # The first reading is still accepted (its ack carries EPOCH, and the device moves); the second,
+    # and the TAMPER event 2 the move queues, go in epoch 1, which moves the hub.
+    assert out == ["EPOCH 1 PENDING 0", "EPOCH 1 PENDING 0"], out
+    got = [bytes.fromhex(x["payload_hex"]) for x in lines(hub) if x["type"] == "reading"]
+    assert got == [b"answered with EPOCH", b"in the new epoch"]
+    row = hub.store.device(KEY_ID)
+    assert (row["epoch"], row["failures"], row["suspended"]) == (1, 0, 0)

@@ -247,3 +247,26 @@ def test_downlink_sequence_exhaustion_is_refused_not_wrapped(tmp_path):
     assert hub.handle(dev.seal(b"beyond")) == []
     assert hub.counters["rejected.downlink sequence exhausted"] == 1
     assert hub.counters["internal_error"] == 0
+
+
+def test_memory_per_key_is_bounded_and_older_duplicates_come_from_the_store(tmp_path):
+    hub = make_hub(tmp_path)
+    dev = device_channel()
+    sent = [dev.seal(b"%d" % i) for i in range(400)]
+    for d in sent:
+        hub.handle(d)
+    assert len(hub._acc[KEY_ID]) <= hubmod.MEM_ACCEPTED + 16 + 1  # not ACCEPTED_KEEP rows per key
+    hub.monotonic = lambda: 10.0**9  # past the once-a-second limit on answers to duplicates
+    assert acks_in(dev, hub.handle(sent[5])) == [5]  # known from the store: a duplicate, re-acked
+    assert hub.counters["duplicate"] == 1 and hub.counters["nonce_reuse"] == 0
+
+
+@pytest.mark.parametrize("device_id", ["dev-1", 'quo"te\\back', "ünï\u2028côde", "\x00ctl"])
+@pytest.mark.parametrize("at", [1_800_000_000.0, 1_800_000_000.12345, 0.1])
+def test_json_line_is_what_json_dumps_writes(device_id, at):
+    import json
+
+    from cghub.store import Message
+
+    m = Message(at, device_id, 1_000_001, 300, "reading", "encrypt", True, b"\x00\xff")
+    assert m.json_line() == json.dumps(m.as_json(), sort_keys=True) + "\n"

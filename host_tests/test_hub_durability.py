@@ -48,3 +48,18 @@ def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path):
     assert acked_before_kill and acked_before_kill <= set(got)  # ... including all acked before a kill
     assert report["down_nonce_reuse"] == 0, report  # no downlink number sealed twice across the kills
     assert report["down_received"] >= total // 2
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+def test_sigkill_at_many_moments(tmp_path):
+    readings = 20
+    total = DEVICES * readings
+    kill_at = sorted(random.Random(11).sample(range(total // 20, total - total // 20), 8))
+    db, fleet, report, acked_before_kill = _kill_and_restart(tmp_path, kill_at, readings)
+    assert report["unacked"] == 0, report
+    store = HubStore(db)
+    got = [m.payload for _, m in store.messages(0, 10 * total) if m.kind == "reading"]
+    assert len(got) == len(set(got)) == total
+    assert acked_before_kill <= set(got)
+    assert report["down_nonce_reuse"] == 0, report

@@ -45,7 +45,9 @@ log = logging.getLogger("cellguard.hub")
 UP_WINDOW = 64  # protocol.md section 7
 DOWN_WINDOW = 32  # the device's downlink window: command datagrams older than this are re-sealed
 FAILURE_LIMIT = 1 << 20  # protocol.md section 9: failed verifications before the key epoch moves
-ACCEPTED_KEEP = 1024  # accepted (key, seq, digest) rows kept below the highest, for duplicates/nonce reuse
+ACCEPTED_KEEP = 1024  # accepted (key, seq, digest) rows stored below the highest, for duplicates/nonce reuse
+PRUNE_STEP = 64  # stored rows below ACCEPTED_KEEP are deleted in steps: one DELETE per key per step
+MEM_ACCEPTED = UP_WINDOW + 32  # accepted rows a key keeps in memory (the window; older ones: the store)
 ACK_RECENT_S = 900  # accepted this recently: still worth re-acknowledging in the ACK bitmap
 FAILURE_FLUSH_S = 1.0  # failed verifications alone are written at most this often (no commit per forgery)
 REJECT_LOG_S = 10.0  # rejections are logged as one line per reason and interval
@@ -88,6 +90,7 @@ class Hub:
         self.rejects = RejectLog(log, REJECT_LOG_S)
         self._devs: dict[int, Device] = {}
         self._acc: dict[int, dict[int, Accepted]] = {}
+        self._pruned: dict[int, int] = {}  # key id -> stored accepted rows below this are deleted
         self._cmds: dict[int, list[Command]] = {}
         self._keys: dict[tuple[int, str, int], hp.DirectionKeys] = {}
         self._mark = store.changes_since(-1)[0]
@@ -168,7 +171,7 @@ class Hub:
     def _accepted(self, dev: Device) -> dict[int, Accepted]:
         acc = self._acc.get(dev.key_id)
         if acc is None:
-            rows = self.store.recent_accepted(dev.key_id, dev.up_highest - ACCEPTED_KEEP)
+            rows = self.store.recent_accepted(dev.key_id, dev.up_highest - MEM_ACCEPTED)
             acc = self._acc[dev.key_id] = {a.seq: a for a in sorted(rows, key=lambda a: a.seq)}
         return acc
 
@@ -266,10 +269,21 @@ class Hub:
             self.counters["commits"] += 1
             if self.metrics is not None:
                 self.metrics.observe_batch(len(items), time.perf_counter() - t0)
+        self._trim(batch)
         self._write_out(batch.messages)
         if batch.messages and self.after_commit is not None:
             self.after_commit()
         return answers
+
+    def _trim(self, batch: Batch) -> None:
+        # Memory holds the window's accepted rows (and some): the store, committed now, has the rest.
+        for a in batch.accepted:
+            acc = self._acc.get(a.key_id)
+            dev = self._devs.get(a.key_id)
+            if acc is not None and dev is not None and len(acc) > MEM_ACCEPTED + 16:
+                floor = dev.up_highest - MEM_ACCEPTED
+                for s in [s for s in acc if s < floor]:
+                    del acc[s]
 
     def _handle(self, data: bytes, addr) -> list[bytes]:
         self.counters["received"] += 1
@@ -290,6 +304,8 @@ class Hub:
         kid, seq = dev.key_id, header.seq
         acc = self._accepted(dev)
         prior = acc.get(seq)
+        if prior is None and seq <= dev.up_highest - UP_WINDOW:
+            prior = self.store.accepted(kid, seq)  # older than the window: only the store knows
         if prior is not None:
             # A datagram sealed again in a new epoch (protocol.md section 9) has other bytes under
             # the same sequence, and another key: a duplicate, not a reused nonce.
@@ -318,13 +334,11 @@ class Hub:
         batch = self._batch
         batch.devices[kid] = dev
         batch.accepted.append(a)
-        # Bounded per key: far below the window an authentic datagram is rejected anyway. The dict is
-        # in arrival order, which is sequence order but for the window's stragglers.
+        # Bounded per key: far below the window an authentic datagram is rejected anyway. Stored rows
+        # are pruned every few sequences, memory after the commit (_trim).
         below = highest - ACCEPTED_KEEP
-        if len(acc) > ACCEPTED_KEEP + 1 and next(iter(acc)) < below:
-            while acc and next(iter(acc)) < below:
-                del acc[next(iter(acc))]
-            batch.prune[kid] = below
+        if below >= self._pruned.get(kid, 0) + max(1, min(PRUNE_STEP, ACCEPTED_KEEP // 16)):
+            batch.prune[kid] = self._pruned[kid] = below
         kind = "reading"
         body = plain
         if header.flags & hp.FLAG_CONTROL:
@@ -371,7 +385,7 @@ class Hub:
     def _write_out(self, messages: list[Message]) -> None:
         if self.out is None or not messages:
             return
-        self.out.write("".join(json.dumps(m.as_json(), sort_keys=True) + "\n" for m in messages))
+        self.out.write("".join(m.json_line() for m in messages))
         self.out.flush()
 
     # ---- answers --------------------------------------------------------------------------------
@@ -457,12 +471,15 @@ class Hub:
         return replies
 
     def _has_time_request(self, key_id: int) -> bool:
-        return any(c.record[:1] == bytes([hp.REC_TIME]) for c in self._pending(key_id))
+        pending = self._pending(key_id)
+        return bool(pending) and any(c.record[:1] == bytes([hp.REC_TIME]) for c in pending)
 
     def _take_time_requests(self, key_id: int) -> bool:
         """A queued TIME is not a command the device confirms (protocol.md section 4): it goes out
         once, with the hub's clock at that moment, in the next ack datagram, and is then done."""
         pending = self._pending(key_id)
+        if not pending:
+            return False
         times = [c for c in pending if c.record[:1] == bytes([hp.REC_TIME])]
         for c in times:
             c.state = "done"
@@ -864,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(
                 f"{r['key_id']:>10} {r['device_id']:<20} seq<= {r['up_highest']:<8} down {r['down_seq']:<6} "
-                f"failures {r['failures']} {'SUSPENDED ' if r['suspended'] else ''}{'RETIRED ' if r['retired'] else ''}"
+                f"epoch {r['epoch']} failures {r['failures']} {'SUSPENDED ' if r['suspended'] else ''}{'RETIRED ' if r['retired'] else ''}"
                 f"{'UNLOCKED-UNIT' if r['unlocked_seen'] else ''}"
             )
     return 0

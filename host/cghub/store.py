@@ -13,6 +13,7 @@ docstrings. Keep it stable: add methods, do not rename them.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
@@ -23,6 +24,7 @@ from cghub import keyseal
 from cghub.keyseal import Keyring
 
 MODES = ("any", "encrypt", "sign")
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str (ensure_ascii)
 
 
 @dataclass
@@ -98,6 +100,23 @@ class Message:
             "unlocked": self.unlocked,
             "payload_hex": self.payload.hex(),
         }
+
+    def json_line(self) -> str:
+        """as_json() as json.dumps(sort_keys=True) writes it, without its per-call cost (hot path)."""
+        return (
+            '{"at": %r, "device": %s, "key_id": %d, "mode": "%s", "payload_hex": "%s", "seq": %d, "type": "%s",'
+            ' "unlocked": %s}\n'
+            % (
+                round(self.at, 3),
+                _json_str(self.device_id),
+                self.key_id,
+                self.mode,
+                self.payload.hex(),
+                self.seq,
+                self.kind,
+                "true" if self.unlocked else "false",
+            )
+        )
 
 
 @dataclass
@@ -204,6 +223,10 @@ class Store(ABC):
         """The accepted rows of a key id with seq >= from_seq."""
 
     @abstractmethod
+    def accepted(self, key_id: int, seq: int) -> Accepted | None:
+        """One accepted row (a duplicate older than the hub keeps in memory), or None."""
+
+    @abstractmethod
     def pending_commands(self, key_id: int) -> list[Command]:
         """The key id's commands that are not done, oldest first."""
 
@@ -294,6 +317,10 @@ class SqlReads:
     def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
         rows = self._read("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=? AND seq>=?", (key_id, from_seq))
         return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def accepted(self, key_id: int, seq: int) -> Accepted | None:
+        rows = self._read("SELECT digest, at, epoch FROM accepted WHERE key_id=? AND seq=?", (key_id, seq))
+        return Accepted(key_id, seq, bytes(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
 
     def accepted_seqs(self, key_id: int) -> list[int]:
         return [r[0] for r in self._read("SELECT seq FROM accepted WHERE key_id=? ORDER BY seq", (key_id,))]

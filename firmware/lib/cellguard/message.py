@@ -118,7 +118,7 @@ class Channel:
         recv = "down" if send == "up" else "up"
         self._derive, self._send, self._recv, self._tags = derive, send, recv, (ccm_tag, hmac_tag)
         self._state_dir = state_dir
-        self.epoch = 0
+        self.epoch = self.confirmed = 0
         self.reseal_pending = False  # the epoch moved: datagrams sealed before it must be sealed again
         if state_dir is not None:
             self._load_epoch()
@@ -183,14 +183,22 @@ class Channel:
             self.failures = 0
 
     def _load_epoch(self):
-        # "E" or "E R": the key epoch, and R while datagrams sealed in the epoch before still wait
-        # to be sealed again (a power cut in the middle of move_epoch's re-sealing).
+        # "E C" or "E C R": the key epoch, the last epoch a downlink verified in (the hub is known to
+        # be there), and R while datagrams sealed in the epoch before still wait to be sealed again
+        # (a power cut in the middle of move_epoch's re-sealing).
         try:
             f = atomic.read_bytes(self._path("msg_epoch")).split()
             self.epoch = int(f[0])
-            self.reseal_pending = len(f) > 1
+            self.confirmed = int(f[1]) if len(f) > 1 and f[1] != b"R" else self.epoch
+            self.reseal_pending = f[-1] == b"R"
         except (OSError, ValueError, IndexError):
-            self.epoch = 0
+            self.epoch = self.confirmed = 0
+
+    def _save_epoch(self):
+        if self._state_dir is not None:
+            atomic.write_atomic(
+                self._path("msg_epoch"), b"%d %d%s" % (self.epoch, self.confirmed, b" R" if self.reseal_pending else b"")
+            )
 
     def move_epoch(self):
         """Move both directions to the next key epoch, derived from the same root key (protocol.md
@@ -199,8 +207,8 @@ class Channel:
         self.epoch += 1
         self.reseal_pending = True
         self.failures = 0
+        self._save_epoch()
         if self._state_dir is not None:
-            atomic.write_atomic(self._path("msg_epoch"), b"%d R" % self.epoch)
             atomic.write_atomic(self._path("msg_fail"), b"0")
         ccm_tag, hmac_tag = self._tags
         self._tx = _Keys(self._derive, self._send, ccm_tag, hmac_tag, self.epoch)
@@ -226,8 +234,7 @@ class Channel:
 
     def reseal_done(self):
         self.reseal_pending = False
-        if self._state_dir is not None:
-            atomic.write_atomic(self._path("msg_epoch"), b"%d" % self.epoch)
+        self._save_epoch()
 
     def _open_with(self, k, data, flags, seq, hlen):
         # The payload if the tag verifies under keys k, else None.
@@ -322,6 +329,9 @@ class Channel:
                 self._failed()
                 raise BadTag("bad tag")
             payload = bytes(data[hlen : n - k.hmac_tag])
+        if self.confirmed != self.epoch and self._rx_down:
+            self.confirmed = self.epoch  # the hub answers in this epoch: it may move on from here
+            self._save_epoch()
         verdict = self.window.check(seq)
         if verdict != replay.NEW:
             raise Replayed(seq, verdict == replay.DUPLICATE, payload)
@@ -331,6 +341,13 @@ class Channel:
     def _failed(self):
         self.failures += 1
         if self.failures >= self.fail_limit:
-            self.move_epoch()  # the next uplink, sealed in the new epoch, tells the hub
+            if self.epoch == self.confirmed:
+                self.move_epoch()  # the next uplink, sealed in the new epoch, tells the hub
+            else:
+                # Never more than one epoch ahead of the last one the hub answered in (the hub tries
+                # only its own and the next): count afresh in this one instead of moving on.
+                self.failures = 0
+                if self._state_dir is not None:
+                    atomic.write_atomic(self._path("msg_fail"), b"0")
         elif self._state_dir is not None and self.failures % FAIL_PERSIST_EVERY == 0:
             atomic.write_atomic(self._path("msg_fail"), b"%d" % self.failures)

@@ -23,6 +23,10 @@ CONFIG_BUDGET = const(2)
 CONFIG_MODE = const(3)
 CONFIG_RETRY_CEILING = const(4)
 MAX_INTERVAL_S = const(518400)  # 6 days: ticks_add() takes at most half the 2^30 ms ticks period
+# The largest payload: sealed with the largest header (4-byte key id and sequence) and tag (a 32-byte
+# HMAC, whatever mode a CONFIG switches to later), it still fits the entry buffer after its marker
+# byte, so every datagram is at most wire.MAX_DATAGRAM (the hub's limit, protocol.md section 1).
+MAX_PAYLOAD = const(512 - 1 - (1 + 4 + 4 + 32))
 SEQ_WARN = 0xFFFFFFFF - (1 << 20)  # protocol.md section 9: ask for a new key well before the end
 
 
@@ -172,7 +176,7 @@ class Outbox:
     # ---- the application's side ------------------------------------------------------------------
     def enqueue(self, payload, control=False):
         """Persist a message; it is sent by poll() until acknowledged. Returns its entry id."""
-        if len(payload) > len(self._buf) - 40:
+        if len(payload) > MAX_PAYLOAD:
             raise ValueError("payload too large")
         if len(self._entries) >= self.capacity:
             self._evict(control)

@@ -97,3 +97,14 @@ def test_two_hubs_on_one_database_apply_each_datagram_once(pg_url, ring):
     assert len([s for s in seen if s is not None]) == len(set(s for s in seen if s is not None))
     assert seen.count(None) == 1
     assert len(a.store.messages()) == 6
+
+
+def test_cli_on_postgres(pg_url, capsys):
+    """The operator's commands take a postgresql:// URL as --db (the KEK from the environment)."""
+    args = ["--db", pg_url]
+    assert hubmod.main(["register-device", *args, "--key-id", "7", "--device-id", "d", "--root-key-hex", "11" * 32]) == 0
+    assert hubmod.main(["queue", *args, "--key-id", "7", "reboot"]) == 0
+    assert hubmod.main(["stats", *args, "--json"]) == 0
+    assert hubmod.main(["rotate-kek", *args]) == 0  # everything already under the current KEK
+    out = capsys.readouterr().out
+    assert "queued command 1" in out and '"device_id": "d"' in out and "rewrapped 0" in out

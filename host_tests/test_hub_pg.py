@@ -108,3 +108,18 @@ def test_cli_on_postgres(pg_url, capsys):
     assert hubmod.main(["rotate-kek", *args]) == 0  # everything already under the current KEK
     out = capsys.readouterr().out
     assert "queued command 1" in out and '"device_id": "d"' in out and "rewrapped 0" in out
+
+
+def test_a_dropped_database_connection_is_replaced(pg_url, ring):
+    """PostgreSQL restarted or a connection killed: the hub reconnects at its next batch."""
+    hub = pg_hub(pg_url, ring)
+    dev = device_channel()
+    assert hub.handle(dev.seal(b"before")) != []
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # what a server restart does to our sessions
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+    assert killed >= 2
+    assert sorted(acks(dev, hub.handle(dev.seal(b"after")))) == [0, 1]
+    assert [m.seq for _, m in hub.store.messages()] == [0, 1]

@@ -105,6 +105,33 @@ class PostgresStore(SqlReads, Store):
         self._locked: set[int] = set()
 
     # ---- helpers ------------------------------------------------------------------------------------
+    # A connection the server dropped (a PostgreSQL restart, a failover, an idle timeout) is replaced
+    # before it is used again: the hub loses the batch that hit the break (not answered, so the devices
+    # retransmit), never its ability to serve.
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.url, autocommit=True)
+
+    def _adm(self) -> psycopg.Connection:
+        if self._admin.broken or self._admin.closed:
+            self._admin = self._connect()
+        return self._admin
+
+    def _begin(self) -> None:
+        if self._hot.broken or self._hot.closed:
+            self._hot = self._connect()
+        try:
+            self._hot.execute("BEGIN")
+        except psycopg.OperationalError:  # dropped while idle: nothing was done on it yet, so once more
+            self._hot = self._connect()
+            self._hot.execute("BEGIN")
+
+    def _end(self, sql: str) -> None:
+        try:
+            self._hot.execute(sql)
+        except psycopg.OperationalError:
+            if sql != "ROLLBACK":
+                raise  # the commit's outcome is unknown to us: the batch is not answered
+
     @property
     def _in_batch(self) -> bool:
         # Inside its batch the hub's reads must run in the batch's transaction (same connection, same
@@ -115,13 +142,16 @@ class PostgresStore(SqlReads, Store):
         if self._in_batch:
             return self._hot.execute(sql, args).fetchall()
         with self._admin_lock:
-            return self._admin.execute(sql, args).fetchall()
+            try:
+                return self._adm().execute(sql, args).fetchall()
+            except psycopg.OperationalError:  # a read is safe to repeat on a new connection
+                return self._adm().execute(sql, args).fetchall()
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         return self._rows(sql.replace("?", "%s"), args)  # the shared queries (SqlReads) use `?`
 
     def _write_many(self, statements: list[str], rows: list[list[tuple]]) -> None:
-        with self._admin_lock, self._admin.transaction():
+        with self._admin_lock, self._adm().transaction():
             cur = self._admin.cursor()
             for sql, args in zip(statements, rows, strict=True):
                 if args:
@@ -129,7 +159,7 @@ class PostgresStore(SqlReads, Store):
 
     def _swap_key(self, key_id: int, new: bytes, old: bytes) -> int:
         with self._admin_lock:
-            return self._admin.execute(
+            return self._adm().execute(
                 "UPDATE devices SET root_key=%s WHERE key_id=%s AND root_key=%s", (new, key_id, old)
             ).rowcount
 
@@ -143,7 +173,7 @@ class PostgresStore(SqlReads, Store):
     def register_device(self, key_id, device_id, root_key, modes="any", ccm_tag=8, hmac_tag=16, replace=False):
         check_registration(root_key, modes, ccm_tag, hmac_tag)
         sealed = self._seal(key_id, root_key)
-        with self._admin_lock, self._admin.transaction():
+        with self._admin_lock, self._adm().transaction():
             db = self._admin
             if db.execute("SELECT 1 FROM devices WHERE key_id=%s", (key_id,)).fetchone():
                 raise ValueError(f"key id {key_id} already used (key ids are never reused)")
@@ -165,13 +195,13 @@ class PostgresStore(SqlReads, Store):
             if len(root) != 32:
                 raise ValueError("root key must be 32 bytes")
         sealed = [(k, d, self._seal(k, r)) for k, d, r in rows]
-        with self._admin_lock, self._admin.transaction():
+        with self._admin_lock, self._adm().transaction():
             cur = self._admin.cursor()
             cur.executemany("INSERT INTO devices (key_id, device_id, root_key) VALUES (%s,%s,%s)", sealed)
             cur.executemany("INSERT INTO changes (key_id) VALUES (%s)", [(k,) for k, _, _ in rows])
 
     def queue_command(self, key_id: int, record: bytes) -> int:
-        with self._admin_lock, self._admin.transaction():
+        with self._admin_lock, self._adm().transaction():
             db = self._admin
             if db.execute("SELECT 1 FROM devices WHERE key_id=%s", (key_id,)).fetchone() is None:
                 raise ValueError(f"unknown key id {key_id}")
@@ -189,7 +219,7 @@ class PostgresStore(SqlReads, Store):
     def mark_published(self, ids: list[int]) -> None:
         if ids:
             with self._admin_lock:
-                self._admin.execute("UPDATE messages SET published=1 WHERE id = ANY(%s)", (list(ids),))
+                self._adm().execute("UPDATE messages SET published=1 WHERE id = ANY(%s)", (list(ids),))
 
     # ---- the hub's hot path ---------------------------------------------------------------------------
     def begin_batch(self, key_ids) -> dict[int, Device]:
@@ -197,7 +227,7 @@ class PostgresStore(SqlReads, Store):
         Everything until commit_batch() or abort_batch() runs inside this transaction."""
         self._hot_lock.acquire()
         try:
-            self._hot.execute("BEGIN")
+            self._begin()
             self._batch_owner = threading.get_ident()
             ids = sorted(set(key_ids))
             rows = self._hot.execute(
@@ -213,7 +243,7 @@ class PostgresStore(SqlReads, Store):
         if not self._in_batch:
             return
         try:
-            self._hot.execute("ROLLBACK")
+            self._end("ROLLBACK")
         finally:
             self._batch_owner = None
             self._locked = set()
@@ -233,13 +263,17 @@ class PostgresStore(SqlReads, Store):
             if not batch:
                 return
             self._hot_lock.acquire()
-            self._hot.execute("BEGIN")
+            try:
+                self._begin()
+            except BaseException:
+                self._hot_lock.release()
+                raise
             self._batch_owner = threading.get_ident()
         try:
             self._write(batch)
-            self._hot.execute("COMMIT")
+            self._end("COMMIT")
         except BaseException:
-            self._hot.execute("ROLLBACK")
+            self._end("ROLLBACK")
             raise
         finally:
             self._batch_owner = None

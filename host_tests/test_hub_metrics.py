@@ -2,23 +2,12 @@
 latency and the fleet figures, scraped over real HTTP from a hub on a real UDP socket."""
 
 import socket
-import urllib.request
 
 from cellguard import wire
 from cghub import server as hubmod
 from cghub.metrics import HubMetrics
 from hubkit import device_channel, make_hub
-from prometheus_client.parser import text_string_to_metric_families
-
-
-def scrape(port) -> dict:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
-            out[key] = s.value
-    return out
+from hubproc import scrape
 
 
 def test_metrics_endpoint_reports_what_the_hub_did(tmp_path):

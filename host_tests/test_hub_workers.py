@@ -11,7 +11,7 @@ from cghub import proto as hp
 from cghub.pgstore import PostgresStore
 from cghub.store import SqliteStore
 from hubkit import DEVICE, KEY_ID, ROOT, device_channel
-from hubproc import HubProcess
+from hubproc import HubProcess, scrape
 
 DOWN = hp.DirectionKeys.make(ROOT, "down")
 SOURCES = 16  # source addresses: SO_REUSEPORT spreads them over the workers by hash
@@ -49,7 +49,7 @@ def test_workers_race_on_duplicates_and_accept_each_datagram_once(pg_url, tmp_pa
     socks = _sockets(SOURCES)
     markers = [dev.seal(b"marker %d" % i) for i in range(SOURCES)]
     seq_of = {m: len(grams) + i for i, m in enumerate(markers)}
-    with HubProcess(["--db", pg_url, "--out", str(out)], workers=2) as hub:
+    with HubProcess(["--db", pg_url, "--out", str(out), "--metrics-port", "0"], workers=2) as hub:
         replies = {s: [] for s in socks}
         for g in grams:  # every datagram from every source at once: the workers race on each
             for s in socks:
@@ -65,8 +65,13 @@ def test_workers_race_on_duplicates_and_accept_each_datagram_once(pg_url, tmp_pa
                 replies[s].append(r)
                 if _is_ack(r) and seq_of[m] in _acked(r):
                     break
+        # Each worker serves its own /metrics (port 0 here: each its own; --metrics-port P: P + i).
+        ports = [int(re.search(r":(\d+)/metrics", x).group(1)) for x in hub.wait_for("metrics on http", count=2)]
+        scraped = [scrape(p) for p in ports]
         assert hub.stop() == 0
     total = len(grams) + SOURCES
+    assert sum(m["cellguard_hub_accepted_total"] for m in scraped) == total
+    assert all(m["cellguard_hub_devices_seen_last_hour"] == 1 for m in scraped)  # from the shared database
     stopped = hub.wait_for(r"hub stopping", count=2)
     received = [int(re.search(r"received (\d+)", x).group(1)) for x in stopped]
     accepted = [int(re.search(r"accepted (\d+)", x).group(1)) for x in stopped]

@@ -123,3 +123,24 @@ def test_a_dropped_database_connection_is_replaced(pg_url, ring):
     assert killed >= 2
     assert sorted(acks(dev, hub.handle(dev.seal(b"after")))) == [0, 1]
     assert [m.seq for _, m in hub.store.messages()] == [0, 1]
+
+
+def test_ota_publish_and_chunks_on_postgres(pg_url, ring):
+    """`hub publish` and the CHUNK REQ answers work on PostgreSQL as on SQLite (migration 4)."""
+    from cellguard import wire
+    from cghub import updates
+
+    hub = pg_hub(pg_url, ring)
+    image = bytearray(range(256)) * 8
+    image[0:4] = (updates.IMAGE_MAGIC).to_bytes(4, "little")
+    assert updates.publish(PostgresStore(pg_url), bytes(image), [KEY_ID], chunk=512) == [KEY_ID]  # no KEK needed
+    with pytest.raises(updates.PublishError):
+        updates.publish(hub.store, bytes(image), [KEY_ID + 99])
+    hub.update_provider = updates.provider(hub.store)
+    dev = device_channel()
+    req = bytes([wire.CTRL_CHUNK_REQ]) + (512).to_bytes(4, "big") + (100).to_bytes(2, "big")
+    replies = hub.handle(dev.seal(req, control=True))
+    assert [r for rep in replies for r in downlink.parse(dev.open(rep)[2]) if r[0] == "chunk"] == [
+        ("chunk", 512, bytes(image[512:612]))
+    ]
+    assert [c.record[0] for c in hub.store.commands(KEY_ID)] == [hubmod.hp.REC_UPDATE_OFFER]

@@ -62,6 +62,10 @@ CREATE TABLE changes (mark BIGSERIAL PRIMARY KEY, key_id BIGINT NOT NULL);
     # The MQTT outbox: a message waits here until the broker acknowledged it (cghub.mqttout).
     (3, "ALTER TABLE messages ADD COLUMN published INTEGER NOT NULL DEFAULT 0;"
         " CREATE INDEX messages_unpublished ON messages (id) WHERE published = 0;"),
+    # OTA images (cghub.updates), kept once by SHA-256, and which one each key id downloads.
+    (4, "CREATE TABLE update_images (sha256 BYTEA PRIMARY KEY, image BYTEA NOT NULL, version TEXT NOT NULL);"
+        " CREATE TABLE update_targets (key_id BIGINT PRIMARY KEY, sha256 BYTEA NOT NULL,"
+        " published TIMESTAMPTZ NOT NULL DEFAULT now());"),
 ]
 
 _DEVICE_COLS = (
@@ -149,6 +153,14 @@ class PostgresStore(SqlReads, Store):
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         return self._rows(sql.replace("?", "%s"), args)  # the shared queries (SqlReads) use `?`
+
+    def publish_image(self, digest: bytes, image: bytes, version: str, key_ids: list[int]) -> None:
+        self._write_many(
+            ["INSERT INTO update_images (sha256, image, version) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+             "INSERT INTO update_targets (key_id, sha256) VALUES (?, ?)"
+             " ON CONFLICT (key_id) DO UPDATE SET sha256 = EXCLUDED.sha256, published = now()"],
+            [[(digest, image, version)], [(k, digest) for k in key_ids]],
+        )
 
     def _write_many(self, statements: list[str], rows: list[list[tuple]]) -> None:
         with self._admin_lock, self._adm().transaction():

@@ -38,7 +38,7 @@ from cghub import keyseal
 from cghub import proto as hp
 from cghub import updates as hub_updates
 from cghub.ratelog import RejectLog
-from cghub.store import Accepted, Batch, Command, Device, Message, SqliteStore, Store, open_store
+from cghub.store import Accepted, Batch, Command, Device, Message, Store, open_store
 
 log = logging.getLogger("cellguard.hub")
 
@@ -854,8 +854,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "serve":
         out = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115
         hub = Hub(store, out)
-        if isinstance(store, SqliteStore):  # OTA images live in the SQLite file (cghub.updates)
-            hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
+        hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
         return _serve(hub, store, args)
     if args.cmd == "register-device":
         root = bytes.fromhex(args.root_key_hex) if args.root_key_hex else Path(args.root_key_file).read_bytes()

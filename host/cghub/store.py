@@ -270,6 +270,10 @@ CREATE TABLE IF NOT EXISTS messages (
     UNIQUE (key_id, seq)
 );
 CREATE TABLE IF NOT EXISTS changes (mark INTEGER PRIMARY KEY AUTOINCREMENT, key_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS update_images (sha256 BLOB PRIMARY KEY, image BLOB NOT NULL, version TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS update_targets (
+    key_id INTEGER PRIMARY KEY, sha256 BLOB NOT NULL, published REAL NOT NULL DEFAULT (julianday('now'))
+);
 """
 # Columns added after the first release: an existing database gets them on open.
 _ADDED = (
@@ -321,6 +325,24 @@ class SqlReads:
     def accepted(self, key_id: int, seq: int) -> Accepted | None:
         rows = self._read("SELECT digest, at, epoch FROM accepted WHERE key_id=? AND seq=?", (key_id, seq))
         return Accepted(key_id, seq, bytes(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+
+    def known_key_ids(self, key_ids: list[int]) -> set[int]:
+        """Which of these key ids are registered (retired ones too)."""
+        known: set[int] = set()
+        ids = list(key_ids)
+        for i in range(0, len(ids), 500):  # bounded statements, whatever the fleet
+            part = ids[i : i + 500]
+            sql = "SELECT key_id FROM devices WHERE key_id IN (%s)" % ",".join("?" * len(part))
+            known.update(r[0] for r in self._read(sql, tuple(part)))
+        return known
+
+    def image_for(self, key_id: int) -> bytes | None:
+        """The OTA image published to this key id (cghub.updates), or None."""
+        rows = self._read(
+            "SELECT i.image FROM update_targets t JOIN update_images i ON i.sha256 = t.sha256 WHERE t.key_id=?",
+            (key_id,),
+        )
+        return bytes(rows[0][0]) if rows else None
 
     def accepted_seqs(self, key_id: int) -> list[int]:
         return [r[0] for r in self._read("SELECT seq FROM accepted WHERE key_id=? ORDER BY seq", (key_id,))]
@@ -511,6 +533,14 @@ class SqliteStore(SqlReads, Store):
                     "UPDATE commands SET state=?, down_seq=?, datagram=?, sent=? WHERE id=?",
                     [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
                 )
+
+    def publish_image(self, digest: bytes, image: bytes, version: str, key_ids: list[int]) -> None:
+        """Store an OTA image once (by SHA-256) and make it the one these key ids download."""
+        self._write_many(
+            ["INSERT OR IGNORE INTO update_images (sha256, image, version) VALUES (?, ?, ?)",
+             "INSERT OR REPLACE INTO update_targets (key_id, sha256) VALUES (?, ?)"],
+            [[(digest, image, version)], [(k, digest) for k in key_ids]],
+        )
 
     def _write_many(self, statements: list[str], rows: list[list[tuple]]) -> None:
         with self._tx() as db:

@@ -10,19 +10,11 @@ The device verifies the whole image with its own boot part, so the hub never nee
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import struct
 from pathlib import Path
 
 IMAGE_MAGIC = 0x96F3B83D
 MAX_CHUNK = 1024  # a device asking for more gets this much: a datagram stays small
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS update_images (sha256 BLOB PRIMARY KEY, image BLOB NOT NULL, version TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS update_targets (
-    key_id INTEGER PRIMARY KEY, sha256 BLOB NOT NULL, published REAL NOT NULL DEFAULT (julianday('now'))
-);
-"""
 
 
 class PublishError(ValueError):
@@ -37,31 +29,20 @@ def image_version(image: bytes) -> tuple[int, int, int]:
     return major, minor, revision
 
 
-def ensure_schema(db: sqlite3.Connection) -> None:
-    db.executescript(SCHEMA)
-    db.commit()
-
-
 def publish(store, image: bytes, key_ids: list[int] | None = None, chunk: int = 256) -> list[int]:
-    """Offer `image` to `key_ids` (None: every live, unsuspended device). Returns the key ids offered."""
+    """Offer `image` to `key_ids` (None: every live, unsuspended device). Returns the key ids offered.
+    Works on any store (SQLite or PostgreSQL): the image and its targets go through the store."""
     from cghub import proto as hp
 
     version = image_version(image)
     digest = hashlib.sha256(image).digest()
-    db = store.db
-    ensure_schema(db)
-    if key_ids is None:
-        key_ids = [r[0] for r in db.execute("SELECT key_id FROM devices WHERE retired=0 AND suspended=0 ORDER BY key_id")]
+    if key_ids is None:  # no root key is opened: publishing needs no KEK
+        key_ids = [d.key_id for d in store.devices() if not d.retired and not d.suspended]
+    unknown = set(key_ids) - store.known_key_ids(key_ids)
+    if unknown:
+        raise PublishError(f"unknown key id {min(unknown)}")
     record = hp.update_offer_record(*version, len(image), digest, min(chunk, MAX_CHUNK))
-    with db:
-        db.execute(
-            "INSERT OR IGNORE INTO update_images (sha256, image, version) VALUES (?, ?, ?)",
-            (digest, image, "%d.%d.%d" % version),
-        )
-        for kid in key_ids:
-            if store.device(kid) is None:
-                raise PublishError(f"unknown key id {kid}")
-            db.execute("INSERT OR REPLACE INTO update_targets (key_id, sha256) VALUES (?, ?)", (kid, digest))
+    store.publish_image(digest, image, "%d.%d.%d" % version, key_ids)
     for kid in key_ids:
         store.queue_command(kid, record)
     return key_ids
@@ -69,16 +50,12 @@ def publish(store, image: bytes, key_ids: list[int] | None = None, chunk: int = 
 
 def provider(store):
     """The hub's update_provider: (key_id, offset, length) -> the bytes of that device's image."""
-    ensure_schema(store.db)
 
     def chunk(key_id: int, offset: int, length: int) -> bytes:
-        row = store.db.execute(
-            "SELECT i.image FROM update_targets t JOIN update_images i ON i.sha256 = t.sha256 WHERE t.key_id=?",
-            (key_id,),
-        ).fetchone()
-        if row is None or offset < 0:
+        image = store.image_for(key_id)
+        if image is None or offset < 0:
             return b""
-        return bytes(row[0][offset : offset + max(0, min(length, MAX_CHUNK))])
+        return image[offset : offset + max(0, min(length, MAX_CHUNK))]
 
     return chunk
 

@@ -248,7 +248,10 @@ class PostgresStore(SqlReads, Store):
             self._locked = {r[0] for r in rows}
             return {r[0]: self._device(r, with_key=False) for r in rows}  # the hub has the keys it cached
         except BaseException:
-            self.abort_batch()
+            if self._in_batch:
+                self.abort_batch()  # rolls back and releases the lock
+            else:
+                self._hot_lock.release()  # BEGIN itself failed: no transaction to end
             raise
 
     def abort_batch(self) -> None:

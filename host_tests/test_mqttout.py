@@ -6,6 +6,7 @@ import threading
 
 import pytest
 from cghub import keyseal
+from cghub.metrics import HubMetrics
 from cghub.mqttout import MqttOut
 from cghub.pgstore import PostgresStore
 from cghub.server import Hub
@@ -33,7 +34,9 @@ def wait_outbox_empty(store, publisher):
 
 def run_outage(hub: Hub, broker, subscriber):
     gate = TcpGate(broker.host, broker.port)  # the hub reaches the broker through a link we can cut
-    publisher = MqttOut(hub.store, "127.0.0.1", gate.port, client_id="hub-under-test", reconnect_max_s=1).start()
+    metrics = HubMetrics(hub, hub.store)
+    publisher = MqttOut(hub.store, "127.0.0.1", gate.port, client_id="hub-under-test", reconnect_max_s=1,
+                        metrics=metrics).start()
     hub.after_commit = publisher.wake
     dev = device_channel()
     try:
@@ -62,6 +65,7 @@ def run_outage(hub: Hub, broker, subscriber):
     finally:
         publisher.stop()
         gate.shutdown()
+    assert metrics.registry.get_sample_value("cellguard_hub_mqtt_published_total") == 18  # PUBACKed, once each
     keys = [p["idempotency_key"] for _, p in subscriber.got]
     assert len(keys) == 18 and len(set(keys)) == 18  # none lost, none twice
     assert sorted(p["seq"] for _, p in subscriber.got) == list(range(18))

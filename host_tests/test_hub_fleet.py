@@ -8,14 +8,14 @@ import subprocess
 import sys
 
 import pytest
-from cghub.store import SqliteStore
+from cghub.server import HubStore
 from cgsim import fleet as fl
 from hubkit import HubProcess
 
 
 def _burst(tmp_path, devices: int, window_s: float, base_s: float, ceiling_s: float, key_base: int = 300_000):
     db = tmp_path / "hub.sqlite"
-    store = SqliteStore(db)
+    store = HubStore(db)
     fl.register(store, devices, key_base)
     store.close()
     hub = HubProcess(db, tmp_path / "hub.log")
@@ -27,7 +27,7 @@ def _burst(tmp_path, devices: int, window_s: float, base_s: float, ceiling_s: fl
         report = json.loads(proc.stdout)
     finally:
         hub.stop()
-    store = SqliteStore(db)
+    store = HubStore(db)
     got = [m.payload for _, m in store.messages(0, 10 * devices) if m.kind == "reading"]
     store.close()
     want = {fl.reading(key_base + i, 1) for i in range(devices)}

@@ -189,7 +189,7 @@ class _InterfaceOnly:
         self._store = store
 
     def __getattr__(self, name):
-        if name not in hubmod.Store.__abstractmethods__:
+        if name.startswith("_") or not hasattr(hubmod.Store, name):
             raise AttributeError(f"{name} is not part of the Store interface")
         return getattr(self._store, name)
 

@@ -111,6 +111,18 @@ class Unit:
         }
 
 
+def hub_root_key(hub_db) -> bytes:
+    """The unit's root key as the hub holds it: sealed in the database, opened with the session's KEK."""
+    from cghub.server import HubStore
+
+    store = HubStore(hub_db)
+    try:
+        newest = store.devices()[-1]  # retired too: a failed run retires the key it registered
+        return store.device(newest.key_id).root_key
+    finally:
+        store.close()
+
+
 def no_data_session(emu) -> bool:
     return not emu.commands_matching(PDP_COMMANDS[emu.dialect])
 
@@ -169,7 +181,7 @@ def test_provisioning_prints_no_secret(unit, tmp_path, capsys):
 
         unit.run = recording_run
         unit.provision(emu)
-    root = sqlite3.connect(unit.hub_db).execute("SELECT root_key FROM devices").fetchone()[0]
+    root = hub_root_key(unit.hub_db)
     everything = "".join(outputs) + capsys.readouterr().out
     assert root.hex() not in everything and root.hex().upper() not in everything
     assert sim.pin not in everything  # the device PIN never leaves the device
@@ -783,7 +795,7 @@ def test_failed_provisioning_prints_no_pin_or_password(tmp_path, capsys, caplog,
     assert rc == prov.EXIT_FAILED
     printed = capsys.readouterr()
     everything = printed.out + printed.err + caplog.text
-    root = sqlite3.connect(hub_db).execute("SELECT root_key FROM devices").fetchone()[0]
+    root = hub_root_key(hub_db)
     for secret in (SECRET_FACTORY_PIN, SECRET_APN_PASSWORD, device_pin_from(root), root.hex()):
         assert secret not in everything, everything
     # What failed is still said: the error's type, its code, and the command's name.

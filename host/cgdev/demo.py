@@ -41,10 +41,14 @@ class Demo:
 
     # -- steps --------------------------------------------------------------------------------
     def start_hub(self) -> None:
+        from cghub import keyseal
         from cghub import server as hubmod
         from cghub import updates as hub_updates
 
-        store = hubmod.HubStore(self.workdir / "hub.sqlite")
+        db = self.workdir / "hub.sqlite"
+        if keyseal.keyring_from(db) is None:  # root keys are sealed under a KEK: the demo's own, beside its db
+            keyseal.create_kek_file(keyseal.dev_kek_path(db))
+        store = hubmod.HubStore(db)
         self.hub = hubmod.Hub(store, out=open(self.workdir / "messages.jsonl", "a", buffering=1))
         self.hub.update_provider = hub_updates.provider(store)
         self.server = hubmod.HubServer(self.hub).start()

@@ -526,9 +526,23 @@ def provision_env(args) -> dict:
     return env
 
 
+def ensure_dev_kek(hub_db: Path, production: bool) -> None:
+    """The hub stores root keys sealed under a key-encryption key (cghub.keyseal). On the developer's
+    bench `make flash` makes one beside the hub database (build/hub.kek, mode 0600) the first time; a
+    production line brings its own ($CELLGUARD_HUB_KEK or its file) and provisioning refuses without."""
+    from cghub import keyseal
+
+    if production or keyseal.keyring_from(hub_db) is not None:
+        return
+    path = keyseal.dev_kek_path(hub_db)
+    keyseal.create_kek_file(path)
+    print(f"      created the development hub KEK {path} (mode 0600)")
+
+
 def provision(port: str, profile: dict, args, device_id: str | None = None) -> str:
     if args.no_provision:
         return "skipped: --no-provision"
+    ensure_dev_kek(args.hub_db, getattr(args, "production", False))
     cmd = [sys.executable, "-m", "cgdev.provision", "--port", port, "--board", profile["name"], "--hub-db", str(args.hub_db)]
     if device_id:  # the id the service record names: the console's challenge and the page agree
         cmd += ["--device-id", device_id]

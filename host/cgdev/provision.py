@@ -168,10 +168,9 @@ def next_key_id(db_path: str | Path) -> int:
 
     store = HubStore(db_path)
     try:
-        row = store.db.execute("SELECT MAX(key_id) FROM devices").fetchone()
-        return (row[0] or 0) + 1
+        return store.max_key_id() + 1
     finally:
-        store.db.close()
+        store.close()
 
 
 def mask(identifier: str, keep: int = 4) -> str:
@@ -183,8 +182,14 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
 
     Returns the unit's public record (device id, key id, IMEI, ICCID, IMSI, lock outcome).
     """
+    from cghub import keyseal
     from cghub.server import HubStore
 
+    # The hub stores the root key sealed under its KEK: without one, stop before touching the unit.
+    if keyseal.keyring_from(hub_db) is None:
+        raise ProvisionError(str(keyseal.KekError(
+            f"no key-encryption key for {hub_db}: set $CELLGUARD_HUB_KEK or ${keyseal.ENV_KEK_FILE}, "
+            f"or put {keyseal.DEV_KEK_NAME} beside it (docs/hub.md)")))
     state = parse_result(run_on_device(modem_src + QUERY_SCRIPT % {"marker": RESULT}))
     if state["provisioned"] and not req.reprovision:
         raise AlreadyProvisioned(
@@ -209,10 +214,10 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
         store = HubStore(hub_db)
         try:
             store.register_device(key_id, device_id, bytes(root_key), replace=replace)
-        except (ValueError, sqlite3.Error) as e:
+        except (ValueError, sqlite3.Error, keyseal.KekError) as e:
             raise ProvisionError(f"hub refused the device: {e}") from None
         finally:
-            store.db.close()
+            store.close()
         _run_started(hub_db, key_id, device_id, unit)
         output = run_on_device(device_script(modem_src, bytes(root_key), device_id, key_id, req))
     finally:
@@ -244,7 +249,11 @@ CREATE TABLE IF NOT EXISTS provisioning_runs (
 """
 
 
-def _runs_db(hub_db: str | Path) -> sqlite3.Connection:
+def _runs_db(hub_db: str | Path) -> sqlite3.Connection | None:
+    # The runs record lives beside the keys of an embedded (SQLite) key store. A production line on
+    # PostgreSQL does not get it yet (docs/provisioning.md): a re-run there needs --reprovision.
+    if str(hub_db).startswith(("postgresql:", "postgres:")):
+        return None
     db = sqlite3.connect(str(hub_db))
     db.execute(RUNS_SCHEMA)
     return db
@@ -252,6 +261,8 @@ def _runs_db(hub_db: str | Path) -> sqlite3.Connection:
 
 def _run_started(hub_db: str | Path, key_id: int, device_id: str, unit: tuple) -> None:
     db = _runs_db(hub_db)
+    if db is None:
+        return
     with db:
         db.execute("INSERT INTO provisioning_runs (key_id, device_id, imei, iccid) VALUES (?,?,?,?)",
                    (key_id, device_id, *unit))  # fmt: skip
@@ -260,6 +271,8 @@ def _run_started(hub_db: str | Path, key_id: int, device_id: str, unit: tuple) -
 
 def _run_finished(hub_db: str | Path, key_id: int) -> None:
     db = _runs_db(hub_db)
+    if db is None:
+        return
     with db:
         db.execute("UPDATE provisioning_runs SET finished=1 WHERE key_id=?", (key_id,))
     db.close()
@@ -276,9 +289,9 @@ def _unfinished_live(db: sqlite3.Connection, unit: tuple):
 
 def _interrupted_run(hub_db: str | Path, unit: tuple) -> str | None:
     """The device id of this unit's interrupted run (None if none, or the unit is not known)."""
-    if None in unit:
-        return None
     db = _runs_db(hub_db)
+    if None in unit or db is None:
+        return None
     try:
         rows = _unfinished_live(db, unit)
     except sqlite3.Error:  # a new key store: no devices table yet
@@ -289,41 +302,44 @@ def _interrupted_run(hub_db: str | Path, unit: tuple) -> str | None:
 
 def _only_interrupted_runs_of(hub_db: str | Path, device_id: str, unit: tuple) -> bool:
     """True if device_id has live keys and every one comes from an unfinished run of this unit."""
-    if None in unit:
+    live = set(_live_keys(hub_db, device_id)) if None not in unit else set()
+    db = _runs_db(hub_db) if live else None
+    if db is None:
         return False
-    live = set(_live_keys(hub_db, device_id))
-    if not live:
-        return False
-    db = _runs_db(hub_db)
     mine = {kid for dev, kid in _unfinished_live(db, unit) if dev == device_id}
     db.close()
     return live <= mine
 
 
+# Through the store (a SQLite file or a postgresql:// URL, the same on a production line): its
+# change log tells running hubs to drop a retired or revived key from their caches.
 def _live_keys(hub_db: str | Path, device_id: str) -> list[int]:
-    db = sqlite3.connect(str(hub_db))
+    from cghub.server import HubStore
+
+    store = HubStore(hub_db)
     try:
-        rows = db.execute("SELECT key_id FROM devices WHERE device_id=? AND retired=0", (device_id,)).fetchall()
-    except sqlite3.Error:  # a new key store: its tables come with the first registration
-        rows = []
-    db.close()
-    return [r[0] for r in rows]
+        return store.live_key_ids(device_id)
+    finally:
+        store.close()
 
 
 def _revive(hub_db: str | Path, key_ids: list[int]) -> None:
-    db = sqlite3.connect(str(hub_db))
-    with db:
-        for kid in key_ids:
-            db.execute("UPDATE devices SET retired=0 WHERE key_id=?", (kid,))
-    db.close()
+    _set_retired(hub_db, key_ids, False)
 
 
 def _retire(hub_db: str | Path, key_id: int) -> None:
     # The device never took this key: the hub must not accept messages under it.
-    db = sqlite3.connect(str(hub_db))
-    with db:
-        db.execute("UPDATE devices SET retired=1 WHERE key_id=?", (key_id,))
-    db.close()
+    _set_retired(hub_db, [key_id], True)
+
+
+def _set_retired(hub_db: str | Path, key_ids: list[int], retired: bool) -> None:
+    from cghub.server import HubStore
+
+    store = HubStore(hub_db)
+    try:
+        store.set_retired(key_ids, retired)
+    finally:
+        store.close()
 
 
 def run_on_unix_port(fs_dir: Path, heapsize: str = "256K", timeout: float = 120) -> Callable[[str], str]:

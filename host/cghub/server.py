@@ -5,6 +5,8 @@
     cellguard hub queue --db hub.sqlite --key-id 1001 reboot
     cellguard hub publish --db hub.sqlite --image app.img --key-id 1001   # or --all: OTA update
     cellguard hub stats --db hub.sqlite
+    cellguard hub new-kek --kek-file /etc/cellguard/hub.kek             # a key-encryption key (0600)
+    cellguard hub rotate-kek --db hub.sqlite --kek-file new.kek --old-kek-file old.kek
 
 Datagrams are handled in batches: verified in the hub's own thread, then everything the batch
 changed (replay windows, accepted messages, downlink sequence numbers, command states) is committed
@@ -21,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -31,10 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TextIO
 
+from cghub import keyseal
 from cghub import proto as hp
 from cghub import updates as hub_updates
 from cghub.ratelog import RejectLog
-from cghub.store import Accepted, Batch, Command, Device, Message, SqliteStore, Store
+from cghub.store import Accepted, Batch, Command, Device, Message, Store, open_store
 
 log = logging.getLogger("cellguard.hub")
 
@@ -55,7 +59,16 @@ CREDIT_ADDRESSES = 1 << 16  # addresses whose byte balance is remembered
 # cghub.updates.Updates, or a (key_id, offset, length) -> image bytes callable (older CHUNK REQ)
 UpdateProvider = object
 
-HubStore = SqliteStore  # the name callers used before the store had an interface
+def HubStore(db, keyring: keyseal.Keyring | None = None) -> Store:  # noqa: N802 (the old class name)
+    """The store `--db` names (a SQLite file, or a postgresql:// URL) with the KEK the operator
+    configured (keyseal.keyring_from: the environment, or hub.kek beside a SQLite database) unless one
+    is handed in: what the tools and the demo use."""
+    return open_store(db, keyring if keyring is not None else keyseal.keyring_from(db))
+
+
+def _state(d: Device) -> tuple:
+    """What another hub process may change in a key's row (the root key and identity never change)."""
+    return (d.up_highest, d.up_bits, d.down_seq, d.failures, d.epoch, d.suspended, d.retired, d.unlocked_seen)
 
 
 class Hub:
@@ -72,6 +85,8 @@ class Hub:
         self.clock = clock
         self.counters: Counter[str] = Counter()
         self.update_provider: UpdateProvider | None = None
+        self.metrics = None  # cghub.metrics.HubMetrics: batch sizes and commit latency, once per batch
+        self.after_commit: Callable[[], None] | None = None  # e.g. wake the MQTT publisher (cghub.mqttout)
         self.lock = threading.Lock()
         self.rejects = RejectLog(log, REJECT_LOG_S)
         self._devs: dict[int, Device] = {}
@@ -122,6 +137,31 @@ class Hub:
                 for kid in changed:
                     self.forget(kid)
         self._mark = mark
+
+    def _lock_keys(self, items: list[tuple[bytes, object]]) -> None:
+        # A store shared with other hub processes (PostgreSQL, --workers) locks the batch's rows and
+        # returns them as committed: a key another worker moved since we cached it (its window, its
+        # downlink sequence, its epoch) is reloaded inside the locked transaction. One worker at a time
+        # applies a key's datagrams, and always to the latest state: exactly once.
+        key_ids = []
+        for data, _ in items:
+            try:
+                kid = hp.parse_header(bytes(data)).key_id
+            except hp.ProtocolError:
+                continue
+            if kid is not None:
+                key_ids.append(kid)
+        fresh = self.store.begin_batch(key_ids)
+        if fresh is None:
+            return
+        for kid, dev in fresh.items():
+            cached = self._devs.get(kid)
+            if cached is None:
+                continue  # loaded, key and all, when first needed: inside this transaction, locked
+            if _state(cached) != _state(dev):
+                self.forget(kid)
+                dev.root_key = cached.root_key  # a key id's root key never changes: no unwrap needed
+                self._devs[kid] = dev
 
     def _device(self, key_id: int) -> Device | None:
         dev = self._devs.get(key_id)
@@ -182,49 +222,62 @@ class Hub:
         only then return the answers (durability before answer). A failed commit answers nothing."""
         with self.lock:
             self._sync()
-            batch = self._batch = Batch()
-            answers: list[tuple[bytes, object]] = []
-            credit = self._credit
-            for data, addr in items:
-                # Bytes received from an address buy at most as many bytes of answer to it, unless a
-                # new authentic datagram came from it (protocol.md section 4, "Amplification").
-                credit[addr] = credit.pop(addr, 0) + len(data)
-                if len(credit) > CREDIT_ADDRESSES:
-                    del credit[next(iter(credit))]  # the least recently heard address starts afresh
-                try:
-                    replies = self._handle(bytes(data), addr)
-                except hp.ProtocolError as e:
-                    replies = self._reject(str(e), addr)
-                except Exception:  # a bug must not take the hub down: count it, keep serving
-                    log.exception("internal error on a datagram from %s", addr)
-                    self.counters["internal_error"] += 1
-                    replies = []
-                if replies:
-                    credit[addr] = credit.get(addr, 0) - sum(len(r) for r in replies)
-                    answers.extend((r, addr) for r in replies)
-            self.rejects.flush()
-            self._fail_dirty -= batch.devices.keys()  # written with the batch anyway
-            now = time.monotonic()
-            if self._fail_dirty and (batch or now - self._fail_flushed >= FAILURE_FLUSH_S):
-                for kid in self._fail_dirty:
-                    if kid in self._devs:
-                        batch.devices[kid] = self._devs[kid]
-                self._fail_dirty.clear()
-                self._fail_flushed = now
+            self._lock_keys(items)
             try:
-                self.store.commit_batch(batch)
-            except Exception:
-                # Nothing of the batch is durable, so nothing of it may be answered; the cache is
-                # ahead of the store and is dropped.
-                log.exception("commit of a batch of %d datagrams failed: none answered", len(items))
-                self.counters["commit_failed"] += 1
-                self.forget()
-                return []
-            if batch:
-                self.counters["commits"] += 1
-            self._trim(batch)
-            self._write_out(batch.messages)
-            return answers
+                return self._apply_batch(items)
+            except BaseException:
+                self.store.abort_batch()  # never leave a shared store's rows locked
+                raise
+
+    def _apply_batch(self, items: list[tuple[bytes, object]]) -> list[tuple[bytes, object]]:
+        batch = self._batch = Batch()
+        answers: list[tuple[bytes, object]] = []
+        credit = self._credit
+        for data, addr in items:
+            # Bytes received from an address buy at most as many bytes of answer to it, unless a
+            # new authentic datagram came from it (protocol.md section 4, "Amplification").
+            credit[addr] = credit.pop(addr, 0) + len(data)
+            if len(credit) > CREDIT_ADDRESSES:
+                del credit[next(iter(credit))]  # the least recently heard address starts afresh
+            try:
+                replies = self._handle(bytes(data), addr)
+            except hp.ProtocolError as e:
+                replies = self._reject(str(e), addr)
+            except Exception:  # a bug must not take the hub down: count it, keep serving
+                log.exception("internal error on a datagram from %s", addr)
+                self.counters["internal_error"] += 1
+                replies = []
+            if replies:
+                credit[addr] = credit.get(addr, 0) - sum(len(r) for r in replies)
+                answers.extend((r, addr) for r in replies)
+        self.rejects.flush()
+        self._fail_dirty -= batch.devices.keys()  # written with the batch anyway
+        now = time.monotonic()
+        if self._fail_dirty and (batch or now - self._fail_flushed >= FAILURE_FLUSH_S):
+            for kid in self._fail_dirty:
+                if kid in self._devs:
+                    batch.devices[kid] = self._devs[kid]
+            self._fail_dirty.clear()
+            self._fail_flushed = now
+        t0 = time.perf_counter()
+        try:
+            self.store.commit_batch(batch)  # also ends a shared store's batch transaction (locks)
+        except Exception:
+            # Nothing of the batch is durable, so nothing of it may be answered; the cache is
+            # ahead of the store and is dropped.
+            log.exception("commit of a batch of %d datagrams failed: none answered", len(items))
+            self.counters["commit_failed"] += 1
+            self.forget()
+            return []
+        if batch:
+            self.counters["commits"] += 1
+            if self.metrics is not None:
+                self.metrics.observe_batch(len(items), time.perf_counter() - t0)
+        self._trim(batch)
+        self._write_out(batch.messages)
+        if batch.messages and self.after_commit is not None:
+            self.after_commit()
+        return answers
 
     def _trim(self, batch: Batch) -> None:
         # Memory holds the window's accepted rows (and some): the store, committed now, has the rest.
@@ -495,6 +548,8 @@ class _Receiver:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-batch")
         self.busy = False
         self.closed = False
+        self.idle = asyncio.Event()  # no batch in hand: what SIGTERM waits for before the process exits
+        self.idle.set()
         loop.add_reader(sock.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -512,6 +567,7 @@ class _Receiver:
         if not batch:
             return
         self.busy = True
+        self.idle.clear()
         self.loop.remove_reader(self.sock.fileno())  # the kernel holds the next batch meanwhile
         fut = self.loop.run_in_executor(self.executor, self._run, batch)
         fut.add_done_callback(self._done)
@@ -532,6 +588,15 @@ class _Receiver:
         if not self.closed:
             self.loop.add_reader(self.sock.fileno(), self._readable)
             self._readable()
+        if not self.busy:
+            self.idle.set()
+
+    async def drain(self) -> None:
+        """SIGTERM: read no more (the kernel keeps what arrives for another worker or the next start;
+        the devices retransmit anyway), finish the batch in hand, its commit and its answers."""
+        self.closed = True
+        self.loop.remove_reader(self.sock.fileno())
+        await self.idle.wait()
 
     def close(self) -> None:
         self.closed = True
@@ -547,9 +612,13 @@ class _Receiver:
 RECV_BUFFER = 4 << 20  # a burst queues in the kernel while a batch commits (capped at net.core.rmem_max)
 
 
-def _open_endpoint(hub: Hub, host: str, port: int, loop: asyncio.AbstractEventLoop) -> _Receiver:
+def _open_endpoint(
+    hub: Hub, host: str, port: int, loop: asyncio.AbstractEventLoop, reuse_port: bool = False
+) -> _Receiver:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+    if reuse_port:  # N worker processes on one port; the kernel hashes the source address to pick one
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.setblocking(False)
     return _Receiver(hub, sock, loop)
@@ -596,17 +665,60 @@ class HubServer:
         self.stop()
 
 
-async def serve(hub: Hub, host: str, port: int) -> None:
-    receiver = _open_endpoint(hub, host, port, asyncio.get_running_loop())
+async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: take no new datagram, finish the batch in hand (its
+    commit and its answers), and return."""
+    loop = asyncio.get_running_loop()
+    receiver = _open_endpoint(hub, host, port, loop, reuse_port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     # Tests and supervisors read the port from this line (port 0: the kernel chose it).
     log.info("hub listening on %s:%d", host, receiver.port)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        in_hand = receiver.busy
+        await receiver.drain()
+        c = hub.counters
+        log.info(
+            "hub stopping: drained (batch in hand: %s); received %d, accepted %d, duplicates %d",
+            "finished" if in_hand else "none", c["received"], c["accepted"], c["duplicate"],
+        )
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         receiver.close()
 
 
 # ---- command line ---------------------------------------------------------------------------------
+def _serve(hub: Hub, store: Store, args: argparse.Namespace) -> int:
+    """`serve`: the optional parts around the hub (metrics endpoint, MQTT publisher), then the loop."""
+    metrics = publisher = None
+    if args.metrics_port is not None:
+        from cghub.metrics import HubMetrics
+
+        metrics = hub.metrics = HubMetrics(hub, store)
+        port = metrics.serve(args.metrics_port + args.worker_index if args.metrics_port else 0, args.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
+    if args.mqtt and args.worker_index == 0:  # one publisher per database: worker 0's
+        from cghub import mqttout
+
+        host, port = mqttout.parse_url(args.mqtt)
+        publisher = mqttout.MqttOut(store, host, port, client_id=args.mqtt_client_id, metrics=metrics).start()
+        hub.after_commit = publisher.wake
+    try:
+        asyncio.run(serve(hub, args.host, args.port, args.reuse_port))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if publisher is not None:
+            publisher.stop()
+        if metrics is not None:
+            metrics.stop()
+    return 0
+
+
+
 def _command_record(args: argparse.Namespace) -> bytes:
     if args.command == "reboot":
         return hp.reboot_record()
@@ -622,6 +734,27 @@ def _command_record(args: argparse.Namespace) -> bytes:
     )
 
 
+def _kek_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("key-encryption key (root keys are stored wrapped under it; docs/hub.md)")
+    g.add_argument("--kek-file", help="the KEK (default: $CELLGUARD_HUB_KEK, $CELLGUARD_HUB_KEK_FILE, hub.kek beside the db)")
+    g.add_argument("--old-kek-file", action="append", default=[], help="a KEK still read during a rotation (repeatable)")
+    g.add_argument("--pkcs11-lib", help="a PKCS#11 module (e.g. libsofthsm2.so): the KEK stays on the token")
+    g.add_argument("--pkcs11-token", help="the token's label")
+    g.add_argument("--pkcs11-key", default="cellguard-kek", help="the AES key's label on the token")
+
+
+def _keyring(args: argparse.Namespace) -> keyseal.Keyring | None:
+    if not hasattr(args, "kek_file"):  # queue, publish, stats: no key is opened, a KEK is optional
+        return keyseal.keyring_from(args.db)
+    pkcs11 = None
+    if args.pkcs11_lib:
+        import os
+
+        pin = os.environ.get("CELLGUARD_PKCS11_PIN", "")  # never on the command line (ps shows it)
+        pkcs11 = {"lib_path": args.pkcs11_lib, "token_label": args.pkcs11_token, "pin": pin, "key_label": args.pkcs11_key}
+    return keyseal.keyring_from(args.db, args.kek_file, args.old_kek_file, pkcs11)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="cellguard hub: per-message secured UDP endpoint")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -632,6 +765,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=5683)
     p.add_argument("--out", help="JSON lines file for accepted messages (default stdout)")
+    p.add_argument("--workers", type=int, default=1, help="N processes on one port (SO_REUSEPORT; needs PostgreSQL)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--mqtt", metavar="URL", help="publish accepted messages to this MQTT broker (mqtt://host:port)")
+    p.add_argument("--mqtt-client-id", default="cellguard-hub", help="the publisher's MQTT client id")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics (Prometheus) here; worker i uses this + i")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="the /metrics address (default: local only)")
+    _kek_args(p)
 
     p = sub.add_parser("register-device", help="register a device's root key under a new key id")
     p.add_argument("--db", required=True)
@@ -644,6 +785,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ccm-tag", type=int, default=8)
     p.add_argument("--hmac-tag", type=int, default=16)
     p.add_argument("--replace", action="store_true", help="rotate: retire the device's previous key ids")
+    _kek_args(p)
+
+    p = sub.add_parser("new-kek", help="create a key-encryption key file (random, mode 0600, never overwritten)")
+    p.add_argument("--kek-file", required=True)
+
+    p = sub.add_parser("rotate-kek", help="rewrap every root key under --kek-file (hubs keep running)")
+    p.add_argument("--db", required=True)
+    _kek_args(p)
 
     p = sub.add_parser("queue", help="queue a downlink command for a device")
     p.add_argument("--db", required=True)
@@ -676,16 +825,38 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    store = HubStore(args.db)
+    if args.cmd == "new-kek":
+        try:
+            kek = keyseal.create_kek_file(args.kek_file)
+        except FileExistsError:
+            log.error("%s exists: a KEK is never overwritten (its keys would be lost)", args.kek_file)
+            return 1
+        print(f"new KEK {kek.id.hex()} in {args.kek_file} (mode 0600): keep a copy apart from the database's backups")
+        return 0
+    try:
+        keyring = _keyring(args)
+        if args.cmd in ("serve", "register-device", "rotate-kek"):
+            keyseal.require(keyring, "`hub %s`" % args.cmd)
+    except keyseal.KekError as e:
+        log.error("%s", e)
+        return 2
+    if args.cmd == "serve" and args.workers > 1:
+        if "://" not in args.db:
+            log.error("--workers needs a database that several processes share: --db postgresql://... (docs/hub.md)")
+            return 2
+        from cghub import workers
+
+        return workers.supervise(list(sys.argv[1:] if argv is None else argv), args.workers, args.host, args.port)
+    store = HubStore(args.db, keyring=keyring)
+    if args.cmd == "rotate-kek":
+        n = store.rewrap_keys()
+        print(f"rewrapped {n} root key(s) under KEK {keyring.current.id.hex()}")
+        return 0
     if args.cmd == "serve":
         out = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115
         hub = Hub(store, out)
         hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
-        try:
-            asyncio.run(serve(hub, args.host, args.port))
-        except KeyboardInterrupt:
-            pass
-        return 0
+        return _serve(hub, store, args)
     if args.cmd == "register-device":
         root = bytes.fromhex(args.root_key_hex) if args.root_key_hex else Path(args.root_key_file).read_bytes()
         store.register_device(args.key_id, args.device_id, root, args.modes, args.ccm_tag, args.hmac_tag, args.replace)

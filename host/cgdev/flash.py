@@ -578,6 +578,7 @@ def flash(args) -> int:
     t0 = time.monotonic()
 
     def step(n: int, text: str) -> None:
+        args.step = f"step {n}/{steps} ({text.split(':')[0]})"  # what a Ctrl-C interrupted, for main()
         print(f"[{n}/{steps}] {text}", flush=True)
 
     step(1, f"connect: board profile {profile['name']}")
@@ -743,6 +744,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FlashError, status_tool.StatusToolError) as e:
         print(f"flash: {e}", file=sys.stderr)
         return e.code
+    except KeyboardInterrupt:  # a person stopping the flash wants one line, not the stack it was in
+        where = getattr(args, "step", "start")
+        print(f"\nflash: interrupted (Ctrl-C) during {where}; the unit may be partly flashed: "
+              "run the flash again to finish it", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

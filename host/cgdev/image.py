@@ -77,9 +77,16 @@ def precompile(app_dir: Path, march: str | None = None) -> list[Path]:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
             src.unlink()
+            continue
+        kept.append(src)
+        # mpy-cross prints a traceback; one line says what it means ("invalid arch": native code
+        # and no -march given, which is expected: the board compiles that module when it imports it).
+        last = (proc.stderr.strip().splitlines() or ["mpy-cross failed"])[-1]
+        if "invalid arch" in last:
+            log.info("%s kept as source: it has native code and no -march was given; the board compiles it at "
+                     "import", src.relative_to(app_dir))
         else:
-            log.warning("%s kept as source: %s", src.relative_to(app_dir), proc.stderr.strip()[-200:])
-            kept.append(src)
+            log.warning("%s kept as source: mpy-cross says %s", src.relative_to(app_dir), last)
     return kept
 
 

@@ -192,11 +192,15 @@ class Device:
     def enter(self, timeout: float = 5) -> None:
         try:
             self.t.enter_raw_repl(soft_reset=True, timeout_overall=timeout)
+            # A locked console answers the raw-REPL handshake and refuses every block of code
+            # (cgboot.rawrefusal), so one empty block tells a locked unit from an open one.
+            self.t.exec("")
         except self._TransportError as e:
+            why = getattr(e, "error_output", None) or e
             raise FlashError(
-                f"the device on {self.port} does not open its REPL ({e}). A production unit's console is "
-                "locked: open it with `cellguard status --port PORT --service open-repl` (this tool does it "
-                "when --service-key names the master key), then flash again.", 5
+                f"the device on {self.port} does not open its REPL ({str(why).strip()}). A production unit's "
+                "console is locked: open it with `cellguard status --port PORT --service open-repl` (this tool "
+                "does it when --service-key names the master key), then flash again.", 5
             ) from e
 
     def exec(self, code: str) -> bytes:

@@ -142,6 +142,7 @@ class Console:
         self._garbled = 0
         self._too_long = False
         self._last = 0
+        self._raw = None  # mpremote's raw-REPL handshake on a locked console (cgboot.rawrefusal)
         status.set("console", "mode", "production (locked)" if locked else "development (unlocked)")
         if self.auth.device_id and status.get("device", "id") is None:
             # Before provisioning the service record's id names the unit; after it, the
@@ -152,6 +153,11 @@ class Console:
         self.write(PROMPT)
 
     def feed(self, b):
+        if self._raw is not None:
+            if self._raw.feed(b):
+                self._raw = None
+                self.prompt()
+            return None
         last, self._last = self._last, b
         if b in (13, 10):
             if b == 10 and last == 13:
@@ -184,6 +190,12 @@ class Console:
                 return None
             self._line.append(b)
             self.write(chr(b))
+            return None
+        if b == 1 and self.locked:  # mpremote: answer so that it fails at once, and says why
+            from cgboot.rawrefusal import RawRefusal
+
+            self._raw = RawRefusal(self.write)
+            self._raw.start()
             return None
         if b < 32:
             # Ctrl-A/B/C/D/E are how a host reaches the REPL; here they are only bytes.

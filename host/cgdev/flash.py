@@ -16,6 +16,7 @@ through the console to prove it booted. A step whose tool has not landed yet pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -474,9 +475,18 @@ def _release_cached(image, key: Path, version: str, slot_size: int) -> Path:
     out = out_dir / f"app-{version}-{digest.hexdigest()[:16]}.img"
     if not out.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
+        # Several flashes may run at once (parallel tests, two boards): each builds under its own
+        # name and renames into place, and only images nobody used for an hour are pruned.
         for old in out_dir.glob(f"app-{version}-*.img"):
-            old.unlink()
-        image.release(key, version, out, slot_size=slot_size)
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > 3600:
+                    old.unlink()
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            image.release(key, version, tmp, slot_size=slot_size)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -188,8 +189,18 @@ def imgtool_verify(key: Path, img: Path) -> str:
 
 
 def keygen(out: Path, key_type: str = "ed25519") -> Path:
+    """A new key at `out`, unless another process made one there first (then that one is kept):
+    two flashes starting at once must not sign with two different keys, or read a half-written one."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _run([*_tool("imgtool"), "keygen", "-k", str(out), "-t", key_type])
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _run([*_tool("imgtool"), "keygen", "-k", str(tmp), "-t", key_type])
+        try:
+            os.link(tmp, out)  # atomic, and fails if the key exists
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

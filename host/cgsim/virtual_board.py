@@ -439,11 +439,13 @@ def _profile_dialect() -> str:
         return "bg96"
 
 
-def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15,
+def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 120,
                 state: Path | None = None) -> tuple[subprocess.Popen, str]:
     """Start the modem emulator (cgsim.emulator) and return it with its pty path (from its first line of output).
 
     state: the file its SIM keeps its PIN, lock and retry counters in (cgsim.simstate), as a real SIM does.
+    The announcement (or the process's end) is the event awaited; `timeout` only bounds a hung start,
+    and is generous because a loaded machine starts Python slowly.
     """
     import re
     import select
@@ -481,8 +483,11 @@ def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15,
 
 # ---- starting one from another program (tools/flash.py, tests) --------------------------------------
 def launch(image: Path, port_file: Path, log_file: Path, *, modem: str = "none",
-           detach: bool = False, timeout: float = 15) -> tuple[subprocess.Popen, str]:
+           detach: bool = False, timeout: float = 180) -> tuple[subprocess.Popen, str]:
     """Start a virtual board process; return it and its pty path once its VM is up.
+
+    Waits for the port file (or the process's end); `timeout` only bounds a hung start (a loaded
+    machine may take long to start Python, the modem and the VM, which is not a failure).
 
     modem: "none", "auto" (the emulated modem of the profile's dialect), a dialect name, or a pty path of a modem emulator already running.
     """

@@ -59,18 +59,11 @@ def pytest_report_teststatus(report, config):
     return report.outcome, _LETTERS[report.outcome], "%s [%s]" % (report.outcome.upper(), ran)
 
 
-# ---- running in parallel (pytest-xdist, `make test` runs `-n 4 --dist loadgroup`) ---------------------
-# A module whose tests share an expensive fixture it defines itself (a session or module scope: signed
-# images, a booted unit) keeps its tests on one worker, so the fixture is built once, not once per
-# worker. Every other test goes wherever a worker is free.
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        module = getattr(item, "module", None)
-        if info is None or module is None:
-            continue
-        for defs in info.name2fixturedefs.values():
-            if any(d.scope in ("session", "module") and getattr(d.func, "__module__", None) == module.__name__
-                   for d in defs):
-                item.add_marker(pytest.mark.xdist_group(module.__name__))
-                break
+# ---- running in parallel (pytest-xdist; `make test` runs `-n 4 --dist loadgroup`) --------------------
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup: a module with its own shared fixture stays on one worker (xdist_groups.py)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist_groups import SharedFixtureScheduling
+
+    return SharedFixtureScheduling(config, log)

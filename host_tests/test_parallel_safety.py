@@ -69,3 +69,18 @@ def test_a_cached_image_appears_whole_or_not_at_all(tmp_path, version):
     assert written_to != [done.name] and done.exists()  # never built in place, where others look
     assert not [p for p in done.parent.iterdir() if p.name.startswith(".") and version in p.name]
     assert os.path.getsize(done) > 0
+
+
+def test_a_module_with_its_own_shared_fixture_runs_on_one_worker():
+    # `make test` (-n 4 --dist loadgroup): the slot images of test_boot_trial are built once, not
+    # once per worker; a module without such a fixture is spread test by test.
+
+    from harness import REPO
+    from xdist_groups import SharedFixtureScheduling
+
+    sched = SharedFixtureScheduling.__new__(SharedFixtureScheduling)
+    sched._rootdir = REPO
+    trial = ["host_tests/test_boot_trial.py::test_a", "host_tests/test_boot_trial.py::test_b"]
+    crypto = ["host_tests/test_crypto.py::test_a", "host_tests/test_crypto.py::test_b"]
+    assert {sched._split_scope(n) for n in trial} == {"host_tests/test_boot_trial.py"}
+    assert [sched._split_scope(n) for n in crypto] == crypto

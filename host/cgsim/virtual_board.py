@@ -99,17 +99,22 @@ class VirtualBoard:
         if self.modem_port:
             env["CELLGUARD_MODEM_PORT"] = self.modem_port
         args = [str(self.image), str(self.block_size), str(self.block_count), str(cmd_r), str(ctl_w)]
+        # The board's RX buffer: a pipe whose read end we keep too, so that what the program left
+        # unread when it ends goes to the REPL, as on a board (see _take_unread).
+        rx_r, self._rx_w = os.pipe()
         self.child = subprocess.Popen(
             [str(MICROPYTHON), "-X", f"heapsize={self.heap}", str(DEVICE_SCRIPT), *args],
-            stdin=subprocess.PIPE,
+            stdin=rx_r,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(cmd_r, ctl_w),
             env=env,
         )
+        self._rx_r = rx_r
         os.close(cmd_r)
         os.close(ctl_w)
-        os.set_blocking(self.child.stdin.fileno(), False)
+        os.set_blocking(self._rx_w, False)
+        os.set_blocking(self._rx_r, False)
         for f, tag in ((self.child.stdout, "out"), (self.child.stderr, "out"), (self._ctl_r, "ctl")):
             self.sel.register(f, selectors.EVENT_READ, tag)
         self.state = "starting"
@@ -129,8 +134,10 @@ class VirtualBoard:
                 pass
         self.child.kill()
         self.child.wait()
-        for f in (self.child.stdin, self.child.stdout, self.child.stderr):
+        for f in (self.child.stdout, self.child.stderr):
             f.close()
+        os.close(self._rx_r)
+        os.close(self._rx_w)
         os.close(self._ctl_r)
         os.close(self._cmd_w)
         self.child = None
@@ -216,7 +223,7 @@ class VirtualBoard:
                 early, self._early = self._early, bytearray()
                 if early:
                     try:
-                        os.write(self.child.stdin.fileno(), bytes(early))
+                        os.write(self._rx_w, bytes(early))
                     except (BlockingIOError, BrokenPipeError):
                         pass
             elif head[0] == b"KBD":
@@ -227,9 +234,24 @@ class VirtualBoard:
         for b in held or b"":
             self._on_byte(b)
 
+    def _take_unread(self) -> bytes:
+        # Bytes the program never read (typed ahead, or sent while the VM was starting: mpremote's
+        # Ctrl-C, Ctrl-A after a soft reset). On a board they wait in the RX buffer for the REPL.
+        # The VM is idle between commands, so nothing else reads the pipe now.
+        out = bytearray()
+        try:
+            while chunk := os.read(self._rx_r, 4096):
+                out += chunk
+        except BlockingIOError:
+            pass
+        return bytes(out)
+
     def _on_done(self, err: bytes) -> None:
         self._drain_child_output()
+        unread = self._take_unread()
         self._finish(err)
+        if unread:
+            self._held = bytearray(unread) + (self._held or b"")
         self._release_held()
 
     def _finish(self, err: bytes) -> None:
@@ -294,7 +316,7 @@ class VirtualBoard:
             self._held_until = time.monotonic() + HOLD_AFTER_INTERRUPT_S
             return
         try:
-            os.write(self.child.stdin.fileno(), bytes([b]))
+            os.write(self._rx_w, bytes([b]))
         except (BlockingIOError, BrokenPipeError):
             pass  # the board's RX buffer is full, or the VM is gone: the byte is lost, as on a UART
 

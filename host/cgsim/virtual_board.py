@@ -113,14 +113,16 @@ class VirtualBoard:
         self._rx_r = rx_r
         os.close(cmd_r)
         os.close(ctl_w)
-        os.set_blocking(self._rx_w, False)
-        os.set_blocking(self._rx_r, False)
+        os.set_blocking(self._rx_w, False)  # never _rx_r: the VM shares that file, and reads it blocking
         for f, tag in ((self.child.stdout, "out"), (self.child.stderr, "out"), (self._ctl_r, "ctl")):
             self.sel.register(f, selectors.EVENT_READ, tag)
         self.state = "starting"
         self._early = bytearray()
         self._held = None
-        self.kbd_intr = True
+        # Until boot.py has run, Ctrl-C is a plain byte: the interrupt character is -1 before
+        # pyexec runs boot.py, as in the custom build docs/flashing.md prescribes (the residual
+        # window of a stock build is closed). The VM reports what the firmware set (KBD) after boot.py.
+        self.kbd_intr = False
         self._run_main = run_main
         self._ctl_buf.clear()
 
@@ -238,13 +240,11 @@ class VirtualBoard:
         # Bytes the program never read (typed ahead, or sent while the VM was starting: mpremote's
         # Ctrl-C, Ctrl-A after a soft reset). On a board they wait in the RX buffer for the REPL.
         # The VM is idle between commands, so nothing else reads the pipe now.
-        out = bytearray()
-        try:
-            while chunk := os.read(self._rx_r, 4096):
-                out += chunk
-        except BlockingIOError:
-            pass
-        return bytes(out)
+        import fcntl
+        import termios
+
+        waiting = struct.unpack("i", fcntl.ioctl(self._rx_r, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return os.read(self._rx_r, waiting) if waiting else b""
 
     def _on_done(self, err: bytes) -> None:
         self._drain_child_output()

@@ -71,10 +71,13 @@ def precompile(app_dir: Path, march: str | None = None) -> list[Path]:
     x64 for the unix port); without it they stay as source and the board compiles them at import.
     Returns the files kept as source.
     """
+    from cgdev.bundle import mpy_cross_command
+
     kept = []
     arch = [f"-march={march}"] if march else []
+    tool = mpy_cross_command()
     for src in sorted(app_dir.rglob("*.py")):
-        cmd = [*_tool("mpy-cross"), *arch, "-o", str(src.with_suffix(".mpy")), str(src)]
+        cmd = [*tool, *arch, "-o", str(src.with_suffix(".mpy")), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
             src.unlink()

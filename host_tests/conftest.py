@@ -59,7 +59,7 @@ def pytest_report_teststatus(report, config):
     return report.outcome, _LETTERS[report.outcome], "%s [%s]" % (report.outcome.upper(), ran)
 
 
-# ---- running in parallel (pytest-xdist; `make test` runs `-n 4 --dist loadgroup`) --------------------
+# ---- running in parallel (pytest-xdist; `make test` runs `-n 6 --dist loadgroup`) --------------------
 def pytest_xdist_make_scheduler(config, log):
     """--dist loadgroup: a module with its own shared fixture stays on one worker (xdist_groups.py)."""
     if config.getvalue("dist") != "loadgroup":

@@ -190,7 +190,10 @@ class Device:
         except TransportError as e:
             raise FlashError(f"cannot open {port}: {e} (wrong port? is another program using it?)", 2) from e
 
-    def enter(self, timeout: float = 5) -> None:
+    def enter(self, timeout: float = 30) -> None:
+        # The timeout bounds a port that never answers: a board busy restarting (a soft reset of the
+        # virtual board on a loaded machine took more than 5 s) is waited for. A locked console
+        # answers at once (cgboot.rawrefusal), so a long bound costs a locked unit nothing.
         try:
             self.t.enter_raw_repl(soft_reset=True, timeout_overall=timeout)
             # A locked console answers the raw-REPL handshake and refuses every block of code

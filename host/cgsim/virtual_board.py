@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import struct
@@ -39,6 +40,7 @@ BOARD_PROFILE = REPO / "boards" / "virtual" / "board.json"
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 HOLD_AFTER_INTERRUPT_S = 0.5
+TX_STALL_S = 10.0  # how long output waits for a host that does not read before it is dropped
 PASTE_WINDOW = 128  # bytes the host may send before waiting for \x01 (a Pico's value)
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
 
@@ -86,6 +88,7 @@ class VirtualBoard:
         self._held: bytearray | None = None
         self._held_until = 0.0
         self._early = bytearray()
+        self._tx_deaf = False  # nobody read the port for TX_STALL_S: output is dropped (see _tx)
         self.on_ready = None  # called once, when the VM first runs (tools announce the port then)
 
     # ---- child VM ---------------------------------------------------------------------------
@@ -156,13 +159,21 @@ class VirtualBoard:
 
     # ---- output to the pty ------------------------------------------------------------------
     def _tx(self, data: bytes) -> None:
-        # A UART with nobody listening drops what it sends; so does this (never block on the pty).
-        try:
-            os.write(self.master, data)
-        except BlockingIOError:
-            pass
-        except OSError as e:
-            log.debug("pty write failed: %s", e)
+        # A board's USB serial waits for a host that reads slowly (a loaded machine's mpremote), but
+        # a port nobody reads drops what it sends, or the board would hang. So: a full pty buffer is
+        # waited on for up to TX_STALL_S, then the rest is dropped and so is all output until the
+        # host sends something again. A partial write sends the rest, never a silent truncation.
+        view = memoryview(data)
+        while view and not self._tx_deaf:
+            try:
+                view = view[os.write(self.master, view):]
+            except BlockingIOError:
+                if not select.select([], [self.master], [], TX_STALL_S)[1]:
+                    self._tx_deaf = True
+                    log.debug("nobody reads the port: dropping output until the host sends something")
+            except OSError as e:
+                log.debug("pty write failed: %s", e)
+                return
 
     def _tx_cooked(self, data: bytes) -> None:
         # MicroPython boards send "\r\n" for every "\n" a program prints; the unix port sends "\n".
@@ -301,6 +312,7 @@ class VirtualBoard:
         except OSError:  # EIO: no client has the port open
             time.sleep(0.05)
             return
+        self._tx_deaf = False  # someone is there: output flows again
         for b in data:
             self._on_byte(b)
 

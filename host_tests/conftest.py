@@ -102,3 +102,13 @@ def mqtt_broker(tmp_path_factory):
     broker = MqttBroker(tmp_path_factory.mktemp("mqtt")).start()
     yield broker
     broker.stop()
+
+
+# ---- running in parallel (pytest-xdist; `make test` runs `-n 6 --dist loadgroup`) --------------------
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup: a module with its own shared fixture stays on one worker (xdist_groups.py)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist_groups import SharedFixtureScheduling
+
+    return SharedFixtureScheduling(config, log)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import serial
-from mpremote.transport import TransportError
+from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 from vboard import MPREMOTE, Board, flash, run_tool
 
@@ -30,7 +30,7 @@ def locked(tmp_path):
 def console_answers(port: str) -> bytes:
     with serial.Serial(port, timeout=3) as s:
         s.reset_input_buffer()
-        s.write(b"\rversion\r")
+        s.write(b"\x02\rversion\r")  # Ctrl-B first: leave the raw-REPL refusal if a probe left it there
         out = s.read_until(b"board virtual\r\n" + PROMPT)
         if b"board virtual" not in out and b"console busy" in out:
             # Sent while the console was still dropping a storm's lines (it says so): ask again.
@@ -40,30 +40,37 @@ def console_answers(port: str) -> bytes:
     return out
 
 
+REASON = "locked console: this production unit has no Python REPL; open it with `cellguard status"
+
+
 def test_repl_escape_attempts_fail(locked, tmp_path):
     board, key = locked
-    # 1. The real mpremote CLI: it cannot get a raw REPL, so its code never runs.
-    try:
-        proc = subprocess.run([str(MPREMOTE), "connect", board.port, "exec", "open('pwned','w').close()"],
-                              capture_output=True, text=True, timeout=6)
-        assert proc.returncode != 0
-    except subprocess.TimeoutExpired:
-        pass  # mpremote waits forever on a pty that never shows the raw REPL banner: killed, as intended
-    # 2. mpremote's transport with a deadline.
+    # 1. The real mpremote CLI, with no deadline of its own: it fails at once and says why (it used to
+    # wait for ever for a raw-REPL banner), and its code never runs. The timeout only bounds a hang.
+    for args in (("exec", "open('pwned','w').close()"), ("fs", "ls")):
+        proc = subprocess.run([str(MPREMOTE), "connect", board.port, *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert REASON in proc.stdout + proc.stderr and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    # 2. mpremote's transport: the raw REPL "opens", and every block of code is refused with the reason.
     t = SerialTransport(board.port, timeout=1)
     try:
-        with pytest.raises(TransportError):
-            t.enter_raw_repl(soft_reset=True, timeout_overall=3)
+        t.enter_raw_repl(soft_reset=True, timeout_overall=30)
+        with pytest.raises(TransportExecError, match="locked console"):
+            t.exec("open('pwned','w').close()")
+        t.exit_raw_repl()
     finally:
         t.close()
-    # 3. Raw bytes: Ctrl-C storms, soft reset, raw REPL, raw paste, friendly REPL.
-    with serial.Serial(board.port, timeout=1) as s:
+    # 3. Raw bytes: Ctrl-C storms, soft reset, raw REPL, raw paste, friendly REPL; Ctrl-B leaves the refusal.
+    seen = b""
+    with serial.Serial(board.port, timeout=60) as s:
         for probe in (b"\x03" * 20, b"\x04", b"\r\x01import os\x04", b"\x05A\x01print(1)\x04", b"\x02", b"\x03\x03\x01\x04"):
-            s.write(probe)
-            out = s.read_until(b"ignored (console locked)")  # (a storm: some lines dropped, counted)
-            out += s.read_until(PROMPT)
-            assert b"raw REPL" not in out and b">>> " not in out and b"Traceback" not in out, (probe, out)
-            assert b"ignored (console locked)" in out
+            s.write(probe + b"\x02\rversion\r")  # the console's answer to `version` marks the end of this probe
+            out = s.read_until(b"board virtual\r\n" + PROMPT)
+            assert b">>> " not in out and b"Traceback" not in out and b"cellguard 0.1.0" in out, (probe, out)
+            seen += out
+    for answer in (b"ignored (console locked)", b"locked: no soft reboot", REASON.encode()):
+        assert answer in seen, seen
     console_answers(board.port)
     # With the service response the REPL opens, and nothing the attempts sent ever ran.
     opened = run_tool("status", "--port", board.port, "--service", "open-repl", "--service-key", str(key))
@@ -141,8 +148,9 @@ def test_ctrl_c_storm_during_power_on_does_not_open_the_repl(locked):
             for _ in range(40):
                 s.write(b"\x03\x03\x01\x04")
                 seen.extend(s.read(4096))
-        assert b">>> " not in seen and b"raw REPL" not in seen, bytes(seen[-300:])
-        assert b"ignored (console locked)" in seen
+        # Ctrl-A gets mpremote's banner and a refusal (cgboot.rawrefusal), never the REPL itself
+        assert b">>> " not in seen and b"Traceback" not in seen, bytes(seen[-300:])
+        assert b"ignored (console locked)" in seen or b"no soft reboot" in seen
         console_answers(again.port)
     finally:
         again.stop()

@@ -12,7 +12,6 @@ from harness import REPO
 from modem_fixtures import chat, emulated_modem, standalone_emulator
 
 
-@pytest.mark.timeout(30)
 @pytest.mark.parametrize("dialect", ["nrf91", "sara-r4"])
 def test_standalone_emulator_prints_its_pty_and_answers(dialect):
     command = [str(Path(sys.executable).parent / "cellguard"), "emulator", "--dialect", dialect, "--zero-delays"]
@@ -40,7 +39,7 @@ DIALECT_FORMATS = {
 }
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("dialect", sorted(DIALECT_FORMATS))
 def test_dialect_reply_formats(dialect):
     with emulated_modem(dialect) as emu:
@@ -65,7 +64,7 @@ def _open(emu):
     return fd
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(120)
 def test_sim_none_means_no_sim():
     with emulated_modem("bg96", sim=None) as emu:
         fd = _open(emu)
@@ -78,7 +77,7 @@ def test_sim_none_means_no_sim():
     assert emu.sim is None
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(120)
 def test_reboot_after_some_reply_lines():
     # The first line of the reply leaves, then the modem restarts: RDY instead of the rest and OK.
     with emulated_modem("bg96") as emu:
@@ -95,7 +94,7 @@ def test_reboot_after_some_reply_lines():
     assert emu.reboots == 1
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(120)
 def test_power_key_toggles_and_an_off_modem_is_deaf():
     import socket
 

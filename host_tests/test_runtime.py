@@ -147,7 +147,7 @@ def test_no_hardware_import_at_module_top_level():
     assert run_micropython(script, heapsize="1M").strip() == "[]"
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(120)
 def test_uart_over_a_real_pty_on_micropython():
     """The unix port's TtyStream talks to a process on a real pty, bytes split across reads."""
     master, slave = pty.openpty()
@@ -186,7 +186,7 @@ print(repr(got), u.readinto(buf))
     assert proc.returncode == 0
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(120)
 def test_uart_over_a_real_pty_on_cpython():
     """CPython's UART is pyserial on the same pty: non-blocking reads, waiting with a deadline."""
     from cellguard import runtime

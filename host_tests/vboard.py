@@ -22,7 +22,7 @@ class Board:
         self.log = workdir / "virtual-board.log"
         self.proc, self.port = virtual_board.launch(self.image, workdir / "port", self.log, modem=modem)
 
-    def mpremote(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+    def mpremote(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         """The REAL mpremote command line against this board."""
         proc = subprocess.run(
             [str(MPREMOTE), "connect", self.port, *args],

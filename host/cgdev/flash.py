@@ -16,6 +16,7 @@ through the console to prove it booted. A step whose tool has not landed yet pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cgdev import readback
 from cgdev import status as status_tool  # the console client
 
 REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
@@ -188,16 +190,22 @@ class Device:
         except TransportError as e:
             raise FlashError(f"cannot open {port}: {e} (wrong port? is another program using it?)", 2) from e
 
-    def enter(self, timeout: float = 5, soft_reset: bool = True) -> None:
+    def enter(self, timeout: float = 30, soft_reset: bool = True) -> None:
         """The raw REPL. soft_reset=False once a service response opened it: a soft reset locks a
-        locked unit's console again (boot.py runs it), as every reset does."""
+        locked unit's console again (boot.py runs it), as every reset does. The timeout bounds a port
+        that never answers: a board busy restarting (a soft reset of the virtual board on a loaded
+        machine took more than 5 s) is waited for; a locked console answers at once."""
         try:
             self.t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout)
+            # A locked console answers the raw-REPL handshake and refuses every block of code
+            # (cgboot.rawrefusal), so one empty block tells a locked unit from an open one.
+            self.t.exec("")
         except self._TransportError as e:
+            why = getattr(e, "error_output", None) or e
             raise FlashError(
-                f"the device on {self.port} does not open its REPL ({e}). A production unit's console is "
-                "locked: open it with `cellguard status --port PORT --service open-repl` (this tool does it "
-                "when --service-key names the master key), then flash again.", 5
+                f"the device on {self.port} does not open its REPL ({str(why).strip()}). A production unit's "
+                "console is locked: open it with `cellguard status --port PORT --service open-repl` (this tool "
+                "does it when --service-key names the master key), then flash again.", 5
             ) from e
 
     def exec(self, code: str) -> bytes:
@@ -307,27 +315,21 @@ def sync_files(dev: Device, files: dict[str, bytes], owned_dirs: list[str], forc
 # ---- the virtual board ---------------------------------------------------------------------------
 def virtual_board_port(state_dir: Path = VIRTUAL_DIR) -> str:
     """The running virtual board's pty, starting one (in the background) if none runs."""
-    from cgsim import virtual_board
+    from cgsim import vbrecord, virtual_board
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    pid_file, port_file = state_dir / "pid", state_dir / "port"
-    if pid_file.exists() and port_file.exists():
-        pid = int(pid_file.read_text())
-        port = port_file.read_text().strip()
-        try:
-            os.kill(pid, 0)
-            if Path(port).exists():
-                print(f"      reusing the virtual board on {port} (pid {pid})")
-                return port
-        except OSError:
-            pass
+    port_file = state_dir / vbrecord.PORT_FILE
+    port, why_not = vbrecord.running(port_file)  # alive and holding its pty, not just a file left behind
+    if port:
+        print(f"      reusing the virtual board on {port} (pid {vbrecord.pid_file(port_file).read_text().strip()})")
+        return port
+    log.debug("starting a virtual board: %s", why_not)
     try:
         proc, port = virtual_board.launch(state_dir / "flash.img", port_file, state_dir / "log", modem="auto",
                                           detach=True)
     except RuntimeError as e:
         tail = (state_dir / "log").read_text(errors="replace").strip().splitlines()[-3:]
         raise FlashError(f"{e}: {' / '.join(tail)}", 2) from e
-    pid_file.write_text(f"{proc.pid}\n")
     print(f"      started the virtual board on {port} (pid {proc.pid}; stop it with `kill {proc.pid}`)")
     return port
 
@@ -477,9 +479,18 @@ def _release_cached(image, key: Path, version: str, slot_size: int) -> Path:
     out = out_dir / f"app-{version}-{digest.hexdigest()[:16]}.img"
     if not out.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
+        # Several flashes may run at once (parallel tests, two boards): each builds under its own
+        # name and renames into place, and only images nobody used for an hour are pruned.
         for old in out_dir.glob(f"app-{version}-*.img"):
-            old.unlink()
-        image.release(key, version, out, slot_size=slot_size)
+            with contextlib.suppress(OSError):
+                if time.time() - old.stat().st_mtime > 3600:
+                    old.unlink()
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            image.release(key, version, tmp, slot_size=slot_size)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return out
 
 
@@ -623,6 +634,7 @@ def flash(args) -> int:
     t0 = time.monotonic()
 
     def step(n: int, text: str) -> None:
+        args.step = f"step {n}/{steps} ({text.split(':')[0]})"  # what a Ctrl-C interrupted, for main()
         print(f"[{n}/{steps}] {text}", flush=True)
 
     step(1, f"connect: board profile {profile['name']}")
@@ -720,13 +732,22 @@ def flash(args) -> int:
     with status_tool.ConsoleClient(port, timeout=10) as client:
         client.attach()
         snap = client.status()
-    booted = snap.get("firmware", {}).get("version")
-    # The console names the unit by its provisioned identity once it has one, else by the service id.
-    expected_ids = {device_id, getattr(args, "provisioned_id", None)}
-    if not booted or snap.get("device", {}).get("id") not in expected_ids:
-        raise FlashError(f"the device did not report the flashed firmware: {snap}", 7)
-    print(f"      booted: cellguard {booted} on {snap['device'].get('board')}, device {snap['device'].get('id')}, "
-          f"console {snap.get('console', {}).get('mode')}")
+        booted = snap.get("firmware", {}).get("version")
+        # The console names the unit by its provisioned identity once it has one, else by the service id.
+        expected_ids = {device_id, getattr(args, "provisioned_id", None)}
+        if not booted or snap.get("device", {}).get("id") not in expected_ids:
+            raise FlashError(f"the device did not report the flashed firmware: {snap}", 7)
+        print(f"      booted: cellguard {booted} on {snap['device'].get('board')}, device {snap['device'].get('id')}, "
+              f"console {snap.get('console', {}).get('mode')}")
+        try:
+            snap = readback.wait_for_lock(client.status, snap)
+        except readback.ReadBackError as e:
+            raise FlashError(str(e), 7) from e
+    refused = readback.judge_lock(snap, provisioned=not args.no_provision)
+    if refused:
+        raise FlashError(refused, 7)
+    if readback.lock_outcome(snap):
+        print(f"      SIM lock {readback.lock_outcome(snap)}")
     if args.json:
         print(json.dumps({"port": port, "device_id": device_id, "sent": report.sent, "unchanged": report.unchanged,
                           "removed": report.removed, "status": snap}))
@@ -773,6 +794,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FlashError, status_tool.StatusToolError) as e:
         print(f"flash: {e}", file=sys.stderr)
         return e.code
+    except KeyboardInterrupt:  # a person stopping the flash wants one line, not the stack it was in
+        where = getattr(args, "step", "start")
+        print(f"\nflash: interrupted (Ctrl-C) during {where}; the unit may be partly flashed: "
+              "run the flash again to finish it", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -70,16 +71,26 @@ def precompile(app_dir: Path, march: str | None = None) -> list[Path]:
     x64 for the unix port); without it they stay as source and the board compiles them at import.
     Returns the files kept as source.
     """
+    from cgdev.bundle import mpy_cross_command
+
     kept = []
     arch = [f"-march={march}"] if march else []
+    tool = mpy_cross_command()
     for src in sorted(app_dir.rglob("*.py")):
-        cmd = [*_tool("mpy-cross"), *arch, "-o", str(src.with_suffix(".mpy")), str(src)]
+        cmd = [*tool, *arch, "-o", str(src.with_suffix(".mpy")), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
             src.unlink()
+            continue
+        kept.append(src)
+        # mpy-cross prints a traceback; one line says what it means ("invalid arch": native code
+        # and no -march given, which is expected: the board compiles that module when it imports it).
+        last = (proc.stderr.strip().splitlines() or ["mpy-cross failed"])[-1]
+        if "invalid arch" in last:
+            log.info("%s kept as source: it has native code and no -march was given; the board compiles it at "
+                     "import", src.relative_to(app_dir))
         else:
-            log.warning("%s kept as source: %s", src.relative_to(app_dir), proc.stderr.strip()[-200:])
-            kept.append(src)
+            log.warning("%s kept as source: mpy-cross says %s", src.relative_to(app_dir), last)
     return kept
 
 
@@ -182,8 +193,18 @@ def imgtool_verify(key: Path, img: Path) -> str:
 
 
 def keygen(out: Path, key_type: str = "ed25519") -> Path:
+    """A new key at `out`, unless another process made one there first (then that one is kept):
+    two flashes starting at once must not sign with two different keys, or read a half-written one."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _run([*_tool("imgtool"), "keygen", "-k", str(out), "-t", key_type])
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _run([*_tool("imgtool"), "keygen", "-k", str(tmp), "-t", key_type])
+        try:
+            os.link(tmp, out)  # atomic, and fails if the key exists
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -184,10 +184,11 @@ class ConsoleClient:
         return answer
 
 
-def default_port() -> str | None:
-    if VIRTUAL_PORT_FILE.exists():
-        return VIRTUAL_PORT_FILE.read_text().strip()
-    return None
+def default_port(port_file: Path = VIRTUAL_PORT_FILE) -> tuple[str | None, str]:
+    """The virtual board's pty if one runs and still holds it (never a stale file's reused pty number)."""
+    from cgsim import vbrecord
+
+    return vbrecord.running(port_file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,12 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", choices=SERVICE_ACTIONS, help="an authenticated service action")
     parser.add_argument("--service-key", type=Path, default=DEFAULT_MASTER_KEY, help="service master key file")
     parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--virtual-dir", type=Path, help=argparse.SUPPRESS)  # tests: another board's record
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    port = args.port or default_port()
+    port = args.port
     if not port:
-        print("status: no --port given and no virtual board running (try `make flash` first)", file=sys.stderr)
-        return 2
+        port, why_not = default_port(args.virtual_dir / "port" if args.virtual_dir else VIRTUAL_PORT_FILE)
+        if not port:
+            print(f"status: no --port given and {why_not} (start one with `make flash` or `make virtual-board`)",
+                  file=sys.stderr)
+            return 2
     try:
         with ConsoleClient(port, args.baud, args.timeout) as client:
             client.attach()

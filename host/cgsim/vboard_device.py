@@ -9,7 +9,7 @@
 #   control pipe (here -> front end):
 #       b"READY <version>\n"       flash mounted, waiting for commands
 #       b"DONE <len>\n" + error    the command finished; error = traceback text or empty
-#       b"KBD <n>\n"               the firmware called micropython.kbd_intr(n)
+#       b"KBD <n>\n"               the firmware called micropython.kbd_intr(n); and after boot.py, what it set
 #   stdin/stdout: the board's console, as on a board (sys.stdin reads what the technician types).
 #
 # The filesystem is littlefs (vfs.VfsLfs2) mounted at "/" on a block device kept in the image file
@@ -196,6 +196,9 @@ def _install_machine_shim():
     sys.modules["machine"] = shim
 
 
+_kbd = [3]  # the interrupt character the firmware last set (Ctrl-C unless it said otherwise)
+
+
 def _install_shim():
     shim = _MicropythonShim()
     for name in dir(micropython):
@@ -203,6 +206,7 @@ def _install_shim():
             setattr(shim, name, getattr(micropython, name))
 
     def kbd_intr(c):
+        _kbd[0] = c
         _send(b"KBD %d" % c)
 
     shim.kbd_intr = kbd_intr
@@ -259,6 +263,9 @@ def main():
             _dupterm[0].write(payload)  # on a board the REPL would echo or answer it
         if kind == b"BOOT":
             err = _run("boot.py", "exec_file", g)
+            # boot.py ran with Ctrl-C as a plain byte (the front end's default at power-on, as in the
+            # custom build docs/flashing.md asks for); from here on it is what the firmware set.
+            _send(b"KBD %d" % _kbd[0])
             if not err and payload == b"main":
                 err = _run("main.py", "exec_file", g)
         elif kind == b"SINGLE":

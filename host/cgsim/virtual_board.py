@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import select
 import selectors
 import signal
 import struct
@@ -30,6 +31,8 @@ import sys
 import time
 import tty
 from pathlib import Path
+
+from cgsim import vbrecord
 
 REPO = Path(__file__).resolve().parents[2]  # host/<package>/<module>.py
 DEVICE_SCRIPT = Path(__file__).resolve().with_name("vboard_device.py")  # the "chip": runs on MicroPython
@@ -40,6 +43,7 @@ BOARD_PROFILE = REPO / "boards" / "virtual" / "board.json"
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 HOLD_AFTER_INTERRUPT_S = 0.5
 RX_BUFFER_BYTES = 4096  # the smallest pipe Linux makes; a board's UART or USB CDC receive buffer is smaller still
+TX_STALL_S = 10.0  # how long output waits for a host that does not read before it is dropped
 PASTE_WINDOW = 128  # bytes the host may send before waiting for \x01 (a Pico's value)
 CTRL_A, CTRL_B, CTRL_C, CTRL_D, CTRL_E = 1, 2, 3, 4, 5
 
@@ -87,6 +91,7 @@ class VirtualBoard:
         self._held: bytearray | None = None
         self._held_until = 0.0
         self._early = bytearray()
+        self._tx_deaf = False  # nobody read the port for TX_STALL_S: output is dropped (see _tx)
         self.on_ready = None  # called once, when the VM first runs (tools announce the port then)
 
     # ---- child VM ---------------------------------------------------------------------------
@@ -100,28 +105,35 @@ class VirtualBoard:
         if self.modem_port:
             env["CELLGUARD_MODEM_PORT"] = self.modem_port
         args = [str(self.image), str(self.block_size), str(self.block_count), str(cmd_r), str(ctl_w)]
+        # The board's RX buffer: a pipe whose read end we keep too, so that what the program left
+        # unread when it ends goes to the REPL, as on a board (see _take_unread).
+        rx_r, self._rx_w = os.pipe()
         self.child = subprocess.Popen(
             [str(MICROPYTHON), "-X", f"heapsize={self.heap}", str(DEVICE_SCRIPT), *args],
-            stdin=subprocess.PIPE,
+            stdin=rx_r,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=(cmd_r, ctl_w),
             env=env,
         )
+        self._rx_r = rx_r
         os.close(cmd_r)
         os.close(ctl_w)
-        os.set_blocking(self.child.stdin.fileno(), False)
+        os.set_blocking(self._rx_w, False)  # never _rx_r: the VM shares that file, and reads it blocking
         # The board's receive buffer is a few KiB, as a UART's or a USB CDC endpoint's is, not the
         # pipe's default 64 KiB: a flood beyond it is lost at the port (as on a board), instead of
         # queueing minutes of stale lines in front of the next person who asks.
         with contextlib.suppress(OSError):
-            fcntl.fcntl(self.child.stdin.fileno(), fcntl.F_SETPIPE_SZ, RX_BUFFER_BYTES)
+            fcntl.fcntl(self._rx_w, fcntl.F_SETPIPE_SZ, RX_BUFFER_BYTES)
         for f, tag in ((self.child.stdout, "out"), (self.child.stderr, "out"), (self._ctl_r, "ctl")):
             self.sel.register(f, selectors.EVENT_READ, tag)
         self.state = "starting"
         self._early = bytearray()
         self._held = None
-        self.kbd_intr = True
+        # Until boot.py has run, Ctrl-C is a plain byte: the interrupt character is -1 before
+        # pyexec runs boot.py, as in the custom build docs/flashing.md prescribes (the residual
+        # window of a stock build is closed). The VM reports what the firmware set (KBD) after boot.py.
+        self.kbd_intr = False
         self._run_main = run_main
         self._ctl_buf.clear()
 
@@ -135,8 +147,10 @@ class VirtualBoard:
                 pass
         self.child.kill()
         self.child.wait()
-        for f in (self.child.stdin, self.child.stdout, self.child.stderr):
+        for f in (self.child.stdout, self.child.stderr):
             f.close()
+        os.close(self._rx_r)
+        os.close(self._rx_w)
         os.close(self._ctl_r)
         os.close(self._cmd_w)
         self.child = None
@@ -153,13 +167,21 @@ class VirtualBoard:
 
     # ---- output to the pty ------------------------------------------------------------------
     def _tx(self, data: bytes) -> None:
-        # A UART with nobody listening drops what it sends; so does this (never block on the pty).
-        try:
-            os.write(self.master, data)
-        except BlockingIOError:
-            pass
-        except OSError as e:
-            log.debug("pty write failed: %s", e)
+        # A board's USB serial waits for a host that reads slowly (a loaded machine's mpremote), but
+        # a port nobody reads drops what it sends, or the board would hang. So: a full pty buffer is
+        # waited on for up to TX_STALL_S, then the rest is dropped and so is all output until the
+        # host sends something again. A partial write sends the rest, never a silent truncation.
+        view = memoryview(data)
+        while view and not self._tx_deaf:
+            try:
+                view = view[os.write(self.master, view):]
+            except BlockingIOError:
+                if not select.select([], [self.master], [], TX_STALL_S)[1]:
+                    self._tx_deaf = True
+                    log.debug("nobody reads the port: dropping output until the host sends something")
+            except OSError as e:
+                log.debug("pty write failed: %s", e)
+                return
 
     def _tx_cooked(self, data: bytes) -> None:
         # MicroPython boards send "\r\n" for every "\n" a program prints; the unix port sends "\n".
@@ -222,7 +244,7 @@ class VirtualBoard:
                 early, self._early = self._early, bytearray()
                 if early:
                     try:
-                        os.write(self.child.stdin.fileno(), bytes(early))
+                        os.write(self._rx_w, bytes(early))
                     except (BlockingIOError, BrokenPipeError):
                         pass
             elif head[0] == b"KBD":
@@ -233,9 +255,22 @@ class VirtualBoard:
         for b in held or b"":
             self._on_byte(b)
 
+    def _take_unread(self) -> bytes:
+        # Bytes the program never read (typed ahead, or sent while the VM was starting: mpremote's
+        # Ctrl-C, Ctrl-A after a soft reset). On a board they wait in the RX buffer for the REPL.
+        # The VM is idle between commands, so nothing else reads the pipe now.
+        import fcntl
+        import termios
+
+        waiting = struct.unpack("i", fcntl.ioctl(self._rx_r, termios.FIONREAD, b"\0\0\0\0"))[0]
+        return os.read(self._rx_r, waiting) if waiting else b""
+
     def _on_done(self, err: bytes) -> None:
         self._drain_child_output()
+        unread = self._take_unread()
         self._finish(err)
+        if unread:
+            self._held = bytearray(unread) + (self._held or b"")
         self._release_held()
 
     def _finish(self, err: bytes) -> None:
@@ -285,6 +320,7 @@ class VirtualBoard:
         except OSError:  # EIO: no client has the port open
             time.sleep(0.05)
             return
+        self._tx_deaf = False  # someone is there: output flows again
         for b in data:
             self._on_byte(b)
 
@@ -300,7 +336,7 @@ class VirtualBoard:
             self._held_until = time.monotonic() + HOLD_AFTER_INTERRUPT_S
             return
         try:
-            os.write(self.child.stdin.fileno(), bytes([b]))
+            os.write(self._rx_w, bytes([b]))
         except (BlockingIOError, BrokenPipeError):
             pass  # the board's RX buffer is full, or the VM is gone: the byte is lost, as on a UART
 
@@ -445,13 +481,19 @@ def _profile_dialect() -> str:
         return "bg96"
 
 
-def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15) -> tuple[subprocess.Popen, str]:
-    """Start the modem emulator (cgsim.modem) and return it with its pty path (from its first line of output)."""
+def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 120,
+                state: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the modem emulator (cgsim.modem) and return it with its pty path (from its first line of output).
+
+    state: the file its SIM keeps its PIN, lock and retry counters in (cgsim.simstate), as a real SIM does.
+    The announcement (or the process's end) is the event awaited; `timeout` only bounds a hung start,
+    and is generous because a loaded machine starts Python slowly.
+    """
     import re
     import select
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cgsim.modem", "--dialect", dialect],
+        [sys.executable, "-m", "cgsim.modem", "--dialect", dialect, *(["--state", str(state)] if state else [])],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     deadline = time.monotonic() + timeout
@@ -483,8 +525,11 @@ def start_modem(dialect: str, log_file: Path | None = None, timeout: float = 15)
 
 # ---- starting one from another program (tools/flash.py, tests) --------------------------------------
 def launch(image: Path, port_file: Path, log_file: Path, *, modem: str = "none",
-           detach: bool = False, timeout: float = 15) -> tuple[subprocess.Popen, str]:
+           detach: bool = False, timeout: float = 180) -> tuple[subprocess.Popen, str]:
     """Start a virtual board process; return it and its pty path once its VM is up.
+
+    Waits for the port file (or the process's end); `timeout` only bounds a hung start (a loaded
+    machine may take long to start Python, the modem and the VM, which is not a failure).
 
     modem: "none", "auto" (the emulated modem of the profile's dialect), a dialect name, or a pty path of a modem emulator already running.
     """
@@ -510,7 +555,9 @@ def launch(image: Path, port_file: Path, log_file: Path, *, modem: str = "none",
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=DEFAULT_DIR / "flash.img", help="littlefs image file")
-    parser.add_argument("--port-file", type=Path, help="write the pty path here once it is ready")
+    parser.add_argument("--port-file", type=Path,
+                        help="write the pty path here once it is ready, and the pid beside it"
+                             " (default: `port` next to the image)")
     parser.add_argument("--modem-port", help="a running modem emulator's pty (the board's UART)")
     parser.add_argument("--modem", default="auto",
                         help="start an emulated modem: a dialect, 'auto' (the profile's) or 'none'")
@@ -521,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"virtual board: no MicroPython unix port at {MICROPYTHON}; run `make venv`", file=sys.stderr)
         return 2
     args.image.parent.mkdir(parents=True, exist_ok=True)
+    port_file = args.port_file or args.image.parent / vbrecord.PORT_FILE
     # One board per flash image: two VMs writing the same littlefs would corrupt it.
     import fcntl
 
@@ -528,8 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        port_file = args.image.parent / "port"
-        where = f" on {port_file.read_text().strip()}" if port_file.exists() else ""
+        live, _ = vbrecord.running(port_file)
+        where = f" on {live}" if live else ""
         print(f"virtual board: another virtual board already runs on {args.image}{where}; "
               "use it, or stop it first", file=sys.stderr)
         return 4
@@ -537,17 +585,19 @@ def main(argv: list[str] | None = None) -> int:
     modem_port = args.modem_port
     if not modem_port and args.modem != "none":
         dialect = _profile_dialect() if args.modem == "auto" else args.modem
-        modem_proc, modem_port = start_modem(dialect, args.image.parent / "modem.log")
+        # The SIM is kept beside the flash image: a restarted board finds its provisioned SIM again.
+        # A new flash image is a new unit, and a new unit comes with a new SIM.
+        sim_state = args.image.with_name(args.image.stem + ".sim.json")
+        if not args.image.exists():
+            sim_state.unlink(missing_ok=True)
+        modem_proc, modem_port = start_modem(dialect, args.image.parent / "modem.log", state=sim_state)
         print(f"emulated {dialect} modem on {modem_port} is the board's UART", flush=True)
     board = VirtualBoard(args.image, modem_port=modem_port, heap=args.heap)
     signal.signal(signal.SIGTERM, board.stop)
     signal.signal(signal.SIGINT, board.stop)
 
     def announce(vb: VirtualBoard) -> None:
-        if args.port_file:
-            tmp = args.port_file.with_suffix(".tmp")
-            tmp.write_text(vb.port + "\n")
-            tmp.replace(args.port_file)
+        vbrecord.write(port_file, vb.port, os.getpid())  # `make status` and `make flash` find it there
         print(f"virtual board on {vb.port} (flash image {args.image}); Ctrl-C stops it", flush=True)
         print(f"  try: mpremote connect {vb.port} fs ls", flush=True)
 
@@ -555,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         board.serve()
     finally:
+        vbrecord.clear(port_file, os.getpid())
         board.close()
         if modem_proc is not None:
             modem_proc.terminate()

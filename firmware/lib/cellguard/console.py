@@ -74,6 +74,7 @@ class Console:
         self.discarding = False  # this turn's budget is spent: lines are dropped and counted
         self._dropped = 0
         self._refreshed = None
+        self._raw = None  # mpremote's raw-REPL handshake on a locked console (cgboot.rawrefusal)
         status.set("console", "mode", "production (locked)" if locked else "development (unlocked)")
         # One id: the service record is made for the provisioned identity (tools/flash.py), and
         # before provisioning its id names the unit. A unit where they differ says so.
@@ -110,6 +111,11 @@ class Console:
         self._too_long = False
 
     def feed(self, b):
+        if self._raw is not None:
+            if self._raw.feed(b):
+                self._raw = None
+                self.prompt()
+            return None
         last, self._last = self._last, b
         if self.discarding:  # only counted: no echo, nothing kept
             if b == 13 or (b == 10 and last != 13) or (b < 32 and b not in _BS and b != 10):
@@ -147,6 +153,12 @@ class Console:
                 return None
             self._line.append(b)
             self.write(chr(b))
+            return None
+        if b == 1 and self.locked:  # mpremote: answer so that it fails at once, and says why
+            from cgboot.rawrefusal import RawRefusal
+
+            self._raw = RawRefusal(self.write)
+            self._raw.start()
             return None
         if b < 32:
             # Ctrl-A/B/C/D/E are how a host reaches the REPL; here they are only bytes.

@@ -17,13 +17,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roaming", action="store_true")
     parser.add_argument("--deny", action="store_true", help="the network rejects the attach")
     parser.add_argument("--pin", help="enable the SIM PIN lock with this PIN")
+    parser.add_argument("--state", help="keep the SIM's PIN, lock and counters in this file across restarts")
     parser.add_argument(
         "--field-traffic", action="store_true", help="whole restart banners and the URCs real units send"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every command")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    sim = Sim(pin=args.pin, pin_enabled=True) if args.pin else Sim()
+    new_sim = {"pin": args.pin, "pin_enabled": True} if args.pin else {}
+    if args.state:  # a SIM keeps its state across power cycles (cgsim.simstate); --pin only shapes a new one
+        from cgsim import simstate
+
+        try:
+            sim = simstate.persistent_sim(args.state, **new_sim)
+        except (OSError, simstate.SimStateError) as e:
+            parser.error(f"--state: {e}")
+    else:
+        sim = Sim(**new_sim)
     network = Network(
         registration_delay_s=0 if args.zero_delays else args.registration_delay,
         roaming=args.roaming,

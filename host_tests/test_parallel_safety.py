@@ -1,0 +1,86 @@
+"""Flashes that run at once (`make test` runs tests in parallel; a developer flashes two boards) share
+build/: the development signing key and the cache of signed slot images. Neither may pull the
+ground from under the other."""
+
+import os
+import uuid
+
+import pytest
+from cgdev import flash as flash_tool
+from cgdev import image as image_tool
+
+
+def test_a_second_keygen_keeps_the_key_the_first_made(tmp_path):
+    # Two flashes that both found no key both create one: the second must not replace the key the
+    # first is already signing with (its unit would then trust a key nobody signs with).
+    key = tmp_path / "keys" / "dev-signing.pem"
+    image_tool.keygen(key)
+    first = key.read_bytes()
+    image_tool.keygen(key)
+    assert key.read_bytes() == first
+    assert not [p for p in key.parent.iterdir() if p.name != key.name]  # no temporary left behind
+
+
+class _FakeImageTool:
+    """Stands in for cgdev.image in the cache logic: writes a marker instead of building a release."""
+
+    def __init__(self):
+        self.built = []
+
+    def release(self, key, version, out, slot_size):
+        out.write_bytes(b"image signed with " + key.read_bytes())
+        self.built.append(out)
+        return out
+
+
+@pytest.fixture
+def version():
+    v = "test-" + uuid.uuid4().hex[:8]  # its own names in build/flash, whatever else runs beside
+    yield v
+    for p in (flash_tool.REPO / "build" / "flash").glob(f"app-{v}-*.img"):
+        p.unlink()
+
+
+def test_building_one_cached_image_never_deletes_another_in_use(tmp_path, version):
+    tool = _FakeImageTool()
+    key_a, key_b = tmp_path / "a.pem", tmp_path / "b.pem"
+    key_a.write_bytes(b"A")
+    key_b.write_bytes(b"B")
+    image_a = flash_tool._release_cached(tool, key_a, version, 4096)
+    image_b = flash_tool._release_cached(tool, key_b, version, 4096)  # another flash, another key
+    assert image_a != image_b
+    assert image_a.read_bytes() == b"image signed with A"  # still there for the flash sending it
+    assert image_b.read_bytes() == b"image signed with B"
+    assert flash_tool._release_cached(tool, key_a, version, 4096) == image_a and len(tool.built) == 2
+
+
+def test_a_cached_image_appears_whole_or_not_at_all(tmp_path, version):
+    # The image is built under a temporary name and renamed: a flash that finds it finds all of it.
+    written_to = []
+
+    class Watching(_FakeImageTool):
+        def release(self, key, version, out, slot_size):
+            written_to.append(out.name)
+            return super().release(key, version, out, slot_size)
+
+    key = tmp_path / "k.pem"
+    key.write_bytes(b"K")
+    done = flash_tool._release_cached(Watching(), key, version, 4096)
+    assert written_to != [done.name] and done.exists()  # never built in place, where others look
+    assert not [p for p in done.parent.iterdir() if p.name.startswith(".") and version in p.name]
+    assert os.path.getsize(done) > 0
+
+
+def test_a_module_with_its_own_shared_fixture_runs_on_one_worker():
+    # `make test` (-n 4 --dist loadgroup): the slot images of test_boot_trial are built once, not
+    # once per worker; a module without such a fixture is spread test by test.
+
+    from harness import REPO
+    from xdist_groups import SharedFixtureScheduling
+
+    sched = SharedFixtureScheduling.__new__(SharedFixtureScheduling)
+    sched._rootdir = REPO
+    trial = ["host_tests/test_boot_trial.py::test_a", "host_tests/test_boot_trial.py::test_b"]
+    crypto = ["host_tests/test_crypto.py::test_a", "host_tests/test_crypto.py::test_b"]
+    assert {sched._split_scope(n) for n in trial} == {"host_tests/test_boot_trial.py"}
+    assert [sched._split_scope(n) for n in crypto] == crypto

@@ -80,6 +80,11 @@ _DEVICE_COLS = (
 _COMMAND_COLS = "id, key_id, record, state, down_seq, datagram, sent"
 
 
+def _columns(rows: list[tuple], n: int) -> list[list]:
+    """Rows as n column lists: the arrays an unnest() statement takes."""
+    return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(n)]
+
+
 def migrate(conn: psycopg.Connection) -> list[int]:
     """Apply the migrations this database lacks; returns the versions applied now (idempotent)."""
     applied_now = []
@@ -312,47 +317,60 @@ class PostgresStore(SqlReads, Store):
             self._hot_lock.release()
 
     def _write(self, batch: Batch) -> None:
+        # One statement per table, its rows as arrays (unnest): PostgreSQL plans and runs one statement
+        # instead of one per row, which halved its CPU per datagram; the writes go in one pipeline.
         cur = self._hot.cursor()
         locked = [d for k, d in batch.devices.items() if k in self._locked]
         loose = [d for k, d in batch.devices.items() if k not in self._locked]
-        if locked:  # rows this batch holds locked: its values are the truth
-            cur.executemany(
-                "UPDATE devices SET failures=%s, up_highest=%s, up_bits=%s, down_seq=%s, unlocked_seen=%s, epoch=%s,"
-                " suspended=%s WHERE key_id=%s",
-                [(d.failures, d.up_highest, str(d.up_bits), d.down_seq, d.unlocked_seen, d.epoch, d.suspended, d.key_id)
-                 for d in locked],
-            )
-        if loose:  # failure counts flushed without a lock: never move another worker's window or sequence
-            cur.executemany(
-                "UPDATE devices SET failures=GREATEST(failures, %s), suspended=GREATEST(suspended, %s) WHERE key_id=%s",
-                [(d.failures, d.suspended, d.key_id) for d in loose],
-            )
-        if batch.accepted:
-            cur.executemany(
-                "INSERT INTO accepted (key_id, seq, digest, at, epoch) VALUES (%s,%s,%s,%s,%s)"
-                " ON CONFLICT (key_id, seq) DO UPDATE SET digest=EXCLUDED.digest, at=EXCLUDED.at, epoch=EXCLUDED.epoch",
-                [(a.key_id, a.seq, a.digest, a.at, a.epoch) for a in batch.accepted],
-            )
-        if batch.prune:
-            cur.executemany("DELETE FROM accepted WHERE key_id=%s AND seq<%s", list(batch.prune.items()))
-        if batch.messages:
-            cur.executemany(
-                "INSERT INTO messages (at, device_id, key_id, seq, kind, mode, unlocked, payload)"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (key_id, seq) DO NOTHING",
-                [(m.at, m.device_id, m.key_id, m.seq, m.kind, m.mode, int(m.unlocked), m.payload) for m in batch.messages],
-            )
-        if batch.commands:
-            cur.executemany(
-                "UPDATE commands SET state=%s, down_seq=%s, datagram=%s, sent=%s WHERE id=%s",
-                [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
-            )
-        if batch.updates:  # only the target read: one published since is left as it is
-            cur.executemany(
-                "UPDATE update_targets SET state=%s, reason=%s, offered_at=%s, last_req=%s, served_bytes=%s"
-                " WHERE key_id=%s AND sha256=%s",
-                [(u.state, u.reason, u.offered_at, u.last_req, u.served_bytes, k, u.sha256)
-                 for k, u in batch.updates.items()],
-            )
+        with self._hot.pipeline():
+            if locked:  # rows this batch holds locked: its values are the truth
+                cur.execute(
+                    "UPDATE devices AS d SET failures=v.f, up_highest=v.h, up_bits=v.b, down_seq=v.s, unlocked_seen=v.u,"
+                    " epoch=v.e, suspended=v.p FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
+                    " %s::bigint[], %s::int[], %s::int[], %s::int[]) AS v(k, f, h, b, s, u, e, p) WHERE d.key_id = v.k",
+                    _columns([(d.key_id, d.failures, d.up_highest, str(d.up_bits), d.down_seq, d.unlocked_seen, d.epoch,
+                               d.suspended) for d in locked], 8),
+                )
+            if loose:  # failure counts flushed without a lock: never move another worker's window or sequence
+                cur.executemany(
+                    "UPDATE devices SET failures=GREATEST(failures, %s), suspended=GREATEST(suspended, %s) WHERE key_id=%s",
+                    [(d.failures, d.suspended, d.key_id) for d in loose],
+                )
+            if batch.accepted:  # one row per (key id, seq): ON CONFLICT may not touch a row twice in one statement
+                rows = {(a.key_id, a.seq): (a.key_id, a.seq, a.digest, a.at, a.epoch) for a in batch.accepted}
+                cur.execute(
+                    "INSERT INTO accepted (key_id, seq, digest, at, epoch)"
+                    " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[], %s::float8[], %s::int[])"
+                    " ON CONFLICT (key_id, seq) DO UPDATE SET digest=EXCLUDED.digest, at=EXCLUDED.at, epoch=EXCLUDED.epoch",
+                    _columns(list(rows.values()), 5),
+                )
+            if batch.prune:
+                cur.execute(
+                    "DELETE FROM accepted AS a USING unnest(%s::bigint[], %s::bigint[]) AS v(k, s)"
+                    " WHERE a.key_id = v.k AND a.seq < v.s",
+                    _columns(list(batch.prune.items()), 2),
+                )
+            if batch.messages:  # WITH ORDINALITY: ids in the batch's order (the MQTT outbox's order)
+                cur.execute(
+                    "INSERT INTO messages (at, device_id, key_id, seq, kind, mode, unlocked, payload)"
+                    " SELECT at, dev, k, s, kind, mode, u, p FROM unnest(%s::float8[], %s::text[], %s::bigint[],"
+                    " %s::bigint[], %s::text[], %s::text[], %s::int[], %s::bytea[]) WITH ORDINALITY"
+                    " AS v(at, dev, k, s, kind, mode, u, p, n) ORDER BY n ON CONFLICT (key_id, seq) DO NOTHING",
+                    _columns([(m.at, m.device_id, m.key_id, m.seq, m.kind, m.mode, int(m.unlocked), m.payload)
+                              for m in batch.messages], 8),
+                )
+            if batch.commands:
+                cur.executemany(
+                    "UPDATE commands SET state=%s, down_seq=%s, datagram=%s, sent=%s WHERE id=%s",
+                    [(c.state, c.down_seq, c.datagram, c.sent, c.id) for c in batch.commands.values()],
+                )
+            if batch.updates:  # only the target read: one published since is left as it is
+                cur.executemany(
+                    "UPDATE update_targets SET state=%s, reason=%s, offered_at=%s, last_req=%s, served_bytes=%s"
+                    " WHERE key_id=%s AND sha256=%s",
+                    [(u.state, u.reason, u.offered_at, u.last_req, u.served_bytes, k, u.sha256)
+                     for k, u in batch.updates.items()],
+                )
 
     def close(self) -> None:
         if self._in_batch:

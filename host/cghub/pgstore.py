@@ -318,7 +318,9 @@ class PostgresStore(SqlReads, Store):
 
     def _write(self, batch: Batch) -> None:
         # One statement per table, its rows as arrays (unnest): PostgreSQL plans and runs one statement
-        # instead of one per row, which halved its CPU per datagram; the writes go in one pipeline.
+        # instead of one per row, which halved its CPU per datagram; the writes go in one pipeline. The arrays
+        # travel in binary (%b): psycopg's text arrays quote every element with a regex, a quarter of the
+        # hub's CPU per datagram.
         cur = self._hot.cursor()
         locked = [d for k, d in batch.devices.items() if k in self._locked]
         loose = [d for k, d in batch.devices.items() if k not in self._locked]
@@ -326,8 +328,8 @@ class PostgresStore(SqlReads, Store):
             if locked:  # rows this batch holds locked: its values are the truth
                 cur.execute(
                     "UPDATE devices AS d SET failures=v.f, up_highest=v.h, up_bits=v.b, down_seq=v.s, unlocked_seen=v.u,"
-                    " epoch=v.e, suspended=v.p FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::text[],"
-                    " %s::bigint[], %s::int[], %s::int[], %s::int[]) AS v(k, f, h, b, s, u, e, p) WHERE d.key_id = v.k",
+                    " epoch=v.e, suspended=v.p FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[], %b::text[],"
+                    " %b::bigint[], %b::int[], %b::int[], %b::int[]) AS v(k, f, h, b, s, u, e, p) WHERE d.key_id = v.k",
                     _columns([(d.key_id, d.failures, d.up_highest, str(d.up_bits), d.down_seq, d.unlocked_seen, d.epoch,
                                d.suspended) for d in locked], 8),
                 )
@@ -340,21 +342,21 @@ class PostgresStore(SqlReads, Store):
                 rows = {(a.key_id, a.seq): (a.key_id, a.seq, a.digest, a.at, a.epoch) for a in batch.accepted}
                 cur.execute(
                     "INSERT INTO accepted (key_id, seq, digest, at, epoch)"
-                    " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bytea[], %s::float8[], %s::int[])"
+                    " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::bytea[], %b::float8[], %b::int[])"
                     " ON CONFLICT (key_id, seq) DO UPDATE SET digest=EXCLUDED.digest, at=EXCLUDED.at, epoch=EXCLUDED.epoch",
                     _columns(list(rows.values()), 5),
                 )
             if batch.prune:
                 cur.execute(
-                    "DELETE FROM accepted AS a USING unnest(%s::bigint[], %s::bigint[]) AS v(k, s)"
+                    "DELETE FROM accepted AS a USING unnest(%b::bigint[], %b::bigint[]) AS v(k, s)"
                     " WHERE a.key_id = v.k AND a.seq < v.s",
                     _columns(list(batch.prune.items()), 2),
                 )
             if batch.messages:  # WITH ORDINALITY: ids in the batch's order (the MQTT outbox's order)
                 cur.execute(
                     "INSERT INTO messages (at, device_id, key_id, seq, kind, mode, unlocked, payload)"
-                    " SELECT at, dev, k, s, kind, mode, u, p FROM unnest(%s::float8[], %s::text[], %s::bigint[],"
-                    " %s::bigint[], %s::text[], %s::text[], %s::int[], %s::bytea[]) WITH ORDINALITY"
+                    " SELECT at, dev, k, s, kind, mode, u, p FROM unnest(%b::float8[], %b::text[], %b::bigint[],"
+                    " %b::bigint[], %b::text[], %b::text[], %b::int[], %b::bytea[]) WITH ORDINALITY"
                     " AS v(at, dev, k, s, kind, mode, u, p, n) ORDER BY n ON CONFLICT (key_id, seq) DO NOTHING",
                     _columns([(m.at, m.device_id, m.key_id, m.seq, m.kind, m.mode, int(m.unlocked), m.payload)
                               for m in batch.messages], 8),

@@ -130,14 +130,28 @@ class PostgresStore(SqlReads, Store):
             self._admin = self._connect()
         return self._admin
 
-    def _begin(self) -> None:
+    def _begin(self, sql: str | None = None, args: tuple = ()) -> list[tuple]:
+        """BEGIN, and the transaction's first statement in the same round trip: its rows."""
         if self._hot.broken or self._hot.closed:
             self._hot = self._connect()
         try:
-            self._hot.execute("BEGIN")
-        except psycopg.OperationalError:  # dropped while idle: nothing was done on it yet, so once more
-            self._hot = self._connect()
-            self._hot.execute("BEGIN")
+            return self._begin_on(sql, args)
+        except psycopg.OperationalError:
+            if not self._hot.broken:
+                raise
+            self._hot = self._connect()  # dropped while idle: nothing was done on it yet, so once more
+            return self._begin_on(sql, args)
+
+    def _begin_on(self, sql: str | None, args: tuple) -> list[tuple]:
+        try:
+            with self._hot.pipeline():
+                self._hot.execute("BEGIN")
+                cur = self._hot.execute(sql, args) if sql else None
+            return cur.fetchall() if cur is not None else []
+        except BaseException:
+            if not self._hot.broken:
+                self._end("ROLLBACK")  # the statement failed on a live connection: end its transaction
+            raise
 
     def _end(self, sql: str) -> None:
         try:
@@ -260,19 +274,18 @@ class PostgresStore(SqlReads, Store):
         Everything until commit_batch() or abort_batch() runs inside this transaction."""
         self._hot_lock.acquire()
         try:
-            self._begin()
-            self._batch_owner = threading.get_ident()
             ids = sorted(set(key_ids))
-            rows = self._hot.execute(
+            rows = self._begin(
                 f"SELECT {_DEVICE_COLS} FROM devices WHERE key_id = ANY(%s) ORDER BY key_id FOR UPDATE", (ids,)
-            ).fetchall() if ids else []
+            ) if ids else self._begin()
+            self._batch_owner = threading.get_ident()
             self._locked = {r[0] for r in rows}
             return {r[0]: self._device(r, with_key=False) for r in rows}  # the hub has the keys it cached
         except BaseException:
             if self._in_batch:
                 self.abort_batch()  # rolls back and releases the lock
             else:
-                self._hot_lock.release()  # BEGIN itself failed: no transaction to end
+                self._hot_lock.release()  # BEGIN or the lock failed: _begin ended the transaction
             raise
 
     def abort_batch(self) -> None:
@@ -306,8 +319,7 @@ class PostgresStore(SqlReads, Store):
                 raise
             self._batch_owner = threading.get_ident()
         try:
-            self._write(batch)
-            self._end("COMMIT")
+            self._write(batch)  # and COMMIT, in the same round trip
         except BaseException:
             self._end("ROLLBACK")
             raise
@@ -373,6 +385,7 @@ class PostgresStore(SqlReads, Store):
                     [(u.state, u.reason, u.offered_at, u.last_req, u.served_bytes, k, u.sha256)
                      for k, u in batch.updates.items()],
                 )
+            cur.execute("COMMIT")  # an error before it skips it (pipeline): the caller rolls back
 
     def close(self) -> None:
         if self._in_batch:

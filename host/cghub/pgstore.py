@@ -237,16 +237,6 @@ class PostgresStore(SqlReads, Store):
             )
             db.execute("INSERT INTO changes (key_id) VALUES (%s)", (key_id,))
 
-    def register_devices(self, rows: list[tuple[int, str, bytes]]) -> None:
-        for _kid, _dev, root in rows:
-            if len(root) != 32:
-                raise ValueError("root key must be 32 bytes")
-        sealed = [(k, d, self._seal(k, r)) for k, d, r in rows]
-        with self._admin_lock, self._adm().transaction():
-            cur = self._admin.cursor()
-            cur.executemany("INSERT INTO devices (key_id, device_id, root_key) VALUES (%s,%s,%s)", sealed)
-            cur.executemany("INSERT INTO changes (key_id) VALUES (%s)", [(k,) for k, _, _ in rows])
-
     def queue_command(self, key_id: int, record: bytes) -> int:
         with self._admin_lock, self._adm().transaction():
             db = self._admin

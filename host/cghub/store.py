@@ -347,6 +347,16 @@ class SqlReads:
     query (PostgresStore turns `?` into `%s`), `_write_many(statements, rows)` runs statements in one
     transaction, `_swap_key(key_id, new, old)` rewrites one sealed key only if it is still `old`."""
 
+    def register_devices(self, rows: list[tuple[int, str, bytes]]) -> None:
+        for _kid, _dev, root in rows:
+            if len(root) != 32:
+                raise ValueError("root key must be 32 bytes")
+        sealed = [(k, d, self._seal(k, r)) for k, d, r in rows]  # no KEK, no row
+        self._write_many(
+            ["INSERT INTO devices (key_id, device_id, root_key) VALUES (?,?,?)", "INSERT INTO changes (key_id) VALUES (?)"],
+            [sealed, [(k,) for k, _, _ in rows]],
+        )
+
     def update_target(self, key_id: int) -> UpdateTarget | None:
         rows = self._read(
             "SELECT t.sha256, i.version, length(i.image), substr(i.image, 1, 32), t.chunk, t.state, t.reason,"
@@ -523,15 +533,6 @@ class SqliteStore(SqlReads, Store):
                 (key_id, device_id, sealed, modes, ccm_tag, hmac_tag),
             )
             db.execute("INSERT INTO changes (key_id) VALUES (?)", (key_id,))
-
-    def register_devices(self, rows: list[tuple[int, str, bytes]]) -> None:
-        for _kid, _dev, root in rows:
-            if len(root) != 32:
-                raise ValueError("root key must be 32 bytes")
-        sealed = [(k, d, self._seal(k, r)) for k, d, r in rows]  # no KEK, no row
-        with self._tx() as db:
-            db.executemany("INSERT INTO devices (key_id, device_id, root_key) VALUES (?,?,?)", sealed)
-            db.executemany("INSERT INTO changes (key_id) VALUES (?)", [(k,) for k, _, _ in rows])
 
     def queue_command(self, key_id: int, record: bytes) -> int:
         with self._tx() as db:

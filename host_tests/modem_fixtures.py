@@ -129,7 +129,7 @@ def spawn_driver(emu: ModemEmulator, body: str, echo_port: int = 0, at_timeout_m
     return spawn_micropython(driver_script(emu, body, echo_port, at_timeout_ms), heapsize="256K", **popen)
 
 
-def chat(fd: int, cmd: bytes, until: bytes = b"OK\r\n", timeout: float = 5.0) -> bytes:
+def chat(fd: int, cmd: bytes, until: bytes = b"OK\r\n", timeout: float = 60.0) -> bytes:
     """Write cmd + CR to a raw pty and read until the output ends with `until` (tests that talk
     to the emulator as a terminal would)."""
     os.write(fd, cmd + b"\r")
@@ -145,7 +145,7 @@ def chat(fd: int, cmd: bytes, until: bytes = b"OK\r\n", timeout: float = 5.0) ->
 def standalone_emulator(command: list[str], **popen) -> Iterator[tuple[str, int]]:
     """Run `cellguard emulator ...` (command) as its own process; yield its first line of output
     (which names the pty) and the pty opened raw. Ctrl-C must end it with exit code 0."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, **popen)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     try:
         first = proc.stdout.readline()
         assert " modem emulator on /dev/pts/" in first, first
@@ -156,10 +156,13 @@ def standalone_emulator(command: list[str], **popen) -> Iterator[tuple[str, int]
         finally:
             os.close(fd)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
+        # The exit is the event; the bound only catches a hang (a loaded machine is slow to schedule it).
+        code = proc.wait(120)
+        assert code == 0, (code, proc.stderr.read()[-2000:])
     finally:
         proc.kill()
         proc.stdout.close()
+        proc.stderr.close()
 
 
 @contextlib.contextmanager

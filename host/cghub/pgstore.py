@@ -29,7 +29,7 @@ from cghub.pgarrays import Float8s as F8
 from cghub.pgarrays import Int4s as I4
 from cghub.pgarrays import Int8s as I8
 from cghub.pgarrays import Texts as TX
-from cghub.store import Batch, Command, Device, SqlReads, Store, check_registration
+from cghub.store import Batch, Command, Device, Locked, SqlReads, Store, check_registration
 
 ADVISORY_LOCK = 0x63676875  # "cghu": serialises migrations between processes starting together
 
@@ -139,24 +139,26 @@ class PostgresStore(SqlReads, Store):
             self._admin = self._connect()
         return self._admin
 
-    def _begin(self, sql: str | None = None, args: tuple = ()) -> list[tuple]:
-        """BEGIN, and the transaction's first statement in the same round trip: its rows."""
+    def _begin(self, statements: list[tuple[str, tuple]] = ()) -> list[list[tuple]]:
+        """BEGIN, and the transaction's first statements in the same round trip: their rows."""
         if self._hot.broken or self._hot.closed:
             self._hot = self._connect()
         try:
-            return self._begin_on(sql, args)
+            return self._begin_on(statements)
         except psycopg.OperationalError:
             if not self._hot.broken:
                 raise
             self._hot = self._connect()  # dropped while idle: nothing was done on it yet, so once more
-            return self._begin_on(sql, args)
+            return self._begin_on(statements)
 
-    def _begin_on(self, sql: str | None, args: tuple) -> list[tuple]:
+    def _begin_on(self, statements: list[tuple[str, tuple]]) -> list[list[tuple]]:
         try:
             with self._hot.pipeline():
                 self._hot.execute("BEGIN")
-                cur = self._hot.execute(sql, args) if sql else None
-            return cur.fetchall() if cur is not None else []
+                curs = [self._hot.cursor() for _ in statements]
+                for cur, (sql, args) in zip(curs, statements, strict=True):
+                    cur.execute(sql, args)
+            return [cur.fetchall() for cur in curs]
         except BaseException:
             if not self._hot.broken:
                 self._end("ROLLBACK")  # the statement failed on a live connection: end its transaction
@@ -268,18 +270,29 @@ class PostgresStore(SqlReads, Store):
                 self._adm().execute("UPDATE messages SET published=1 WHERE id = ANY(%s)", (list(ids),))
 
     # ---- the hub's hot path ---------------------------------------------------------------------------
-    def begin_batch(self, key_ids) -> dict[int, Device]:
-        """Open the batch's transaction and lock the rows of `key_ids`; returns them as committed.
-        Everything until commit_batch() or abort_batch() runs inside this transaction."""
+    def begin_batch(self, key_ids, since: int | None = None) -> Locked:
+        """Open the batch's transaction and lock the rows of `key_ids`; returns them as committed, and
+        with `since` the change log after that mark, all in one round trip. Everything until
+        commit_batch() or abort_batch() runs inside this transaction."""
         self._hot_lock.acquire()
         try:
             ids = sorted(set(key_ids))
-            rows = self._begin(
-                f"SELECT {_DEVICE_COLS} FROM devices WHERE key_id = ANY(%b) ORDER BY key_id FOR UPDATE", (I8(ids),)
-            ) if ids else self._begin()
+            statements = []
+            if since is not None:
+                statements.append(("SELECT mark, key_id FROM changes WHERE mark > %s ORDER BY mark", (since,)))
+            if ids:
+                statements.append((f"SELECT {_DEVICE_COLS} FROM devices WHERE key_id = ANY(%b)"
+                                   " ORDER BY key_id FOR UPDATE", (I8(ids),)))  # fmt: skip
+            results = self._begin(statements)
             self._batch_owner = threading.get_ident()
+            changes = results.pop(0) if since is not None else []
+            rows = results[0] if ids else []
             self._locked = {r[0] for r in rows}
-            return {r[0]: self._device(r, with_key=False) for r in rows}  # the hub has the keys it cached
+            return Locked(
+                {r[0]: self._device(r, with_key=False) for r in rows},  # the hub has the keys it cached
+                changes[-1][0] if changes else since,
+                {r[1] for r in changes},
+            )
         except BaseException:
             if self._in_batch:
                 self.abort_batch()  # rolls back and releases the lock

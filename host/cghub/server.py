@@ -142,7 +142,12 @@ class Hub:
         # A store shared with other hub processes (PostgreSQL, --workers) locks the batch's rows and
         # returns them as committed: a key another worker moved since we cached it (its window, its
         # downlink sequence, its epoch) is reloaded inside the locked transaction. One worker at a time
-        # applies a key's datagrams, and always to the latest state: exactly once.
+        # applies a key's datagrams, and always to the latest state: exactly once. The change log
+        # comes back in the same round trip; when operators changed something (rare), the batch's
+        # transaction is given up and opened again after _sync, which may commit failure counts.
+        if not self.store.shared:
+            self._sync()
+            return
         key_ids = []
         for data, _ in items:
             try:
@@ -151,10 +156,14 @@ class Hub:
                 continue
             if kid is not None:
                 key_ids.append(kid)
-        fresh = self.store.begin_batch(key_ids)
-        if fresh is None:
-            return
-        for kid, dev in fresh.items():
+        locked = self.store.begin_batch(key_ids, since=self._mark)
+        if locked.changed:
+            self.store.abort_batch()
+            self._sync()
+            locked = self.store.begin_batch(key_ids)
+        elif locked.mark is not None:
+            self._mark = locked.mark
+        for kid, dev in locked.devices.items():
             cached = self._devs.get(kid)
             if cached is None:
                 continue  # loaded, key and all, when first needed: inside this transaction, locked
@@ -221,8 +230,7 @@ class Hub:
         """Verify and apply a batch of datagrams, commit what they changed in one transaction, and
         only then return the answers (durability before answer). A failed commit answers nothing."""
         with self.lock:
-            self._sync()
-            self._lock_keys(items)
+            self._lock_keys(items)  # and first what operators changed since the last batch
             try:
                 return self._apply_batch(items)
             except BaseException:

@@ -155,6 +155,15 @@ class Batch:
         return bool(self.devices or self.accepted or self.messages or self.commands or self.updates)
 
 
+@dataclass
+class Locked:
+    """What a shared store's begin_batch() read as the batch's transaction opened (one round trip)."""
+
+    devices: dict[int, Device]  # the batch's rows, locked, as committed (root keys not opened)
+    mark: int | None = None  # the change log's newest mark, when asked for changes since one
+    changed: set[int] = field(default_factory=set)  # key ids operators changed after that mark
+
+
 class Store(ABC):
     """The operations the hub needs. One hub process owns a key id's hub-state columns at a time.
 
@@ -172,11 +181,13 @@ class Store(ABC):
 
     # A store shared by several hub processes (PostgreSQL) locks the rows a batch touches: the hub
     # calls begin_batch(key ids) first and gets their committed rows back, to drop what it cached for
-    # a key another process moved. A store one process owns (SQLite) returns None: the cache is the truth.
+    # a key another process moved, and (since=mark) the change log after its mark in the same round
+    # trip. A store one process owns (SQLite) returns None: the cache is the truth.
     shared = False
 
-    def begin_batch(self, key_ids) -> dict[int, Device] | None:
-        """Start a batch's transaction; shared stores lock and return the rows of `key_ids`."""
+    def begin_batch(self, key_ids, since: int | None = None) -> Locked | None:
+        """Start a batch's transaction; shared stores lock and return the rows of `key_ids`, and
+        with `since` the key ids the change log names after that mark."""
         return None
 
     def abort_batch(self) -> None:

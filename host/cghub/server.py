@@ -66,6 +66,16 @@ def HubStore(db, keyring: keyseal.Keyring | None = None) -> Store:  # noqa: N802
     return open_store(db, keyring if keyring is not None else keyseal.keyring_from(db))
 
 
+def _header(data: bytes) -> hp.Header | None:
+    """The datagram's header, or None: too long to parse, or malformed (_handle says why)."""
+    if len(data) > hp.MAX_UPLINK:
+        return None
+    try:
+        return hp.parse_header(bytes(data))
+    except hp.ProtocolError:
+        return None
+
+
 def _state(d: Device) -> tuple:
     """What another hub process may change in a key's row (the root key and identity never change)."""
     return (d.up_highest, d.up_bits, d.down_seq, d.failures, d.epoch, d.suspended, d.retired, d.unlocked_seen)
@@ -138,7 +148,7 @@ class Hub:
                     self.forget(kid)
         self._mark = mark
 
-    def _lock_keys(self, items: list[tuple[bytes, object]]) -> None:
+    def _lock_keys(self, headers: list[hp.Header | None]) -> None:
         # A store shared with other hub processes (PostgreSQL, --workers) locks the batch's rows and
         # returns them as committed: a key another worker moved since we cached it (its window, its
         # downlink sequence, its epoch) is reloaded inside the locked transaction. One worker at a time
@@ -148,14 +158,7 @@ class Hub:
         if not self.store.shared:
             self._sync()
             return
-        key_ids = []
-        for data, _ in items:
-            try:
-                kid = hp.parse_header(bytes(data)).key_id
-            except hp.ProtocolError:
-                continue
-            if kid is not None:
-                key_ids.append(kid)
+        key_ids = [h.key_id for h in headers if h is not None and h.key_id is not None]
         locked = self.store.begin_batch(key_ids, since=self._mark)
         if locked.changed:
             self.store.abort_batch()
@@ -230,25 +233,26 @@ class Hub:
         """Verify and apply a batch of datagrams, commit what they changed in one transaction, and
         only then return the answers (durability before answer). A failed commit answers nothing."""
         with self.lock:
-            self._lock_keys(items)  # and first what operators changed since the last batch
+            headers = [_header(data) for data, _ in items]  # parsed once, for the locks and the checks
+            self._lock_keys(headers)  # and first what operators changed since the last batch
             try:
-                return self._apply_batch(items)
+                return self._apply_batch(items, headers)
             except BaseException:
                 self.store.abort_batch()  # never leave a shared store's rows locked
                 raise
 
-    def _apply_batch(self, items: list[tuple[bytes, object]]) -> list[tuple[bytes, object]]:
+    def _apply_batch(self, items: list[tuple[bytes, object]], headers: list[hp.Header | None]) -> list[tuple[bytes, object]]:
         batch = self._batch = Batch()
         answers: list[tuple[bytes, object]] = []
         credit = self._credit
-        for data, addr in items:
+        for (data, addr), header in zip(items, headers, strict=True):
             # Bytes received from an address buy at most as many bytes of answer to it, unless a
             # new authentic datagram came from it (protocol.md section 4, "Amplification").
             credit[addr] = credit.pop(addr, 0) + len(data)
             if len(credit) > CREDIT_ADDRESSES:
                 del credit[next(iter(credit))]  # the least recently heard address starts afresh
             try:
-                replies = self._handle(bytes(data), addr)
+                replies = self._handle(bytes(data), addr, header)
             except hp.ProtocolError as e:
                 replies = self._reject(str(e), addr)
             except Exception:  # a bug must not take the hub down: count it, keep serving
@@ -297,11 +301,12 @@ class Hub:
                 for s in [s for s in acc if s < floor]:
                     del acc[s]
 
-    def _handle(self, data: bytes, addr) -> list[bytes]:
+    def _handle(self, data: bytes, addr, header: hp.Header | None) -> list[bytes]:
         self.counters["received"] += 1
         if len(data) > hp.MAX_UPLINK:  # bounded cost: longer than any device sends, not even parsed
             raise hp.ProtocolError("too long")
-        header = hp.parse_header(data)
+        if header is None:
+            header = hp.parse_header(data)  # raises what is wrong with it
         if header.key_id is None:
             return self._reject("unknown key", addr, "no key id")
         dev = self._device(header.key_id)

@@ -207,6 +207,40 @@ def test_flash_never_puts_the_factory_pin_on_a_command_line(monkeypatch, tmp_pat
     assert seen["cmd"][seen["cmd"].index("--factory-pin-file") + 1] == str(tmp_path / "pin")
 
 
+def test_flash_passes_a_postgresql_key_store_on_as_its_url(monkeypatch, tmp_path):
+    """--hub-db postgresql://...: provisioning gets the URL as given (not a path that folded its '//'),
+    and no development KEK is made for it (a production line's database brings its own KEK)."""
+    import argparse
+
+    from cgdev import flash as flash_tool
+
+    url = "postgresql://line@db.example:5432/hub?sslmode=require"
+    parsed = {}
+
+    def fake_flash(args):
+        parsed["args"] = args
+        return 0
+
+    monkeypatch.setattr(flash_tool, "flash", fake_flash)
+    assert flash_tool.main(["--no-provision", "--hub-db", url]) == 0
+    args = parsed["args"]
+    assert args.hub_db == url
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen.update(cmd=cmd)
+        return argparse.Namespace(returncode=5, stdout="", stderr="provisioning refused: already provisioned as device x")
+
+    monkeypatch.setattr(flash_tool.subprocess, "run", fake_run)
+    monkeypatch.delenv("CELLGUARD_HUB_KEK", raising=False)
+    monkeypatch.delenv("CELLGUARD_HUB_KEK_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    args.no_provision = False
+    flash_tool.provision("/dev/null", {"name": "virtual"}, args)
+    assert seen["cmd"][seen["cmd"].index("--hub-db") + 1] == url
+    assert list(tmp_path.iterdir()) == []  # no hub.kek, no directory named after the URL
+
+
 def test_the_image_is_signed_for_the_profiles_slot_size(board, tmp_path):
     # flash.py signs slot A for the profile's slot_size: a profile whose slot is too small for the
     # application is refused with a clear message before anything is written.

@@ -123,6 +123,18 @@ def hub_root_key(hub_db) -> bytes:
         store.close()
 
 
+def hub_keys(hub_db, *fields: str) -> list[tuple]:
+    """Every key id the hub registered (retired too), as these Device fields, through the store: a
+    SQLite file and a PostgreSQL database are read alike."""
+    from cghub.server import HubStore
+
+    store = HubStore(hub_db)
+    try:
+        return [tuple(d[f] for f in fields) for d in store.devices()]
+    finally:
+        store.close()
+
+
 def no_data_session(emu) -> bool:
     return not emu.commands_matching(PDP_COMMANDS[emu.dialect])
 
@@ -130,6 +142,16 @@ def no_data_session(emu) -> bool:
 @pytest.fixture
 def unit(tmp_path):
     return Unit(tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unit_on_either_store(request, tmp_path):
+    """A unit whose hub key store is a SQLite file or a database on a real PostgreSQL server (a
+    production line's `--hub-db postgresql://...`): the interrupted-run rules hold on both."""
+    unit = Unit(tmp_path)
+    if request.param == "postgresql":
+        unit.hub_db = request.getfixturevalue("pg_url")
+    return unit
 
 
 def provisioned(unit, dialect="bg96", **request) -> tuple[Sim, str]:
@@ -335,10 +357,11 @@ def test_a_refused_pin_change_stages_nothing(unit):
 
 
 @pytest.mark.parametrize("same_command", [True, False], ids=["same-device-id", "no-device-id"])
-def test_a_rerun_after_a_cut_is_the_same_unit_to_the_hub(unit, same_command):
+def test_a_rerun_after_a_cut_is_the_same_unit_to_the_hub(unit_on_either_store, same_command):
     """Cut before the unit stored its identity: it reports no key, while the hub holds the cut run's
     key live for the device id. A re-run of the same unit (same modem, same SIM) just works, under
     that device id, with or without --device-id; the interrupted run's key is retired."""
+    unit = unit_on_either_store
     sim = Sim(pin=FACTORY_PIN)
     with emulated_modem("bg96", sim=sim) as emu:
         with pytest.raises(RuntimeFailed, match="exited 86"):
@@ -347,11 +370,13 @@ def test_a_rerun_after_a_cut_is_the_same_unit_to_the_hub(unit, same_command):
     with emulated_modem("bg96", sim=sim) as emu:
         record = unit.provision(emu, **({"device_id": "unit-1"} if same_command else {}))
     assert record["outcome"] == "OK" and record["device_id"] == "unit-1" and sim.pin_left == 3
-    db = sqlite3.connect(unit.hub_db)
-    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 1), (2, 0)]
+    assert hub_keys(unit.hub_db, "key_id", "retired") == [(1, 1), (2, 0)]
 
 
-def test_another_unit_does_not_take_over_an_interrupted_runs_device_id(unit, tmp_path):
+def test_another_unit_does_not_take_over_an_interrupted_runs_device_id(unit_on_either_store, tmp_path):
+    """Another unit given the cut run's device id is refused before its SIM is touched; the cut unit
+    keeps its key, and its own re-run (without --device-id) still recovers that id."""
+    unit = unit_on_either_store
     sim = Sim(pin=FACTORY_PIN)
     with emulated_modem("bg96", sim=sim) as emu:
         with pytest.raises(RuntimeFailed, match="exited 86"):
@@ -364,8 +389,28 @@ def test_another_unit_does_not_take_over_an_interrupted_runs_device_id(unit, tmp
         with pytest.raises(prov.ProvisionError, match="already has a live key"):
             other.provision(emu, device_id="unit-1")
         assert not emu.commands_matching("AT+CPWD")
-    db = sqlite3.connect(unit.hub_db)
-    assert db.execute("SELECT key_id, retired FROM devices ORDER BY key_id").fetchall() == [(1, 0)]
+    assert hub_keys(unit.hub_db, "key_id", "retired") == [(1, 0)]
+    sim.unlocked = False
+    with emulated_modem("bg96", sim=sim) as emu:
+        record = unit.provision(emu)
+    assert record["outcome"] == "OK" and record["device_id"] == "unit-1"
+    assert hub_keys(unit.hub_db, "key_id", "retired") == [(1, 1), (2, 0)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_key_store_that_cannot_be_opened_refuses_the_run_before_the_sim_is_touched(unit, request, backend):
+    """A key store that fails (here: a SQLite file in a directory that does not exist, a PostgreSQL
+    database that does not exist) is a clear refusal on either backend, not a traceback."""
+    if backend == "postgresql":
+        unit.hub_db = request.getfixturevalue("postgres").uri_for("no_such_database")
+    else:
+        unit.hub_db = unit.hub_db.parent / "no-such-directory" / "hub.sqlite"
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        with pytest.raises(prov.ProvisionError, match="the hub's key store failed: "):
+            unit.provision(emu, device_id="unit-1")
+        assert not emu.commands_matching("AT+CPWD")
+    assert sim.pin == FACTORY_PIN and sim.pin_left == 3
 
 
 def test_cli_provisions_against_the_emulated_modem(tmp_path):
@@ -378,6 +423,24 @@ def test_cli_provisions_against_the_emulated_modem(tmp_path):
     assert rc == 0
     assert (tmp_path / "unit" / "state" / "binding").exists()
     assert sim.pin_enabled and sim.pin != FACTORY_PIN
+
+
+def test_cli_provisions_into_a_postgresql_key_store(tmp_path, monkeypatch, pg_url):
+    """--hub-db postgresql://...: the unit is registered there, its run recorded finished, and no
+    directory is made from the URL."""
+    monkeypatch.chdir(tmp_path)
+    sim = Sim(pin=FACTORY_PIN)
+    with emulated_modem("bg96", sim=sim) as emu:
+        rc = prov.main(["--hub-db", pg_url, "--modem", emu.path, "--dialect", "bg96",
+                        "--fs", str(tmp_path / "unit"), "--json", "--device-id", "cli-unit"])
+    assert rc == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["unit"]
+    assert hub_keys(pg_url, "device_id", "retired") == [("cli-unit", 0)]
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        runs = conn.execute("SELECT key_id, device_id, imei, iccid, finished FROM provisioning_runs").fetchall()
+    assert runs == [(1, "cli-unit", emu.imei, sim.iccid, 1)]
 
 
 def test_provisioning_without_device_id_takes_the_id_of_the_service_record(tmp_path, capsys):

@@ -539,15 +539,24 @@ def provision_env(args) -> dict:
     return env
 
 
-def ensure_dev_kek(hub_db: Path, production: bool) -> None:
+def key_store(text: str) -> str | Path:
+    """--hub-db: a postgresql:// URL is passed on as given (a Path would fold its '//' into one), a
+    SQLite file becomes a Path."""
+    from cghub.store import is_postgres
+
+    return text if is_postgres(text) else Path(text)
+
+
+def ensure_dev_kek(hub_db: str | Path, production: bool) -> None:
     """The hub stores root keys sealed under a key-encryption key (cghub.keyseal). On the developer's
     bench `make flash` makes one beside the hub database (build/hub.kek, mode 0600) the first time; a
-    production line brings its own ($CELLGUARD_HUB_KEK or its file) and provisioning refuses without."""
+    production line brings its own ($CELLGUARD_HUB_KEK or its file) and provisioning refuses without.
+    A PostgreSQL key store has no "beside": it is a production line's, which brings its own."""
     from cghub import keyseal
 
-    if production or keyseal.keyring_from(hub_db) is not None:
-        return
     path = keyseal.dev_kek_path(hub_db)
+    if production or path is None or keyseal.keyring_from(hub_db) is not None:
+        return
     keyseal.create_kek_file(path)
     print(f"      created the development hub KEK {path} (mode 0600)")
 
@@ -777,8 +786,9 @@ def main(argv: list[str] | None = None) -> int:
                              " default 1234)")
     parser.add_argument("--factory-pin", help=argparse.SUPPRESS)  # visible to ps: the two above instead
     parser.add_argument("--report-interval", type=float, default=3600, help="seconds between readings")
-    parser.add_argument("--hub-db", type=Path, default=REPO / "build" / "hub.sqlite",
-                        help="the hub's key store that provisioning registers the unit in")
+    parser.add_argument("--hub-db", type=key_store, default=REPO / "build" / "hub.sqlite",
+                        help="the hub's key store that provisioning registers the unit in: a SQLite file"
+                             " or a postgresql:// URL")
     parser.add_argument("--force", action="store_true", help="copy every file, even unchanged ones")
     parser.add_argument("--service-key", type=Path, default=status_tool.DEFAULT_MASTER_KEY,
                         help="service master key file (created on first use)")

@@ -17,10 +17,10 @@ import argparse
 import json
 import logging
 import secrets
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,15 +162,29 @@ def parse_result(output: str) -> dict:
     raise ProvisionError("the device did not report a result (is the cellguard firmware on it?)")
 
 
+@contextmanager
+def _key_store(hub_db: str | Path, failure: str = "the hub's key store failed") -> Iterator:
+    """The hub's key store (a SQLite file or a postgresql:// URL, the same on a production line) for
+    one step. What it raises - a refusal (ValueError), no KEK, its database failing on either backend -
+    ends the run as a ProvisionError that says why, never as a traceback."""
+    from cghub import keyseal
+    from cghub.server import HubStore
+    from cghub.store import database_errors
+
+    try:
+        store = HubStore(hub_db)
+        try:
+            yield store
+        finally:
+            store.close()
+    except (ValueError, keyseal.KekError, *database_errors(hub_db)) as e:
+        raise ProvisionError(f"{failure}: {e}") from None
+
+
 def next_key_id(db_path: str | Path) -> int:
     """Key ids are never reused: one more than the highest the hub has ever registered."""
-    from cghub.server import HubStore
-
-    store = HubStore(db_path)
-    try:
+    with _key_store(db_path) as store:
         return store.max_key_id() + 1
-    finally:
-        store.close()
 
 
 def mask(identifier: str, keep: int = 4) -> str:
@@ -183,7 +197,6 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
     Returns the unit's public record (device id, key id, IMEI, ICCID, IMSI, lock outcome).
     """
     from cghub import keyseal
-    from cghub.server import HubStore
 
     # The hub stores the root key sealed under its KEK: without one, stop before touching the unit.
     if keyseal.keyring_from(hub_db) is None:
@@ -211,23 +224,15 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
     try:
         # The hub learns the key first: a device holding keys its hub does not know is worse than
         # a registered key id that a failed run never used (key ids are never reused anyway).
-        store = HubStore(hub_db)
-        try:
+        with _key_store(hub_db, "hub refused the device") as store:
             store.register_device(key_id, device_id, bytes(root_key), replace=replace)
-        except (ValueError, sqlite3.Error, keyseal.KekError) as e:
-            raise ProvisionError(f"hub refused the device: {e}") from None
-        finally:
-            store.close()
-        _run_started(hub_db, key_id, device_id, unit)
+        _run_started(hub_db, key_id, device_id, unit, previous)
         output = run_on_device(device_script(modem_src, bytes(root_key), device_id, key_id, req))
     finally:
         root_key[:] = bytes(len(root_key))  # the host keeps no copy once the device has it
     result = parse_result(output)
     if not result.get("ok"):
-        _retire(hub_db, key_id)
-        # The unit stores nothing before the SIM step has succeeded: it still holds the key it
-        # had, so the hub takes that one back (a re-provisioning that failed changes nothing).
-        _revive(hub_db, previous)
+        _undo_registration(hub_db, key_id, previous)
         raise ProvisionError(result.get("reason", "device refused"))
     _run_finished(hub_db, key_id)
     result.update(device_id=device_id, key_id=key_id)
@@ -240,106 +245,62 @@ def provision(hub_db: str | Path, run_on_device: Callable[[str], str], modem_src
 # IMEI and ICCID, finished or not - so that a re-run of the same unit is recognised: same modem and
 # same SIM, and every live key of the device id from a run that never finished. Only then are those
 # keys replaced without --reprovision; a key a finished run handed out, or another unit under the
-# same device id, is never replaced this way (docs/provisioning.md).
-RUNS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS provisioning_runs (
-    key_id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, imei TEXT, iccid TEXT,
-    finished INTEGER NOT NULL DEFAULT 0
-)
-"""
-
-
-def _runs_db(hub_db: str | Path) -> sqlite3.Connection | None:
-    # The runs record lives beside the keys of an embedded (SQLite) key store. A production line on
-    # PostgreSQL does not get it yet (docs/provisioning.md): a re-run there needs --reprovision.
-    if str(hub_db).startswith(("postgresql:", "postgres:")):
-        return None
-    db = sqlite3.connect(str(hub_db))
-    db.execute(RUNS_SCHEMA)
-    return db
-
-
-def _run_started(hub_db: str | Path, key_id: int, device_id: str, unit: tuple) -> None:
-    db = _runs_db(hub_db)
-    if db is None:
-        return
-    with db:
-        db.execute("INSERT INTO provisioning_runs (key_id, device_id, imei, iccid) VALUES (?,?,?,?)",
-                   (key_id, device_id, *unit))  # fmt: skip
-    db.close()
+# same device id, is never replaced this way (docs/provisioning.md). The record is the key store's
+# (Store.record_provisioning_run ...): in the SQLite file or the PostgreSQL database alike.
+def _run_started(hub_db: str | Path, key_id: int, device_id: str, unit: tuple, previous: list[int]) -> None:
+    try:
+        with _key_store(hub_db) as store:
+            store.record_provisioning_run(key_id, device_id, *unit)
+    except ProvisionError:
+        # The unit was not touched: a key it never got must not stay live unrecorded, where a re-run
+        # would neither recognise it nor be allowed to replace it.
+        _undo_registration(hub_db, key_id, previous)
+        raise
 
 
 def _run_finished(hub_db: str | Path, key_id: int) -> None:
-    db = _runs_db(hub_db)
-    if db is None:
-        return
-    with db:
-        db.execute("UPDATE provisioning_runs SET finished=1 WHERE key_id=?", (key_id,))
-    db.close()
+    # The unit holds the new key by now: a failure here must not read as a failed provisioning.
+    with _key_store(hub_db, f"the unit took key id {key_id}, but the key store did not mark its run finished") as store:
+        store.finish_provisioning_run(key_id)
 
 
-def _unfinished_live(db: sqlite3.Connection, unit: tuple):
-    # (device id, key id) of the live keys from this unit's runs that never finished, newest first.
-    return db.execute(
-        "SELECT r.device_id, r.key_id FROM provisioning_runs r JOIN devices d ON d.key_id = r.key_id"
-        " WHERE r.imei=? AND r.iccid=? AND r.finished=0 AND d.retired=0 ORDER BY r.key_id DESC",
-        unit,
-    ).fetchall()
+def _unfinished_live(hub_db: str | Path, unit: tuple) -> list[tuple[str, int]]:
+    # (device id, key id) of the live keys from this unit's runs that never finished, newest first;
+    # none for a unit whose IMEI or ICCID was not read (it cannot be recognised).
+    if None in unit:
+        return []
+    with _key_store(hub_db) as store:
+        return store.unfinished_provisioning_runs(*unit)
 
 
 def _interrupted_run(hub_db: str | Path, unit: tuple) -> str | None:
     """The device id of this unit's interrupted run (None if none, or the unit is not known)."""
-    db = _runs_db(hub_db)
-    if None in unit or db is None:
-        return None
-    try:
-        rows = _unfinished_live(db, unit)
-    except sqlite3.Error:  # a new key store: no devices table yet
-        rows = []
-    db.close()
+    rows = _unfinished_live(hub_db, unit)
     return rows[0][0] if rows else None
 
 
 def _only_interrupted_runs_of(hub_db: str | Path, device_id: str, unit: tuple) -> bool:
     """True if device_id has live keys and every one comes from an unfinished run of this unit."""
     live = set(_live_keys(hub_db, device_id)) if None not in unit else set()
-    db = _runs_db(hub_db) if live else None
-    if db is None:
+    if not live:
         return False
-    mine = {kid for dev, kid in _unfinished_live(db, unit) if dev == device_id}
-    db.close()
+    mine = {kid for dev, kid in _unfinished_live(hub_db, unit) if dev == device_id}
     return live <= mine
 
 
-# Through the store (a SQLite file or a postgresql:// URL, the same on a production line): its
-# change log tells running hubs to drop a retired or revived key from their caches.
+# Through the store: its change log tells running hubs to drop a retired or revived key from their caches.
 def _live_keys(hub_db: str | Path, device_id: str) -> list[int]:
-    from cghub.server import HubStore
-
-    store = HubStore(hub_db)
-    try:
+    with _key_store(hub_db) as store:
         return store.live_key_ids(device_id)
-    finally:
-        store.close()
 
 
-def _revive(hub_db: str | Path, key_ids: list[int]) -> None:
-    _set_retired(hub_db, key_ids, False)
-
-
-def _retire(hub_db: str | Path, key_id: int) -> None:
-    # The device never took this key: the hub must not accept messages under it.
-    _set_retired(hub_db, [key_id], True)
-
-
-def _set_retired(hub_db: str | Path, key_ids: list[int], retired: bool) -> None:
-    from cghub.server import HubStore
-
-    store = HubStore(hub_db)
-    try:
-        store.set_retired(key_ids, retired)
-    finally:
-        store.close()
+def _undo_registration(hub_db: str | Path, key_id: int, previous: list[int]) -> None:
+    """The unit never took the new key: the hub must not accept messages under it. The unit stores
+    nothing before the SIM step has succeeded, so it still holds the key it had: the hub takes that
+    one back (a re-provisioning that failed changes nothing)."""
+    with _key_store(hub_db) as store:
+        store.set_retired([key_id], True)
+        store.set_retired(previous, False)
 
 
 def run_on_unix_port(fs_dir: Path, heapsize: str = "256K", timeout: float = 120) -> Callable[[str], str]:
@@ -435,7 +396,9 @@ def factory_pin(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hub-db", default="build/hub.sqlite", help="the hub's SQLite key store")
+    parser.add_argument(
+        "--hub-db", default="build/hub.sqlite", help="the hub's key store: a SQLite file or a postgresql:// URL"
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--device", "--port", metavar="PORT", help="a board's serial port (through mpremote)")
     where.add_argument("--modem", metavar="PORT", help="a modem's serial port or pty; firmware on the unix port")
@@ -486,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runner = run_on_unix_port(args.fs)
         modem_src = PTY_MODEM % {"dialect": args.dialect, "port": args.modem}
-    Path(args.hub_db).parent.mkdir(parents=True, exist_ok=True)
+    from cghub.store import is_postgres
+
+    if not is_postgres(args.hub_db):  # a URL names no directory to make
+        Path(args.hub_db).parent.mkdir(parents=True, exist_ok=True)
     try:
         record = provision(args.hub_db, runner, modem_src, req)
     except ProvisionError as e:

@@ -77,6 +77,11 @@ CREATE TABLE changes (mark BIGSERIAL PRIMARY KEY, key_id BIGINT NOT NULL);
         " ADD COLUMN reason TEXT NOT NULL DEFAULT '', ADD COLUMN chunk INTEGER NOT NULL DEFAULT 1024,"
         " ADD COLUMN offered_at DOUBLE PRECISION, ADD COLUMN last_req DOUBLE PRECISION,"
         " ADD COLUMN served_bytes BIGINT NOT NULL DEFAULT 0;"),
+    # Provisioning runs (cgdev.provision): a re-run of a unit whose run was cut short is recognised
+    # by its IMEI and ICCID (docs/provisioning.md, "Interrupted runs").
+    (6, "CREATE TABLE provisioning_runs (key_id BIGINT PRIMARY KEY, device_id TEXT NOT NULL, imei TEXT,"
+        " iccid TEXT, finished INTEGER NOT NULL DEFAULT 0);"
+        " CREATE INDEX provisioning_runs_unit ON provisioning_runs (imei, iccid);"),
 ]
 
 _DEVICE_COLS = (

@@ -230,6 +230,21 @@ class Store(ABC):
     def register_devices(self, rows: list[tuple[int, str, bytes]]) -> None:
         """Many new (key id, device id, root key) at once, one transaction (a production batch)."""
 
+    # A provisioning run (cgdev.provision) is recorded as it starts and marked finished when the unit
+    # reported; a run cut short (power lost, cable pulled) stays unfinished, so that a re-run of the
+    # same unit (same IMEI, same ICCID) is recognised (docs/provisioning.md, "Interrupted runs").
+    @abstractmethod
+    def record_provisioning_run(self, key_id: int, device_id: str, imei: str | None, iccid: str | None) -> None:
+        """A run started: key id (registered just before), device id, the unit's IMEI and ICCID."""
+
+    @abstractmethod
+    def finish_provisioning_run(self, key_id: int) -> None:
+        """The run of this key id finished: the unit reported its result."""
+
+    @abstractmethod
+    def unfinished_provisioning_runs(self, imei: str, iccid: str) -> list[tuple[str, int]]:
+        """(device id, key id) of this unit's runs that never finished and whose key is live, newest first."""
+
     @abstractmethod
     def queue_command(self, key_id: int, record: bytes) -> int:
         """Queue one downlink record for a key id; returns the command's id."""
@@ -325,6 +340,11 @@ CREATE TABLE IF NOT EXISTS update_images (sha256 BLOB PRIMARY KEY, image BLOB NO
 CREATE TABLE IF NOT EXISTS update_targets (
     key_id INTEGER PRIMARY KEY, sha256 BLOB NOT NULL, published REAL NOT NULL DEFAULT (julianday('now'))
 );
+CREATE TABLE IF NOT EXISTS provisioning_runs (
+    key_id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, imei TEXT, iccid TEXT,
+    finished INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS provisioning_runs_unit ON provisioning_runs (imei, iccid);
 """
 # Columns added after the first release: an existing database gets them on open.
 _ADDED = (
@@ -367,6 +387,23 @@ class SqlReads:
             ["INSERT INTO devices (key_id, device_id, root_key) VALUES (?,?,?)", "INSERT INTO changes (key_id) VALUES (?)"],
             [sealed, [(k,) for k, _, _ in rows]],
         )
+
+    def record_provisioning_run(self, key_id: int, device_id: str, imei: str | None, iccid: str | None) -> None:
+        self._write_many(
+            ["INSERT INTO provisioning_runs (key_id, device_id, imei, iccid) VALUES (?,?,?,?)"],
+            [[(key_id, device_id, imei, iccid)]],
+        )
+
+    def finish_provisioning_run(self, key_id: int) -> None:
+        self._write_many(["UPDATE provisioning_runs SET finished=1 WHERE key_id=?"], [[(key_id,)]])
+
+    def unfinished_provisioning_runs(self, imei: str, iccid: str) -> list[tuple[str, int]]:
+        rows = self._read(
+            "SELECT r.device_id, r.key_id FROM provisioning_runs r JOIN devices d ON d.key_id = r.key_id"
+            " WHERE r.imei=? AND r.iccid=? AND r.finished=0 AND d.retired=0 ORDER BY r.key_id DESC",
+            (imei, iccid),
+        )
+        return [(r[0], r[1]) for r in rows]
 
     def update_target(self, key_id: int) -> UpdateTarget | None:
         rows = self._read(
@@ -651,9 +688,24 @@ class SqliteStore(SqlReads, Store):
             self.db.close()
 
 
+def is_postgres(db: str | Path) -> bool:
+    """Whether `--db` (or `--hub-db`) names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
+def database_errors(db: str | Path) -> tuple[type[Exception], ...]:
+    """What the store `db` names raises when its database fails (a lost connection, a locked or
+    unreadable file, a broken constraint): sqlite3's errors, and psycopg's for a PostgreSQL URL."""
+    if is_postgres(db):
+        import psycopg  # as in open_store: only a PostgreSQL store imports it
+
+        return (sqlite3.Error, psycopg.Error)
+    return (sqlite3.Error,)
+
+
 def open_store(db: str | Path, keyring: Keyring | None = None) -> Store:
     """The store `--db` names: a postgresql:// URL (cghub.pgstore, psycopg) or a SQLite file."""
-    if str(db).startswith(("postgresql://", "postgres://")):
+    if is_postgres(db):
         from cghub.pgstore import PostgresStore  # psycopg is imported only by hubs that use it
 
         return PostgresStore(str(db), keyring=keyring)

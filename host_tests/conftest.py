@@ -6,6 +6,13 @@ import secrets
 import harness
 import pytest
 from harness import CPYTHON_RT, MICROPYTHON, MICROPYTHON_RT, NATIVE_AND_PLAIN, RUNTIMES
+from hypothesis import HealthCheck, settings
+
+# No property here is about time: hypothesis's per-example deadline (200 ms) and its too_slow health
+# check measure the machine, and a loaded CI machine fails them. Tests with their own @settings
+# inherit this unless they say otherwise.
+settings.register_profile("cellguard", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("cellguard")
 
 # CPython-side tests import firmware modules (pyproject's pytest `pythonpath`) and the host packages
 # (installed into .venv, editable) by name.

@@ -151,7 +151,7 @@ def replay_ratios(port: int, devices: list, times: int = 5) -> dict[str, float]:
         marker = dev.seal(b"s" * 32)[1]
         marker_seq = dev.next_seq - 1
         own.sendto(marker, hub)
-        own.settimeout(10)
+        own.settimeout(60)  # the ack is the event; the bound only stops a hang
         while True:  # wait for the marker's ack (the answer to the first datagram may come first)
             got = dev.open(own.recv(4096))
             if got is not None and any(r[0] == "ack" and r[1] == marker_seq for r in _records(got[1])):

@@ -38,7 +38,7 @@ import tty
 from collections.abc import Iterator
 
 from cgsim.modem import Delays, ModemEmulator, Network, Sim  # noqa: F401  (re-exported)
-from harness import MICROPYTHON_RT, Runtime, spawn_micropython
+from harness import MICROPYTHON_RT, Runtime, RuntimeFailed, spawn_micropython
 
 DIALECTS = ("nrf91", "bg96", "sim7080", "sara-r4")
 
@@ -82,6 +82,13 @@ def attach(apn='iot.test'):
     m.wait_registered(5000)
     m.set_apn(apn)
     m.activate_pdp()
+
+def pause():
+    # run_driver_paused: the test makes something happen now, between two commands, then says go on.
+    print('PAUSED')
+    if hasattr(sys.stdout, 'flush'):
+        sys.stdout.flush()
+    sys.stdin.readline()
 """
 
 
@@ -127,6 +134,32 @@ def spawn_driver(emu: ModemEmulator, body: str, echo_port: int = 0, at_timeout_m
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("stderr", subprocess.STDOUT)
     return spawn_micropython(driver_script(emu, body, echo_port, at_timeout_ms), heapsize="256K", **popen)
+
+
+def run_driver_paused(
+    emu: ModemEmulator, body: str, at_pause, echo_port: int = 0, timeout: float = 45, at_timeout_ms: int = 1500
+) -> str:
+    """Like run_driver, where the script calls pause() once: the driver waits there, idle between two
+    commands, while the test runs at_pause() (a fault that must land at that exact point: a timer
+    started by a command would race the driver's next one on a loaded machine)."""
+    proc = spawn_driver(emu, body, echo_port, at_timeout_ms, stdin=subprocess.PIPE)
+    try:
+        out = []
+        for line in proc.stdout:
+            out.append(line)
+            if line.strip() == "PAUSED":
+                at_pause()
+                proc.stdin.write("go on\n")
+                proc.stdin.flush()
+                break
+        rest, _ = proc.communicate(timeout=timeout)
+        text = "".join(out) + rest
+        if proc.returncode != 0:
+            raise RuntimeFailed(f"micropython exited {proc.returncode}:\n{text}")
+        return text
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def chat(fd: int, cmd: bytes, until: bytes = b"OK\r\n", timeout: float = 60.0) -> bytes:

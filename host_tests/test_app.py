@@ -14,7 +14,7 @@ from cghub import server as hubmod
 from modem_fixtures import Sim, emulated_modem
 from test_simlock import FACTORY_PIN, PDP_COMMANDS, Unit
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 APP_RUN = """
 from cellguard import app, status
@@ -39,7 +39,14 @@ print([x for x in statuspage.render(status.snapshot()).splitlines() if x.startsw
 """
 
 
-def run_app(unit, emu, hub_port, run_ms=8000, interval=300, retry=200, until="False", before="") -> str:
+# An app loop runs until its `until` holds; run_ms only stops a hang (a loaded machine is slow to get
+# there: 8 s once ran out before the unit was online).
+# Locked, then ten more turns of the loop (about a second) in which it must stay so: counted in turns,
+# not milliseconds (1.5 s of wall time once did not reach the lock on a loaded machine).
+LOCKED_A_WHILE = "a.state == 'locked' and (turns.append(1) or len(turns) >= 10)"
+
+
+def run_app(unit, emu, hub_port, run_ms=60000, interval=300, retry=200, until="False", before="") -> str:
     return unit.run(
         emu,
         APP_RUN
@@ -101,7 +108,7 @@ def test_swapped_sim_sends_nothing_and_tamper_report_waits_for_the_right_sim(uni
     sim.unlocked = False
     foreign = Sim(iccid="89882806660000011116", imsi="901280000011111")
     with emulated_modem("bg96", sim=foreign) as emu:
-        out = run_app(unit, emu, server.port, run_ms=1500)
+        out = run_app(unit, emu, server.port, before="turns = []", until=LOCKED_A_WHILE)
         assert not emu.commands_matching(PDP_COMMANDS["bg96"])
         assert not emu.commands_matching("AT+QIOPEN")
     assert "STATE locked" in out
@@ -166,7 +173,7 @@ def test_received_counter_shown_after_a_restart_is_the_highest_received(unit, hu
     # A restart that never gets online (a foreign SIM: the lock refuses, nothing is sent or received).
     foreign = Sim(iccid="89882806660000011116", imsi="901280000011111")
     with emulated_modem("bg96", sim=foreign) as emu:
-        again = run_app(unit, emu, server.port, run_ms=1500)
+        again = run_app(unit, emu, server.port, before="turns = []", until=LOCKED_A_WHILE)
     assert "STATE locked" in again, again
 
     def sequence(out: str) -> tuple[int, int]:

@@ -61,7 +61,7 @@ def test_soft_reset_in_friendly_repl_runs_boot_and_main(board, tmp_path):
     (tmp_path / "boot.py").write_text("print('boot ran')\n")
     (tmp_path / "main.py").write_text("print('main ran')\n")
     board.mpremote("fs", "cp", str(tmp_path / "boot.py"), ":boot.py", "+", "fs", "cp", str(tmp_path / "main.py"), ":main.py")
-    with serial.Serial(board.port, timeout=5) as s:
+    with serial.Serial(board.port, timeout=60) as s:  # reads end at their prompt; bounds a hang
         to_friendly_repl(s)
         s.write(b"\x04")  # soft reset from the friendly REPL: boot.py then main.py, as on a board
         out = s.read_until(b">>> ")
@@ -70,7 +70,7 @@ def test_soft_reset_in_friendly_repl_runs_boot_and_main(board, tmp_path):
 
 
 def test_friendly_repl_evaluates_and_ctrl_c_interrupts(board):
-    with serial.Serial(board.port, timeout=5) as s:
+    with serial.Serial(board.port, timeout=60) as s:  # reads end at their prompt; bounds a hang
         to_friendly_repl(s)
         s.write(b"6*7\r")
         assert b"42" in s.read_until(b">>> ")

@@ -11,7 +11,7 @@ from cghub.server import HubServer
 from harness import run_micropython
 from hubkit import KEY_ID, ROOT, make_hub
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 # One boot of a device: its littlefs image lives in a file between boots (the chip's flash), REBOOT
 # goes through the application's real handler (updates.handler -> sys.exit(0) on the unix port),
@@ -41,7 +41,7 @@ try:
     ob.hello(0, 'e2e')
     ob.enqueue(b'boot %d' % BOOT)
     t = runtime.ticks_ms()
-    while ob.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+    while ob.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 60000:  # ends at its event; the bound only stops a hang
         ob.poll(50)
     ob.poll(300)  # a resent command datagram, if the hub still has one, arrives after the acks
     print('TIME', ob.time_offset + runtime.time_s())
@@ -56,7 +56,7 @@ finally:
 
 def boot(port: int, n: int, img) -> list[str]:
     script = BOOT.replace("ROOT_HEX", repr(ROOT.hex())).replace("KEY_ID", str(KEY_ID))
-    return run_micropython(script, heapsize="4M", timeout=60, args=(port, n, img)).splitlines()
+    return run_micropython(script, heapsize="4M", timeout=150, args=(port, n, img)).splitlines()
 
 
 def test_reboot_from_the_hub_runs_once_and_is_confirmed(tmp_path):
@@ -109,7 +109,7 @@ print('BOOT INTERVAL', a.interval_ms)
 a.box.sock = hostudp.HostUdp()
 a.box.base_ms = 100
 t = runtime.ticks_ms()
-while a.box.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+while a.box.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 60000:  # ends at its event; the bound only stops a hang
     a.box.poll(50)
 a.box.poll(300)
 print('INTERVAL', a.interval_ms, runtime.ticks_diff(a._next_reading, runtime.ticks_ms()) <= a.interval_ms)
@@ -121,7 +121,7 @@ for e in status.events():
 
 def app_boot(port: int, n: int, fs) -> list[str]:
     script = APP_BOOT.replace("ROOT_HEX", repr(ROOT.hex())).replace("KEY_ID", str(KEY_ID))
-    return run_micropython(script, heapsize="4M", timeout=60, args=(port, n, fs)).splitlines()
+    return run_micropython(script, heapsize="4M", timeout=150, args=(port, n, fs)).splitlines()
 
 
 def test_config_interval_reaches_the_app_and_survives_a_reboot(tmp_path):

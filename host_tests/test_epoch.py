@@ -9,7 +9,7 @@ from cghub.server import HubServer
 from harness import run_micropython
 from hubkit import KEY_ID, ROOT, lines, make_hub
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 BOOT = """
 import sys
@@ -26,7 +26,7 @@ ob = outbox.Outbox(ch, hostudp.HostUdp(), '127.0.0.1', PORT, base_ms=100, ceilin
                    on_command=got.append)
 def deliver():
     t = runtime.ticks_ms()
-    while ob.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+    while ob.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 60000:  # ends at its event; the bound only stops a hang
         ob.poll(50)
 ob.enqueue(b'boot %d' % BOOT)
 deliver()
@@ -44,7 +44,7 @@ if BOOT == 0:
     deliver()
 else:
     t = runtime.ticks_ms()
-    while not got and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+    while not got and runtime.ticks_diff(runtime.ticks_ms(), t) < 60000:  # ends at its event; the bound only stops a hang
         ob.enqueue(b'asking')
         deliver()
     print('CMD', got)
@@ -55,7 +55,7 @@ print('EPOCH', ch.epoch, 'PENDING', ob.pending())
 
 def _boot(port: int, n: int, fs) -> list[str]:
     script = BOOT.replace("ROOT_HEX", repr(ROOT.hex())).replace("KEY_ID", str(KEY_ID))
-    return run_micropython(script, heapsize="192K", timeout=120, args=(port, n, fs)).splitlines()
+    return run_micropython(script, heapsize="192K", timeout=180, args=(port, n, fs)).splitlines()
 
 
 def test_forged_downlinks_move_the_epoch_and_the_device_keeps_working(tmp_path):
@@ -92,7 +92,7 @@ ob = outbox.Outbox(ch, hostudp.HostUdp(), '127.0.0.1', PORT, base_ms=100, ceilin
 for text in (b'answered with EPOCH', b'in the new epoch'):
     ob.enqueue(text)
     t = runtime.ticks_ms()
-    while ob.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 20000:
+    while ob.pending() and runtime.ticks_diff(runtime.ticks_ms(), t) < 60000:  # ends at its event; the bound only stops a hang
         ob.poll(50)
     print('EPOCH', ch.epoch, 'PENDING', ob.pending())
 """
@@ -112,7 +112,7 @@ def test_the_hubs_limit_moves_the_epoch_and_the_key_keeps_working(tmp_path, monk
     fs.mkdir()
     script = HUB_ASKS.replace("ROOT_HEX", repr(ROOT.hex())).replace("KEY_ID", str(KEY_ID))
     with HubServer(hub) as server:
-        out = run_micropython(script, heapsize="192K", timeout=120, args=(server.port, fs)).splitlines()
+        out = run_micropython(script, heapsize="192K", timeout=180, args=(server.port, fs)).splitlines()
     # The first reading is still accepted (its ack carries EPOCH, and the device moves); the second,
     # and the TAMPER event 2 the move queues, go in epoch 1, which moves the hub.
     assert out == ["EPOCH 1 PENDING 0", "EPOCH 1 PENDING 0"], out

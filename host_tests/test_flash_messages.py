@@ -6,7 +6,7 @@ import sys
 
 import pytest
 from harness import REPO
-from vboard import Board
+from vboard import STATUS_TIMEOUT_S, Board
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -22,7 +22,7 @@ def _flash_cmd(board, tmp_path):
     # `make flash PORT=...`: tools/flash.py, with this test's own keys (a fresh image is built)
     return [sys.executable, str(REPO / "tools" / "flash.py"), "--port", board.port,
             "--service-key", str(tmp_path / "master.key"), "--signing-key", str(tmp_path / "signing.pem"),
-            "--hub-db", str(tmp_path / "hub.sqlite")]
+            "--hub-db", str(tmp_path / "hub.sqlite"), "--console-timeout", STATUS_TIMEOUT_S]
 
 
 def test_the_first_flash_explains_the_native_module_in_one_line(board, tmp_path):

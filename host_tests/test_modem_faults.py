@@ -2,10 +2,11 @@
 bounded time or fails with a clear, typed error. Each test has a timeout; none can hang."""
 
 import select
+import threading
 import time
 
 import pytest
-from modem_fixtures import DIALECTS, Sim, emulated_modem, run_driver, udp_echo_server
+from modem_fixtures import DIALECTS, Sim, emulated_modem, run_driver, run_driver_paused, udp_echo_server
 
 ROUND_TRIP = """
 attach()
@@ -28,17 +29,36 @@ SEND_COMMAND = {"nrf91": "AT#XSENDTO", "bg96": "AT+QISEND", "sim7080": "AT+CASEN
 RECV_COMMAND = {"nrf91": "AT#XRECVFROM", "bg96": "AT+QIRD", "sim7080": "AT+CARECV", "sara-r4": "AT+USORF"}
 
 
-def round_trip(emu, echo, bound_ms=8000, extra=""):
-    return run_driver(emu, ROUND_TRIP % bound_ms + extra, echo_port=echo.port)
+def round_trip(emu, echo, bound_ms=8000, extra="", at_timeout_ms=1500):
+    return run_driver(emu, ROUND_TRIP % bound_ms + extra, echo_port=echo.port, at_timeout_ms=at_timeout_ms)
 
 
 # Attach, open a socket, then send a marker command on which the test hooks its fault.
 AFTER_ATTACH = "attach()\ns = m.open_udp()\nengine.command(b'AT+CSQ')\n"
+# The modem has restarted while the driver was paused (restart_while_paused): its boot lines are
+# in the port already. A SARA prints nothing at boot (its restart shows only in the echo of the next
+# command): there, a short idle with nothing to see.
+AWAIT_RESTART = "engine.wait_for(lambda: engine.rebooted, 300 if DIALECT == 'sara-r4' else 30000)\n"
 
 
 def fault_after_attach(emu, echo, action, body: str) -> str:
     emu.on_command("AT+CSQ", action)
     return run_driver(emu, AFTER_ATTACH + body.lstrip("\n"), echo_port=echo.port)
+
+
+def restart_while_paused(emu, before=None):
+    """A spontaneous restart (after `before`, e.g. a SIM swap), done once the modem has booted
+    again and written its boot lines: for run_driver_paused, the driver idle between commands."""
+    booted = threading.Event()
+
+    def restart():
+        if before:
+            before()
+        emu._reboot()
+        emu._after(emu.delays.boot_s, booted.set)  # after the boot, whose timer was set first
+
+    emu.call(restart)
+    assert booted.wait(60), "the emulated modem never came back"
 
 
 @pytest.mark.timeout(60)
@@ -65,8 +85,9 @@ def test_late_response_is_drained_not_taken_for_the_next_command(dialect):
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_slow_response_within_the_timeout_is_just_waited_for(dialect):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+        # Well inside the timeout (a tenth of it): a loaded machine adds its own delay on top.
         emu.delay_response(ACTIVATE[dialect], 0.8)
-        out = round_trip(emu, echo)
+        out = round_trip(emu, echo, at_timeout_ms=8000)
     assert "ECHO b'ping' True" in out and "RECOVERIES 0" in out
 
 
@@ -122,16 +143,15 @@ def test_reboot_in_the_middle_of_a_send(dialect):
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_spontaneous_reboot_between_commands_is_detected(dialect):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
-        out = fault_after_attach(
+        out = run_driver_paused(
             emu,
-            echo,
-            lambda: emu._after(0.1, emu.reboot),  # just after the OK
-            """
-engine.poll(300)
+            AFTER_ATTACH + "pause()\n" + AWAIT_RESTART + """
 print('REBOOTED', engine.rebooted)
 s.sendto(b'again', '127.0.0.1', ECHO_PORT)
-print('ECHO', s.recvfrom(4000)[0], 'REBOOTS', engine.reboots)
+print('ECHO', s.recvfrom(20000)[0], 'REBOOTS', engine.reboots)
 """,
+            lambda: restart_while_paused(emu),
+            echo_port=echo.port,
         )
     # A SARA prints nothing at boot: its restart shows only in the echo of the next command.
     assert f"REBOOTED {dialect != 'sara-r4'}" in out
@@ -191,16 +211,20 @@ print('STATE', m.sim_state())
 def test_swapped_sim_shows_a_new_iccid(dialect):
     with emulated_modem(dialect) as emu:
         swapped = Sim(iccid="89882806660000099996", imsi="901280000099999")
-        emu.on_command("AT+CSQ", lambda: emu._after(0.1, lambda: emu.insert_sim(swapped)))
-        out = run_driver(
+        # Swapped between two commands: the modem restarts, as most do on a SIM swap.
+        at_pause = lambda: restart_while_paused(emu, before=lambda: setattr(emu, "sim", swapped))  # noqa: E731
+        out = run_driver_paused(
             emu,
             """
 m.init()
 print('BEFORE', m.iccid())
-engine.command(b'AT+CSQ')
-engine.poll(300)
+pause()
+"""
+            + AWAIT_RESTART
+            + """
 print('AFTER', m.iccid(), m.imsi())
 """,
+            at_pause,
         )
     assert "BEFORE 89882806660000012346" in out
     assert "AFTER 89882806660000099996 901280000099999" in out
@@ -210,10 +234,18 @@ print('AFTER', m.iccid(), m.imsi())
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_loss_of_registration_then_regain(dialect):
     with emulated_modem(dialect) as emu, udp_echo_server() as echo:
+
+        def lose():
+            # Lost before the marker's OK; regained a while after the driver's first registration
+            # query, which comes after the send that fails: a timer started at the loss would race
+            # that send on a loaded machine.
+            emu.reg.set(2)
+            emu.on_command("AT+CEREG?", lambda: emu._after(0.5, emu._registered))
+
         out = fault_after_attach(
             emu,
             echo,
-            lambda: emu.lose_registration(regain_after_s=0.5),
+            lose,
             """
 engine.poll(100)
 print('STAT', m.reg_stat)
@@ -223,26 +255,35 @@ except modem.SocketError:
     print('SEND-FAILED')
 print('REG', m.wait_registered(5000))
 s.sendto(b'back', '127.0.0.1', ECHO_PORT)
-print('ECHO', s.recvfrom(4000)[0])
+print('ECHO', s.recvfrom(20000)[0])
 """,
         )
     assert "STAT 2" in out and "SEND-FAILED" in out and "REG home" in out and "ECHO b'back'" in out
 
 
+# Sends SENT datagrams, then takes the EXPECTED echoes as they come (the bound only stops a hang: a
+# loaded machine may be slow to bring them), then checks for a stray one after them.
 UDP_SCRIPT = """
 attach()
 s = m.open_udp()
-for i in range(%d):
-    s.sendto(b'd%%d' %% i, '127.0.0.1', ECHO_PORT)
-engine.poll(300)
+for i in range(SENT):
+    s.sendto(b'd%d' % i, '127.0.0.1', ECHO_PORT)
 got = []
-while True:
-    r = s.recvfrom(600)
+while len(got) < EXPECTED:
+    r = s.recvfrom(20000)
     if r is None:
         break
     got.append(r[0])
+r = s.recvfrom(600)
+while r is not None:
+    got.append(r[0])
+    r = s.recvfrom(600)
 print('GOT', got)
 """
+
+
+def udp_script(sent: int, expected: int) -> str:
+    return UDP_SCRIPT.replace("SENT", str(sent)).replace("EXPECTED", str(expected))
 
 
 @pytest.mark.timeout(60)
@@ -253,7 +294,7 @@ def test_udp_loss_duplication_reordering(dialect):
         emu.udp.loss_in = 1  # d1's echo is lost on the way back
         emu.udp.duplicate_in = 1  # d2 comes back twice
         emu.udp.reorder_in = 1  # d3 is held back behind d4
-        out = run_driver(emu, UDP_SCRIPT % 5, echo_port=echo.port)
+        out = run_driver(emu, udp_script(5, 4), echo_port=echo.port)
     assert [d for d, _ in echo.received] == [b"d1", b"d2", b"d3", b"d4"]
     assert "GOT [b'd2', b'd2', b'd4', b'd3']" in out
 
@@ -275,7 +316,7 @@ def test_modem_receive_buffer_overflow(dialect):
         emu.on_command(RECV_COMMAND[dialect], all_echoes_in)
         out = run_driver(
             emu,
-            UDP_SCRIPT % 5
+            udp_script(5, 2)
             + "s.sendto(b'later', '127.0.0.1', ECHO_PORT)\nprint('LATER', s.recvfrom(3000)[0])",
             echo_port=echo.port,
         )
@@ -310,14 +351,14 @@ try:
 except at.AtTimeout as e:
     print('TIMEOUT', e.command)
 t = runtime.ticks_ms()
-print('STEP', m.recover(), runtime.ticks_diff(runtime.ticks_ms(), t) < 10000)
+print('STEP', m.recover(), runtime.ticks_diff(runtime.ticks_ms(), t) < 30000)
 s.sendto(b'alive', '127.0.0.1', ECHO_PORT)
-print('ECHO', s.recvfrom(4000)[0])
+print('ECHO', s.recvfrom(20000)[0])
 """,
             echo_port=echo.port,
         )
     assert "TIMEOUT b'AT+CSQ'" in out
-    assert f"STEP {until} True" in out
+    assert f"STEP {until} True" in out  # bounded: the ladder ends (a generous bound, for a loaded machine)
     assert "ECHO b'alive'" in out
 
 
@@ -337,7 +378,7 @@ t = runtime.ticks_ms()
 try:
     m.signal()
 except at.ModemUnresponsive as e:
-    print('UNRESPONSIVE', runtime.ticks_diff(runtime.ticks_ms(), t) < 15000)
+    print('UNRESPONSIVE', runtime.ticks_diff(runtime.ticks_ms(), t) < 30000)
 """,
         )
     assert "UNRESPONSIVE True" in out
@@ -380,7 +421,7 @@ def test_network_deactivates_the_pdp_context(dialect):
             """
 engine.wait_for(lambda: d.pdp_lost, 1000)
 s.sendto(b'again', '127.0.0.1', ECHO_PORT)
-print('ECHO', s.recvfrom(4000)[0])
+print('ECHO', s.recvfrom(20000)[0])
 """,
         )
     assert "ECHO b'again'" in out
@@ -401,7 +442,7 @@ s = m.open_udp()
 s.sendto(b'ping', '127.0.0.1', ECHO_PORT)
 print('FIRST', s.recvfrom(1500))
 s.sendto(b'again', '127.0.0.1', ECHO_PORT)
-print('ECHO', s.recvfrom(4000)[0])
+print('ECHO', s.recvfrom(20000)[0])
 """,
             echo_port=echo.port,
         )

@@ -19,7 +19,8 @@ from modem_fixtures import Sim, emulated_modem
 from test_app import accepted, fresh_sim, run_app
 from test_simlock import PDP_COMMANDS, Unit
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # the apps' loops end at their events; bounds for a loaded machine
+RUN_MS = 120000  # how long an app loop may run before its `until` holds: only stops a hang
 
 @pytest.fixture
 def unit(tmp_path):
@@ -71,17 +72,30 @@ def test_foreign_sim_swapped_in_while_online_gets_no_data_session(unit, hub_serv
         def swap_then_restore():
             if not wait_for(lambda: hub.counters["accepted"] >= 3):
                 return
-            marks["swap"] = len(emu.commands)
-            emu.insert_sim(FOREIGN)  # the modem restarts, as on a real SIM swap
+            swapped = threading.Event()
+
+            def swap():
+                # In the emulator's thread, at one point of its command stream: the mark, what went
+                # out before it, and the swap. A QISEND still waiting for its payload is cut short by
+                # the restart: its datagram never leaves.
+                marks["swap"] = len(emu.commands)
+                qisends = [c for c in emu.commands if c.startswith("AT+QISEND")]
+                marks["sent"] = len(qisends) - (emu._payload is not None)
+                emu.sim = FOREIGN
+                emu._reboot()  # the modem restarts, as on a real SIM swap
+                swapped.set()
+
+            emu.call(swap)
+            if not swapped.wait(30):
+                return
             iccid_reads = lambda: len([c for c in emu.commands[marks["swap"]:] if c.startswith("AT+QCCID")])  # noqa: E731
             # The unit has noticed the restart (the lock's check reads the ICCID): whatever it sent
             # before went through the right SIM, and may still be on its way to the hub.
             if not wait_for(lambda: iccid_reads() >= 1):
                 return
-            # Every datagram handed to the modem before the swap has arrived (one cut short by the
-            # restart never does: hence the short bound).
-            sent = len([c for c in emu.commands[: marks["swap"]] if c.startswith("AT+QISEND")])
-            wait_for(lambda: hub.counters["received"] >= sent, timeout_s=2.0)
+            # Every datagram that left the modem before the swap has arrived (an event: it was
+            # once a 2 s wait, which a loaded machine's in-flight datagram outlasted).
+            wait_for(lambda: hub.counters["received"] >= marks["sent"])
             marks["accepted"] = hub.counters["accepted"]
             # Refused again by the next checks: the unit is locked, and stays so.
             if not wait_for(lambda: iccid_reads() >= 4):
@@ -92,7 +106,7 @@ def test_foreign_sim_swapped_in_while_online_gets_no_data_session(unit, hub_serv
 
         worker = threading.Thread(target=swap_then_restore, daemon=True)
         worker.start()
-        out = run_app(unit, emu, server.port, run_ms=40000, before="seen = []", until=SEEN_LOCKED_THEN_ONLINE)
+        out = run_app(unit, emu, server.port, run_ms=RUN_MS, before="seen = []", until=SEEN_LOCKED_THEN_ONLINE)
         worker.join(5)
         assert "locked" in marks, out
         while_foreign = emu.commands[marks["swap"] : marks["locked"]]
@@ -128,7 +142,7 @@ def test_pin_locked_sim_is_unlocked_again_after_a_restart_while_online(unit, hub
         # Online with the restarted modem, and three more readings delivered after it.
         until = "(a.modem.session > 1 and not mark and mark.append(n)) or (mark and n >= mark[0] + 3 " \
             "and a.box.pending() == 0)"
-        out = run_app(unit, emu, server.port, run_ms=40000, before="mark = []", until=until)
+        out = run_app(unit, emu, server.port, run_ms=RUN_MS, before="mark = []", until=until)
         assert "restart" in marks, out
         after = emu.commands[marks["restart"] :]
         assert len([c for c in after if c.startswith("AT+CPIN=")]) == 1  # the PIN entered, once
@@ -161,7 +175,7 @@ def test_restart_without_network_goes_offline_reattaches_and_drains_no_budget(un
         until = "(a.modem.session > 1 and not mark and mark.append(n)) or (mark and n >= mark[0] + 3 " \
             "and a.box.pending() == 0)"
         out = run_app(
-            unit, emu, server.port, run_ms=40000, before="mark = []\nm.attach_timeout_ms = 300", until=until
+            unit, emu, server.port, run_ms=RUN_MS, before="mark = []\nm.attach_timeout_ms = 300", until=until
         )
         assert "restart" in marks, out
         handed = [c for c in emu.commands if c.startswith("AT+QISEND=")]
@@ -197,7 +211,7 @@ def test_sim_pulled_while_online_locks_and_the_same_sim_back_recovers(unit, hub_
             emu.insert_sim(sim)  # the modem restarts; the SIM asks for its PIN
 
         threading.Thread(target=pull_then_reinsert, daemon=True).start()
-        out = run_app(unit, emu, server.port, run_ms=40000, before="seen = []", until=SEEN_LOCKED_THEN_ONLINE)
+        out = run_app(unit, emu, server.port, run_ms=RUN_MS, before="seen = []", until=SEEN_LOCKED_THEN_ONLINE)
         assert "back" in marks, out
         while_out = emu.commands[marks["pull"] : marks["back"]]
         assert not [c for c in while_out if c.startswith((PDP_COMMANDS["bg96"], "AT+QIOPEN"))], while_out
@@ -222,7 +236,7 @@ def test_readings_are_stored_while_the_modem_is_dead_and_delivered_once_it_answe
         # with the modem dead; the loop ends when three more are delivered after it.
         until = "(n >= 3 and not fixed and (fixed.append(a.state) or setattr(engine, 'power_key', power_key))) " \
             "or (fixed and n >= 6 and a.box.pending() == 0)"
-        out = run_app(unit, emu, server.port, run_ms=40000,
+        out = run_app(unit, emu, server.port, run_ms=RUN_MS,
                       before="fixed = []\nengine.power_key = None\nengine.resync_attempts = 1", until=until)
     assert "STATE online PENDING 0" in out, out
     got = readings(hub)
@@ -250,7 +264,7 @@ def test_the_hubs_mode_survives_a_reattach(unit, hub_server):
         threading.Thread(target=restart_once_signed, daemon=True).start()
         until = "(a.modem.session > 1 and not mark and mark.append(n)) or (mark and n >= mark[0] + 3 " \
             "and a.box.pending() == 0)"
-        out = run_app(unit, emu, server.port, run_ms=40000, before="mark = []\nm.attach_timeout_ms = 300",
+        out = run_app(unit, emu, server.port, run_ms=RUN_MS, before="mark = []\nm.attach_timeout_ms = 300",
                       until=until)
     assert "STATE online PENDING 0" in out, out
     assert "link lost" in out, out  # through App._attach again, not only the socket's own restore

@@ -160,7 +160,7 @@ u.write(b'AT\\r')
 buf = bytearray(64)
 got = b''
 while not got.endswith(b'OK\\r\\n'):
-    assert u.wait_readable(5000), 'timed out'
+    assert u.wait_readable(30000), 'timed out'
     n = u.readinto(buf)
     got += bytes(buf[:n])
 print(repr(got), u.readinto(buf))
@@ -171,13 +171,13 @@ print(repr(got), u.readinto(buf))
     try:
         received = b""
         while not received.endswith(b"\r"):
-            ready, _, _ = select.select([master], [], [], 10)
+            ready, _, _ = select.select([master], [], [], 60)  # the write is the event; bounds a hang
             assert ready, "firmware never wrote"
             received += os.read(master, 64)
         assert received == b"AT\r"
         os.write(master, b"\r\nO")  # split mid-line: the stream must not block or lose bytes
         os.write(master, b"K\r\n")
-        out, _ = proc.communicate(timeout=10)
+        out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
         os.close(master)

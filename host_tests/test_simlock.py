@@ -82,7 +82,7 @@ class Unit:
 
     def run(self, emu, body: str) -> str:
         script = driver_script(emu, MOUNT % {"image": self.image} + body + SAVE % {"image": self.image})
-        return run_micropython(script, heapsize="512K", timeout=60)
+        return run_micropython(script, heapsize="512K", timeout=240)  # app loops end at their events
 
     def provision(self, emu, cut: str | None = None, **request) -> dict:
         modem_src = "\nm.init()\ndef open_modem():\n    return m\n"

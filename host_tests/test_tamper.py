@@ -380,7 +380,7 @@ exec(open(%r).read())
 """
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(180)
 def test_main_py_watches_the_switch_without_an_application(tmp_path):
     # No app.json and no modem: nothing can be reported, but the opening is persisted and the keys
     # wiped as configured (an attacker cannot disable the tamper response by unplugging the modem).
@@ -399,7 +399,7 @@ def test_main_py_watches_the_switch_without_an_application(tmp_path):
     proc = spawn_micropython(MAIN_WITHOUT_APP % str(FIRMWARE / "main.py"), env=env, heapsize="512K", stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = tmp_path / "state" / "tamper.log"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # main.py and the driver compile from source: slow when loaded
     while not log.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # the device's own file is the event; nothing to await but its appearance
     found = log.exists()

@@ -624,14 +624,14 @@ def connect(port: str, args) -> Device:
         if e.code != 5 or not args.service_key.exists():
             raise
         print("      the console is locked: opening it with a service response (--service-key)")
-        open_console(port, args.service_key)
+        open_console(port, args.service_key, getattr(args, "console_timeout", None) or 5)
         dev = Device(port)
         dev.enter(soft_reset=False)
     return dev
 
 
-def open_console(port: str, master_key_path: Path) -> None:
-    with status_tool.ConsoleClient(port, timeout=5) as client:
+def open_console(port: str, master_key_path: Path, timeout: float = 5) -> None:
+    with status_tool.ConsoleClient(port, timeout=timeout) as client:
         client.attach(reset_repl=False)
         answer = client.service("open-repl", status_tool.load_master_key(master_key_path))
         print("      " + answer.strip().splitlines()[0])
@@ -740,7 +740,7 @@ def flash(args) -> int:
         return 0
     if cpy:
         wait_for_port(port)
-    with status_tool.ConsoleClient(port, timeout=10) as client:
+    with status_tool.ConsoleClient(port, timeout=getattr(args, "console_timeout", None) or 10) as client:
         client.attach()
         snap = client.status()
         booted = snap.get("firmware", {}).get("version")
@@ -798,6 +798,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also make a --production unit trust the signing key through /lib (test rigs only)")
     parser.add_argument("--boards-dir", help=argparse.SUPPRESS)
     parser.add_argument("--virtual-dir", help=argparse.SUPPRESS)
+    # How long the console may take to answer (5 s opening a locked one, 10 s reading it back): the
+    # tests' virtual board on a loaded CI machine answers more slowly than any real unit.
+    parser.add_argument("--console-timeout", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="also print a JSON summary line")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")

@@ -111,7 +111,9 @@ class ConsoleClient:
         reset_sent = False
         nudged = False
         while time.monotonic() < deadline:
-            data = self._read_until((PROMPT, REPL_PROMPT), min(deadline - time.monotonic(), self.timeout / 3))
+            # Silence is looked at in slices of a third of the default timeout however long the
+            # caller waits overall: a raw REPL left by a tool is nudged just as soon.
+            data = self._read_until((PROMPT, REPL_PROMPT), min(deadline - time.monotonic(), min(self.timeout, 5.0) / 3))
             self._check_lockdown(data)
             if not data and not nudged:
                 # Silence: perhaps a raw REPL left by a tool; Ctrl-B leaves it (a console ignores it).

@@ -111,6 +111,16 @@ def mqtt_broker(tmp_path_factory):
     broker.stop()
 
 
+@pytest.fixture
+def subscriber(mqtt_broker):
+    """The fleet's application on this worker's broker: subscribed to `cellguard/#` with QoS 1."""
+    from servers import MqttSubscriber
+
+    sub = MqttSubscriber(mqtt_broker)
+    yield sub
+    sub.close()
+
+
 # ---- running in parallel (pytest-xdist; `make test` runs `-n 6 --dist loadgroup`) --------------------
 def pytest_xdist_make_scheduler(config, log):
     """--dist loadgroup: a module with its own shared fixture stays on one worker (xdist_groups.py)."""

@@ -4,23 +4,15 @@ messages wait in the store and go out once it is back: none lost, none published
 
 import threading
 
-import pytest
 from cghub import keyseal
 from cghub.metrics import HubMetrics
 from cghub.mqttout import MqttOut
 from cghub.pgstore import PostgresStore
 from cghub.server import Hub
 from hubkit import DEVICE, KEY_ID, ROOT, device_channel, make_hub
-from servers import MqttSubscriber, TcpGate
+from servers import TcpGate
 
 WAIT_S = 60  # an upper bound on a loaded machine; every wait returns on its event
-
-
-@pytest.fixture
-def subscriber(mqtt_broker):
-    sub = MqttSubscriber(mqtt_broker)
-    yield sub
-    sub.close()
 
 
 def wait_outbox_empty(store, publisher):

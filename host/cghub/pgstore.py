@@ -14,6 +14,10 @@ state moved, and reloads it inside the transaction. A second worker holding the 
 on the row lock, then sees the first one's accepted row and answers a duplicate; a downlink
 sequence number is read and advanced under the lock, so none is sealed twice. `messages` rows are
 written in the same transaction as the replay window: exactly once, by construction.
+
+One MQTT publisher per database, whichever host it runs on: the publisher's lease is a session-level
+advisory lock held on a connection of its own (`PgPublisherLease`); PostgreSQL frees it when that
+session ends, so a process that died hands publishing over without anyone releasing anything.
 """
 
 from __future__ import annotations
@@ -29,9 +33,16 @@ from cghub.pgarrays import Float8s as F8
 from cghub.pgarrays import Int4s as I4
 from cghub.pgarrays import Int8s as I8
 from cghub.pgarrays import Texts as TX
-from cghub.store import Batch, Command, Device, Locked, SqlReads, Store, check_registration
+from cghub.store import Batch, Command, Device, Locked, PublisherLease, SqlReads, Store, check_registration
 
 ADVISORY_LOCK = 0x63676875  # "cghu": serialises migrations between processes starting together
+PUBLISHER_LOCK = 0x63676870  # "cghp": held, for its whole session, by the database's one MQTT publisher
+# The lease's connection: PostgreSQL ends a session whose peer went silent (a host lost, a cut network)
+# after ~11 s of keepalives instead of the system's hours, freeing the lock for another host; and our
+# side gives up on a dead link as soon, so a lost holder stops publishing. Unix sockets ignore them.
+LEASE_SESSION = ("SET tcp_keepalives_idle = 5", "SET tcp_keepalives_interval = 2", "SET tcp_keepalives_count = 3")
+LEASE_CLIENT = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                "tcp_user_timeout": 10_000, "connect_timeout": 10}
 
 # Versioned migrations: append, never edit one that shipped.
 MIGRATIONS: list[tuple[int, str]] = [
@@ -111,6 +122,46 @@ def migrate(conn: psycopg.Connection) -> list[int]:
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
             applied_now.append(version)
     return applied_now
+
+
+class PgPublisherLease(PublisherLease):
+    """The publisher's lease on PostgreSQL: `pg_try_advisory_lock` on a connection used for nothing else.
+    The lock lives as long as that session: held while the connection answers; lost, and not taken
+    again in the same call, when it does not (the publisher stops before another process can start)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._conn: psycopg.Connection | None = None
+        self._held = False
+
+    def hold(self) -> bool:
+        try:
+            if self._held:
+                self._conn.execute("SELECT 1")  # the session answers: the lock is still ours
+            else:
+                self._held = self._try_take()
+        except psycopg.Error:  # the session is gone, and the lock with it (or it could not be reached)
+            self.release()
+        return self._held
+
+    def _try_take(self) -> bool:
+        if self._conn is None:
+            self._conn = psycopg.connect(self.url, autocommit=True, **LEASE_CLIENT)
+            for sql in LEASE_SESSION:
+                self._conn.execute(sql)
+        return bool(self._conn.execute("SELECT pg_try_advisory_lock(%s)", (PUBLISHER_LOCK,)).fetchone()[0])
+
+    def release(self) -> None:
+        held, self._held = self._held, False
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if held and not conn.broken:
+            try:  # freed now: closing alone frees it only once the server has seen the session end
+                conn.execute("SELECT pg_advisory_unlock(%s)", (PUBLISHER_LOCK,))
+            except psycopg.Error:
+                pass  # the session is ending anyway, and the lock with it
+        conn.close()
 
 
 class PostgresStore(SqlReads, Store):
@@ -268,6 +319,9 @@ class PostgresStore(SqlReads, Store):
 
     def devices(self) -> list[Device]:
         return [self._device(r, with_key=False) for r in self._rows(f"SELECT {_DEVICE_COLS} FROM devices ORDER BY key_id")]
+
+    def publisher_lease(self) -> PgPublisherLease:
+        return PgPublisherLease(self.url)
 
     def mark_published(self, ids: list[int]) -> None:
         if ids:

@@ -713,7 +713,9 @@ def _serve(hub: Hub, store: Store, args: argparse.Namespace) -> int:
         metrics = hub.metrics = HubMetrics(hub, store)
         port = metrics.serve(args.metrics_port + args.worker_index if args.metrics_port else 0, args.metrics_host)
         log.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
-    if args.mqtt and args.worker_index == 0:  # one publisher per database: worker 0's
+    # One publisher per process tree: worker 0's; of those on several hosts, the one holding the
+    # store's publisher lease publishes and the others stand by (cghub.mqttout).
+    if args.mqtt and args.worker_index == 0:
         from cghub import mqttout
 
         host, port = mqttout.parse_url(args.mqtt)

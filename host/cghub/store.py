@@ -155,6 +155,22 @@ class Batch:
         return bool(self.devices or self.accepted or self.messages or self.commands or self.updates)
 
 
+class PublisherLease:
+    """Which process publishes a database's outbox to MQTT (cghub.mqttout): one at a time, across every
+    process and host that serves the database, so no row goes out from two publishers at once.
+
+    The publisher calls hold() before each read of the outbox: True while this process holds the
+    lease (taking it when it is free), False while another does, or once this process lost it. This
+    one is always held: a store one process owns (SQLite) has no other publisher to leave room for.
+    """
+
+    def hold(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        """Give the lease up (the publisher stops): another process may take it."""
+
+
 @dataclass
 class Locked:
     """What a shared store's begin_batch() read as the batch's transaction opened (one round trip)."""
@@ -193,6 +209,10 @@ class Store(ABC):
     def abort_batch(self) -> None:
         """End a batch begun with begin_batch() without writing anything."""
         return None
+
+    @abstractmethod
+    def publisher_lease(self) -> PublisherLease:
+        """A new claim on publishing this store's outbox (see PublisherLease): only its holder publishes."""
 
     @abstractmethod
     def unpublished(self, limit: int = 1000) -> list[tuple[int, Message]]:
@@ -595,6 +615,9 @@ class SqliteStore(SqlReads, Store):
 
     def devices(self) -> list[Device]:
         return [_device(r) for r in self._read("SELECT * FROM devices ORDER BY key_id")]
+
+    def publisher_lease(self) -> PublisherLease:
+        return PublisherLease()  # one process owns the file: its publisher is the only one
 
     def mark_published(self, ids: list[int]) -> None:
         if ids:

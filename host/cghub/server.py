@@ -314,9 +314,10 @@ class Hub:
         except keyseal.KeyNotAtHand as e:
             # Sealed under a KEK this hub was not started with (rotated before every hub held both,
             # docs/hub.md section 5): a rejection like the others, counted and logged in aggregate.
-            # Nothing is cached, so a hub restarted with the KEK, or a rewrap back, serves it again.
+            # Nothing is cached (each datagram costs a row read, as an unknown key id does), so a
+            # hub restarted with the KEK, or a rewrap back, serves it again.
             return self._reject("key not at hand", addr, str(e))
-        except keyseal.KekError as e:  # a blob altered or moved to another row: no KEK opens it
+        except keyseal.KekError as e:  # a blob altered or moved to another row, or a clear key from before sealing
             return self._reject("key does not open", addr, str(e))
         if dev is None or dev.retired:
             return self._reject("unknown key", addr, f"key id {header.key_id}")

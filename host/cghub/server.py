@@ -6,7 +6,7 @@
     cellguard hub publish --db hub.sqlite --image app.img --key-id 1001   # or --all: OTA update
     cellguard hub stats --db hub.sqlite
     cellguard hub new-kek --kek-file /etc/cellguard/hub.kek             # a key-encryption key (0600)
-    cellguard hub rotate-kek --db hub.sqlite --kek-file new.kek --old-kek-file old.kek
+    cellguard hub rotate-kek --db hub.sqlite --kek-file new.kek --old-kek-file old.kek  # hubs hold both first
 
 Datagrams are handled in batches: verified in the hub's own thread, then everything the batch
 changed (replay windows, accepted messages, downlink sequence numbers, command states) is committed

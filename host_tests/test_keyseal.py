@@ -1,6 +1,7 @@
 """Root keys sealed at rest (cghub.keyseal): the database alone yields no key, register-device needs a
 KEK, a rotation rewraps every key while a hub keeps serving, and a PKCS#11 token can hold the KEK."""
 
+import logging
 import os
 import shutil
 import socket
@@ -9,17 +10,19 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cghub import keyseal
+from cellguard import downlink
+from cghub import keyseal, workers
 from cghub import server as hubmod
 from cghub.store import SqliteStore
 from hubkit import DEVICE, KEY_ID, ROOT, device_channel
+from hubproc import HubProcess
 
 SOFTHSM_LIBS = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
 
 
 @pytest.fixture
 def no_env_kek(monkeypatch):
-    for name in (keyseal.ENV_KEK, keyseal.ENV_KEK_OLD, keyseal.ENV_KEK_FILE):
+    for name in (keyseal.ENV_KEK, keyseal.ENV_KEK_OLD, keyseal.ENV_KEK_FILE, keyseal.ENV_KEK_OLD_FILE):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -70,6 +73,9 @@ def test_the_kek_comes_from_the_environment_or_a_file_beside_the_db(tmp_path, no
         keyseal.create_kek_file(keyseal.dev_kek_path(db))
     monkeypatch.setenv(keyseal.ENV_KEK, "ab" * 32)  # the environment wins over the file
     assert keyseal.keyring_from(db).current.id == keyseal.Kek(bytes.fromhex("ab" * 32)).id
+    old = keyseal.create_kek_file(tmp_path / "old.kek")
+    monkeypatch.setenv(keyseal.ENV_KEK_OLD_FILE, str(tmp_path / "old.kek"))  # a unit's Environment= mid-rotation
+    assert [k.id for k in keyseal.keyring_from(db).older] == [old.id]
     loose = tmp_path / "loose.kek"
     loose.write_text("cd" * 32)
     loose.chmod(0o644)
@@ -89,6 +95,9 @@ def test_a_sealed_key_is_bound_to_its_key_id(tmp_path):
     for k in (1, 2):
         with pytest.raises(keyseal.KekError, match="does not open"):
             store.device(k)
+    hub = hubmod.Hub(store)  # a hub refuses the device's datagrams as a counted rejection, not a bug
+    assert hub.handle(device_channel(key_id=1).seal(b"x")) == []
+    assert hub.counters["rejected.key does not open"] == 1 and hub.counters["internal_error"] == 0
 
 
 def test_rotating_the_kek_rewraps_every_key_while_a_hub_serves(tmp_path, no_env_kek):
@@ -159,3 +168,104 @@ def test_pkcs11_token_holds_the_kek(tmp_path, monkeypatch, no_env_kek):
     hub = hubmod.Hub(SqliteStore(db, keyring=ring))
     assert hub.handle(device_channel().seal(b"via the token")) != []
     assert hub.counters["accepted"] == 1
+
+
+# ---- the KEK rotation as docs/hub.md section 5 tells the operator to run it --------------------------
+def _acked(dev, replies: list[bytes]) -> set[int]:
+    records = [rec for reply in replies for rec in downlink.parse(dev.open(reply)[2])]
+    return {s for rec in records if rec[0] == "ack" for s in downlink.acked(rec[1], rec[2])}
+
+
+def _answered(dev, port: int) -> bool:
+    """A new reading from a fresh source port (the kernel picks one of the workers by it): True when
+    the ack for it comes back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(10)
+        s.sendto(dev.seal(b"reading"), ("127.0.0.1", port))
+        try:
+            return dev.last_seq in _acked(dev, [s.recv(2048)])
+        except TimeoutError:
+            return False
+
+
+def test_a_keyring_given_both_keks_wraps_under_the_new_and_opens_either():
+    old, new = keyseal.Kek(os.urandom(32)), keyseal.Kek(os.urandom(32))
+    ring = keyseal.Keyring(new, [old])
+    assert keyseal.kek_id_of(ring.wrap(1, ROOT)) == new.id
+    assert ring.unwrap(1, old.wrap(1, ROOT)) == ROOT and ring.unwrap(2, new.wrap(2, ROOT)) == ROOT
+    with pytest.raises(keyseal.KeyNotAtHand):
+        keyseal.Keyring(old).unwrap(1, new.wrap(1, ROOT))
+
+
+def test_a_key_under_a_kek_the_hub_lacks_is_a_counted_reject_and_the_others_are_served(tmp_path, no_env_kek, caplog):
+    # The situation the old procedure left: a hub reading the old KEK only, `rotate-kek` run under it.
+    old_file, new_file = tmp_path / "old.kek", tmp_path / "new.kek"
+    keyseal.create_kek_file(old_file)
+    new = keyseal.create_kek_file(new_file)
+    db = tmp_path / "hub.sqlite"
+    loaded, fresh = device_channel(key_id=KEY_ID), device_channel(key_id=KEY_ID + 1, root=bytes(32))
+    assert _register(db, old_file, KEY_ID) == 0 and _register(db, old_file, KEY_ID + 1, "dev-2", bytes(32)) == 0
+    hub = hubmod.Hub(SqliteStore(db, keyring=keyseal.keyring_from(db, old_file)))
+    hub.rejects.interval_s = 3600  # the aggregate line is written when the test flushes it
+    assert _acked(loaded, hub.handle(loaded.seal(b"opened before the rotation"))) == {0}
+    assert hubmod.main(["rotate-kek", "--db", str(db), "--kek-file", str(new_file), "--old-kek-file", str(old_file)]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cellguard.hub"):
+        for _ in range(3):  # the fresh device's first datagrams, each in a batch with the loaded one's
+            replies = hub.handle_batch([(fresh.seal(b"first"), "fresh"), (loaded.seal(b"still served"), "loaded")])
+            assert {addr for _, addr in replies} == {"loaded"}
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # nothing per datagram
+        hub.rejects.flush(force=True)
+    assert hub.counters["rejected.key not at hand"] == 3 and hub.counters["rejected"] == 3
+    assert hub.counters["accepted"] == 4 and hub.counters["internal_error"] == 0
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "key not at hand 3" in line and new.id.hex() in line  # which KEK the hub lacks
+
+
+def test_the_documented_kek_rotation_leaves_no_worker_unable_to_open_a_key(pg_url, tmp_path, no_env_kek, capsys):
+    # docs/hub.md section 5, step by step, with two real workers on one port and one database: after
+    # every step each device, loaded before or never, gets its ack from whichever worker the kernel picks.
+    old_file, new_file = tmp_path / "hub.kek", tmp_path / "hub.kek.new"
+    keyseal.create_kek_file(old_file)
+    roots = [os.urandom(32) for _ in range(6)]
+    fleet = [device_channel(key_id=KEY_ID + i, root=root) for i, root in enumerate(roots)]
+    for dev, root in zip(fleet[:5], roots, strict=False):
+        assert _register(pg_url, old_file, dev.key_id, f"dev-{dev.key_id}", root) == 0
+    port = workers.pick_port("127.0.0.1")
+    on_old, on_both = ["--kek-file", str(old_file)], ["--kek-file", str(new_file), "--old-kek-file", str(old_file)]
+
+    def worker(kek_args) -> HubProcess:
+        return HubProcess(["--db", pg_url, "--port", str(port), "--reuse-port", *kek_args])
+
+    def restart_one_at_a_time(kek_args) -> None:
+        for i in range(len(pool)):
+            assert pool[i].stop() == 0  # SIGTERM: it drains; the other worker takes the traffic
+            assert _answered(fleet[0], port)
+            pool[i] = worker(kek_args)
+
+    pool = [worker(on_old), worker(on_old)]
+    try:
+        assert _answered(fleet[0], port)  # fleet[0] is loaded (cached) before the rotation, the others not
+        # 1. a new KEK
+        assert hubmod.main(["new-kek", "--kek-file", str(new_file)]) == 0
+        new_id = keyseal.read_kek_file(new_file).id.hex()
+        # 2. every worker restarted with both: it opens keys under either
+        restart_one_at_a_time(on_both)
+        for w in pool:
+            w.wait_for(f"new root keys wrapped under KEK {new_id}")
+        # 3. registration (provisioning) wraps under the new KEK from now on
+        assert _register(pg_url, new_file, fleet[5].key_id, "dev-new", roots[5]) == 0
+        # 4. every stored key rewrapped under the new KEK (refused, saying which KEK, without the old one)
+        assert hubmod.main(["rotate-kek", "--db", pg_url, "--kek-file", str(new_file)]) == 2
+        assert hubmod.main(["rotate-kek", "--db", pg_url, *on_both]) == 0
+        assert all(_answered(dev, port) for dev in fleet for _ in range(2))
+        # 5. once `rotate-kek` has nothing left to do, the old KEK is dropped
+        capsys.readouterr()
+        assert hubmod.main(["rotate-kek", "--db", pg_url, *on_both]) == 0
+        assert "rewrapped 0 root key(s)" in capsys.readouterr().out
+        restart_one_at_a_time(["--kek-file", str(new_file)])
+        assert all(_answered(dev, port) for dev in fleet for _ in range(2))
+    finally:
+        for w in pool:
+            assert w.stop() == 0
+    assert not [x for w in pool for x in w.lines if "internal error" in x or "rejected" in x]

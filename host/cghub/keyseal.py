@@ -7,13 +7,16 @@ A wrapped key is one blob:
 
 The associated data is the key id (8 bytes, big endian): a blob moved to another row does not open.
 The KEK id (the first 8 bytes of SHA-256 over b"cellguard kek id" and the KEK) names which KEK
-wrapped a blob, so during a rotation the hub reads blobs under the old and the new KEK alike, and
-`rotate-kek` rewraps, row by row, whatever is not yet under the new one: no downtime.
+wrapped a blob, so during a rotation a hub given both reads blobs under the old and the new KEK
+alike, and `rotate-kek` rewraps, row by row, whatever is not yet under the new one: no downtime, as
+long as every hub holds both KEKs before the first row is rewrapped (docs/hub.md section 5). A hub
+holds the KEKs it was started with; a blob under any other is refused (KeyNotAtHand).
 
-Where the KEK comes from, first match wins (`keyring_from`):
+Where the KEK comes from, first match wins (`keyring_from`); the old ones (read, never used to wrap)
+come from every source given:
     --kek-file PATH / --old-kek-file PATH       (the command line)
     $CELLGUARD_HUB_KEK / $CELLGUARD_HUB_KEK_OLD  (64 hex digits)
-    $CELLGUARD_HUB_KEK_FILE                      (a file path)
+    $CELLGUARD_HUB_KEK_FILE / $CELLGUARD_HUB_KEK_OLD_FILE  (a file path)
     hub.kek beside a SQLite database              (the developer's bench: `make flash` creates it)
     --pkcs11-lib/--pkcs11-token/--pkcs11-key     (an AES key on a PKCS#11 token; `pip install .[pkcs11]`)
 """
@@ -36,11 +39,17 @@ BLOB_LEN = len(MAGIC) + _ID_LEN + _NONCE_LEN + 32 + 16
 ENV_KEK = "CELLGUARD_HUB_KEK"
 ENV_KEK_OLD = "CELLGUARD_HUB_KEK_OLD"
 ENV_KEK_FILE = "CELLGUARD_HUB_KEK_FILE"
+ENV_KEK_OLD_FILE = "CELLGUARD_HUB_KEK_OLD_FILE"
 DEV_KEK_NAME = "hub.kek"
 
 
 class KekError(Exception):
     """No KEK where one is needed, or a blob that no KEK at hand opens."""
+
+
+class KeyNotAtHand(KekError):
+    """A blob sealed under a KEK this process was not given: e.g. rewrapped by `rotate-kek` under a
+    new KEK that a running hub was not restarted with. Not an altered blob: the right KEK opens it."""
 
 
 def _aad(key_id: int) -> bytes:
@@ -139,7 +148,13 @@ class Keyring:
                     return kek.unwrap(key_id, blob)
                 except InvalidTag:
                     raise KekError(f"key id {key_id}: the sealed root key does not open (moved or altered)") from None
-        raise KekError(f"key id {key_id}: sealed under a KEK that is not at hand (id {kid.hex()})")
+        raise KeyNotAtHand(f"key id {key_id}: sealed under a KEK that is not at hand (id {kid.hex()})")
+
+    def describe(self) -> str:
+        """Which KEKs this keyring holds, by id (never the keys): what an operator checks in a hub's log
+        before rotating (docs/hub.md section 5)."""
+        older = ", ".join(k.id.hex() for k in self.older) or "none"
+        return f"new root keys wrapped under KEK {self.current.id.hex()}; older KEKs also read: {older}"
 
     def needs_rewrap(self, blob: bytes) -> bool:
         """True for a blob not under the current KEK (an older one, or a clear key from before sealing)."""
@@ -205,6 +220,8 @@ def keyring_from(
     old_env = _env_kek(ENV_KEK_OLD)
     if old_env is not None:
         older.append(old_env)
+    if os.environ.get(ENV_KEK_OLD_FILE):  # a systemd unit's Environment= during a rotation
+        older.append(read_kek_file(os.environ[ENV_KEK_OLD_FILE]))
     current: Kek | Pkcs11Kek | None = None
     if pkcs11:
         current = Pkcs11Kek(**pkcs11)

@@ -6,7 +6,7 @@
     cellguard hub publish --db hub.sqlite --image app.img --key-id 1001   # or --all: OTA update
     cellguard hub stats --db hub.sqlite
     cellguard hub new-kek --kek-file /etc/cellguard/hub.kek             # a key-encryption key (0600)
-    cellguard hub rotate-kek --db hub.sqlite --kek-file new.kek --old-kek-file old.kek
+    cellguard hub rotate-kek --db hub.sqlite --kek-file new.kek --old-kek-file old.kek  # hubs hold both first
 
 Datagrams are handled in batches: verified in the hub's own thread, then everything the batch
 changed (replay windows, accepted messages, downlink sequence numbers, command states) is committed
@@ -309,7 +309,16 @@ class Hub:
             header = hp.parse_header(data)  # raises what is wrong with it
         if header.key_id is None:
             return self._reject("unknown key", addr, "no key id")
-        dev = self._device(header.key_id)
+        try:
+            dev = self._device(header.key_id)
+        except keyseal.KeyNotAtHand as e:
+            # Sealed under a KEK this hub was not started with (rotated before every hub held both,
+            # docs/hub.md section 5): a rejection like the others, counted and logged in aggregate.
+            # Nothing is cached (each datagram costs a row read, as an unknown key id does), so a
+            # hub restarted with the KEK, or a rewrap back, serves it again.
+            return self._reject("key not at hand", addr, str(e))
+        except keyseal.KekError as e:  # a blob altered or moved to another row, or a clear key from before sealing
+            return self._reject("key does not open", addr, str(e))
         if dev is None or dev.retired:
             return self._reject("unknown key", addr, f"key id {header.key_id}")
         if dev.suspended:
@@ -752,7 +761,10 @@ def _command_record(args: argparse.Namespace) -> bytes:
 def _kek_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("key-encryption key (root keys are stored wrapped under it; docs/hub.md)")
     g.add_argument("--kek-file", help="the KEK (default: $CELLGUARD_HUB_KEK, $CELLGUARD_HUB_KEK_FILE, hub.kek beside the db)")
-    g.add_argument("--old-kek-file", action="append", default=[], help="a KEK still read during a rotation (repeatable)")
+    g.add_argument(
+        "--old-kek-file", action="append", default=[],
+        help="a KEK still read, never used to wrap, during a rotation (repeatable; or $CELLGUARD_HUB_KEK_OLD_FILE)",
+    )
     g.add_argument("--pkcs11-lib", help="a PKCS#11 module (e.g. libsofthsm2.so): the KEK stays on the token")
     g.add_argument("--pkcs11-token", help="the token's label")
     g.add_argument("--pkcs11-key", default="cellguard-kek", help="the AES key's label on the token")
@@ -805,7 +817,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("new-kek", help="create a key-encryption key file (random, mode 0600, never overwritten)")
     p.add_argument("--kek-file", required=True)
 
-    p = sub.add_parser("rotate-kek", help="rewrap every root key under --kek-file (hubs keep running)")
+    p = sub.add_parser(
+        "rotate-kek", help="rewrap every root key under --kek-file (every hub first holds both KEKs: docs/hub.md section 5)"
+    )
     p.add_argument("--db", required=True)
     _kek_args(p)
 
@@ -864,10 +878,15 @@ def main(argv: list[str] | None = None) -> int:
         return workers.supervise(list(sys.argv[1:] if argv is None else argv), args.workers, args.host, args.port)
     store = HubStore(args.db, keyring=keyring)
     if args.cmd == "rotate-kek":
-        n = store.rewrap_keys()
+        try:
+            n = store.rewrap_keys()
+        except keyseal.KekError as e:  # the rows before this one are rewrapped; a rerun goes on from here
+            log.error("%s: give every KEK still in use with --old-kek-file (docs/hub.md section 5)", e)
+            return 2
         print(f"rewrapped {n} root key(s) under KEK {keyring.current.id.hex()}")
         return 0
     if args.cmd == "serve":
+        log.info("%s", keyring.describe())  # the operator checks this before `rotate-kek`
         out = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115
         hub = Hub(store, out)
         hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)

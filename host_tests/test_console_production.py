@@ -7,7 +7,7 @@ import time
 
 import pytest
 import serial
-from mpremote.transport import TransportError, TransportExecError
+from mpremote.transport import TransportExecError
 from mpremote.transport_serial import SerialTransport
 from vboard import MPREMOTE, Board, flash, run_tool
 
@@ -174,6 +174,35 @@ def test_ctrl_c_storm_during_power_on_does_not_open_the_repl(locked):
         again.stop()
 
 
+LOCKDOWN_REASON = "locked console: the unit is in lockdown (no verified image in either slot)"
+# A line's answer in lockdown: the refusal, or (when the second's bound was spent) the count of
+# lines it dropped, written when the port falls quiet.
+LINE_ANSWERS = (b"(console locked)\r\n", b"(console busy or not read)\r\n")
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n>"
+# Probes and what ends each one's answer. Answers to the raw-REPL handshake are never dropped (they
+# wait for the next second), so each raw step is sent once its answer came, as mpremote does.
+LOCKDOWN_PROBES = (
+    (b"\x03" * 20, LINE_ANSWERS),                   # a Ctrl-C storm: one line's answer
+    (b"\x04", LINE_ANSWERS),                        # soft reset: nothing is reset
+    (b"\r\x01", (RAW_BANNER,)),                     # raw REPL: the banner, no REPL
+    (b"import os\x04", (b"\x04>",)),                 # a block of code: refused with the reason
+    (b"\x05A\x01", (b"R\x00",)),                     # raw paste: not supported
+    (b"print(1)\x04", (b"\x04>",)),
+    (b"\x03\x03\x04", (b"no soft reboot\r\n" + RAW_BANNER,)),
+    (b"\x02", LINE_ANSWERS),                        # Ctrl-B: back to refusing lines
+    (b"\rstatus\r", LINE_ANSWERS),
+)
+
+
+def _read_answer(s, endings) -> bytes:
+    out = b""
+    while not out.endswith(endings):
+        c = s.read(1)
+        assert c, ("no answer", endings, out)  # the port's timeout: a hang, not an answer
+        out += c
+    return out
+
+
 def test_locked_unit_whose_image_does_not_verify_keeps_the_repl_closed(locked):
     # No slot verifies (slot a corrupted, no slot b) and a production unit has no /lib/cellguard:
     # boot.py and main.py cannot import the application, and the boot part's lockdown holds the port.
@@ -192,20 +221,29 @@ def test_locked_unit_whose_image_does_not_verify_keeps_the_repl_closed(locked):
             s.write(b"\r")
             first = s.read_until(b"(console locked)\r\n")
             assert b"lockdown (no verified image in either slot): error: input ignored" in first, first
-            for probe in (b"\x03" * 20, b"\x04", b"\r\x01import os\x04", b"\x05A\x01print(1)\x04", b"\x02",
-                          b"\rstatus\r"):
+            seen = b""
+            for probe, endings in LOCKDOWN_PROBES:
                 s.write(probe)
-                out = s.read_until(b"(console locked)\r\n")
-                assert b"raw REPL" not in out and b">>> " not in out and b"Traceback" not in out, (probe, out)
-                assert out.endswith(b"error: input ignored (console locked)\r\n"), (probe, out)
-        t = SerialTransport(again.port, timeout=1)
+                out = _read_answer(s, endings)
+                assert b">>> " not in out and b"Traceback" not in out, (probe, out)
+                seen += out
+            assert LOCKDOWN_REASON.encode() in seen and b"R\x00" in seen, seen
+        # The real mpremote, with no deadline of its own, fails at once and says why; nothing runs.
+        proc = again.mpremote("exec", "open('pwned','w').close()", check=False)
+        assert proc.returncode == 1 and LOCKDOWN_REASON in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        # A read timeout of 5 s, as cellguard flash has: an answer over the lockdown's bound of writes
+        # a second (mpremote above spent this second's) comes when the next second begins.
+        t = SerialTransport(again.port, timeout=5)
         try:
-            with pytest.raises(TransportError):
-                t.enter_raw_repl(soft_reset=True, timeout_overall=3)
+            t.enter_raw_repl(soft_reset=True, timeout_overall=30)
+            with pytest.raises(TransportExecError, match="in lockdown"):
+                t.exec("open('pwned','w').close()")
+            t.exit_raw_repl()
         finally:
             t.close()
     finally:
         again.stop()
+    assert b"pwned" not in again.image.read_bytes()
 
 
 def test_the_challenge_names_the_device_id_the_page_shows(locked):

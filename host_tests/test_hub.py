@@ -230,6 +230,23 @@ def test_cli_help_runs_as_a_program():
         assert "usage:" in proc.stdout
 
 
+def test_cellguard_help_lists_every_hub_subcommand():
+    # `cellguard --help` names the hub's subcommands in one line; it once left out new-kek and rotate-kek.
+    import re
+    import subprocess
+    import sys
+
+    def run(*args):
+        proc = subprocess.run([sys.executable, "-m", "cgcli", *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    subcommands = re.search(r"\{([a-z,-]+)\}", run("hub", "--help")).group(1).split(",")
+    hub_line = next(line for line in run("--help").splitlines() if line.split()[:1] == ["hub"])
+    assert "new-kek" in subcommands and "rotate-kek" in subcommands
+    assert hub_line.split(": ", 1)[1].split(" | ") == subcommands, hub_line
+
+
 def test_queued_time_rides_the_next_ack_and_is_done(tmp_path):
     hub = make_hub(tmp_path)
     hub.clock = lambda: 1_900_000_000

@@ -3,10 +3,12 @@ a locked unit with nothing verified never runs /lib, answers every line with its
 status tool says "the unit is in lockdown: <reason>" (exit 6). Runs on the MicroPython unix port
 and CPython; the CircuitPython stdio through the test shim."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from harness import FIRMWARE, MICROPYTHON_RT, MP_SUPPORT, cpython_env, micropython_cmd, micropython_env
@@ -105,32 +107,89 @@ def test_circuitpython_lockdown_uses_the_data_cdc_or_supervisor_not_select(runti
         assert line in out
 
 
-def test_status_tool_says_the_unit_is_in_lockdown(tmp_path):
-    # cellguard status against a pty whose other end is a real lockdown (MicroPython unix port).
+@contextlib.contextmanager
+def _lockdown_on_pty(runtime, tmp_path, reason, retry_s):
+    """A real lockdown holding a pty's master side (as a unit holds its port); yields the technician's end."""
     import pty
     import tty
 
-    from cgdev import status as status_tool
-
     master, slave = pty.openpty()
     tty.setraw(slave)
-    env = micropython_env((), {**os.environ, "CELLGUARD_FS": str(tmp_path)})
-    proc = subprocess.Popen([*micropython_cmd(), "-c", HOLD.replace("retry_s=1", "retry_s=30") % "slot a: bad_signature"],
-                            stdin=master, stdout=master, stderr=subprocess.DEVNULL, env=env)
+    script = HOLD.replace("retry_s=1", "retry_s=%d" % retry_s) % reason
+    env = {**os.environ, "CELLGUARD_FS": str(tmp_path)}
+    if runtime.name == "micropython":
+        cmd, env = [*micropython_cmd(), "-c", script], micropython_env((), env)
+    else:
+        cmd, env = [sys.executable, "-c", script], cpython_env((), env)
+    proc = subprocess.Popen(cmd, stdin=master, stdout=master, stderr=subprocess.DEVNULL, env=env)
     try:
-        port = os.ttyname(slave)  # the technician's end; the unit holds the pty's master side
-        with pytest.raises(status_tool.StatusToolError) as err:
-            # The lockdown's refusal ends the wait; the bound is for a loaded machine's slow unit.
-            with status_tool.ConsoleClient(port, timeout=20) as client:
-                client.attach()
-        assert err.value.code == status_tool.EXIT_LOCKDOWN == 6
-        assert str(err.value).startswith("the unit is in lockdown: slot a: bad_signature.")
-        assert "does not answer" not in str(err.value)
+        yield os.ttyname(slave)
     finally:
         proc.kill()
         proc.wait()
         os.close(master)
         os.close(slave)
+
+
+def _status_says_lockdown(port, reason):
+    from cgdev import status as status_tool
+
+    with pytest.raises(status_tool.StatusToolError) as err:
+        # The lockdown's refusal ends the wait; the bound is for a loaded machine's slow unit.
+        with status_tool.ConsoleClient(port, timeout=20) as client:
+            client.attach()
+    assert err.value.code == status_tool.EXIT_LOCKDOWN == 6
+    assert str(err.value).startswith("the unit is in lockdown: %s." % reason)
+    assert "does not answer" not in str(err.value)
+
+
+def test_status_tool_says_the_unit_is_in_lockdown(tmp_path):
+    # cellguard status against a pty whose other end is a real lockdown (MicroPython unix port).
+    with _lockdown_on_pty(MICROPYTHON_RT, tmp_path, "slot a: bad_signature", retry_s=30) as port:
+        _status_says_lockdown(port, "slot a: bad_signature")
+
+
+MPREMOTE = Path(sys.executable).parent / "mpremote"
+
+
+@pytest.mark.timeout(240)
+def test_mpremote_fails_at_once_and_names_the_lockdown_reason(runtime, tmp_path):
+    # The real mpremote against a real lockdown on a pty: its reads there have no timeout, and it
+    # used to wait for ever for the raw-REPL banner. Now it gets the banner, its code is refused with
+    # the lockdown's reason as the error, and it exits 1 saying so. The 60 s bound only catches the
+    # old hang: the assertions are on the refusal it prints. Two runs back to back (the second
+    # within the first's second of answers), then cellguard status: Ctrl-B left the raw REPL.
+    reason = "slot a: bad_signature"
+    said = "locked console: the unit is in lockdown (%s); its firmware cannot run" % reason
+    with _lockdown_on_pty(runtime, tmp_path, reason, retry_s=300) as port:
+        for args in (("exec", "open('pwned','w').close()"), ("fs", "ls")):
+            try:
+                proc = subprocess.run([str(MPREMOTE), "connect", port, *args], capture_output=True, text=True,
+                                      timeout=60)
+            except subprocess.TimeoutExpired as e:
+                raise AssertionError("mpremote %s still waited after 60 s: %r" % (args[0], e.stdout)) from None
+            out = proc.stdout + proc.stderr
+            assert proc.returncode == 1, out
+            assert said in out and "Traceback" not in out and "could not enter raw repl" not in out, out
+        _status_says_lockdown(port, reason)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_flash_says_a_unit_in_lockdown_needs_its_runtime_not_a_service_response(tmp_path):
+    # cellguard flash's own mpremote transport gets the same refusal: it names the lockdown and does
+    # not send the technician to a service action that lockdown does not have.
+    from cgdev import flash
+
+    with _lockdown_on_pty(MICROPYTHON_RT, tmp_path, "slot a: bad_signature", retry_s=300) as port:
+        device = flash.Device(port)
+        try:
+            with pytest.raises(flash.FlashError) as err:
+                device.enter(timeout=30)
+        finally:
+            device.t.close()
+    assert err.value.code == 5
+    assert "the unit is in lockdown (slot a: bad_signature)" in str(err.value)
+    assert "re-flash its runtime" in str(err.value) and "open-repl" not in str(err.value)
 
 
 def test_a_flood_with_a_reader_that_does_not_read_never_holds_the_lockdown(runtime, tmp_path):
@@ -201,3 +260,49 @@ def test_a_flood_that_outlasts_the_hold_is_counted_before_the_reset(ms_per_byte)
 
 def _counted(lines):
     return sum(int(line.split()[1]) for line in lines)
+
+
+def _scripted_hold(script, retry_s=3):
+    # hold() on a scripted port: script is (ms it costs, byte or None for a quiet poll) in turn,
+    # then a quiet port; returns what was written, each write with the ms it was written at.
+    from cgboot import lockdown
+
+    now, feed, out = [0], list(script), []
+
+    def read_byte(timeout_ms):
+        ms, b = feed.pop(0) if feed else (timeout_ms, None)
+        now[0] += ms
+        return b
+
+    def reset():
+        raise _Reset
+
+    with pytest.raises(_Reset):
+        lockdown.hold("test reason", retry_s=retry_s, read_byte=read_byte,
+                      write=lambda s: out.append((now[0], s)), reset=reset, clock=lambda: now[0])
+    return out[1:]  # after the "console locked" banner
+
+
+def test_an_answer_to_mpremote_over_the_bound_waits_for_the_next_second():
+    # The second's bound is spent on lines when mpremote's Ctrl-A comes: its banner is not dropped
+    # (mpremote would wait for ever on a pty) but written when the next second begins, and the count
+    # of dropped lines waits until Ctrl-B has left the raw REPL (text there breaks mpremote's framing).
+    from cgboot import lockdown
+
+    out = _scripted_hold([(1, 13)] * 10 + [(1, 1)] + [(200, None)] * 6 + [(1, 2)])
+    texts = [s for _, s in out]
+    banner = "\r\nraw REPL; CTRL-B to exit\r\n>"
+    assert texts[:9] == [lockdown.refusal("test reason")] * 8 + [banner], texts
+    assert out[7][0] < 1000 <= out[8][0]  # the next second: the fifth quiet poll after the Ctrl-A
+    assert texts[9:] == ["\r\n", lockdown.refusal("test reason"), lockdown.DROPPED % 2], texts
+
+
+def test_a_ctrl_a_flood_keeps_the_bound_and_the_reset():
+    # Ctrl-A, Ctrl-D, raw paste and Ctrl-C bytes that never fall quiet: each is an answer to
+    # mpremote, still at most _REFUSALS writes a second, and the hold resets on time.
+    out = _scripted_hold([(1, b) for b in b"\x01\x04\x05A\x01x\x04\x03" * 1000])
+    per_second = {}
+    for ms, _ in out:
+        per_second[ms // 1000] = per_second.get(ms // 1000, 0) + 1
+    assert out and max(per_second.values()) <= 8, per_second  # (the fake clock starts each second on the ms)
+    assert 3 * 8 <= len(out) <= 4 * 8  # the hold answered all along and still ended on time (3 s)

@@ -28,3 +28,22 @@ def test_mpremotes_handshake_gets_the_banner_no_paste_and_the_reason_as_the_erro
     assert out[0] == repr(expected)
     _, first_end, last = out[1].split()
     assert first_end == last  # only the final Ctrl-B leaves
+
+
+EMPTY_BLOCK = r"""
+from cgboot.rawrefusal import RawRefusal
+out = []
+r = RawRefusal(out.append, 'REASON')
+r.start()
+for b in b'\x05A\x01' + b'\x04':
+    r.feed(b)
+print(repr(''.join(out)))
+"""
+
+
+def test_an_empty_block_after_the_declined_raw_paste_is_refused_not_taken_for_a_soft_reset(runtime):
+    # mpremote's exec("") (cellguard flash sends it to tell a locked unit from an open one): after
+    # "R\x00" its Ctrl-D ends a block, and mpremote reads "OK" next; "locked: no soft reboot" there
+    # made it fail with "could not exec command (response: b'lo')", without the reason.
+    out = runtime.run(EMPTY_BLOCK).strip().splitlines()
+    assert out[0] == repr("\r\nraw REPL; CTRL-B to exit\r\n>" "R\x00" "OK\x04REASON\r\n\x04>")

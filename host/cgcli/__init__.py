@@ -2,7 +2,7 @@
 
     cellguard flash [--board NAME] [--port PORT]     put the firmware on a board (no port: the virtual board)
     cellguard status --port PORT [--json]            a unit's status page, as a technician reads it
-    cellguard hub serve --db hub.sqlite              the hub (also register-device, queue, publish, stats)
+    cellguard hub serve --db hub.sqlite              the hub (also register-device, new-kek, rotate-kek, queue, publish, stats)
     cellguard <command> --help                       each command's own options
 
 Each command is a module's `main(argv)`; the module is imported only when its command runs, so
@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "provision": ("cgdev.provision", "bind SIM and modem to a unit and register its key with the hub"),
     "image": ("cgdev.image", "build, sign, verify and inspect firmware images (imgtool / MCUboot)"),
     "bundle": ("cgdev.bundle", "the pinned device libraries, staged for a board"),
-    "hub": ("cghub.server", "the hub: serve | register-device | queue | publish | stats"),
+    "hub": ("cghub.server", "the hub: serve | register-device | new-kek | rotate-kek | queue | publish | stats"),
     "emulator": ("cgsim.modem.cli", "an emulated cellular modem on a pty"),
     "virtual-board": ("cgsim.virtual_board", "a virtual board (MicroPython on littlefs) on a pty"),
     "demo": ("cgdev.demo", "hub + emulated modem + virtual board, end to end"),

@@ -175,6 +175,16 @@ class CopyReport:
     bytes_sent: int = 0
 
 
+def _locked_hint(why: str) -> str:
+    # The boot part's lockdown has no service action to open the REPL: the unit needs its runtime
+    # flashed again (its refusal says "in lockdown"); a locked application console opens with one.
+    if "in lockdown" in why:
+        return ("Its firmware cannot run and the boot part holds the console: re-flash its runtime "
+                "(docs/field-guide.md, 'Lockdown'), then flash again.")
+    return ("A production unit's console is locked: open it with `cellguard status --port PORT --service open-repl` "
+            "(this tool does it when --service-key names the master key), then flash again.")
+
+
 class Device:
     """The board through mpremote's SerialTransport (its raw REPL client: nothing hand-written)."""
 
@@ -203,12 +213,8 @@ class Device:
             # (cgboot.rawrefusal), so one empty block tells a locked unit from an open one.
             self.t.exec("")
         except self._TransportError as e:
-            why = getattr(e, "error_output", None) or e
-            raise FlashError(
-                f"the device on {self.port} does not open its REPL ({str(why).strip()}). A production unit's "
-                "console is locked: open it with `cellguard status --port PORT --service open-repl` (this tool "
-                "does it when --service-key names the master key), then flash again.", 5
-            ) from e
+            why = str(getattr(e, "error_output", None) or e).strip()
+            raise FlashError(f"the device on {self.port} does not open its REPL ({why}). {_locked_hint(why)}", 5) from e
 
     def exec(self, code: str) -> bytes:
         return self.t.exec(code)

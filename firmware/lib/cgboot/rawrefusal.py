@@ -7,6 +7,7 @@
 #   Ctrl-D (soft reset)    waits for "soft reboot\r\n", the banner     "locked: no soft reboot\r\n" + banner
 #   Ctrl-E A Ctrl-A        reads 2 bytes (raw paste?)                  "R\x00": not supported
 #   code, Ctrl-D           "OK", output, \x04, error output, \x04, ">" "OK", none, the reason as the error
+#                          (after a declined raw paste, an empty block too)
 # mpremote then raises with the reason as the device's error output and exits 1 (`mpremote exec`
 # prints it; `mpremote fs ...` says "Error with transport:" and the reason). Ctrl-B ends it.
 # The code is never stored: only whether any byte came since the last Ctrl-A/Ctrl-D, and the last
@@ -39,9 +40,12 @@ class RawRefusal:
         if b == 1:
             if prev == 0x41 and prev2 == 5:
                 self.write("R\x00")  # raw paste declined: mpremote sends the code plainly
+                # and its Ctrl-D ends a block even when it is empty (cellguard flash sends one
+                # to tell a locked unit from an open one): refused, not taken for a soft reset
+                self._code = True
             else:
                 self.write("\r\n" + BANNER)
-            self._code = False
+                self._code = False
         elif b == 4:
             if self._code:
                 self.write("OK\x04" + self.reason + "\r\n\x04>")

@@ -8,7 +8,7 @@ import pytest
 from harness import FIRMWARE_LIB
 from vboard import Board, flash, run_tool
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)  # a flash and an mpremote run: over 120 s with six workers on two cores
 
 
 @pytest.fixture

@@ -195,10 +195,11 @@ class Device:
         self.port = port
         self._TransportError = TransportError
         try:
-            # A read timeout, so a device that never answers (a locked console) cannot hang us on a pty.
-            # Not 1 s: mpremote reads the 2-byte answer to its raw-paste request with this timeout, and a
-            # board on a loaded machine answered later than 1 s, which mpremote took for "no raw REPL".
-            self.t = SerialTransport(port, baudrate=baud, timeout=5)
+            # A read timeout, so a device that never answers cannot hang us on a pty (a locked console
+            # answers at once). Long: mpremote reads the 2-byte answer to its raw-paste request with this
+            # timeout and takes a late answer for "could not enter raw repl"; a board on a heavily loaded
+            # machine (six test workers on two cores) answered later than 1 s, then later than 5 s.
+            self.t = SerialTransport(port, baudrate=baud, timeout=30)
         except TransportError as e:
             raise FlashError(f"cannot open {port}: {e} (wrong port? is another program using it?)", 2) from e
 

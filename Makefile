@@ -10,8 +10,10 @@ PYTEST_ARGS ?=
 # Tests run in parallel (pytest-xdist). Most of a test's time is spent waiting on another process (the
 # MicroPython VM, the modem emulator, the virtual board), so more workers than cores pays; a module
 # sharing an expensive fixture stays on one worker (host_tests/xdist_groups.py, --dist loadgroup).
-# Measured on the 2-core machine: -n 4 180 s, -n 6 169 s; JOBS=0 runs them one at a time, in one process.
-JOBS ?= 6
+# Measured on the 2-core machine: -n 4 180 s, -n 6 169 s when the suite had 600 tests; at 853 tests
+# -n 6 took 183-222 s and timed out two virtual-board tests (mpremote's probe answered late), -n 4
+# passed in 191 s. JOBS=0 runs them one at a time, in one process.
+JOBS ?= 4
 
 BOARD   ?= virtual
 PORT    ?=

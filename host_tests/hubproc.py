@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 LISTENING = re.compile(r"hub listening on [\d.]+:(\d+)")
@@ -24,6 +25,7 @@ class HubProcess:
             argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
         )
         self.lines: list[str] = []
+        self.stamps: list[float] = []  # time.monotonic() when each line was read: the order of events
         self._cond = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
         self.port = self.wait_listening()
@@ -32,6 +34,7 @@ class HubProcess:
         for line in self.proc.stderr:
             with self._cond:
                 self.lines.append(line.rstrip())
+                self.stamps.append(time.monotonic())
                 self._cond.notify_all()
         with self._cond:
             self.lines.append("<eof>")
@@ -49,6 +52,12 @@ class HubProcess:
         if not ok or len(hits) < count:
             raise AssertionError(f"hub never logged {rx.pattern!r} x{count}:\n" + "\n".join(self.lines[-40:]))
         return hits
+
+    def stamp(self, pattern: str, nth: int = 0) -> float:
+        """When the nth line matching pattern was read (it must have been)."""
+        rx = re.compile(pattern)
+        with self._cond:
+            return [t for x, t in zip(self.lines, self.stamps, strict=False) if rx.search(x)][nth]
 
     def wait_listening(self) -> int:
         ports = {int(LISTENING.search(x).group(1)) for x in self.wait_for(LISTENING, self.workers)}

@@ -3,7 +3,11 @@ duplicates from many source addresses; and SIGTERM, which drains the batch in ha
 
 import json
 import re
+import selectors
+import signal
 import socket
+import threading
+import time
 
 from cellguard import downlink
 from cghub import keyseal
@@ -126,3 +130,123 @@ def test_sigterm_drains_the_batch_in_hand_and_exits_cleanly(tmp_path):
     written = [json.loads(x)["seq"] for x in out.read_text().splitlines()]
     assert acked <= stored  # nothing answered that was not committed
     assert sorted(written) == sorted(stored)  # everything committed was written out, once
+
+
+# ---- SIGHUP: the workers restarted one at a time ------------------------------------------------------
+class _Fleet:
+    """Devices, each on its own socket (its own source address), each sending its next reading once the
+    last is acknowledged and the same datagram again after RETRY_S unanswered: as devices in the field."""
+
+    RETRY_S = 0.2
+
+    def __init__(self, store, port: int, count: int = 24, key_base: int = 51_000):
+        from cgsim import fleet as fl
+
+        fl.register(store, count, key_base, b"reload")
+        self.devices = [fl.SimDevice(key_base + i, fl.root_key(b"reload", key_base + i)) for i in range(count)]
+        self.port = port
+        self.answers: list[float] = []  # time.monotonic() of every answer
+        self.acked = {d.key_id: 0 for d in self.devices}  # readings answered, per device
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(60)
+
+    def wait_answers(self, n: int, timeout: float = 120) -> None:
+        end = time.monotonic() + timeout
+        while len(self.answers) < n:
+            assert time.monotonic() < end, f"{len(self.answers)} answers, waited for {n}"
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        from cgsim import fleet as fl
+
+        socks = _sockets(len(self.devices))
+        try:
+            sel = selectors.DefaultSelector()
+            pending = {}
+            for s, d in zip(socks, self.devices, strict=True):
+                s.setblocking(False)
+                sel.register(s, selectors.EVENT_READ, d)
+                pending[d.key_id] = [d.seal(fl.reading(d.key_id, 0))[1], 0.0]
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for s, d in zip(socks, self.devices, strict=True):
+                    gram, sent = pending[d.key_id]
+                    if now - sent >= self.RETRY_S:
+                        s.sendto(gram, ("127.0.0.1", self.port))
+                        pending[d.key_id][1] = now
+                for key, _ in sel.select(0.02):
+                    s, d = key.fileobj, key.data
+                    try:
+                        opened = d.open(s.recv(2048))
+                    except OSError:
+                        continue
+                    acks = downlink.parse(opened[1]) if opened else []
+                    if not any(r[0] == "ack" and d.next_seq - 1 in downlink.acked(r[1], r[2]) for r in acks):
+                        continue  # the answer to a copy sent earlier: this reading is still unanswered
+                    self.answers.append(time.monotonic())
+                    self.acked[d.key_id] += 1
+                    pending[d.key_id] = [d.seal(fl.reading(d.key_id, self.acked[d.key_id]))[1], 0.0]
+        finally:
+            for s in socks:
+                s.close()
+
+
+def _pids(line: str) -> set[int]:
+    return {int(x) for x in re.findall(r"\b\d+\b", line.split("workers", 1)[1]) if x != "2"}
+
+
+def test_sighup_restarts_the_workers_one_at_a_time_and_the_hub_answers_throughout(pg_url):
+    # `systemctl reload`: each worker drains and exits, its successor starts, and only once it listens
+    # is the next one restarted. While one is away the other has every source address (the kernel
+    # rehashes over the sockets bound), so answers keep coming in each gap; nothing is accepted twice.
+    store = PostgresStore(pg_url, keyring=keyseal.keyring_from())
+    with HubProcess(["--db", pg_url], workers=2) as hub, _Fleet(store, hub.port) as fleet:
+        before = _pids(hub.wait_for(r"hub supervisor: 2 workers")[0])
+        fleet.wait_answers(50)
+        hub.proc.send_signal(signal.SIGHUP)
+        done = hub.wait_for(r"hub reload done")[0]
+        after = len(fleet.answers)
+        fleet.wait_answers(after + 50)  # and the new workers serve
+        for i in range(2):  # each worker's gap: from its drain to its successor's first "listening"
+            gone = hub.stamp(r"hub stopping: drained", i)
+            back = hub.stamp(r"hub listening on", 2 + i)
+            assert gone < back
+            assert [t for t in fleet.answers if gone < t < back], f"no answer while worker {i} restarted"
+        assert hub.stop() == 0
+    new = _pids(done)
+    assert len(new) == 2 and not new & before  # both replaced
+    assert not [x for x in hub.lines if "internal error" in x or "rejected" in x or "halted" in x]
+    stored = {}
+    for _, m in store.messages(limit=1 << 30):
+        stored.setdefault(m.key_id, []).append(m.seq)
+    for key_id, n in fleet.acked.items():  # every answered reading stored once; at most the one in flight more
+        seqs = sorted(stored.get(key_id, []))
+        assert seqs in (list(range(n)), list(range(n + 1))), (key_id, n, seqs)
+
+
+def test_a_reload_whose_new_worker_cannot_start_halts_and_the_others_keep_serving(pg_url, tmp_path):
+    kek = tmp_path / "hub.kek"
+    keyseal.create_kek_file(kek)
+    store = PostgresStore(pg_url, keyring=keyseal.keyring_from(kek_file=kek))
+    with HubProcess(["--db", pg_url, "--kek-file", str(kek)], workers=2) as hub, _Fleet(store, hub.port) as fleet:
+        fleet.wait_answers(20)
+        kek.chmod(0o644)  # a broken configuration: a KEK others may read is refused at start
+        hub.proc.send_signal(signal.SIGHUP)
+        hub.wait_for(r"hub reload halted: the new worker 0 exited \(2\)")
+        n = len(fleet.answers)
+        fleet.wait_answers(n + 50)  # worker 1 serves every device on its own
+        kek.chmod(0o600)
+        hub.proc.send_signal(signal.SIGHUP)  # fixed: the next reload starts the empty slot first
+        done = hub.wait_for(r"hub reload done")[0]
+        assert "-" not in done.split("workers", 1)[1]
+        fleet.wait_answers(len(fleet.answers) + 50)
+        assert hub.stop() == 0
+    assert hub.wait_for(r"the KEK file .* is readable by others")

@@ -4,6 +4,7 @@ KEK, a rotation rewraps every key while a hub keeps serving, and a PKCS#11 token
 import logging
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cellguard import downlink
-from cghub import keyseal, workers
+from cghub import keyseal
 from cghub import server as hubmod
 from cghub.store import SqliteStore
 from hubkit import DEVICE, KEY_ID, ROOT, device_channel
@@ -197,6 +198,22 @@ def test_a_keyring_given_both_keks_wraps_under_the_new_and_opens_either():
         keyseal.Keyring(old).unwrap(1, new.wrap(1, ROOT))
 
 
+def test_an_old_kek_file_that_is_not_there_is_skipped_and_named_one_that_is_there_must_read(tmp_path, no_env_kek, monkeypatch):
+    # A unit names hub.kek.old for good; it exists only during a rotation (docs/hub.md section 5).
+    kek, old = tmp_path / "hub.kek", tmp_path / "hub.kek.old"
+    current = keyseal.create_kek_file(kek)
+    monkeypatch.setenv(keyseal.ENV_KEK_OLD_FILE, str(old))
+    ring = keyseal.keyring_from(kek_file=kek)
+    assert ring.older == [] and ring.absent == [str(old)]
+    assert f"older KEKs also read: none; {old} absent" in ring.describe()
+    previous = keyseal.create_kek_file(old)
+    ring = keyseal.keyring_from(kek_file=kek)
+    assert [k.id for k in ring.older] == [previous.id] and ring.absent == [] and ring.current.id == current.id
+    old.chmod(0o644)  # there, and not to be trusted: refused, as the current KEK's file would be
+    with pytest.raises(keyseal.KekError, match="readable by others"):
+        keyseal.keyring_from(kek_file=kek)
+
+
 def test_a_key_under_a_kek_the_hub_lacks_is_a_counted_reject_and_the_others_are_served(tmp_path, no_env_kek, caplog):
     # The situation the old procedure left: a hub reading the old KEK only, `rotate-kek` run under it.
     old_file, new_file = tmp_path / "old.kek", tmp_path / "new.kek"
@@ -223,49 +240,52 @@ def test_a_key_under_a_kek_the_hub_lacks_is_a_counted_reject_and_the_others_are_
 
 
 def test_the_documented_kek_rotation_leaves_no_worker_unable_to_open_a_key(pg_url, tmp_path, no_env_kek, capsys):
-    # docs/hub.md section 5, step by step, with two real workers on one port and one database: after
-    # every step each device, loaded before or never, gets its ack from whichever worker the kernel picks.
-    old_file, new_file = tmp_path / "hub.kek", tmp_path / "hub.kek.new"
-    keyseal.create_kek_file(old_file)
+    # docs/hub.md section 5, step by step, on one host: the unit of section 2 (two workers on one port
+    # and one database, its KEK files named in its environment) and `systemctl reload` (SIGHUP: the
+    # workers restarted one at a time). After every step each device, loaded before or never, gets its
+    # ack from whichever worker the kernel picks, and no datagram is refused.
+    kek, old, new = tmp_path / "hub.kek", tmp_path / "hub.kek.old", tmp_path / "hub.kek.new"
+    keyseal.create_kek_file(kek)
+    old_id = keyseal.read_kek_file(kek).id.hex()
     roots = [os.urandom(32) for _ in range(6)]
     fleet = [device_channel(key_id=KEY_ID + i, root=root) for i, root in enumerate(roots)]
     for dev, root in zip(fleet[:5], roots, strict=False):
-        assert _register(pg_url, old_file, dev.key_id, f"dev-{dev.key_id}", root) == 0
-    port = workers.pick_port("127.0.0.1")
-    on_old, on_both = ["--kek-file", str(old_file)], ["--kek-file", str(new_file), "--old-kek-file", str(old_file)]
+        assert _register(pg_url, kek, dev.key_id, f"dev-{dev.key_id}", root) == 0
+    unit_env = {keyseal.ENV_KEK_FILE: str(kek), keyseal.ENV_KEK_OLD_FILE: str(old)}
+    reloads = 0
 
-    def worker(kek_args) -> HubProcess:
-        return HubProcess(["--db", pg_url, "--port", str(port), "--reuse-port", *kek_args])
+    def reload() -> None:  # systemctl reload cellguard-hub
+        nonlocal reloads
+        reloads += 1
+        hub.proc.send_signal(signal.SIGHUP)
+        hub.wait_for("hub reload done", count=reloads)
 
-    def restart_one_at_a_time(kek_args) -> None:
-        for i in range(len(pool)):
-            assert pool[i].stop() == 0  # SIGTERM: it drains; the other worker takes the traffic
-            assert _answered(fleet[0], port)
-            pool[i] = worker(kek_args)
-
-    pool = [worker(on_old), worker(on_old)]
-    try:
-        assert _answered(fleet[0], port)  # fleet[0] is loaded (cached) before the rotation, the others not
+    with HubProcess(["--db", pg_url], workers=2, env=unit_env) as hub:
+        hub.wait_for(f"wrapped under KEK {old_id}; older KEKs also read: none; {old} absent", count=2)
+        assert _answered(fleet[0], hub.port)  # fleet[0] is loaded (cached) before the rotation, the others not
         # 1. a new KEK
-        assert hubmod.main(["new-kek", "--kek-file", str(new_file)]) == 0
-        new_id = keyseal.read_kek_file(new_file).id.hex()
-        # 2. every worker restarted with both: it opens keys under either
-        restart_one_at_a_time(on_both)
-        for w in pool:
-            w.wait_for(f"new root keys wrapped under KEK {new_id}")
-        # 3. registration (provisioning) wraps under the new KEK from now on
-        assert _register(pg_url, new_file, fleet[5].key_id, "dev-new", roots[5]) == 0
+        assert hubmod.main(["new-kek", "--kek-file", str(new)]) == 0
+        new_id = keyseal.read_kek_file(new).id.hex()
+        # 2. the current KEK becomes the old one, the new one the current, and the workers reload
+        os.link(kek, old)
+        os.replace(new, kek)
+        reload()
+        hub.wait_for(f"wrapped under KEK {new_id}; older KEKs also read: {old_id}", count=2)
+        assert all(_answered(dev, hub.port) for dev in fleet[:5])
+        # 3. registration (provisioning) wraps under the new KEK
+        assert _register(pg_url, kek, fleet[5].key_id, "dev-new", roots[5]) == 0
         # 4. every stored key rewrapped under the new KEK (refused, saying which KEK, without the old one)
-        assert hubmod.main(["rotate-kek", "--db", pg_url, "--kek-file", str(new_file)]) == 2
-        assert hubmod.main(["rotate-kek", "--db", pg_url, *on_both]) == 0
-        assert all(_answered(dev, port) for dev in fleet for _ in range(2))
-        # 5. once `rotate-kek` has nothing left to do, the old KEK is dropped
+        assert hubmod.main(["rotate-kek", "--db", pg_url, "--kek-file", str(kek)]) == 2
+        both = ["--kek-file", str(kek), "--old-kek-file", str(old)]
+        assert hubmod.main(["rotate-kek", "--db", pg_url, *both]) == 0
+        assert all(_answered(dev, hub.port) for dev in fleet for _ in range(2))
+        # 5. once `rotate-kek` has nothing left to do, the old KEK is retired and the workers reload
         capsys.readouterr()
-        assert hubmod.main(["rotate-kek", "--db", pg_url, *on_both]) == 0
+        assert hubmod.main(["rotate-kek", "--db", pg_url, *both]) == 0
         assert "rewrapped 0 root key(s)" in capsys.readouterr().out
-        restart_one_at_a_time(["--kek-file", str(new_file)])
-        assert all(_answered(dev, port) for dev in fleet for _ in range(2))
-    finally:
-        for w in pool:
-            assert w.stop() == 0
-    assert not [x for w in pool for x in w.lines if "internal error" in x or "rejected" in x]
+        os.replace(old, tmp_path / "hub.kek.retired")
+        reload()
+        hub.wait_for(f"wrapped under KEK {new_id}; older KEKs also read: none; {old} absent", count=2)
+        assert all(_answered(dev, hub.port) for dev in fleet for _ in range(2))
+        assert hub.stop() == 0
+    assert not [x for x in hub.lines if "internal error" in x or "rejected" in x or "halted" in x]

@@ -131,6 +131,7 @@ class Keyring:
 
     current: Kek | Pkcs11Kek
     older: list = field(default_factory=list)
+    absent: list = field(default_factory=list)  # old-KEK files named but not there (between rotations)
 
     def wrap(self, key_id: int, root: bytes) -> bytes:
         if len(root) != 32:
@@ -154,7 +155,8 @@ class Keyring:
         """Which KEKs this keyring holds, by id (never the keys): what an operator checks in a hub's log
         before rotating (docs/hub.md section 5)."""
         older = ", ".join(k.id.hex() for k in self.older) or "none"
-        return f"new root keys wrapped under KEK {self.current.id.hex()}; older KEKs also read: {older}"
+        absent = "".join(f"; {p} absent (read when present, during a rotation)" for p in self.absent)
+        return f"new root keys wrapped under KEK {self.current.id.hex()}; older KEKs also read: {older}{absent}"
 
     def needs_rewrap(self, blob: bytes) -> bool:
         """True for a blob not under the current KEK (an older one, or a clear key from before sealing)."""
@@ -215,13 +217,20 @@ def keyring_from(
     old_kek_files: list[str | Path] | tuple = (),
     pkcs11: dict | None = None,
 ) -> Keyring | None:
-    """The keyring an operator configured (see the module's docstring), or None if there is none."""
-    older: list = [read_kek_file(p) for p in old_kek_files]
+    """The keyring an operator configured (see the module's docstring), or None if there is none.
+
+    An old-KEK file that is not there is skipped (and named by Keyring.describe): a hub's unit may
+    name one for good, present only during a rotation, so that `systemctl reload` (a rolling restart
+    of the workers, cghub.workers) picks both KEKs up and then the new one alone (docs/hub.md
+    section 5). A file that is there and does not read is an error, as the current KEK's is."""
+    old_files = [*old_kek_files]
+    if os.environ.get(ENV_KEK_OLD_FILE):  # a systemd unit's Environment=
+        old_files.append(os.environ[ENV_KEK_OLD_FILE])
+    absent = [str(p) for p in old_files if not os.path.lexists(p)]
+    older: list = [read_kek_file(p) for p in old_files if str(p) not in absent]
     old_env = _env_kek(ENV_KEK_OLD)
     if old_env is not None:
         older.append(old_env)
-    if os.environ.get(ENV_KEK_OLD_FILE):  # a systemd unit's Environment= during a rotation
-        older.append(read_kek_file(os.environ[ENV_KEK_OLD_FILE]))
     current: Kek | Pkcs11Kek | None = None
     if pkcs11:
         current = Pkcs11Kek(**pkcs11)
@@ -237,7 +246,7 @@ def keyring_from(
                 current = read_kek_file(dev)
     if current is None:
         return None
-    return Keyring(current, [k for k in older if k.id != current.id])
+    return Keyring(current, [k for k in older if k.id != current.id], absent)
 
 
 def require(keyring: Keyring | None, what: str) -> Keyring:

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -687,9 +688,10 @@ class HubServer:
         self.stop()
 
 
-async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False) -> None:
+async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False, ready_fd: int | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain: take no new datagram, finish the batch in hand (its
-    commit and its answers), and return."""
+    commit and its answers), and return. `ready_fd`: a pipe to write one byte to once the port is
+    bound (how a reloading supervisor knows this worker serves, cghub.workers)."""
     loop = asyncio.get_running_loop()
     receiver = _open_endpoint(hub, host, port, loop, reuse_port)
     stop = asyncio.Event()
@@ -697,6 +699,9 @@ async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False) -> Non
         loop.add_signal_handler(sig, stop.set)
     # Tests and supervisors read the port from this line (port 0: the kernel chose it).
     log.info("hub listening on %s:%d", host, receiver.port)
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     try:
         await stop.wait()
         in_hand = receiver.busy
@@ -731,7 +736,7 @@ def _serve(hub: Hub, store: Store, args: argparse.Namespace) -> int:
         publisher = mqttout.MqttOut(store, host, port, client_id=args.mqtt_client_id, metrics=metrics).start()
         hub.after_commit = publisher.wake
     try:
-        asyncio.run(serve(hub, args.host, args.port, args.reuse_port))
+        asyncio.run(serve(hub, args.host, args.port, args.reuse_port, args.ready_fd))
     except KeyboardInterrupt:
         pass
     finally:
@@ -775,8 +780,6 @@ def _keyring(args: argparse.Namespace) -> keyseal.Keyring | None:
         return keyseal.keyring_from(args.db)
     pkcs11 = None
     if args.pkcs11_lib:
-        import os
-
         pin = os.environ.get("CELLGUARD_PKCS11_PIN", "")  # never on the command line (ps shows it)
         pkcs11 = {"lib_path": args.pkcs11_lib, "token_label": args.pkcs11_token, "pin": pin, "key_label": args.pkcs11_key}
     return keyseal.keyring_from(args.db, args.kek_file, args.old_kek_file, pkcs11)
@@ -795,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="N processes on one port (SO_REUSEPORT; needs PostgreSQL)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set for each worker
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # a reload's new worker says it listens
     p.add_argument("--mqtt", metavar="URL", help="publish accepted messages to this MQTT broker (mqtt://host:port)")
     p.add_argument("--mqtt-client-id", default="cellguard-hub", help="the publisher's MQTT client id")
     p.add_argument("--metrics-port", type=int, help="serve /metrics (Prometheus) here; worker i uses this + i")

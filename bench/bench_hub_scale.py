@@ -50,7 +50,7 @@ SOURCES = DEVICES  # one address per device
 WINDOW = 1  # per socket: one reading unanswered per device
 KEY_BASE = 700_000
 MQTT_MESSAGES = 3000
-ROUNDS = 3  # w1 and w2 each measured this many times, each on a fresh database: the medians are the figures
+ROUNDS = 5  # w1 and w2 each measured this many times, each on a fresh database: the medians are the figures
 ACCEPTED = re.compile(r"hub stopping: drained .* accepted (\d+)")
 
 GOALS = {

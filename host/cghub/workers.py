@@ -104,7 +104,10 @@ class Supervisor:
 
     def _reap(self) -> None:
         while self._live():
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:  # none left to reap (every live one is accounted for above)
+                return
             if pid == 0:
                 return
             for p in self._live():

@@ -250,3 +250,30 @@ def test_a_reload_whose_new_worker_cannot_start_halts_and_the_others_keep_servin
         fleet.wait_answers(len(fleet.answers) + 50)
         assert hub.stop() == 0
     assert hub.wait_for(r"the KEK file .* is readable by others")
+
+
+def test_sighup_to_a_hub_of_one_process_drains_and_runs_it_again_in_place(tmp_path):
+    # Without --workers there is no other worker to serve meanwhile: the hub drains, runs itself again
+    # (exec: the same pid for systemd, the same port, the JSON lines file appended to) and serves on.
+    db, out = tmp_path / "hub.sqlite", tmp_path / "messages.jsonl"
+    SqliteStore(db, keyring=keyseal.keyring_from()).register_device(KEY_ID, DEVICE, ROOT)
+    dev = device_channel()
+    (sock,) = _sockets(1)
+
+    def acked(n: int) -> bool:
+        sock.sendto(dev.seal(b"reading %d" % n), ("127.0.0.1", hub.port))
+        return n in _acked(sock.recvfrom(2048)[0])
+
+    with HubProcess(["--db", str(db), "--out", str(out)]) as hub:
+        assert acked(0)
+        hub.proc.send_signal(signal.SIGHUP)
+        hub.wait_for("hub reloading: running again")
+        again = hub.wait_for(r"hub listening on", count=2)[1]
+        assert again.endswith(f":{hub.port}") and hub.proc.poll() is None
+        assert acked(1)
+        hub.proc.send_signal(signal.SIGHUP)  # and again: the arguments do not grow
+        hub.wait_for(r"hub listening on", count=3)
+        assert acked(2)
+        assert hub.stop() == 0
+    assert [json.loads(x)["seq"] for x in out.read_text().splitlines()] == [0, 1, 2]
+    assert len(hub.wait_for(r"hub stopping: drained", count=3)) == 3

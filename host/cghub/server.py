@@ -688,15 +688,29 @@ class HubServer:
         self.stop()
 
 
-async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False, ready_fd: int | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then drain: take no new datagram, finish the batch in hand (its
-    commit and its answers), and return. `ready_fd`: a pipe to write one byte to once the port is
-    bound (how a reloading supervisor knows this worker serves, cghub.workers)."""
+async def serve(
+    hub: Hub, host: str, port: int, reuse_port: bool = False, ready_fd: int | None = None
+) -> tuple[bool, int]:
+    """Serve until SIGTERM, SIGINT or SIGHUP, then drain: take no new datagram, finish the batch in
+    hand (its commit and its answers), and return (whether SIGHUP asked for a reload, the port).
+    A worker of `--workers` (reuse_port) leaves SIGHUP to its supervisor, which restarts the workers
+    one at a time (cghub.workers). `ready_fd`: a pipe to write one byte to once the port is bound (how
+    that supervisor knows a new worker serves)."""
     loop = asyncio.get_running_loop()
     receiver = _open_endpoint(hub, host, port, loop, reuse_port)
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    reload = False
+
+    def on_hangup() -> None:
+        nonlocal reload
+        if not reuse_port:
+            reload = True
+            stop.set()
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    for sig in handled[:2]:
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     # Tests and supervisors read the port from this line (port 0: the kernel chose it).
     log.info("hub listening on %s:%d", host, receiver.port)
     if ready_fd is not None:
@@ -711,15 +725,20 @@ async def serve(hub: Hub, host: str, port: int, reuse_port: bool = False, ready_
             "hub stopping: drained (batch in hand: %s); received %d, accepted %d, duplicates %d",
             "finished" if in_hand else "none", c["received"], c["accepted"], c["duplicate"],
         )
+        return reload, receiver.port
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in handled:
             loop.remove_signal_handler(sig)
         receiver.close()
 
 
 # ---- command line ---------------------------------------------------------------------------------
-def _serve(hub: Hub, store: Store, args: argparse.Namespace) -> int:
-    """`serve`: the optional parts around the hub (metrics endpoint, MQTT publisher), then the loop."""
+def _serve(hub: Hub, store: Store, args: argparse.Namespace, argv: list[str]) -> int:
+    """`serve`: the optional parts around the hub (metrics endpoint, MQTT publisher), then the loop.
+    SIGHUP (`systemctl reload`) to a hub of one process: it drains, stops those parts (the publisher
+    waits for its PUBACKs), and runs again in place (exec: the same pid, the same port), reading its
+    KEK files afresh; the devices retransmit what arrives meanwhile. With --workers the supervisor
+    restarts the workers one at a time instead, and the others serve meanwhile."""
     metrics = publisher = None
     if args.metrics_port is not None:
         from cghub.metrics import HubMetrics
@@ -735,8 +754,9 @@ def _serve(hub: Hub, store: Store, args: argparse.Namespace) -> int:
         host, port = mqttout.parse_url(args.mqtt)
         publisher = mqttout.MqttOut(store, host, port, client_id=args.mqtt_client_id, metrics=metrics).start()
         hub.after_commit = publisher.wake
+    reload = False
     try:
-        asyncio.run(serve(hub, args.host, args.port, args.reuse_port, args.ready_fd))
+        reload, port = asyncio.run(serve(hub, args.host, args.port, args.reuse_port, args.ready_fd))
     except KeyboardInterrupt:
         pass
     finally:
@@ -744,6 +764,16 @@ def _serve(hub: Hub, store: Store, args: argparse.Namespace) -> int:
             publisher.stop()
         if metrics is not None:
             metrics.stop()
+    if reload:
+        store.close()
+        if args.out:
+            hub.out.close()
+        log.info("hub reloading: running again with the same arguments")
+        sys.stderr.flush()
+        from cghub.workers import drop_option
+
+        again = [*drop_option(argv, "--port"), "--port", str(port)]  # port 0: the one the kernel chose
+        os.execv(sys.executable, [sys.executable, "-m", "cghub.server", *again])
     return 0
 
 
@@ -894,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
         out = open(args.out, "a") if args.out else sys.stdout  # noqa: SIM115
         hub = Hub(store, out)
         hub.update_provider = hub_updates.provider(store)  # chunks of published images (publish)
-        return _serve(hub, store, args)
+        return _serve(hub, store, args, list(sys.argv[1:] if argv is None else argv))
     if args.cmd == "register-device":
         root = bytes.fromhex(args.root_key_hex) if args.root_key_hex else Path(args.root_key_file).read_bytes()
         store.register_device(args.key_id, args.device_id, root, args.modes, args.ccm_tag, args.hmac_tag, args.replace)

@@ -43,21 +43,23 @@ def pick_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def worker_argv(argv: list[str], port: int, index: int) -> list[str]:
-    """The supervisor's own arguments for one worker: --workers dropped, the shared port and the
-    worker's index added (later options win in argparse)."""
+def drop_option(argv: list[str], name: str) -> list[str]:
+    """argv without `name VALUE` and `name=VALUE`."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-            continue
-        if a == "--workers":
+        elif a == name:
             skip = True
-            continue
-        if a.startswith("--workers="):
-            continue
-        out.append(a)
-    return [*out, "--port", str(port), "--reuse-port", "--worker-index", str(index)]
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
+def worker_argv(argv: list[str], port: int, index: int) -> list[str]:
+    """The supervisor's own arguments for one worker: --workers dropped, the shared port and the
+    worker's index added (later options win in argparse)."""
+    return [*drop_option(argv, "--workers"), "--port", str(port), "--reuse-port", "--worker-index", str(index)]
 
 
 class Supervisor:

@@ -277,3 +277,39 @@ def test_sighup_to_a_hub_of_one_process_drains_and_runs_it_again_in_place(tmp_pa
         assert hub.stop() == 0
     assert [json.loads(x)["seq"] for x in out.read_text().splitlines()] == [0, 1, 2]
     assert len(hub.wait_for(r"hub stopping: drained", count=3)) == 3
+
+
+def test_a_hub_started_in_a_terminal_stops_when_the_terminal_hangs_up(tmp_path):
+    # There SIGHUP is the terminal going away, not `systemctl reload`: drained and stopped, not run again.
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    db = tmp_path / "hub.sqlite"
+    SqliteStore(db, keyring=keyseal.keyring_from()).register_device(KEY_ID, DEVICE, ROOT)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cghub.server", "serve", "--db", str(db), "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        while b"hub listening" not in seen:
+            seen += os.read(leader, 4096)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(60) == 0
+        try:
+            while True:
+                chunk = os.read(leader, 4096)
+                if not chunk:
+                    break
+                seen += chunk
+        except OSError:  # EIO: the hub closed its side
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    assert b"hub stopping: drained" in seen and b"reloading" not in seen

@@ -40,6 +40,7 @@ from cghub import proto as hp
 from cghub import updates as hub_updates
 from cghub.ratelog import RejectLog
 from cghub.store import Accepted, Batch, Command, Device, Message, Store, open_store
+from cghub.workers import drop_option, hangup_means_reload
 
 log = logging.getLogger("cellguard.hub")
 
@@ -703,9 +704,10 @@ async def serve(
 
     def on_hangup() -> None:
         nonlocal reload
-        if not reuse_port:
-            reload = True
-            stop.set()
+        if reuse_port:
+            return  # a worker: its supervisor reloads, or stops it (cghub.workers)
+        reload = hangup_means_reload()
+        stop.set()
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for sig in handled[:2]:
@@ -770,8 +772,6 @@ def _serve(hub: Hub, store: Store, args: argparse.Namespace, argv: list[str]) ->
             hub.out.close()
         log.info("hub reloading: running again with the same arguments")
         sys.stderr.flush()
-        from cghub.workers import drop_option
-
         again = [*drop_option(argv, "--port"), "--port", str(port)]  # port 0: the one the kernel chose
         os.execv(sys.executable, [sys.executable, "-m", "cghub.server", *again])
     return 0

@@ -43,6 +43,16 @@ def pick_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def hangup_means_reload() -> bool:
+    """SIGHUP is `systemctl reload` for a service (its stderr the journal, a pipe or a file); for a hub
+    started in a terminal it is the terminal going away, and the hub then stops (drained) rather than
+    start again on a terminal nobody reads."""
+    try:
+        return not os.isatty(sys.stderr.fileno())
+    except (AttributeError, ValueError, OSError):  # stderr replaced or closed: no terminal either
+        return True
+
+
 def drop_option(argv: list[str], name: str) -> list[str]:
     """argv without `name VALUE` and `name=VALUE`."""
     out, skip = [], False
@@ -205,8 +215,12 @@ class Supervisor:
                         got = set()
                     if got & {signal.SIGTERM, signal.SIGINT} and not self.stopping:
                         self._stop_all()
-                    if signal.SIGHUP in got:
-                        self._begin_reload()
+                    if signal.SIGHUP in got and not self.stopping:
+                        if hangup_means_reload():
+                            self._begin_reload()
+                        else:
+                            log.info("hub supervisor: the terminal hung up, stopping")
+                            self._stop_all()
                 self._reap()
                 if self.starting and self.starting[2] is not None and self.starting[2] in readable:
                     self._ready()

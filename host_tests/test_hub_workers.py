@@ -2,10 +2,14 @@
 duplicates from many source addresses; and SIGTERM, which drains the batch in hand and exits cleanly."""
 
 import json
+import os
+import pty
 import re
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -281,11 +285,6 @@ def test_sighup_to_a_hub_of_one_process_drains_and_runs_it_again_in_place(tmp_pa
 
 def test_a_hub_started_in_a_terminal_stops_when_the_terminal_hangs_up(tmp_path):
     # There SIGHUP is the terminal going away, not `systemctl reload`: drained and stopped, not run again.
-    import os
-    import pty
-    import subprocess
-    import sys
-
     db = tmp_path / "hub.sqlite"
     SqliteStore(db, keyring=keyseal.keyring_from()).register_device(KEY_ID, DEVICE, ROOT)
     leader, follower = pty.openpty()

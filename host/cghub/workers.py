@@ -93,6 +93,7 @@ class Supervisor:
     def _spawn_awaited(self, slot: int) -> tuple[subprocess.Popen, int]:
         """A worker that writes a byte on the returned pipe once it listens (a reload waits for that)."""
         ready_r, ready_w = os.pipe()
+        os.set_blocking(ready_r, False)  # read only when select says so; never wait on it
         try:
             argv = [*worker_argv(self.argv, self.port, slot), "--ready-fd", str(ready_w)]
             proc = subprocess.Popen([sys.executable, "-m", "cghub.server", *argv], pass_fds=(ready_w,))
@@ -185,7 +186,10 @@ class Supervisor:
 
     def _ready(self) -> None:
         proc, slot, ready_r = self.starting
-        said = os.read(ready_r, 1)
+        try:
+            said = os.read(ready_r, 1)
+        except BlockingIOError:  # select's word was for an earlier pipe under this fd number
+            return
         os.close(ready_r)
         if not said:  # it closed the pipe without a word: it is exiting, and _reap will say why
             self.starting = (proc, slot, None)

@@ -204,7 +204,8 @@ class _Fleet:
 
 
 def _pids(line: str) -> set[int]:
-    return {int(x) for x in re.findall(r"\b\d+\b", line.split("workers", 1)[1]) if x != "2"}
+    """The worker pids a supervisor's line names: "(pids 11 12)" at start, "workers 13 14" after a reload."""
+    return {int(x) for x in re.search(r"(?:pids|workers) ([\d ]+)\)?$", line).group(1).split()}
 
 
 def test_sighup_restarts_the_workers_one_at_a_time_and_the_hub_answers_throughout(pg_url):

@@ -121,7 +121,7 @@ def subscriber(mqtt_broker):
     sub.close()
 
 
-# ---- running in parallel (pytest-xdist; `make test` runs `-n 4 --dist loadgroup`) --------------------
+# ---- running in parallel (pytest-xdist; `make test` runs `-n 5 --dist loadgroup`) --------------------
 def pytest_configure(config):
     """Every run (not a worker's) records its tests' durations: the next run's order, longest first."""
     if not hasattr(config, "workerinput"):

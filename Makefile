@@ -12,8 +12,11 @@ PYTEST_ARGS ?=
 # sharing an expensive fixture stays on one worker (host_tests/xdist_groups.py, --dist loadgroup).
 # Measured on the 2-core machine: -n 4 180 s, -n 6 169 s when the suite had 600 tests; at 853 tests
 # -n 6 took 183-222 s and timed out two virtual-board tests (mpremote's probe answered late), -n 4
-# passed in 191 s. JOBS=0 runs them one at a time, in one process.
-JOBS ?= 4
+# passed in 191 s. Once the re-flash of a locked unit no longer waited 30 s, the waits were trimmed
+# and the longest tests went first (fast22): -n 4 177 s, -n 5 163 s, -n 6 147 s. The probe that goes
+# unanswered (40 s of silence at step 3 of a first flash) was seen at -n 4 as at -n 5 and 6: it is
+# not load. JOBS=0 runs them one at a time, in one process.
+JOBS ?= 5
 
 BOARD   ?= virtual
 PORT    ?=

@@ -121,7 +121,15 @@ def subscriber(mqtt_broker):
     sub.close()
 
 
-# ---- running in parallel (pytest-xdist; `make test` runs `-n 6 --dist loadgroup`) --------------------
+# ---- running in parallel (pytest-xdist; `make test` runs `-n 5 --dist loadgroup`) --------------------
+def pytest_configure(config):
+    """Every run (not a worker's) records its tests' durations: the next run's order, longest first."""
+    if not hasattr(config, "workerinput"):
+        from xdist_groups import DurationRecorder
+
+        config.pluginmanager.register(DurationRecorder(config), "cellguard-durations")
+
+
 def pytest_xdist_make_scheduler(config, log):
     """--dist loadgroup: a module with its own shared fixture stays on one worker (xdist_groups.py)."""
     if config.getvalue("dist") != "loadgroup":

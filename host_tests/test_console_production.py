@@ -301,8 +301,8 @@ def test_a_repl_a_service_response_opened_locks_again_when_unused(locked):
 
     # A short idle limit for the test (the lock record's repl_idle_s; 600 s by default), taken at the
     # next opening: this REPL is closed with a reset first. Short, but well over the gap between two
-    # uses below (a second, and an mpremote start, which takes seconds on a loaded machine).
-    idle_s = 12
+    # uses below (half a second, and an mpremote start, which takes seconds on a loaded machine).
+    idle_s = 8
     open_repl()
     board.mpremote("resume", "exec", "import json\nwith open('state/console.json', 'w') as f:\n"
                    " json.dump({'locked': True, 'repl_idle_s': %d}, f)" % idle_s)
@@ -316,7 +316,7 @@ def test_a_repl_a_service_response_opened_locks_again_when_unused(locked):
     in_use_since = time.monotonic()
     while time.monotonic() - in_use_since < idle_s * 1.5:  # in use: the REPL stays open past the idle limit
         assert "ok" in board.mpremote("resume", "exec", "print('ok')").stdout
-        time.sleep(1)
+        time.sleep(0.5)
     # Unused: the unit resets by itself and the console is locked again. The port is only read,
     # which the unit cannot see. (The reset is the event; the bound only stops a hang.)
     with serial.Serial(board.port, timeout=120) as s:

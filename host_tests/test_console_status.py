@@ -61,6 +61,41 @@ def test_silent_device_is_a_clear_message():
         os.close(slave)
 
 
+class _AnsweringPort:
+    """A port whose unit answers `status --json` with the given line (no board, no pty)."""
+
+    def __init__(self, line: bytes):
+        self.line, self.buf = line, b""
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.buf)
+
+    def write(self, data: bytes) -> None:
+        self.buf += data.replace(b"\r", b"\r\n") + self.line + b"\r\ncellguard> "
+
+    def read(self, n: int) -> bytes:
+        chunk, self.buf = self.buf[:n], self.buf[n:]
+        return chunk
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_status_line_that_does_not_parse_is_the_tools_error_not_a_traceback():
+    # A unit resetting into its trial image cut its `status --json` line with its boot output: the
+    # demo (and any caller) takes StatusToolError for "ask again" (it once died of a JSONDecodeError).
+    from cgdev import status as status_tool
+
+    client = status_tool.ConsoleClient("loop://", timeout=5)
+    client.ser = _AnsweringPort(b'{"firmware": {"version": "0.1.0"}}')
+    assert client.status() == {"firmware": {"version": "0.1.0"}}
+    client.ser = _AnsweringPort(b'{"firmware": {"version": "0.1cgboot: booted slot b"}')
+    with pytest.raises(status_tool.StatusToolError) as err:
+        client.status()
+    assert err.value.code == 3 and "does not parse" in str(err.value)
+
+
 def test_status_shows_the_emulated_modem_masked(tmp_path):
     from cgsim import modem as modem_emulator
 

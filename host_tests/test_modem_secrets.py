@@ -18,8 +18,13 @@ from cellguard import status
 m._log = lambda s: print('MLOG', s)
 m.init()
 
+# A dropped response is waited for until the timeout, and nothing ever answers it: in the timeout
+# phase the secret commands (and those alone) give up after 300 ms. The +CME phase keeps 1.5 s.
+DROPPED = tuple((p, 300) for p in (b'AT+CPIN=', b'AT+CLCK=', b'AT+CPWD=', %(apn)r[DIALECT]))
+
 def attempt(name, fn):
     for phase in ('cme', 'timeout'):
+        engine.timeouts = DROPPED if phase == 'timeout' else ()
         try:
             fn()
             print('NOERROR', name, phase)
@@ -37,7 +42,7 @@ attempt('change', lambda: m.change_pin(%(pin)r, %(new)r))
 attempt('apn', lambda: m.set_apn('iot.test', 'user1', %(pwd)r))
 print('EVENTS', status.events())
 print('SNAPSHOT', status.snapshot())
-""" % {"pin": PIN, "puk": PUK, "new": NEW_PIN, "pwd": PASSWORD}
+""" % {"pin": PIN, "puk": PUK, "new": NEW_PIN, "pwd": PASSWORD, "apn": {d: c.encode() for d, c in APN_COMMAND.items()}}
 
 
 def fail_each_call(emu, prefix, plan):

@@ -72,7 +72,7 @@ def test_a_cached_image_appears_whole_or_not_at_all(tmp_path, version):
 
 
 def test_a_module_with_its_own_shared_fixture_runs_on_one_worker():
-    # `make test` (-n 4 --dist loadgroup): the slot images of test_boot_trial are built once, not
+    # `make test` (-n 5 --dist loadgroup): the slot images of test_boot_trial are built once, not
     # once per worker; a module without such a fixture is spread test by test.
 
     from harness import REPO
@@ -84,3 +84,27 @@ def test_a_module_with_its_own_shared_fixture_runs_on_one_worker():
     crypto = ["host_tests/test_crypto.py::test_a", "host_tests/test_crypto.py::test_b"]
     assert {sched._split_scope(n) for n in trial} == {"host_tests/test_boot_trial.py"}
     assert [sched._split_scope(n) for n in crypto] == crypto
+
+
+def test_the_longest_work_goes_first_by_the_last_runs_durations():
+    # A module kept together weighs what its tests add up to; a test with no record weighs the mean;
+    # equal weights keep xdist's order. No record at all (a fresh checkout): xdist's order.
+    from collections import OrderedDict
+
+    from xdist_groups import SharedFixtureScheduling
+
+    def queue(*scopes):
+        return OrderedDict((s, {n: False for n in ns}) for s, ns in scopes)
+
+    scopes = (("a.py::t", ["a.py::t"]), ("m.py", ["m.py::x", "m.py::y"]), ("c.py::t", ["c.py::t"]),
+              ("b.py::t", ["b.py::t"]), ("new.py::t", ["new.py::t"]))
+    sched = SharedFixtureScheduling.__new__(SharedFixtureScheduling)
+    sched._durations = {"a.py::t": 1.0, "b.py::t": 5.0, "c.py::t": 1.0, "m.py::x": 2.0, "m.py::y": 2.0}
+    sched.workqueue = queue(*scopes)
+    sched._longest_first()
+    assert list(sched.workqueue) == ["b.py::t", "m.py", "new.py::t", "a.py::t", "c.py::t"]
+    assert sched.workqueue["m.py"] == {"m.py::x": False, "m.py::y": False}
+    sched._durations = {}
+    sched.workqueue = queue(*scopes)
+    sched._longest_first()
+    assert list(sched.workqueue) == [s for s, _ in scopes]

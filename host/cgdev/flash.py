@@ -217,6 +217,19 @@ class Device:
             why = str(getattr(e, "error_output", None) or e).strip()
             raise FlashError(f"the device on {self.port} does not open its REPL ({why}). {_locked_hint(why)}", 5) from e
 
+    def soft_reset_to_locked_console(self, timeout: float = 30) -> None:
+        """Soft reset a unit whose locked console a service response opened: boot.py locks it again,
+        and the console's prompt, not the raw REPL's banner, answers the reset. enter() would wait
+        for that banner until its timeout (30 s in every re-flash of a production unit); this waits
+        for the prompt, then says "locked" (code 5), as enter() does once it gives up."""
+        try:
+            self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
+            self.t.serial.write(b"\x04")  # Ctrl-D in the raw REPL: a soft reset
+            self.t.read_until(1, status_tool.PROMPT, timeout_overall=timeout)
+        except self._TransportError as e:
+            raise FlashError(f"the device on {self.port} does not open its REPL ({e})", 5) from e
+        raise FlashError(f"the device on {self.port} locked its console again at the soft reset", 5)
+
     def exec(self, code: str) -> bytes:
         return self.t.exec(code)
 
@@ -625,11 +638,14 @@ def connect(port: str, args) -> Device:
     console is opened with a service response; no second reset then, it would lock it again."""
     dev = Device(port)
     try:
+        if getattr(args, "console_was_locked", False):
+            dev.soft_reset_to_locked_console()  # nothing since has unlocked it: the reset locks it again
         dev.enter()
     except FlashError as e:
         dev.close()
         if e.code != 5 or not args.service_key.exists():
             raise
+        args.console_was_locked = True
         print("      the console is locked: opening it with a service response (--service-key)")
         open_console(port, args.service_key, getattr(args, "console_timeout", None) or 5)
         dev = Device(port)

@@ -168,7 +168,10 @@ class ConsoleClient:
         out = self.command("status --json")
         for row in out.splitlines():
             if row.startswith("{"):
-                return json.loads(row)
+                try:
+                    return json.loads(row)
+                except ValueError as e:  # cut or mixed with other output (a unit resetting into its trial image)
+                    raise StatusToolError(f"the device's `status --json` line does not parse ({e}): {row[:200]!r}", 3) from e
         raise StatusToolError(f"the device answered `status --json` with no JSON: {out[:200]!r}", 3)
 
     def service(self, action: str, master: bytes) -> str:

@@ -2,6 +2,7 @@
 build/: the development signing key and the cache of signed slot images. Neither may pull the
 ground from under the other."""
 
+import json
 import os
 import uuid
 
@@ -100,6 +101,7 @@ def test_the_longest_work_goes_first_by_the_last_runs_durations():
               ("b.py::t", ["b.py::t"]), ("new.py::t", ["new.py::t"]))
     sched = SharedFixtureScheduling.__new__(SharedFixtureScheduling)
     sched._durations = {"a.py::t": 1.0, "b.py::t": 5.0, "c.py::t": 1.0, "m.py::x": 2.0, "m.py::y": 2.0}
+    sched._unknown = 2.2  # the mean
     sched.workqueue = queue(*scopes)
     sched._longest_first()
     assert list(sched.workqueue) == ["b.py::t", "m.py", "new.py::t", "a.py::t", "c.py::t"]
@@ -108,3 +110,19 @@ def test_the_longest_work_goes_first_by_the_last_runs_durations():
     sched.workqueue = queue(*scopes)
     sched._longest_first()
     assert list(sched.workqueue) == [s for s, _ in scopes]
+
+
+def test_a_run_without_a_cache_orders_by_the_committed_seed(tmp_path):
+    # CI starts from a fresh checkout: no .pytest_cache, so the seed (durations.json) orders the work.
+    from xdist_groups import SEED, UNLISTED_S, recorded_durations
+
+    class Cache(dict):
+        def get(self, key, default):
+            return dict.get(self, key, default)
+
+    seeded, unknown = recorded_durations(Cache())
+    assert seeded == json.loads(SEED.read_text()) and unknown == UNLISTED_S
+    assert max(seeded.values()) >= 10 and min(seeded.values()) >= 1  # the slow tests, as measured
+    last = Cache({"cellguard/durations": {"a::t": 1.0, "b::t": 3.0}})
+    assert recorded_durations(last) == ({"a::t": 1.0, "b::t": 3.0}, 2.0)  # the last run wins, its mean
+    assert recorded_durations(Cache(), seed=tmp_path / "absent.json") == ({}, UNLISTED_S)

@@ -72,6 +72,24 @@ def test_a_cached_image_appears_whole_or_not_at_all(tmp_path, version):
     assert os.path.getsize(done) > 0
 
 
+def test_a_cached_image_another_flash_published_first_is_kept(tmp_path, version):
+    # Two flashes that both found no cached image both build one, and no two builds are the same
+    # bytes (a new signature each time). The one published first is what a flash already sent:
+    # replacing it made that unit's next re-flash send slot a again and reset its boot state.
+    class Racing(_FakeImageTool):
+        def release(self, key, version, out, slot_size):
+            final = out.with_name(out.name[1:].rsplit(".", 2)[0])  # .<name>.<pid>.tmp -> <name>
+            final.write_bytes(b"the other flash's image")  # it finished while this one built
+            out.write_bytes(b"this flash's image")
+            return out
+
+    key = tmp_path / "k.pem"
+    key.write_bytes(b"K")
+    done = flash_tool._release_cached(Racing(), key, version, 4096)
+    assert done.read_bytes() == b"the other flash's image"
+    assert not [p for p in done.parent.iterdir() if p.name.startswith(".") and version in p.name]
+
+
 def test_a_module_with_its_own_shared_fixture_runs_on_one_worker():
     # `make test` (-n 5 --dist loadgroup): the slot images of test_boot_trial are built once, not
     # once per worker; a module without such a fixture is spread test by test.

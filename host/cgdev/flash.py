@@ -510,7 +510,12 @@ def _release_cached(image, key: Path, version: str, slot_size: int) -> Path:
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
         try:
             image.release(key, version, tmp, slot_size=slot_size)
-            os.replace(tmp, out)
+            # The first image published under this name stays: two builds of the same sources are
+            # not the same bytes (a new signature), and a flash that already sent the first would
+            # find slot a changed at its next run (re-sent, its boot state reset). So link, which
+            # fails if another flash got there first, never replace.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
     return out

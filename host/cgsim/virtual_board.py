@@ -126,6 +126,10 @@ class VirtualBoard:
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._rx_w, fcntl.F_SETPIPE_SZ, RX_BUFFER_BYTES)
         for f, tag in ((self.child.stdout, "out"), (self.child.stderr, "out"), (self._ctl_r, "ctl")):
+            # Non-blocking for good: an event can be stale by the time the loop handles it (DONE,
+            # handled first in the same select(), drains the output), and a blocking read of an
+            # empty pipe would wait for an idle VM, with nothing else served (see _read_child).
+            os.set_blocking(f if isinstance(f, int) else f.fileno(), False)
             self.sel.register(f, selectors.EVENT_READ, tag)
         self.state = "starting"
         self._early = bytearray()
@@ -201,19 +205,30 @@ class VirtualBoard:
 
     def _drain_child_output(self) -> None:
         for f in (self.child.stdout, self.child.stderr):
-            fd = f.fileno()
-            os.set_blocking(fd, False)
-            try:
-                while chunk := os.read(fd, 4096):
-                    self._tx_cooked(chunk)
-            except BlockingIOError:
-                pass
-            finally:
-                os.set_blocking(fd, True)
+            while chunk := self._read_child(f.fileno()):
+                self._tx_cooked(chunk)
+
+    @staticmethod
+    def _read_child(fd: int, size: int = 4096) -> bytes | None:
+        # The VM's pipes are non-blocking (see _spawn): None when there is nothing to read now (a
+        # stale readiness event), b"" at the end (the VM is gone).
+        try:
+            return os.read(fd, size)
+        except BlockingIOError:
+            return None
+
+    def _on_output(self, key: selectors.SelectorKey) -> None:
+        chunk = self._read_child(key.fd)
+        if chunk:
+            self._tx_cooked(chunk)
+        elif chunk == b"":
+            self.sel.unregister(key.fileobj)
 
     # ---- control messages from the VM -----------------------------------------------------------
     def _on_ctl(self) -> None:
-        chunk = os.read(self._ctl_r, 65536)
+        chunk = self._read_child(self._ctl_r, 65536)
+        if chunk is None:
+            return
         if not chunk:
             self._on_child_died()
             return
@@ -452,11 +467,7 @@ class VirtualBoard:
                 elif tag == "ctl":
                     self._on_ctl()
                 else:
-                    chunk = os.read(key.fd, 4096)
-                    if chunk:
-                        self._tx_cooked(chunk)
-                    else:
-                        self.sel.unregister(key.fileobj)
+                    self._on_output(key)
                 if self._stopping:
                     break
             if self._held is not None and time.monotonic() > self._held_until:

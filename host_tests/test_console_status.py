@@ -96,6 +96,40 @@ def test_a_status_line_that_does_not_parse_is_the_tools_error_not_a_traceback():
     assert err.value.code == 3 and "does not parse" in str(err.value)
 
 
+class _LossyPort(_AnsweringPort):
+    """A port that loses the first `lost` lines written to it (a board's RX buffer still full of a
+    flood's backlog drops bytes, and no "console busy" line says so), and answers the others."""
+
+    def __init__(self, line: bytes, lost: int):
+        super().__init__(line)
+        self.lost, self.writes = lost, []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        if self.lost:
+            self.lost -= 1
+            return
+        super().write(data)
+
+
+def test_a_read_only_line_lost_at_the_port_is_sent_again_a_service_line_never(monkeypatch):
+    # After a flood the console answered nothing to `version` for 60 s (test_console_flood, once in a
+    # few runs): the line was lost at the port. A technician presses Enter again; so does the tool,
+    # for a line that changes nothing. A service answer is one attempt: sent once, whatever happens.
+    from cgdev import status as status_tool
+
+    monkeypatch.setattr(status_tool, "RESEND_SILENT_S", 0.2, raising=False)
+    client = status_tool.ConsoleClient("loop://", timeout=30)
+    client.ser = _LossyPort(b"cellguard 0.1.0", lost=2)
+    assert client.command("version").strip() == "cellguard 0.1.0"
+    assert client.ser.writes == [b"version\r"] * 3
+    client = status_tool.ConsoleClient("loop://", timeout=1)
+    client.ser = _LossyPort(b"service: opened", lost=1)
+    with pytest.raises(status_tool.StatusToolError):
+        client.command("service open-repl 00ff")
+    assert client.ser.writes == [b"service open-repl 00ff\r"]
+
+
 def test_status_shows_the_emulated_modem_masked(tmp_path):
     from cgsim import modem as modem_emulator
 

@@ -30,6 +30,11 @@ PROMPT = b"cellguard> "
 REPL_PROMPT = b">>> "
 RAW_REPL_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 BUSY = b"error: console busy:"  # lines the console dropped unanswered (firmware/lib/cellguard/console.py)
+# Commands that change nothing on the unit: sent again when the console stays silent without echoing
+# them (lost at the port: a board's RX buffer full of a flood's backlog drops bytes, and then no
+# "console busy" line says so). A `service` line is never sent twice: each answer is one attempt.
+READ_ONLY = ("help", "status", "version", "log")
+RESEND_SILENT_S = 3.0  # silence after which a read-only line not yet echoed is sent again
 DEFAULT_MASTER_KEY = REPO / "build" / "service" / "master.key"
 VIRTUAL_PORT_FILE = REPO / "build" / "virtual-board" / "port"
 SERVICE_CONTEXT = b"cellguard-service-v1"
@@ -148,13 +153,18 @@ class ConsoleClient:
         echo = line.encode() + b"\r\n"
         data = b""
         deadline = time.monotonic() + self.timeout
+        words = line.split()
+        read_only = bool(words) and words[0] in READ_ONLY
         # Stale prompts may still be in flight: the answer is what follows our echo, up to a prompt.
         sent_at = 0  # where `data` stood when the line was last sent
         while time.monotonic() < deadline:
-            data += self._read_until(ends, deadline - time.monotonic())
-            if echo not in data and BUSY in data[sent_at:]:
+            left = deadline - time.monotonic()
+            got = self._read_until(ends, min(left, RESEND_SILENT_S) if read_only else left)
+            data += got
+            if echo not in data and (BUSY in data[sent_at:] or (read_only and not got)):
                 # The console dropped our line with others (a flood's backlog was still arriving) and
-                # said so: send it again, as often as it says so, until the deadline.
+                # said so, or it is silent and never echoed it (lost at the port): send it again,
+                # until the deadline.
                 sent_at = len(data)
                 self.ser.write(line.encode() + b"\r")
             at = data.find(echo)

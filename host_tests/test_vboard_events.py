@@ -6,8 +6,18 @@ the output (so that the prompt follows it); the output's event is then stale. A 
 waited for output that an idle VM never sends: the board answered nothing more (mpremote: "could
 not enter raw repl" at the next command, one re-flash in a few full test runs). Here the selector
 hands DONE first, every time, so the race is not left to the scheduler.
+
+And a Ctrl-C that reaches the VM after its command ended is ignored, as at a board's idle REPL. The
+front end turns Ctrl-C into SIGINT while a command runs, and "running" lasts until it has handled the
+command's DONE. A VM that had already sent DONE was waiting for its next command: KeyboardInterrupt
+was raised in the device script itself, outside the user's code, and the VM died. The board reset to
+the friendly REPL and ran main.py, and the bytes held after the Ctrl-C (mpremote's "\r\x01") went
+with the old VM: mpremote waits for the raw REPL's banner with a blocking read on a pty, and nothing
+ever came (`mpremote fs cp` killed by the test's 120 s timeout on a loaded machine, where the board
+reads DONE late). There the selector hands the Ctrl-C to the board before the DONE it already has.
 """
 
+import contextlib
 import selectors
 import threading
 import time
@@ -22,14 +32,18 @@ pytestmark = [
 ]
 
 
-class DoneFirst:
-    """A selector that returns the VM's output event only together with its DONE, DONE first."""
+class Reordering:
+    """A selector that hands the board its events in an order a loaded machine may produce."""
 
     def __init__(self, sel: selectors.BaseSelector):
         self._sel = sel
 
     def __getattr__(self, name):
         return getattr(self._sel, name)
+
+
+class DoneFirst(Reordering):
+    """The VM's output event only together with its DONE, DONE first."""
 
     def select(self, timeout=None):
         events = self._sel.select(timeout)
@@ -40,10 +54,38 @@ class DoneFirst:
         return sorted(events, key=lambda e: e[0].data != "ctl")
 
 
+class CtrlCBeforeDone(Reordering):
+    """Once armed: a DONE waits until input arrives from the port too, and the input is handled first."""
+
+    armed = False
+
+    def select(self, timeout=None):
+        events = self._sel.select(timeout)
+        if self.armed and any(key.data == "ctl" for key, _ in events):
+            deadline = time.monotonic() + 10
+            while not any(key.data == "pty" for key, _ in events) and time.monotonic() < deadline:
+                events = self._sel.select(0.05)
+            self.armed = False
+            return sorted(events, key=lambda e: e[0].data != "pty")
+        return events
+
+
 @pytest.fixture
 def board(tmp_path):
+    with serving(tmp_path, DoneFirst) as vb:
+        yield vb
+
+
+@pytest.fixture
+def late_ctrl_c_board(tmp_path):
+    with serving(tmp_path, CtrlCBeforeDone) as vb:
+        yield vb
+
+
+@contextlib.contextmanager
+def serving(tmp_path, order):
     vb = VirtualBoard(tmp_path / "flash.img")
-    vb.sel = DoneFirst(vb.sel)
+    vb.sel = order(vb.sel)
     loop = threading.Thread(target=vb.serve, daemon=True)
     loop.start()
     yield vb
@@ -69,3 +111,17 @@ def test_the_board_answers_after_a_command_whose_output_and_done_arrive_together
         assert out.startswith(b"OK" + b"h" * 9000) and out.endswith(b"\x04\x04>"), out[-80:]
         out = raw_exec(s, b"print(2 + 2)")
         assert out == b"OK4\r\n\x04\x04>", f"the board stopped answering after a large output: {out!r}"
+
+
+def test_a_ctrl_c_after_the_command_ended_leaves_the_raw_repl_answering(late_ctrl_c_board):
+    with serial.Serial(late_ctrl_c_board.port, timeout=20) as s:  # the timeout bounds a hang
+        assert s.read_until(b">>> ").endswith(b">>> "), "the board did not start"
+        s.write(b"\r\x01")
+        assert s.read_until(b"raw REPL; CTRL-B to exit\r\n>").endswith(b">")
+        late_ctrl_c_board.sel.armed = True
+        s.write(b"x = 1\x04")
+        time.sleep(0.5)  # the VM has sent DONE and waits for its next command
+        s.write(b"\x03")  # as mpremote's enter_raw_repl starts
+        assert s.read_until(b"\x04>") == b"OK\x04\x04>"
+        out = raw_exec(s, b"print(x + 3)")
+        assert out == b"OK4\r\n\x04\x04>", f"the board stopped answering after a late Ctrl-C: {out!r}"

@@ -251,29 +251,55 @@ def main():
     _send(b"READY %d.%d.%d" % sys.implementation.version[:3])
     waiting = select.poll()
     waiting.register(_cmd, select.POLLIN)
+    done = []
     while True:
-        while not waiting.poll(_run_timers()):  # the REPL waits: a board's soft timers still run
-            pass
+        _wait_for_command(waiting, done)
         header = _cmd.readline()
         if not header:
             return
         kind, n = header.split()
         payload = _cmd.read(int(n)) if int(n) else b""
-        if _dupterm[0] is not None and kind != b"BOOT":
-            _dupterm[0].write(payload)  # on a board the REPL would echo or answer it
-        if kind == b"BOOT":
-            err = _run("boot.py", "exec_file", g)
-            # boot.py ran with Ctrl-C as a plain byte (the front end's default at power-on, as in the
-            # custom build docs/flashing.md asks for); from here on it is what the firmware set.
-            _send(b"KBD %d" % _kbd[0])
-            if not err and payload == b"main":
-                err = _run("main.py", "exec_file", g)
-        elif kind == b"SINGLE":
-            err = _run(payload.decode(), "single", g)
-        else:
-            err = _run(payload.decode(), "exec", g)
-        e = err.encode()
-        _send(b"DONE %d" % len(e), e)
+        try:
+            err = _command(kind, payload, g)
+        except KeyboardInterrupt:  # it came as the program ended, just outside its code (see below)
+            err = "KeyboardInterrupt: \n"
+        done.append(err.encode())
+
+
+def _wait_for_command(waiting, done):
+    # Reports the last command's end (done: its error text, once), then the REPL waits; a board's
+    # soft timers still run. A Ctrl-C can reach an idle VM: the front end sends SIGINT while a
+    # command runs, and a command runs until the front end has read its DONE, which may still be in
+    # the pipe (a loaded machine). An idle board's REPL takes that Ctrl-C for nothing; here
+    # KeyboardInterrupt ended the device script, and the VM with it: the board reset to the friendly
+    # REPL under mpremote, which then waited for ever for the raw REPL's answer. Everything from the
+    # DONE to the next command is inside the try, and the DONE is sent exactly once.
+    while True:
+        try:
+            if done:
+                e = done.pop()
+                _send(b"DONE %d" % len(e), e)
+            while not waiting.poll(_run_timers()):
+                pass
+            return
+        except KeyboardInterrupt:
+            pass
+
+
+def _command(kind, payload, g):
+    if _dupterm[0] is not None and kind != b"BOOT":
+        _dupterm[0].write(payload)  # on a board the REPL would echo or answer it
+    if kind == b"BOOT":
+        err = _run("boot.py", "exec_file", g)
+        # boot.py ran with Ctrl-C as a plain byte (the front end's default at power-on, as in the
+        # custom build docs/flashing.md asks for); from here on it is what the firmware set.
+        _send(b"KBD %d" % _kbd[0])
+        if not err and payload == b"main":
+            err = _run("main.py", "exec_file", g)
+        return err
+    if kind == b"SINGLE":
+        return _run(payload.decode(), "single", g)
+    return _run(payload.decode(), "exec", g)
 
 
 try:

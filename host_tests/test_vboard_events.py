@@ -125,3 +125,80 @@ def test_a_ctrl_c_after_the_command_ended_leaves_the_raw_repl_answering(late_ctr
         assert s.read_until(b"\x04>") == b"OK\x04\x04>"
         out = raw_exec(s, b"print(x + 3)")
         assert out == b"OK4\r\n\x04\x04>", f"the board stopped answering after a late Ctrl-C: {out!r}"
+
+
+# ---- the VM itself, frozen while the front end's command and Ctrl-C reach it -------------------------
+class _Vm:
+    """vboard_device.py on MicroPython with the pipes the front end gives it (virtual_board._spawn)."""
+
+    def __init__(self, tmp_path):
+        import os
+        import subprocess
+
+        from cgsim.virtual_board import DEVICE_SCRIPT
+
+        cmd_r, self.cmd_w = os.pipe()
+        self.ctl_r, ctl_w = os.pipe()
+        env = {**os.environ, "MICROPYPATH": ".frozen", "CELLGUARD_FS": "/", "CELLGUARD_BOARD": "virtual"}
+        args = [str(tmp_path / "flash.img"), "4096", "64", str(cmd_r), str(ctl_w)]
+        self.proc = subprocess.Popen([str(MICROPYTHON), "-X", "heapsize=1M", str(DEVICE_SCRIPT), *args],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     pass_fds=(cmd_r, ctl_w), env=env)
+        os.close(cmd_r)
+        os.close(ctl_w)
+        self.ctl = os.fdopen(self.ctl_r, "rb")
+        assert self.ctl.readline().startswith(b"READY")
+        self.send(b"BOOT", b"")  # no boot.py on a fresh flash: the VM then waits for its next command
+        assert self.done() == b""
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        import os
+
+        os.write(self.cmd_w, kind + b" %d\n" % len(payload) + payload)
+
+    def done(self) -> bytes:
+        return self.ctl.read(int(self.wait(b"DONE")[1]))
+
+    def wait(self, kind: bytes) -> list[bytes]:
+        while True:
+            head = self.ctl.readline().split()
+            assert head, "the VM died: " + self.proc.stdout.read().decode(errors="replace")
+            if head[0] == kind:
+                return head
+
+    def interrupt_while_idle(self, before_continue=None) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGSTOP)  # frozen in its wait for the next command
+        if before_continue is not None:
+            before_continue()
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        import os
+
+        self.proc.kill()
+        self.proc.wait()
+        os.close(self.cmd_w)
+        self.ctl.close()
+
+
+@pytest.mark.parametrize("command_waiting", [False, True], ids=["after-done", "command-waiting"])
+def test_a_ctrl_c_that_finds_the_vm_idle_is_ignored_unless_its_command_is_already_there(tmp_path, command_waiting):
+    # The front end writes a command before it sends any SIGINT for it. So a SIGINT that finds the VM
+    # waiting with no command was meant for the command that just ended (ignored, as at a board's
+    # idle REPL); one that finds the next command waiting is that command's (it interrupts it at its
+    # start: `while True: pass` ends with KeyboardInterrupt instead of running for ever).
+    vm = _Vm(tmp_path)
+    try:
+        if command_waiting:
+            vm.interrupt_while_idle(lambda: vm.send(b"SINGLE", b"while True: pass"))
+            assert b"KeyboardInterrupt" in vm.done()
+        else:
+            vm.interrupt_while_idle()
+            assert vm.wait(b"INTR") == [b"INTR", b"0"]  # handled, and not kept: then the next command
+        vm.send(b"EXEC", b"print(6 * 7)")
+        assert vm.done() == b"" and vm.proc.poll() is None  # alive, and the next command runs
+    finally:
+        vm.close()

@@ -213,9 +213,15 @@ def _install_shim():
     sys.modules["micropython"] = shim
 
 
+_interrupted = [False]  # a Ctrl-C that reached the idle VM after the front end had sent it a command
+
+
 def _run(code, mode, g):
     err = io.StringIO()
     try:
+        if _interrupted[0]:  # as on a board: the interrupt is pending and fires at the code's start
+            _interrupted[0] = False
+            raise KeyboardInterrupt()
         if mode == "exec_file":
             try:
                 with open(code) as f:
@@ -273,7 +279,9 @@ def _wait_for_command(waiting, done):
     # the pipe (a loaded machine). An idle board's REPL takes that Ctrl-C for nothing; here
     # KeyboardInterrupt ended the device script, and the VM with it: the board reset to the friendly
     # REPL under mpremote, which then waited for ever for the raw REPL's answer. Everything from the
-    # DONE to the next command is inside the try, and the DONE is sent exactly once.
+    # DONE to the next command is inside the try, and the DONE is sent exactly once. But a Ctrl-C
+    # that finds the next command already waiting was sent for it (the front end writes a command
+    # before it sends any SIGINT for it): it is kept, and interrupts that command at its start.
     while True:
         try:
             if done:
@@ -283,7 +291,11 @@ def _wait_for_command(waiting, done):
                 pass
             return
         except KeyboardInterrupt:
-            pass
+            kept = bool(waiting.poll(0))
+            _send(b"INTR %d" % kept)  # for the record (the front end reads no more into it)
+            if kept:
+                _interrupted[0] = True
+                return
 
 
 def _command(kind, payload, g):

@@ -21,8 +21,11 @@ class HubProcess:
         argv = [sys.executable, "-m", "cghub.server", "serve", "--host", "127.0.0.1", "--port", "0", *args]
         if workers > 1:
             argv += ["--workers", str(workers)]
+        # A session of its own: a test that fails kills the supervisor and its workers together
+        # (__exit__), never leaving workers serving after it.
         self.proc = subprocess.Popen(
-            argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})}
+            argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self.stamps: list[float] = []  # time.monotonic() when each line was read: the order of events
@@ -76,9 +79,11 @@ class HubProcess:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the workers too, if a test left them running
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
 
 def scrape(port) -> dict:
